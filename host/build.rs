@@ -1,0 +1,122 @@
+//! Build script: compiles Fabric's protobufs (protox, no `protoc`) and builds
+//! the guest plugins the node ships for `wasm32-wasip2`, so that `cargo run`
+//! and `cargo test` need no extra step.
+//!
+//! The plugins are a separate cargo workspace (`plugins/`), built into
+//! `target/plugins` (its own target directory, so the nested cargo never
+//! waits on the outer build's lock). They are rebuilt only when `plugins/` or
+//! `wit/` change, never when only the host changes.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    compile_protos(&manifest_dir);
+    build_plugins(&manifest_dir);
+}
+
+fn compile_protos(manifest_dir: &Path) {
+    let proto_dir = manifest_dir.join("proto");
+    println!("cargo:rerun-if-changed={}", proto_dir.display());
+    let files = [
+        "common/common.proto",
+        "common/configtx.proto",
+        "common/configuration.proto",
+        "common/policies.proto",
+        "msp/identities.proto",
+        "msp/msp_principal.proto",
+        "orderer/ab.proto",
+        "orderer/configuration.proto",
+    ];
+    let fds = protox::compile(files, [&proto_dir]).unwrap_or_else(|e| panic!("compiling {}: {e}", proto_dir.display()));
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // Deterministic marshalling of config maps (Fabric sorts map keys).
+        .btree_map(".")
+        // Zero-copy byte fields: envelopes and block data are sliced, not copied.
+        .bytes(".")
+        .compile_fds(fds)
+        .unwrap_or_else(|e| panic!("generating Rust for Fabric protos: {e}"));
+}
+
+fn build_plugins(manifest_dir: &Path) {
+    let root = manifest_dir.parent().expect("host/ has a parent").to_path_buf();
+    let plugins_dir = root.join("plugins");
+    let wit_dir = root.join("wit");
+    println!("cargo:rerun-if-changed={}", plugins_dir.display());
+    println!("cargo:rerun-if-changed={}", wit_dir.display());
+    println!("cargo:rerun-if-env-changed=CONSENTER_PLUGINS_TARGET_DIR");
+
+    ensure_wasm_target();
+
+    let target_dir = env::var_os("CONSENTER_PLUGINS_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target").join("plugins"));
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&plugins_dir)
+        .args(["build", "--release", "--workspace", "--target", WASM_TARGET])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // The outer build's flags are for the host target, not for wasm.
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR", "RUSTC_WORKSPACE_WRAPPER"] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().unwrap_or_else(|e| panic!("running cargo to build plugins/: {e}"));
+    if !status.success() {
+        panic!("building the wasm plugins in {} failed ({status}); see the cargo output above", plugins_dir.display());
+    }
+    let out = target_dir.join(WASM_TARGET).join("release");
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    // Shipped plugins are embedded in the binary; test plugins are only
+    // referenced by path (tests load them from disk).
+    let mut embedded = String::new();
+    for (name, file) in [("solo", "consenter_solo.wasm")] {
+        let path = out.join(file);
+        assert!(path.exists(), "plugin {name} was not produced at {}", path.display());
+        embedded.push_str(&format!("    (\"{name}\", include_bytes!({:?})),\n", path.display().to_string()));
+    }
+    std::fs::write(
+        out_dir.join("embedded_plugins.rs"),
+        format!("/// Plugins shipped inside the node: (consensus type, component bytes).\npub const EMBEDDED: &[(&str, &[u8])] = &[\n{embedded}];\n"),
+    )
+    .expect("writing embedded_plugins.rs");
+    println!("cargo:rustc-env=CONSENTER_PLUGIN_DIR={}", out.display());
+}
+
+/// Fails the build with a message saying how to fix a missing wasm target.
+/// Under rustup, the `rust-toolchain.toml` at the root lists the target, so
+/// a plain `cargo` invocation installs it; this check catches other setups.
+fn ensure_wasm_target() {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let installed = sysroot
+        .as_ref()
+        .map(|s| Path::new(s).join("lib/rustlib").join(WASM_TARGET).exists())
+        .unwrap_or(false);
+    if installed {
+        return;
+    }
+    // Try to install it the way the README does.
+    let ok = Command::new("rustup")
+        .args(["target", "add", WASM_TARGET])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        panic!(
+            "the Rust target {WASM_TARGET} is not installed and `rustup target add {WASM_TARGET}` failed.\n\
+             consenter-host builds its consensus plugins for {WASM_TARGET}; install it with:\n\
+             \n    rustup target add {WASM_TARGET}\n"
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! Channel configuration as the ordering path needs it: the Orderer values
+//! (ConsensusType, BatchSize, BatchTimeout) read from a CONFIG block's
+//! ConfigEnvelope, and the genesis block of the development channel. An
+//! immutable value; a config block makes a new one. May touch nothing.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::proto::common::{
+    Block, Config, ConfigEnvelope, ConfigGroup, ConfigValue, Envelope, HeaderType, Payload,
+};
+use crate::proto::orderer::{BatchSize, BatchTimeout, ConsensusType};
+
+/// Errors reading a channel configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("block {block} is not a config block: {reason}")]
+    NotConfig { block: u64, reason: String },
+    #[error("config has no {0}")]
+    Missing(&'static str),
+    #[error("config value {name} does not decode: {reason}")]
+    Value { name: &'static str, reason: String },
+    #[error("BatchTimeout {0:?} is not a duration (e.g. \"2s\", \"500ms\")")]
+    Timeout(String),
+    #[error("BatchSize {0}")]
+    BatchSize(String),
+}
+
+/// The orderer configuration of a channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelConfig {
+    /// Channel id, from the config block's channel header.
+    pub channel_id: String,
+    /// Config sequence (Config.sequence).
+    pub sequence: u64,
+    /// Fabric's BatchSize.
+    pub batch_size: BatchSize,
+    /// Fabric's BatchTimeout.
+    pub batch_timeout: Duration,
+    /// ConsensusType.type: which plugin orders the channel.
+    pub consensus_type: String,
+    /// ConsensusType.metadata.
+    pub consensus_metadata: Bytes,
+}
+
+impl ChannelConfig {
+    /// Reads the config from a CONFIG block (one envelope whose payload is a
+    /// ConfigEnvelope).
+    pub fn from_config_block(block: &Block) -> Result<ChannelConfig, ConfigError> {
+        let number = block.header.as_ref().map(|h| h.number).unwrap_or_default();
+        let not = |reason: String| ConfigError::NotConfig { block: number, reason };
+        let data = block.data.as_ref().and_then(|d| d.data.first()).ok_or_else(|| not("no envelope".into()))?;
+        let env = Envelope::decode(data.clone()).map_err(|e| not(format!("envelope: {e}")))?;
+        let payload = Payload::decode(env.payload).map_err(|e| not(format!("payload: {e}")))?;
+        let header = payload.header.ok_or_else(|| not("payload has no header".into()))?;
+        let ch = crate::proto::common::ChannelHeader::decode(header.channel_header)
+            .map_err(|e| not(format!("channel header: {e}")))?;
+        if ch.r#type != HeaderType::Config as i32 {
+            return Err(not(format!("channel header type is {}, not CONFIG", ch.r#type)));
+        }
+        let ce = ConfigEnvelope::decode(payload.data).map_err(|e| not(format!("ConfigEnvelope: {e}")))?;
+        let config = ce.config.ok_or(ConfigError::Missing("Config"))?;
+        Self::from_config(&ch.channel_id, &config)
+    }
+
+    /// Reads the Orderer values of a Config.
+    pub fn from_config(channel_id: &str, config: &Config) -> Result<ChannelConfig, ConfigError> {
+        let root = config.channel_group.as_ref().ok_or(ConfigError::Missing("channel group"))?;
+        let orderer = root.groups.get("Orderer").ok_or(ConfigError::Missing("Orderer group"))?;
+        let value = |name: &'static str| orderer.values.get(name).ok_or(ConfigError::Missing(name));
+        let ct = ConsensusType::decode(value("ConsensusType")?.value.clone())
+            .map_err(|e| ConfigError::Value { name: "ConsensusType", reason: e.to_string() })?;
+        let bs = BatchSize::decode(value("BatchSize")?.value.clone())
+            .map_err(|e| ConfigError::Value { name: "BatchSize", reason: e.to_string() })?;
+        if bs.max_message_count == 0 {
+            return Err(ConfigError::BatchSize("MaxMessageCount must be greater than 0".into()));
+        }
+        if bs.absolute_max_bytes == 0 || bs.preferred_max_bytes > bs.absolute_max_bytes {
+            return Err(ConfigError::BatchSize(format!(
+                "PreferredMaxBytes ({}) must be at most AbsoluteMaxBytes ({}), which must be greater than 0",
+                bs.preferred_max_bytes, bs.absolute_max_bytes
+            )));
+        }
+        let bt = BatchTimeout::decode(value("BatchTimeout")?.value.clone())
+            .map_err(|e| ConfigError::Value { name: "BatchTimeout", reason: e.to_string() })?;
+        let batch_timeout = parse_go_duration(&bt.timeout).ok_or_else(|| ConfigError::Timeout(bt.timeout.clone()))?;
+        if batch_timeout.is_zero() {
+            return Err(ConfigError::Timeout(bt.timeout));
+        }
+        Ok(ChannelConfig {
+            channel_id: channel_id.to_string(),
+            sequence: config.sequence,
+            batch_size: bs,
+            batch_timeout,
+            consensus_type: ct.r#type,
+            consensus_metadata: ct.metadata,
+        })
+    }
+}
+
+/// Parses Go's `time.Duration` text ("2s", "500ms", "1m30s", "1.5s").
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    if rest == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let n: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += n * scale;
+        rest = &rest[unit_end..];
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+/// Settings of a channel created by the node itself (the dev channel).
+#[derive(Debug, Clone)]
+pub struct ChannelTemplate {
+    pub channel_id: String,
+    pub consensus_type: String,
+    pub consensus_metadata: Bytes,
+    pub batch_size: BatchSize,
+    pub batch_timeout: Duration,
+}
+
+impl ChannelTemplate {
+    /// Fabric v2's defaults (500 messages, 10 MB absolute, 2 MB preferred,
+    /// 2s) on a solo channel.
+    pub fn solo(channel_id: &str) -> ChannelTemplate {
+        ChannelTemplate {
+            channel_id: channel_id.to_string(),
+            consensus_type: "solo".into(),
+            consensus_metadata: Bytes::new(),
+            batch_size: BatchSize { max_message_count: 500, absolute_max_bytes: 10 * 1024 * 1024, preferred_max_bytes: 2 * 1024 * 1024 },
+            batch_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// The CONFIG envelope of this channel's genesis config (Channel →
+    /// Orderer group with ConsensusType, BatchSize, BatchTimeout). Policies
+    /// and organizations are left empty (an open development channel).
+    pub fn config_envelope(&self) -> Bytes {
+        let v = |value: Vec<u8>| ConfigValue { version: 0, value: value.into(), mod_policy: "Admins".into() };
+        let mut orderer = ConfigGroup { mod_policy: "Admins".into(), ..Default::default() };
+        orderer.values.insert(
+            "ConsensusType".into(),
+            v(ConsensusType { r#type: self.consensus_type.clone(), metadata: self.consensus_metadata.clone(), state: 0 }.encode_to_vec()),
+        );
+        orderer.values.insert("BatchSize".into(), v(self.batch_size.encode_to_vec()));
+        orderer.values.insert(
+            "BatchTimeout".into(),
+            v(BatchTimeout { timeout: format!("{}ms", self.batch_timeout.as_millis()) }.encode_to_vec()),
+        );
+        let mut root = ConfigGroup { mod_policy: "Admins".into(), ..Default::default() };
+        root.groups.insert("Orderer".into(), orderer);
+        let ce = ConfigEnvelope { config: Some(Config { sequence: 0, channel_group: Some(root) }), last_update: None };
+        // Infallible without a signer.
+        crate::envelope::build(&self.channel_id, HeaderType::Config, "", ce.encode_to_vec().into(), None).unwrap_or_default()
+    }
+
+    /// The unsigned genesis block (block 0 with the config envelope).
+    pub fn genesis_block(&self) -> Block {
+        crate::block::new_block(0, &[], vec![self.config_envelope()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_go_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_go_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_go_duration("2x"), None);
+        assert_eq!(parse_go_duration(""), None);
+    }
+
+    #[test]
+    fn template_round_trips() {
+        let t = ChannelTemplate::solo("dev");
+        let c = ChannelConfig::from_config_block(&t.genesis_block()).unwrap();
+        assert_eq!(c.channel_id, "dev");
+        assert_eq!(c.consensus_type, "solo");
+        assert_eq!(c.batch_size, t.batch_size);
+        assert_eq!(c.batch_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn fabric_genesis_blocks_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/fabric/blocks");
+        let b = Block::decode(Bytes::from(std::fs::read(dir.join("solochannel.genesis.block")).unwrap())).unwrap();
+        let c = ChannelConfig::from_config_block(&b).unwrap();
+        assert_eq!(c.channel_id, "solochannel");
+        assert_eq!(c.consensus_type, "solo");
+        assert_eq!(c.batch_size.max_message_count, 500);
+        assert_eq!(c.batch_size.absolute_max_bytes, 10 * 1024 * 1024);
+        assert_eq!(c.batch_size.preferred_max_bytes, 2 * 1024 * 1024);
+        assert_eq!(c.batch_timeout, Duration::from_secs(2));
+        let b = Block::decode(Bytes::from(std::fs::read(dir.join("raftchannel.genesis.block")).unwrap())).unwrap();
+        assert_eq!(ChannelConfig::from_config_block(&b).unwrap().consensus_type, "etcdraft");
+    }
+}

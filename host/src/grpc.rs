@@ -1,0 +1,223 @@
+//! Fabric's `orderer.AtomicBroadcast` gRPC service (tonic): Broadcast hands
+//! each envelope to its channel's chain and answers in order; Deliver
+//! streams blocks from the ledger per SeekInfo. May touch the node's chains
+//! and ledgers only.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::chain::EnqueueError;
+use crate::envelope::{Envelope, EnvelopeError};
+use crate::node::Node;
+use crate::proto::common::{self, Block, HeaderType, Payload};
+use crate::proto::orderer::atomic_broadcast_server::{AtomicBroadcast, AtomicBroadcastServer};
+use crate::proto::orderer::seek_info::{SeekBehavior, SeekErrorResponse};
+use crate::proto::orderer::seek_position::Type as Pos;
+use crate::proto::orderer::{BroadcastResponse, DeliverResponse, SeekInfo, deliver_response};
+
+/// Largest gRPC message accepted: the default AbsoluteMaxBytes (10 MB)
+/// plus room for the envelope's framing.
+pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024 + 1024 * 1024;
+
+/// The AtomicBroadcast service over a node.
+pub struct Service {
+    node: Arc<Node>,
+}
+
+impl Service {
+    /// The tonic server for `node`, with message size limits set.
+    pub fn server(node: Arc<Node>) -> AtomicBroadcastServer<Service> {
+        AtomicBroadcastServer::new(Service { node })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(usize::MAX)
+    }
+}
+
+fn resp(status: common::Status, info: impl Into<String>) -> BroadcastResponse {
+    BroadcastResponse { status: status as i32, info: info.into() }
+}
+
+/// Broadcast's answer for one envelope.
+async fn broadcast_one(node: &Node, pb: common::Envelope) -> BroadcastResponse {
+    let bytes: Bytes = pb.encode_to_vec().into();
+    let env = match Envelope::parse(bytes) {
+        Ok(e) => e,
+        Err(EnvelopeError::EmptyPayload) => return resp(common::Status::BadRequest, "envelope has an empty payload"),
+        Err(e) => return resp(common::Status::BadRequest, e.to_string()),
+    };
+    let Some(chain) = node.chain(&env.channel_id) else {
+        if let Some(reason) = node.broken(&env.channel_id) {
+            return resp(common::Status::ServiceUnavailable, format!("channel {} is not running: {reason}", env.channel_id));
+        }
+        return resp(common::Status::NotFound, "channel does not exist");
+    };
+    let max = chain.status().absolute_max_bytes();
+    if env.size > max {
+        return resp(
+            common::Status::BadRequest,
+            format!("message payload is {} bytes and exceeds maximum allowed {} bytes", env.size, max),
+        );
+    }
+    match chain.enqueue(env).await {
+        Ok(()) => resp(common::Status::Success, ""),
+        Err(e @ (EnqueueError::Errored { .. } | EnqueueError::Refused { .. } | EnqueueError::Halted { .. })) => {
+            resp(common::Status::ServiceUnavailable, e.to_string())
+        }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AtomicBroadcast for Service {
+    type BroadcastStream = BoxStream<BroadcastResponse>;
+    type DeliverStream = BoxStream<DeliverResponse>;
+
+    async fn broadcast(
+        &self,
+        req: Request<Streaming<common::Envelope>>,
+    ) -> Result<Response<Self::BroadcastStream>, Status> {
+        let mut input = req.into_inner();
+        let node = self.node.clone();
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let msg = match input.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let r = broadcast_one(&node, msg).await;
+                if tx.send(Ok(r)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn deliver(&self, req: Request<Streaming<common::Envelope>>) -> Result<Response<Self::DeliverStream>, Status> {
+        let mut input = req.into_inner();
+        let node = self.node.clone();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let msg = match input.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let status = deliver_one(&node, msg, &tx).await;
+                let Some(status) = status else { return };
+                let r = DeliverResponse { r#type: Some(deliver_response::Type::Status(status as i32)) };
+                if tx.send(Ok(r)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// A Deliver request parsed from its envelope.
+fn parse_seek(pb: &common::Envelope) -> Result<(String, SeekInfo), String> {
+    if pb.payload.is_empty() {
+        return Err("envelope has an empty payload".into());
+    }
+    let payload = Payload::decode(pb.payload.clone()).map_err(|e| format!("payload is not a common.Payload: {e}"))?;
+    let header = payload.header.ok_or("payload has no header")?;
+    let ch = common::ChannelHeader::decode(header.channel_header)
+        .map_err(|e| format!("channel header is not a common.ChannelHeader: {e}"))?;
+    if ch.r#type != HeaderType::DeliverSeekInfo as i32 {
+        // Fabric accepts any type here, but only SeekInfo payloads are meaningful.
+        tracing::debug!(header_type = ch.r#type, "deliver request with a non DELIVER_SEEK_INFO header type");
+    }
+    let seek = SeekInfo::decode(payload.data).map_err(|e| format!("payload data is not an orderer.SeekInfo: {e}"))?;
+    Ok((ch.channel_id, seek))
+}
+
+/// Serves one SeekInfo request; returns the final status, or None if the
+/// client went away.
+async fn deliver_one(
+    node: &Node,
+    pb: common::Envelope,
+    tx: &mpsc::Sender<Result<DeliverResponse, Status>>,
+) -> Option<common::Status> {
+    let (channel, seek) = match parse_seek(&pb) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(error = %e, "malformed deliver request");
+            return Some(common::Status::BadRequest);
+        }
+    };
+    let Some(chain) = node.chain(&channel) else {
+        return Some(if node.broken(&channel).is_some() { common::Status::ServiceUnavailable } else { common::Status::NotFound });
+    };
+    let strict = seek.error_response != SeekErrorResponse::BestEffort as i32;
+    let mut errored = chain.status().subscribe();
+    if strict && errored.borrow().is_some() {
+        return Some(common::Status::ServiceUnavailable);
+    }
+    let ledger = chain.ledger().clone();
+    let height = ledger.height();
+    let pos = |p: &Option<crate::proto::orderer::SeekPosition>, default_newest: bool| -> Option<u64> {
+        match p.as_ref().and_then(|p| p.r#type.as_ref()) {
+            Some(Pos::Oldest(_)) => Some(0),
+            Some(Pos::Newest(_)) => Some(height.saturating_sub(1)),
+            Some(Pos::Specified(s)) => Some(s.number),
+            Some(Pos::NextCommit(_)) => Some(height),
+            None if default_newest => None,
+            None => None,
+        }
+    };
+    let Some(start) = pos(&seek.start, false) else { return Some(common::Status::BadRequest) };
+    let Some(stop) = pos(&seek.stop, true) else { return Some(common::Status::BadRequest) };
+    if stop < start {
+        return Some(common::Status::BadRequest);
+    }
+    let wait = seek.behavior == SeekBehavior::BlockUntilReady as i32;
+    let mut n = start;
+    loop {
+        if n >= ledger.height() {
+            if !wait {
+                return Some(common::Status::NotFound);
+            }
+            tokio::select! {
+                _ = ledger.wait_for(n) => {}
+                _ = errored.changed(), if strict => {
+                    return Some(common::Status::ServiceUnavailable);
+                }
+                _ = tx.closed() => return None,
+            }
+        }
+        let block: Block = match ledger.block(n) {
+            Ok(Some(b)) => b,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(channel = %channel, block = n, error = %e, "reading block for deliver");
+                return Some(common::Status::InternalServerError);
+            }
+        };
+        let r = DeliverResponse { r#type: Some(deliver_response::Type::Block(block)) };
+        if tx.send(Ok(r)).await.is_err() {
+            return None;
+        }
+        if n == stop {
+            return Some(common::Status::Success);
+        }
+        n += 1;
+    }
+}

@@ -1,0 +1,21 @@
+//! consenter-host: a Hyperledger Fabric ordering node that runs every
+//! consensus algorithm as a sandboxed WebAssembly component.
+//!
+//! Follow a Broadcast top to bottom: `grpc` (AtomicBroadcast) → `chain`
+//! (the chain actor: one task, one plugin instance) → `runtime` (wasmtime) →
+//! the plugin → `support` (native ConsenterSupport: `cutter`, `block`,
+//! `signer`) → `ledger` (fsync) → Deliver reads the `ledger`.
+
+pub mod block;
+pub mod chain;
+pub mod channel;
+pub mod cutter;
+pub mod envelope;
+pub mod grpc;
+pub mod ledger;
+pub mod node;
+pub mod proto;
+pub mod runtime;
+pub mod signer;
+pub mod support;
+pub mod testhost;

@@ -1,0 +1,300 @@
+//! The `consenter-host` command line: run a node, check and inspect ledgers.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use prost::Message;
+
+use consenter_host::block::{self, hex};
+use consenter_host::channel::ChannelTemplate;
+use consenter_host::envelope::Envelope;
+use consenter_host::ledger;
+use consenter_host::node::{self, Node, NodeConfig};
+use consenter_host::proto::common::Block;
+use consenter_host::runtime::Limits;
+use consenter_host::signer::{self, Signer};
+use consenter_host::support::SupportLimits;
+
+/// A Hyperledger Fabric ordering node that runs consensus algorithms as
+/// sandboxed WebAssembly plugins.
+#[derive(Parser)]
+#[command(name = "consenter-host", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node. With no flags: data in ./consenter-data, a generated
+    /// development identity (its client MSP is printed, for clients to sign
+    /// with), and a development channel `devchannel` ordered by the solo
+    /// plugin, served over gRPC (AtomicBroadcast) on 127.0.0.1:7050.
+    Start(StartArgs),
+    /// Check and read ledgers.
+    #[command(subcommand)]
+    Ledger(LedgerCmd),
+}
+
+#[derive(Args)]
+struct StartArgs {
+    /// Data directory: ledgers under chains/<channel>/, the development
+    /// identity under dev-identity/.
+    #[arg(long, default_value = "consenter-data")]
+    data_dir: PathBuf,
+    /// Address of the AtomicBroadcast gRPC service.
+    #[arg(long, default_value = "127.0.0.1:7050")]
+    listen: SocketAddr,
+    /// MSP folder of the node's signing identity (signcerts/, keystore/).
+    /// Default: a development identity generated in the data directory.
+    #[arg(long, requires = "mspid")]
+    msp_dir: Option<PathBuf>,
+    /// MSP id of --msp-dir.
+    #[arg(long)]
+    mspid: Option<String>,
+    /// Development channel created on first start if the node has no
+    /// channel yet (solo, Fabric's default batch settings).
+    #[arg(long, default_value = "devchannel")]
+    dev_channel: String,
+    /// Do not create the development channel.
+    #[arg(long)]
+    no_dev_channel: bool,
+    /// BatchTimeout of the development channel, e.g. 2s or 200ms.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    dev_batch_timeout: Duration,
+    /// MaxMessageCount of the development channel.
+    #[arg(long, default_value_t = 500)]
+    dev_max_message_count: u32,
+    /// Consensus type of the development channel (a loaded plugin).
+    #[arg(long, default_value = "solo")]
+    dev_consensus: String,
+    /// ConsensusType.metadata of the development channel (text).
+    #[arg(long, default_value = "")]
+    dev_consensus_metadata: String,
+    /// Load a plugin from a file: TYPE=PATH (the consensus type it serves).
+    /// Repeatable; replaces an embedded plugin of the same type.
+    #[arg(long = "plugin", value_name = "TYPE=PATH")]
+    plugins: Vec<String>,
+    /// Linear memory cap of each plugin instance, in MiB.
+    #[arg(long, default_value_t = 64)]
+    plugin_memory_mib: usize,
+    /// Wall-clock deadline of one call into a plugin, e.g. 1s.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    plugin_call_deadline: Duration,
+}
+
+#[derive(Subcommand)]
+enum LedgerCmd {
+    /// Verify ledgers: record checksums, block numbers, the hash chain,
+    /// data hashes and every block signature; print each channel's height.
+    /// Read-only.
+    Verify {
+        /// The node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Only this channel (default: every channel).
+        #[arg(long)]
+        channel: Option<String>,
+    },
+    /// Print blocks readably: header, hashes, envelopes, signer, metadata.
+    Inspect {
+        /// The node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The channel.
+        #[arg(long)]
+        channel: String,
+        /// Only this block (default: all).
+        #[arg(long)]
+        block: Option<u64>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    consenter_host::channel::parse_go_duration(s).ok_or_else(|| format!("{s:?} is not a duration (e.g. 2s, 500ms)"))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Start(a) => start(a),
+        Cmd::Ledger(LedgerCmd::Verify { data_dir, channel }) => verify(&data_dir, channel.as_deref()),
+        Cmd::Ledger(LedgerCmd::Inspect { data_dir, channel, block }) => inspect(&data_dir, &channel, block),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn start(a: StartArgs) -> Result<()> {
+    init_tracing();
+    std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating data directory {}", a.data_dir.display()))?;
+    let (signer, dev) = match (&a.msp_dir, &a.mspid) {
+        (Some(dir), Some(id)) => (Signer::from_msp_dir(dir, id)?, None),
+        _ => {
+            let dev = signer::ensure_dev_identity(&a.data_dir.join("dev-identity"))?;
+            (Signer::from_msp_dir(&dev.orderer_msp, &dev.mspid)?, Some(dev))
+        }
+    };
+    let mut extra = Vec::new();
+    for p in &a.plugins {
+        let Some((name, path)) = p.split_once('=') else { bail!("--plugin {p:?}: expected TYPE=PATH") };
+        let bytes = std::fs::read(path).with_context(|| format!("reading plugin {name} from {path}"))?;
+        extra.push((name.to_string(), bytes));
+    }
+    let limits = Limits { memory_bytes: a.plugin_memory_mib << 20, call_deadline: a.plugin_call_deadline, ..Limits::default() };
+    let node = Arc::new(Node::open(NodeConfig {
+        data_dir: a.data_dir.clone(),
+        signer: Arc::new(signer),
+        limits,
+        support_limits: SupportLimits::default(),
+        extra_plugins: extra,
+    })?);
+    if !a.no_dev_channel && node.chain(&a.dev_channel).is_none() && node.broken(&a.dev_channel).is_none() {
+        let mut t = ChannelTemplate::solo(&a.dev_channel);
+        t.consensus_type = a.dev_consensus.clone();
+        t.consensus_metadata = Bytes::from(a.dev_consensus_metadata.clone().into_bytes());
+        t.batch_timeout = a.dev_batch_timeout;
+        t.batch_size.max_message_count = a.dev_max_message_count;
+        node.create_channel(&t.genesis_block()).with_context(|| format!("creating channel {}", a.dev_channel))?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    rt.block_on(serve(node.clone(), a.listen, dev))?;
+    node.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve(node: Arc<Node>, listen: SocketAddr, dev: Option<signer::DevIdentity>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    println!("consenter-host listening on {addr} (orderer.AtomicBroadcast)");
+    println!("channels: {}", node.channels().join(", "));
+    if let Some(d) = &dev {
+        println!("client identity: --mspid {} --msp-dir {}", d.mspid, d.client_msp.display());
+    }
+    println!("point a Fabric client at grpc://{addr}; Ctrl-C stops the node");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(consenter_host::grpc::Service::server(node))
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+        })
+        .await
+        .context("serving gRPC")?;
+    Ok(())
+}
+
+fn channels_of(data_dir: &Path, only: Option<&str>) -> Result<Vec<String>> {
+    if let Some(c) = only {
+        return Ok(vec![c.to_string()]);
+    }
+    let dir = data_dir.join("chains");
+    let mut v: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn verify(data_dir: &Path, only: Option<&str>) -> Result<()> {
+    let mut failed = false;
+    for ch in channels_of(data_dir, only)? {
+        let dir = node::channel_dir(data_dir, &ch);
+        match verify_channel(&dir) {
+            Ok((height, signers)) => {
+                println!("{ch}: OK height {height} (hash chain, data hashes, signatures by {})", signers.join(", "))
+            }
+            Err(e) => {
+                failed = true;
+                println!("{ch}: FAILED: {e:#}");
+            }
+        }
+    }
+    if failed {
+        bail!("ledger verification failed");
+    }
+    Ok(())
+}
+
+/// Verifies one ledger; returns its height and the MSP ids that signed.
+fn verify_channel(dir: &Path) -> Result<(u64, Vec<String>)> {
+    let height = ledger::verify_dir(dir)?;
+    let mut signers = std::collections::BTreeSet::new();
+    // verify_dir checked the hash chain; now check every block signature
+    // (each against the certificate in its signature header).
+    for (n, bytes) in read_blocks(dir)?.into_iter().enumerate() {
+        let b = Block::decode(bytes).with_context(|| format!("block {n} does not decode"))?;
+        let sigs = block::block_signatures(&b)?;
+        if sigs.signatures.is_empty() {
+            if n == 0 {
+                continue; // a genesis block made by configtxgen is unsigned
+            }
+            bail!("block {n} has no signature");
+        }
+        for (sh, _) in &sigs.signatures {
+            let (mspid, key) = signer::identity_key(&sh.creator).map_err(|e| anyhow::anyhow!("block {n}: {e}"))?;
+            block::verify_block_signature(&b, &key)?;
+            signers.insert(mspid);
+        }
+    }
+    Ok((height, signers.into_iter().collect()))
+}
+
+/// Every block of a ledger, after a read-only check (a torn tail is
+/// reported, not repaired: the node repairs it when it next opens).
+fn read_blocks(dir: &Path) -> Result<Vec<Bytes>> {
+    ledger::verify_dir(dir).with_context(|| format!("checking {}", dir.display()))?;
+    let l = ledger::Ledger::open(dir).with_context(|| format!("opening {} (is a node using it?)", dir.display()))?;
+    l.iter_from(0).map(|b| b.map_err(anyhow::Error::from)).collect()
+}
+
+fn inspect(data_dir: &Path, channel: &str, only: Option<u64>) -> Result<()> {
+    let dir = node::channel_dir(data_dir, channel);
+    for (n, bytes) in read_blocks(&dir)?.into_iter().enumerate() {
+        let n = n as u64;
+        if only.is_some_and(|o| o != n) {
+            continue;
+        }
+        let size = bytes.len();
+        let b = Block::decode(bytes).with_context(|| format!("block {n} does not decode"))?;
+        let h = b.header.clone().unwrap_or_default();
+        let data = b.data.as_ref().map(|d| d.data.clone()).unwrap_or_default();
+        println!("block {}  ({size} bytes)", h.number);
+        println!("  header hash:   {}", hex(&block::header_hash(&h)));
+        println!("  previous hash: {}", hex(&h.previous_hash));
+        println!("  data hash:     {}", hex(&h.data_hash));
+        println!("  envelopes:     {}", data.len());
+        for (i, d) in data.iter().enumerate().take(5) {
+            match Envelope::parse(d.clone()) {
+                Ok(e) => println!("    [{i}] type {} channel {} tx {:?} {} bytes", e.header_type, e.channel_id, e.tx_id, e.size),
+                Err(e) => println!("    [{i}] undecodable: {e}"),
+            }
+        }
+        if data.len() > 5 {
+            println!("    ... {} more", data.len() - 5);
+        }
+        let (last_config, consenter_md) = node::last_config_and_metadata(&b);
+        println!("  last config:   {last_config}");
+        println!("  consenter metadata: {} bytes", consenter_md.len());
+        if let Ok(s) = block::block_signatures(&b) {
+            for (sh, sig) in &s.signatures {
+                let who = signer::identity_key(&sh.creator).map(|(m, _)| m).unwrap_or_else(|e| format!("? ({e})"));
+                println!("  signed by:     {who} ({} byte signature)", sig.len());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,285 @@
+//! The node: its plugins, its channels and their chains (Fabric's
+//! registrar). Creates a channel from a genesis block, restarts every
+//! channel it has from its ledger (handing the plugin the consenter
+//! metadata of the last block), and finds a chain by id. May touch the
+//! data directory (`<data>/chains/<channel>/`) and the runtime.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::block::{self, Hash};
+use crate::chain::Chain;
+use crate::channel::ChannelConfig;
+use crate::ledger::{Ledger, LedgerError};
+use crate::proto::common::{Block, BlockMetadataIndex, LastConfig, Metadata};
+use crate::runtime::{Limits, Plugin, Runtime, RuntimeError};
+use crate::signer::Signer;
+use crate::support::{ChainPosition, Support, SupportLimits, SystemClock};
+
+/// Plugins shipped inside the binary.
+pub mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/embedded_plugins.rs"));
+
+    /// Where the build put every plugin it built, shipped or not (the
+    /// hostile test plugins are loaded from here by tests).
+    pub const PLUGIN_DIR: &str = env!("CONSENTER_PLUGIN_DIR");
+
+    /// The embedded plugin of a consensus type.
+    pub fn get(name: &str) -> Option<&'static [u8]> {
+        EMBEDDED.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+    }
+}
+
+/// Errors of the node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("channel {channel}: {source}")]
+    Config { channel: String, source: crate::channel::ConfigError },
+    #[error("channel {channel}: consensus type {wanted:?} has no plugin on this node (available: {available})")]
+    NoPlugin { channel: String, wanted: String, available: String },
+    #[error("channel {0} already exists")]
+    Exists(String),
+    #[error("channel {channel}: {what}")]
+    Channel { channel: String, what: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// What a node is made of.
+pub struct NodeConfig {
+    /// Data directory (ledgers under `chains/`).
+    pub data_dir: PathBuf,
+    /// The node's signing identity.
+    pub signer: Arc<Signer>,
+    /// Limits of every plugin instance.
+    pub limits: Limits,
+    /// Limits on plugin calls into the host.
+    pub support_limits: SupportLimits,
+    /// Extra plugins (consensus type, component bytes), besides the
+    /// embedded ones; a name given here replaces an embedded plugin.
+    pub extra_plugins: Vec<(String, Vec<u8>)>,
+}
+
+/// A running node.
+pub struct Node {
+    data_dir: PathBuf,
+    signer: Arc<Signer>,
+    support_limits: SupportLimits,
+    plugins: BTreeMap<String, Plugin>,
+    chains: RwLock<HashMap<String, Arc<Chain>>>,
+    /// Channels that could not start, with the reason.
+    broken: RwLock<HashMap<String, String>>,
+}
+
+impl Node {
+    /// Loads the plugins and restarts every channel found in the data
+    /// directory. A channel that cannot start is reported (see
+    /// [`Node::broken`]) and the others run.
+    pub fn open(cfg: NodeConfig) -> Result<Node, NodeError> {
+        let runtime = Runtime::new(cfg.limits)?;
+        let mut plugins = BTreeMap::new();
+        let mut sources: BTreeMap<String, Vec<u8>> =
+            embedded::EMBEDDED.iter().map(|(n, b)| (n.to_string(), b.to_vec())).collect();
+        for (n, b) in cfg.extra_plugins {
+            sources.insert(n, b);
+        }
+        for (name, bytes) in sources {
+            let t = std::time::Instant::now();
+            let p = runtime.load(&name, &bytes)?;
+            tracing::info!(plugin = %name, bytes = bytes.len(), ms = t.elapsed().as_millis() as u64, "plugin compiled");
+            plugins.insert(name, p);
+        }
+        let node = Node {
+            data_dir: cfg.data_dir,
+            signer: cfg.signer,
+            support_limits: cfg.support_limits,
+            plugins,
+            chains: RwLock::new(HashMap::new()),
+            broken: RwLock::new(HashMap::new()),
+        };
+        let chains_dir = node.chains_dir();
+        std::fs::create_dir_all(&chains_dir).map_err(|source| NodeError::Io { path: chains_dir.clone(), source })?;
+        let rd = std::fs::read_dir(&chains_dir).map_err(|source| NodeError::Io { path: chains_dir.clone(), source })?;
+        let mut names: Vec<String> =
+            rd.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        for name in names {
+            match node.resume(&name) {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::error!(channel = %name, error = %e, "channel did not start");
+                    write(&node.broken).insert(name, e.to_string());
+                }
+            }
+        }
+        Ok(node)
+    }
+
+    fn chains_dir(&self) -> PathBuf {
+        self.data_dir.join("chains")
+    }
+
+    /// The node's identity.
+    pub fn signer(&self) -> &Arc<Signer> {
+        &self.signer
+    }
+
+    /// Names of the plugins this node can run.
+    pub fn plugin_names(&self) -> Vec<String> {
+        self.plugins.keys().cloned().collect()
+    }
+
+    /// A running chain.
+    pub fn chain(&self, channel: &str) -> Option<Arc<Chain>> {
+        read(&self.chains).get(channel).cloned()
+    }
+
+    /// Why a channel is not running, if it failed to start.
+    pub fn broken(&self, channel: &str) -> Option<String> {
+        read(&self.broken).get(channel).cloned()
+    }
+
+    /// Ids of the running channels, sorted.
+    pub fn channels(&self) -> Vec<String> {
+        let mut v: Vec<String> = read(&self.chains).keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Creates a channel from a genesis (CONFIG) block: writes it as block 0
+    /// of a new ledger and starts its chain.
+    pub fn create_channel(&self, genesis: &Block) -> Result<Arc<Chain>, NodeError> {
+        let cfg = ChannelConfig::from_config_block(genesis)
+            .map_err(|source| NodeError::Config { channel: "(genesis)".into(), source })?;
+        let channel = cfg.channel_id.clone();
+        valid_channel_name(&channel)?;
+        if self.chain(&channel).is_some() || self.chains_dir().join(&channel).exists() {
+            return Err(NodeError::Exists(channel));
+        }
+        if genesis.header.as_ref().map(|h| h.number) != Some(0) {
+            return Err(NodeError::Channel { channel, what: "a genesis block must be block 0".into() });
+        }
+        self.plugin_for(&channel, &cfg)?;
+        let ledger = Ledger::open(&self.chains_dir().join(&channel))?;
+        let mut g = genesis.clone();
+        let signed = block::block_signatures(&g).map(|s| !s.signatures.is_empty()).unwrap_or(false);
+        if !signed {
+            block::sign_block(&mut g, 0, &[], &self.signer).map_err(|e| NodeError::Channel { channel: channel.clone(), what: e.to_string() })?;
+        }
+        ledger.append(&[Bytes::from(g.encode_to_vec())])?;
+        tracing::info!(channel = %channel, consensus = %cfg.consensus_type, "channel created");
+        self.start_chain(&channel, ledger).inspect_err(|e| {
+            write(&self.broken).insert(channel.clone(), e.to_string());
+        })
+    }
+
+    fn resume(&self, channel: &str) -> Result<(), NodeError> {
+        let ledger = Ledger::open(&self.chains_dir().join(channel))?;
+        if ledger.height() == 0 {
+            return Err(NodeError::Channel { channel: channel.into(), what: "ledger is empty (no genesis block)".into() });
+        }
+        self.start_chain(channel, ledger)?;
+        Ok(())
+    }
+
+    fn plugin_for(&self, channel: &str, cfg: &ChannelConfig) -> Result<Plugin, NodeError> {
+        self.plugins.get(&cfg.consensus_type).cloned().ok_or_else(|| NodeError::NoPlugin {
+            channel: channel.into(),
+            wanted: cfg.consensus_type.clone(),
+            available: self.plugin_names().join(", "),
+        })
+    }
+
+    fn start_chain(&self, channel: &str, ledger: Ledger) -> Result<Arc<Chain>, NodeError> {
+        let height = ledger.height();
+        let missing = |what: String| NodeError::Channel { channel: channel.into(), what };
+        let last = ledger.block(height - 1)?.ok_or_else(|| missing(format!("block {} is missing", height - 1)))?;
+        let last_hash: Hash = last.header.as_ref().map(block::header_hash).ok_or_else(|| missing("last block has no header".into()))?;
+        let (last_config, metadata) = last_config_and_metadata(&last);
+        let config_block = ledger.block(last_config)?.ok_or_else(|| missing(format!("config block {last_config} is missing")))?;
+        let cfg = ChannelConfig::from_config_block(&config_block)
+            .map_err(|source| NodeError::Config { channel: channel.into(), source })?;
+        let plugin = self.plugin_for(channel, &cfg)?;
+        let pos = ChainPosition { height, last_hash, last_config };
+        let signer = self.signer.clone();
+        let limits = self.support_limits.clone();
+        let ch = channel.to_string();
+        let cfg = Arc::new(cfg);
+        let chain = Chain::spawn(
+            channel,
+            plugin,
+            move |sink| Support::new(&ch, cfg, signer, sink, Arc::new(SystemClock), pos, limits),
+            metadata,
+            ledger,
+        )?;
+        tracing::info!(channel, height, "chain started");
+        write(&self.chains).insert(channel.to_string(), chain.clone());
+        write(&self.broken).remove(channel);
+        Ok(chain)
+    }
+
+    /// Halts every chain (queued blocks are made durable first).
+    pub fn shutdown(&self) {
+        let chains: Vec<Arc<Chain>> = write(&self.chains).drain().map(|(_, c)| c).collect();
+        for c in chains {
+            c.halt();
+        }
+    }
+}
+
+/// The last-config index and consenter metadata of a block: from the
+/// SIGNATURES slot's OrdererBlockMetadata (v2), else the LAST_CONFIG slot,
+/// else (a genesis block) 0 and no metadata.
+pub fn last_config_and_metadata(b: &Block) -> (u64, Vec<u8>) {
+    if let Ok(m) = block::orderer_metadata(b) {
+        if let Some(lc) = m.last_config {
+            return (lc.index, m.consenter_metadata.to_vec());
+        }
+    }
+    let slot = b.metadata.as_ref().and_then(|m| m.metadata.get(BlockMetadataIndex::LastConfig as usize)).cloned();
+    if let Some(slot) = slot {
+        if let Ok(md) = Metadata::decode(slot) {
+            if let Ok(lc) = LastConfig::decode(md.value) {
+                return (lc.index, Vec::new());
+            }
+        }
+    }
+    (0, Vec::new())
+}
+
+fn valid_channel_name(name: &str) -> Result<(), NodeError> {
+    // Fabric: lower-case ASCII letters, digits, '.', '-'; starts with a letter; < 250 chars.
+    let ok = !name.is_empty()
+        && name.len() < 250
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(NodeError::Channel {
+            channel: name.into(),
+            what: "invalid channel name: use lower-case letters, digits, '.' and '-', starting with a letter".into(),
+        })
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The data directory layout of a channel's ledger.
+pub fn channel_dir(data_dir: &Path, channel: &str) -> PathBuf {
+    data_dir.join("chains").join(channel)
+}

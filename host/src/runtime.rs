@@ -1,0 +1,368 @@
+//! The plugin runtime (wasmtime), layered like wasmtime itself: one
+//! [`Runtime`] (Engine + Linker, shared by the node), one [`Plugin`] per
+//! consenter component (compiled once, pre-linked as `InstancePre`), one
+//! [`Instance`] per chain (its own Store: memory cap, epoch deadline per
+//! call). Grants the plugin no WASI capability: any `wasi:*` import traps
+//! when called. May touch only wasmtime and the Store's data.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+
+use crate::support::Support;
+
+/// Generated host bindings of the `consenter` world.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        world: "consenter",
+        path: "../wit",
+        with: {
+            "fabric:consenter/types.envelope": crate::support::EnvelopeRes,
+            "fabric:consenter/types.batch": crate::support::BatchRes,
+            "fabric:consenter/types.block": crate::support::BlockRes,
+        },
+        imports: { default: trappable },
+    });
+}
+
+use bindings::{Consenter, ConsenterPre};
+
+/// The contract version this host speaks.
+pub const WIT_PACKAGE: &str = "fabric:consenter@0.1.0";
+
+/// Interfaces a plugin may import from this host.
+const PROVIDED: &[&str] = &[
+    "fabric:consenter/types@0.1.0",
+    "fabric:consenter/support@0.1.0",
+    "fabric:consenter/timers@0.1.0",
+    "fabric:consenter/log@0.1.0",
+];
+
+/// Resource limits of one plugin instance.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Cap on the instance's linear memory, in bytes.
+    pub memory_bytes: usize,
+    /// Cap on table elements.
+    pub table_elements: usize,
+    /// Wall-clock deadline of one call into the plugin.
+    pub call_deadline: Duration,
+    /// Wasm stack size, in bytes.
+    pub stack_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 64 << 20,
+            table_elements: 20_000,
+            call_deadline: Duration::from_secs(1),
+            stack_bytes: 512 << 10,
+        }
+    }
+}
+
+/// How often the engine's epoch advances (the deadline granularity).
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Errors loading a plugin or running it.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("setting up the wasm engine: {0}")]
+    Engine(String),
+    #[error("plugin {plugin}: not a valid WebAssembly component: {reason}")]
+    Compile { plugin: String, reason: String },
+    #[error(
+        "plugin {plugin}: imports {import}, which this host does not provide (it provides {provided}; contract {WIT_PACKAGE})"
+    )]
+    UnknownImport { plugin: String, import: String, provided: String },
+    #[error("plugin {plugin}: does not fit the {WIT_PACKAGE} consenter world: {reason}")]
+    Link { plugin: String, reason: String },
+    #[error("plugin {plugin}: instantiating for channel {channel}: {reason}")]
+    Instantiate { plugin: String, channel: String, reason: String },
+    /// The plugin trapped (or ran out of time or memory): its Store is gone.
+    #[error("plugin {plugin} on channel {channel} trapped in {call}: {reason}")]
+    Trap { plugin: String, channel: String, call: &'static str, reason: String },
+    #[error("plugin {plugin} on channel {channel} is no longer running (it trapped earlier)")]
+    Dead { plugin: String, channel: String },
+}
+
+/// The node's one wasm engine and linker.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    limits: Limits,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// An engine with cranelift, no async/concurrency support (3x cheaper
+    /// calls), epoch interruption, and the given limits.
+    pub fn new(limits: Limits) -> Result<Runtime, RuntimeError> {
+        let mut cfg = Config::new();
+        cfg.concurrency_support(false);
+        cfg.epoch_interruption(true);
+        cfg.max_wasm_stack(limits.stack_bytes);
+        cfg.wasm_component_model(true);
+        let engine = Engine::new(&cfg).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        Consenter::add_to_linker::<PluginState, wasmtime::component::HasSelf<PluginState>>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        // The epoch ticker: deadlines are counted in ticks of EPOCH_TICK.
+        let weak = engine.weak();
+        let stop = stop_ticker.clone();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })
+            .map_err(|e| RuntimeError::Engine(format!("starting the epoch thread: {e}")))?;
+        Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, limits, stop_ticker }) })
+    }
+
+    /// The limits every instance gets.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Compiles a plugin once and pre-links it. Imports outside this host's
+    /// contract are refused here, with their names; `wasi:*` imports are
+    /// linked to functions that trap (no WASI capability is granted).
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Plugin, RuntimeError> {
+        let engine = &self.inner.engine;
+        let component = Component::new(engine, bytes)
+            .map_err(|e| RuntimeError::Compile { plugin: name.to_string(), reason: format!("{e:#}") })?;
+        let ty = component.component_type();
+        for (import, _) in ty.imports(engine) {
+            if import.starts_with("wasi:") || PROVIDED.contains(&import) {
+                continue;
+            }
+            return Err(RuntimeError::UnknownImport {
+                plugin: name.to_string(),
+                import: import.to_string(),
+                provided: PROVIDED.join(", "),
+            });
+        }
+        let mut linker = self.inner.linker.clone();
+        stub_wasi_imports(&mut linker, &component, engine)
+            .map_err(|e| RuntimeError::Link { plugin: name.to_string(), reason: format!("{e:#}") })?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| RuntimeError::Link { plugin: name.to_string(), reason: format!("{e:#}") })?;
+        let pre = ConsenterPre::new(pre)
+            .map_err(|e| RuntimeError::Link { plugin: name.to_string(), reason: format!("{e:#}") })?;
+        Ok(Plugin { name: name.to_string(), pre, runtime: self.clone() })
+    }
+}
+
+/// A compiled, pre-linked consenter plugin.
+#[derive(Clone)]
+pub struct Plugin {
+    name: String,
+    pre: ConsenterPre<PluginState>,
+    runtime: Runtime,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("name", &self.name).finish()
+    }
+}
+
+impl Plugin {
+    /// The plugin's name (its consensus type).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A new instance for one chain, with its own Store around `support`.
+    pub fn instantiate(&self, support: Support) -> Result<Instance, RuntimeError> {
+        let limits = &self.runtime.inner.limits;
+        let channel = support.chain_id().to_string();
+        let state = PluginState {
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes)
+                .table_elements(limits.table_elements)
+                .instances(32)
+                .tables(32)
+                .memories(8)
+                .trap_on_grow_failure(true)
+                .build(),
+            support,
+        };
+        let mut store = Store::new(&self.runtime.inner.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks(limits.call_deadline));
+        let bindings = self.pre.instantiate(&mut store).map_err(|e| RuntimeError::Instantiate {
+            plugin: self.name.clone(),
+            channel: channel.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        Ok(Instance { plugin: self.name.clone(), channel, store: Some(store), bindings, deadline: limits.call_deadline })
+    }
+}
+
+/// Links every `wasi:*` import of `component` to a function that traps
+/// (naming the call), so a plugin built with Rust's std for wasm32-wasip2
+/// instantiates but gets no capability. (wasmtime's
+/// `define_unknown_imports_as_traps` would also stub the resource aliases
+/// of our own interfaces, with the wrong resource type.)
+fn stub_wasi_imports(linker: &mut Linker<PluginState>, component: &Component, engine: &Engine) -> wasmtime::Result<()> {
+    use wasmtime::component::types::ComponentItem;
+    use wasmtime::component::ResourceType;
+    for (import, item) in component.component_type().imports(engine) {
+        if !import.starts_with("wasi:") {
+            continue;
+        }
+        let ComponentItem::ComponentInstance(inst) = item.ty else { continue };
+        let mut li = linker.instance(import)?;
+        for (export, item) in inst.exports(engine) {
+            match item.ty {
+                ComponentItem::ComponentFunc(_) => {
+                    let what = format!("{import}#{export}");
+                    li.func_new(export, move |_, _, _, _| {
+                        wasmtime::bail!("the plugin called {what}: plugins are granted no WASI capability")
+                    })?;
+                }
+                ComponentItem::Resource(_) => {
+                    li.resource(export, ResourceType::host::<()>(), |_, _| Ok(()))?;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn deadline_ticks(d: Duration) -> u64 {
+    (d.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
+}
+
+/// What a Store holds: the resource table, the limits and the chain's
+/// native support.
+pub struct PluginState {
+    /// Envelope, batch and block handles given to the plugin.
+    pub table: ResourceTable,
+    limits: StoreLimits,
+    /// Native ConsenterSupport of the chain.
+    pub support: Support,
+}
+
+/// One chain's instance of a plugin. After a trap the Store is dropped and
+/// every further call answers [`RuntimeError::Dead`].
+pub struct Instance {
+    plugin: String,
+    channel: String,
+    store: Option<Store<PluginState>>,
+    bindings: Consenter,
+    deadline: Duration,
+}
+
+impl Instance {
+    /// The support (for the chain actor: timers, status).
+    pub fn support(&self) -> Option<&Support> {
+        self.store.as_ref().map(|s| &s.data().support)
+    }
+
+    /// Mutable support.
+    pub fn support_mut(&mut self) -> Option<&mut Support> {
+        self.store.as_mut().map(|s| &mut s.data_mut().support)
+    }
+
+    /// Whether the Store is still alive.
+    pub fn is_alive(&self) -> bool {
+        self.store.is_some()
+    }
+
+    fn call<R>(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce(&Consenter, &mut Store<PluginState>) -> wasmtime::Result<R>,
+    ) -> Result<R, RuntimeError> {
+        let Some(store) = self.store.as_mut() else {
+            return Err(RuntimeError::Dead { plugin: self.plugin.clone(), channel: self.channel.clone() });
+        };
+        store.set_epoch_deadline(deadline_ticks(self.deadline));
+        match f(&self.bindings, store) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                // A trap ends this Store; the node and other chains go on.
+                self.store = None;
+                Err(RuntimeError::Trap {
+                    plugin: self.plugin.clone(),
+                    channel: self.channel.clone(),
+                    call: name,
+                    reason: trap_reason(&e),
+                })
+            }
+        }
+    }
+
+    /// `handle-chain(metadata)`: Ok(Err(reason)) if the plugin refused.
+    pub fn handle_chain(&mut self, metadata: &[u8]) -> Result<Result<(), String>, RuntimeError> {
+        self.call("handle-chain", |b, s| b.fabric_consenter_chain().call_handle_chain(s, metadata))
+    }
+
+    /// `start()`.
+    pub fn start(&mut self) -> Result<(), RuntimeError> {
+        self.call("start", |b, s| b.fabric_consenter_chain().call_start(s))
+    }
+
+    /// `enqueue(env)`: whether the plugin accepted it.
+    pub fn enqueue(&mut self, env: crate::envelope::Envelope) -> Result<bool, RuntimeError> {
+        self.call("enqueue", |b, s| {
+            let handle = s.data_mut().table.push(crate::support::EnvelopeRes(env))?;
+            b.fabric_consenter_chain().call_enqueue(s, handle)
+        })
+    }
+
+    /// `on-timer(id)`.
+    pub fn on_timer(&mut self, id: u32) -> Result<(), RuntimeError> {
+        self.call("on-timer", |b, s| b.fabric_consenter_chain().call_on_timer(s, id))
+    }
+
+    /// `halt()`.
+    pub fn halt(&mut self) -> Result<(), RuntimeError> {
+        self.call("halt", |b, s| b.fabric_consenter_chain().call_halt(s))
+    }
+}
+
+/// A one-line reason for a trap: the trap code (out of time, memory, stack,
+/// unreachable) and the innermost message.
+fn trap_reason(e: &wasmtime::Error) -> String {
+    if let Some(t) = e.downcast_ref::<wasmtime::Trap>() {
+        let what = match t {
+            wasmtime::Trap::Interrupt => "call deadline exceeded (epoch interrupt)".to_string(),
+            wasmtime::Trap::StackOverflow => "wasm stack overflow".to_string(),
+            wasmtime::Trap::UnreachableCodeReached => "unreachable executed (a panic or abort in the plugin)".to_string(),
+            wasmtime::Trap::AllocationTooLarge => "memory cap reached".to_string(),
+            other => other.to_string(),
+        };
+        return what;
+    }
+    let s = format!("{e:#}");
+    if s.contains("memory") && s.contains("limit") { format!("memory cap reached: {s}") } else { s }
+}

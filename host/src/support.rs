@@ -1,0 +1,467 @@
+//! Native ConsenterSupport: what a plugin's imports do. The block cutter,
+//! block creation and writing (signed, Fabric v2 metadata), shared config,
+//! the signer, timers and logging, for one chain. Every import call is
+//! checked here (next block only, size caps, timer caps). A pure state
+//! machine apart from the [`BlockSink`] it writes blocks to and the
+//! [`Clock`] it reads; may touch nothing else.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message;
+use wasmtime::component::Resource;
+
+use crate::block::{self, Hash};
+use crate::channel::ChannelConfig;
+use crate::cutter::BlockCutter;
+use crate::envelope::{Envelope, MessageClass};
+use crate::proto::common::Block;
+use crate::runtime::PluginState;
+use crate::runtime::bindings::fabric::consenter::{log, support, timers, types};
+use crate::signer::Signer;
+
+/// An envelope handle's host value.
+pub struct EnvelopeRes(pub Envelope);
+/// A batch handle's host value.
+pub struct BatchRes(pub Vec<Envelope>);
+/// A block handle's host value.
+pub struct BlockRes {
+    block: Block,
+    number: u64,
+    hash: Hash,
+}
+
+/// Where written blocks go: the chain's ledger writer in a node, a vector
+/// in the deterministic test host.
+pub trait BlockSink: Send {
+    /// Queue a signed, marshalled block for the ledger. Err means the chain
+    /// can no longer write (it is marked errored).
+    fn write(&mut self, number: u64, block: Bytes) -> Result<(), String>;
+}
+
+/// The time source of timers: the wall clock in a node, a hand-moved clock
+/// in the test host.
+pub trait Clock: Send + Sync {
+    /// Now.
+    fn now(&self) -> Instant;
+}
+
+/// The wall clock.
+pub struct SystemClock;
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// Caps on what a plugin may ask of the host.
+#[derive(Debug, Clone)]
+pub struct SupportLimits {
+    /// Most timers armed at once.
+    pub max_timers: usize,
+    /// Longest timer delay.
+    pub max_timer_delay: Duration,
+    /// Largest consenter metadata stored with a block.
+    pub max_metadata_bytes: usize,
+    /// Longest log line (longer lines are truncated).
+    pub max_log_bytes: usize,
+    /// Refused calls tolerated before the chain is failed.
+    pub max_refusals: u32,
+}
+
+impl Default for SupportLimits {
+    fn default() -> Self {
+        SupportLimits {
+            max_timers: 64,
+            max_timer_delay: Duration::from_secs(24 * 3600),
+            max_metadata_bytes: 1 << 20,
+            max_log_bytes: 4096,
+            max_refusals: 1000,
+        }
+    }
+}
+
+/// The native ConsenterSupport of one chain.
+pub struct Support {
+    chain_id: String,
+    config: Arc<ChannelConfig>,
+    cutter: BlockCutter<Envelope>,
+    signer: Arc<Signer>,
+    sink: Box<dyn BlockSink>,
+    clock: Arc<dyn Clock>,
+    limits: SupportLimits,
+    /// Blocks written (queued to the sink).
+    height: u64,
+    /// Header hash of the last written block.
+    last_hash: Hash,
+    /// Number and header hash of the last created block (the next created
+    /// block links to it; reset to the last written on a refused write).
+    created: (u64, Hash),
+    last_config: u64,
+    timers: BTreeMap<u32, Instant>,
+    failed: Option<String>,
+    refusals: u32,
+}
+
+/// Where a chain resumes: its height, last header hash and last config
+/// block number.
+#[derive(Debug, Clone, Copy)]
+pub struct ChainPosition {
+    pub height: u64,
+    pub last_hash: Hash,
+    pub last_config: u64,
+}
+
+impl Support {
+    /// Support for `chain_id` resuming at `pos`.
+    pub fn new(
+        chain_id: &str,
+        config: Arc<ChannelConfig>,
+        signer: Arc<Signer>,
+        sink: Box<dyn BlockSink>,
+        clock: Arc<dyn Clock>,
+        pos: ChainPosition,
+        limits: SupportLimits,
+    ) -> Support {
+        Support {
+            chain_id: chain_id.to_string(),
+            config,
+            cutter: BlockCutter::default(),
+            signer,
+            sink,
+            clock,
+            limits,
+            height: pos.height,
+            last_hash: pos.last_hash,
+            created: (pos.height, pos.last_hash),
+            last_config: pos.last_config,
+            timers: BTreeMap::new(),
+            failed: None,
+            refusals: 0,
+        }
+    }
+
+    /// The channel id.
+    pub fn chain_id(&self) -> &str {
+        &self.chain_id
+    }
+
+    /// The current channel config.
+    pub fn config(&self) -> &Arc<ChannelConfig> {
+        &self.config
+    }
+
+    /// Blocks written so far.
+    pub fn height(&self) -> u64 {
+        self.height
+    }
+
+    /// Why the chain failed, if the plugin or the host failed it.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// Marks the chain failed (first reason wins).
+    pub fn fail(&mut self, reason: String) {
+        if self.failed.is_none() {
+            tracing::error!(channel = %self.chain_id, %reason, "chain failed");
+            self.failed = Some(reason);
+        }
+    }
+
+    /// The earliest armed timer deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.values().min().copied()
+    }
+
+    /// Disarms and returns the timers due at `now`, earliest first.
+    pub fn take_due_timers(&mut self, now: Instant) -> Vec<u32> {
+        let mut due: Vec<(Instant, u32)> = self.timers.iter().filter(|(_, d)| **d <= now).map(|(id, d)| (*d, *id)).collect();
+        due.sort();
+        for (_, id) in &due {
+            self.timers.remove(id);
+        }
+        due.into_iter().map(|(_, id)| id).collect()
+    }
+
+    fn refuse(&mut self, e: types::SupportError) -> types::SupportError {
+        self.refusals += 1;
+        tracing::warn!(channel = %self.chain_id, error = ?e, "plugin call refused");
+        if self.refusals == self.limits.max_refusals {
+            self.fail(format!("plugin made {} refused calls; last: {e:?}", self.refusals));
+        }
+        e
+    }
+
+    fn write(&mut self, blk: BlockRes, metadata: &[u8], is_config: bool) -> Result<(), types::SupportError> {
+        use types::SupportError as E;
+        if self.failed.is_some() {
+            return Err(E::Internal(format!("channel {} has failed; no more blocks are written", self.chain_id)));
+        }
+        if metadata.len() > self.limits.max_metadata_bytes {
+            return Err(self.refuse(E::LimitExceeded(format!(
+                "consenter metadata of {} bytes is over the limit of {}",
+                metadata.len(),
+                self.limits.max_metadata_bytes
+            ))));
+        }
+        let prev = blk.block.header.as_ref().map(|h| h.previous_hash.clone()).unwrap_or_default();
+        if blk.number != self.height || (self.height > 0 && prev.as_ref() != self.last_hash) {
+            self.created = (self.height, self.last_hash);
+            return Err(self.refuse(E::OutOfOrder(format!(
+                "block {} is not the next block: height is {}, expected previous hash {}",
+                blk.number,
+                self.height,
+                block::hex(&self.last_hash)
+            ))));
+        }
+        let mut b = blk.block;
+        let mut new_config = None;
+        if is_config {
+            let env_count = b.data.as_ref().map(|d| d.data.len()).unwrap_or(0);
+            if env_count != 1 {
+                self.created = (self.height, self.last_hash);
+                return Err(self.refuse(E::Invalid(format!("a config block holds exactly one envelope, not {env_count}"))));
+            }
+            match ChannelConfig::from_config_block(&b) {
+                Ok(c) => new_config = Some(c),
+                Err(e) => {
+                    self.created = (self.height, self.last_hash);
+                    return Err(self.refuse(E::Invalid(format!("config block {}: {e}", blk.number))));
+                }
+            }
+        }
+        let last_config = if is_config { blk.number } else { self.last_config };
+        if let Err(e) = block::sign_block(&mut b, last_config, metadata, &self.signer) {
+            let msg = e.to_string();
+            self.fail(msg.clone());
+            return Err(E::Internal(msg));
+        }
+        if let Err(e) = self.sink.write(blk.number, b.encode_to_vec().into()) {
+            let msg = format!("writing block {} to the ledger: {e}", blk.number);
+            self.fail(msg.clone());
+            return Err(E::Internal(msg));
+        }
+        self.height += 1;
+        self.last_hash = blk.hash;
+        self.last_config = last_config;
+        if let Some(c) = new_config {
+            tracing::info!(channel = %self.chain_id, block = blk.number, sequence = c.sequence, "config applied");
+            self.config = Arc::new(c);
+        }
+        Ok(())
+    }
+}
+
+fn batch_size(s: &Support) -> types::BatchSize {
+    let b = &s.config.batch_size;
+    types::BatchSize {
+        max_message_count: b.max_message_count,
+        absolute_max_bytes: b.absolute_max_bytes,
+        preferred_max_bytes: b.preferred_max_bytes,
+    }
+}
+
+impl types::Host for PluginState {}
+
+impl types::HostEnvelope for PluginState {
+    fn size(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<u32> {
+        Ok(self.table.get(&e)?.0.size)
+    }
+    fn class(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<types::MessageClass> {
+        Ok(match self.table.get(&e)?.0.class() {
+            MessageClass::Normal => types::MessageClass::Normal,
+            MessageClass::Config => types::MessageClass::Config,
+        })
+    }
+    fn config_sequence(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&e)?.0.config_seq)
+    }
+    fn tx_id(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&e)?.0.tx_id.clone())
+    }
+    fn to_bytes(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.table.get(&e)?.0.bytes.to_vec())
+    }
+    fn drop(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<()> {
+        self.table.delete(e)?;
+        Ok(())
+    }
+}
+
+impl types::HostBatch for PluginState {
+    fn new(&mut self, envelopes: Vec<Resource<EnvelopeRes>>) -> wasmtime::Result<Resource<BatchRes>> {
+        let mut v = Vec::with_capacity(envelopes.len());
+        for e in envelopes {
+            v.push(self.table.delete(e)?.0);
+        }
+        Ok(self.table.push(BatchRes(v))?)
+    }
+    fn len(&mut self, b: Resource<BatchRes>) -> wasmtime::Result<u32> {
+        Ok(self.table.get(&b)?.0.len() as u32)
+    }
+    fn size_bytes(&mut self, b: Resource<BatchRes>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&b)?.0.iter().map(|e| u64::from(e.size)).sum())
+    }
+    fn drop(&mut self, b: Resource<BatchRes>) -> wasmtime::Result<()> {
+        self.table.delete(b)?;
+        Ok(())
+    }
+}
+
+impl types::HostBlock for PluginState {
+    fn number(&mut self, b: Resource<BlockRes>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&b)?.number)
+    }
+    fn envelope_count(&mut self, b: Resource<BlockRes>) -> wasmtime::Result<u32> {
+        Ok(self.table.get(&b)?.block.data.as_ref().map(|d| d.data.len() as u32).unwrap_or(0))
+    }
+    fn header_hash(&mut self, b: Resource<BlockRes>) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.table.get(&b)?.hash.to_vec())
+    }
+    fn to_bytes(&mut self, b: Resource<BlockRes>) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.table.get(&b)?.block.encode_to_vec())
+    }
+    fn drop(&mut self, b: Resource<BlockRes>) -> wasmtime::Result<()> {
+        self.table.delete(b)?;
+        Ok(())
+    }
+}
+
+impl support::Host for PluginState {
+    fn ordered(&mut self, env: Resource<EnvelopeRes>) -> wasmtime::Result<support::OrderedResult> {
+        let env = self.table.delete(env)?.0;
+        let bs = self.support.config.batch_size.clone();
+        let r = self.support.cutter.ordered(env, &bs);
+        let mut batches = Vec::with_capacity(r.batches.len());
+        for b in r.batches {
+            batches.push(self.table.push(BatchRes(b))?);
+        }
+        Ok(support::OrderedResult { batches, pending: r.pending })
+    }
+
+    fn cut(&mut self) -> wasmtime::Result<Resource<BatchRes>> {
+        let b = self.support.cutter.cut();
+        Ok(self.table.push(BatchRes(b))?)
+    }
+
+    fn pending_count(&mut self) -> wasmtime::Result<u32> {
+        Ok(self.support.cutter.pending_len() as u32)
+    }
+
+    fn create_next_block(&mut self, batch: Resource<BatchRes>) -> wasmtime::Result<Result<Resource<BlockRes>, types::SupportError>> {
+        let envs = self.table.delete(batch)?.0;
+        let (number, prev) = self.support.created;
+        let data: Vec<Bytes> = envs.into_iter().map(|e| e.bytes).collect();
+        let block = block::new_block(number, if number == 0 { &[] } else { &prev }, data);
+        let hash = block.header.as_ref().map(block::header_hash).unwrap_or_default();
+        self.support.created = (number + 1, hash);
+        Ok(Ok(self.table.push(BlockRes { block, number, hash })?))
+    }
+
+    fn write_block(&mut self, b: Resource<BlockRes>, consenter_metadata: Vec<u8>) -> wasmtime::Result<Result<(), types::SupportError>> {
+        let blk = self.table.delete(b)?;
+        Ok(self.support.write(blk, &consenter_metadata, false))
+    }
+
+    fn write_config_block(&mut self, b: Resource<BlockRes>, consenter_metadata: Vec<u8>) -> wasmtime::Result<Result<(), types::SupportError>> {
+        let blk = self.table.delete(b)?;
+        Ok(self.support.write(blk, &consenter_metadata, true))
+    }
+
+    fn revalidate(&mut self, env: Resource<EnvelopeRes>) -> wasmtime::Result<Result<(), String>> {
+        let e = &self.table.get(&env)?.0;
+        if e.channel_id != self.support.chain_id {
+            return Ok(Err(format!("envelope is for channel {}, not {}", e.channel_id, self.support.chain_id)));
+        }
+        Ok(Ok(()))
+    }
+
+    fn shared_config(&mut self) -> wasmtime::Result<types::OrdererConfig> {
+        let c = &self.support.config;
+        Ok(types::OrdererConfig {
+            batch_size: batch_size(&self.support),
+            batch_timeout_ms: c.batch_timeout.as_millis() as u64,
+            consensus_type: c.consensus_type.clone(),
+            consensus_metadata: c.consensus_metadata.to_vec(),
+        })
+    }
+
+    fn chain_id(&mut self) -> wasmtime::Result<String> {
+        Ok(self.support.chain_id.clone())
+    }
+
+    fn height(&mut self) -> wasmtime::Result<u64> {
+        Ok(self.support.height)
+    }
+
+    fn sequence(&mut self) -> wasmtime::Result<u64> {
+        Ok(self.support.config.sequence)
+    }
+
+    fn sign(&mut self, message: Vec<u8>) -> wasmtime::Result<Result<Vec<u8>, types::SupportError>> {
+        Ok(self.support.signer.sign(&message).map_err(|e| types::SupportError::LimitExceeded(e.to_string())))
+    }
+
+    fn new_signature_header(&mut self) -> wasmtime::Result<Result<Vec<u8>, types::SupportError>> {
+        Ok(Ok(self.support.signer.new_signature_header().encode_to_vec()))
+    }
+
+    fn fail(&mut self, reason: String) -> wasmtime::Result<()> {
+        let reason: String = reason.chars().take(self.support.limits.max_log_bytes).collect();
+        self.support.fail(format!("plugin reported a fatal error: {reason}"));
+        Ok(())
+    }
+}
+
+impl timers::Host for PluginState {
+    fn set(&mut self, id: u32, delay_ms: u64) -> wasmtime::Result<Result<(), types::SupportError>> {
+        let s = &mut self.support;
+        let delay = Duration::from_millis(delay_ms);
+        if delay > s.limits.max_timer_delay {
+            let e = types::SupportError::LimitExceeded(format!(
+                "timer {id}: delay of {delay_ms} ms is over the maximum of {} ms",
+                s.limits.max_timer_delay.as_millis()
+            ));
+            return Ok(Err(s.refuse(e)));
+        }
+        if !s.timers.contains_key(&id) && s.timers.len() >= s.limits.max_timers {
+            let e = types::SupportError::LimitExceeded(format!("timer {id}: {} timers are already armed", s.timers.len()));
+            return Ok(Err(s.refuse(e)));
+        }
+        let at = s.clock.now() + delay;
+        s.timers.insert(id, at);
+        Ok(Ok(()))
+    }
+
+    fn cancel(&mut self, id: u32) -> wasmtime::Result<()> {
+        self.support.timers.remove(&id);
+        Ok(())
+    }
+}
+
+impl log::Host for PluginState {
+    fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
+        let max = self.support.limits.max_log_bytes;
+        let msg = if message.len() > max {
+            let mut end = max;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            &message[..end]
+        } else {
+            &message
+        };
+        let ch = &self.support.chain_id;
+        match level {
+            types::Level::Trace => tracing::trace!(channel = %ch, plugin = true, "{msg}"),
+            types::Level::Debug => tracing::debug!(channel = %ch, plugin = true, "{msg}"),
+            types::Level::Info => tracing::info!(channel = %ch, plugin = true, "{msg}"),
+            types::Level::Warn => tracing::warn!(channel = %ch, plugin = true, "{msg}"),
+            types::Level::Error => tracing::error!(channel = %ch, plugin = true, "{msg}"),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,145 @@
+//! A deterministic test host for consenter plugins: the real runtime and
+//! native support, with a hand-moved clock and blocks collected in memory
+//! instead of a ledger. The same plugin bytes that run in a node run here;
+//! a test feeds events and moves time explicitly. May touch nothing outside
+//! memory.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::block;
+use crate::chain::{ChainCore, ChainStatus, EnqueueError};
+use crate::channel::{ChannelConfig, ChannelTemplate};
+use crate::envelope::Envelope;
+use crate::proto::common::Block;
+use crate::runtime::{Plugin, RuntimeError};
+use crate::signer::Signer;
+use crate::support::{BlockSink, ChainPosition, Clock, Support, SupportLimits};
+
+/// A clock moved only by the test.
+#[derive(Debug)]
+pub struct ManualClock {
+    start: Instant,
+    offset: Mutex<Duration>,
+}
+
+impl ManualClock {
+    /// A clock at an arbitrary origin.
+    pub fn new() -> Arc<ManualClock> {
+        Arc::new(ManualClock { start: Instant::now(), offset: Mutex::new(Duration::ZERO) })
+    }
+
+    /// Moves time forward.
+    pub fn advance(&self, d: Duration) {
+        *self.offset.lock().unwrap_or_else(|p| p.into_inner()) += d;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        self.start + *self.offset.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Blocks written by the plugin, in order.
+#[derive(Clone, Default)]
+pub struct MemorySink(pub Arc<Mutex<Vec<Bytes>>>);
+
+impl BlockSink for MemorySink {
+    fn write(&mut self, _number: u64, block: Bytes) -> Result<(), String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(block);
+        Ok(())
+    }
+}
+
+/// A plugin running on one in-memory chain.
+pub struct TestHost {
+    core: ChainCore,
+    clock: Arc<ManualClock>,
+    blocks: MemorySink,
+    status: Arc<ChainStatus>,
+    seen: usize,
+}
+
+impl TestHost {
+    /// Starts `plugin` on a new chain made from `template` (its genesis
+    /// block is block 0 in memory; the plugin starts at height 1).
+    pub fn start(plugin: &Plugin, template: &ChannelTemplate, signer: Arc<Signer>) -> Result<TestHost, RuntimeError> {
+        let genesis = template.genesis_block();
+        let config = ChannelConfig::from_config_block(&genesis)
+            .map_err(|e| RuntimeError::Engine(format!("test host: bad template: {e}")))?;
+        let hash = genesis.header.as_ref().map(block::header_hash).unwrap_or_default();
+        let clock = ManualClock::new();
+        let blocks = MemorySink::default();
+        blocks.0.lock().unwrap_or_else(|p| p.into_inner()).push(genesis.encode_to_vec().into());
+        let support = Support::new(
+            &template.channel_id,
+            Arc::new(config),
+            signer,
+            Box::new(blocks.clone()),
+            clock.clone(),
+            ChainPosition { height: 1, last_hash: hash, last_config: 0 },
+            SupportLimits::default(),
+        );
+        let status = Arc::new(ChainStatus::default());
+        let core = ChainCore::start(plugin, support, &[], status.clone())?;
+        Ok(TestHost { core, clock, blocks, status, seen: 1 })
+    }
+
+    /// Offers an envelope (parsed from its bytes).
+    pub fn enqueue(&mut self, env: Bytes) -> Result<(), EnqueueError> {
+        let e = Envelope::parse(env).map_err(|e| EnqueueError::Errored { channel: self.core.channel().into(), reason: e.to_string() })?;
+        self.core.enqueue(e)
+    }
+
+    /// Moves time by `d`, firing the timers that fall due, in order.
+    pub fn advance(&mut self, d: Duration) {
+        let target = self.clock.now() + d;
+        while let Some(deadline) = self.core.next_deadline() {
+            if deadline > target {
+                break;
+            }
+            let now = self.clock.now();
+            if deadline > now {
+                self.clock.advance(deadline - now);
+            }
+            self.core.fire_timers(deadline);
+        }
+        let now = self.clock.now();
+        if target > now {
+            self.clock.advance(target - now);
+        }
+    }
+
+    /// The earliest armed timer, relative to now.
+    pub fn next_timer_in(&self) -> Option<Duration> {
+        self.core.next_deadline().map(|d| d.saturating_duration_since(self.clock.now()))
+    }
+
+    /// Every block so far, genesis included.
+    pub fn blocks(&self) -> Vec<Block> {
+        let v = self.blocks.0.lock().unwrap_or_else(|p| p.into_inner());
+        v.iter().filter_map(|b| Block::decode(b.clone()).ok()).collect()
+    }
+
+    /// Blocks written since the last call.
+    pub fn new_blocks(&mut self) -> Vec<Block> {
+        let all = self.blocks();
+        let new = all[self.seen.min(all.len())..].to_vec();
+        self.seen = all.len();
+        new
+    }
+
+    /// Why the chain is errored, if it is.
+    pub fn errored(&self) -> Option<String> {
+        self.status.errored()
+    }
+
+    /// Halts the plugin.
+    pub fn halt(&mut self) {
+        self.core.halt();
+    }
+}

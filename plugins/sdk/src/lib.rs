@@ -1,0 +1,125 @@
+//! The plugin author's side of the `fabric:consenter@0.1.0` contract.
+//!
+//! Implement [`Consenter`] for your chain type and export it with
+//! [`export_consenter!`]. The host calls your chain one event at a time;
+//! keep your state in `self` and do all I/O through the imports re-exported
+//! here (`support`, `timers`, `log`).
+//!
+//! ```ignore
+//! struct MyChain;
+//! impl consenter_sdk::Consenter for MyChain {
+//!     fn handle_chain(_metadata: Vec<u8>) -> Result<Self, String> { Ok(MyChain) }
+//!     fn enqueue(&mut self, env: consenter_sdk::Envelope) -> bool { /* ... */ true }
+//! }
+//! consenter_sdk::export_consenter!(MyChain);
+//! ```
+
+/// Generated bindings of the `consenter` world.
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "consenter",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_consenter_world",
+        default_bindings_module: "consenter_sdk::bindings",
+    });
+}
+
+pub use bindings::fabric::consenter::types::{
+    Batch, BatchSize, Block, Envelope, Level, MessageClass, OrdererConfig, SupportError,
+};
+pub use bindings::fabric::consenter::{log as host_log, support, timers};
+
+/// A consenter's chain (Fabric's `Chain`), created by `handle_chain`
+/// (Fabric's `Consenter.HandleChain`).
+pub trait Consenter: Sized + 'static {
+    /// Prepare the chain from the consenter metadata of the last block
+    /// (empty for a new chain). Err refuses the chain.
+    fn handle_chain(metadata: Vec<u8>) -> Result<Self, String>;
+    /// Start ordering.
+    fn start(&mut self) {}
+    /// Offer an envelope; true = accepted.
+    fn enqueue(&mut self, env: Envelope) -> bool;
+    /// Timer `id` fired.
+    fn on_timer(&mut self, _id: u32) {}
+    /// Stop.
+    fn halt(&mut self) {}
+}
+
+/// Log at info level through the host.
+pub fn info(msg: &str) {
+    host_log::log(Level::Info, msg);
+}
+
+/// Log at warn level through the host.
+pub fn warn(msg: &str) {
+    host_log::log(Level::Warn, msg);
+}
+
+/// Create the next block from `batch` and write it; on a refusal, report
+/// the chain failed (the host stops delivering events) and return false.
+pub fn write_batch(batch: Batch, consenter_metadata: &[u8]) -> bool {
+    let r = support::create_next_block(batch).and_then(|b| support::write_block(b, consenter_metadata));
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            support::fail(&format!("writing block: {e}"));
+            false
+        }
+    }
+}
+
+/// Route panics to the host log before the instance aborts, so operators
+/// see the message rather than only "unreachable".
+#[doc(hidden)]
+pub fn __install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        host_log::log(Level::Error, &format!("plugin panicked: {info}"));
+    }));
+}
+
+/// Exports `$t: Consenter` as the plugin's `chain`.
+#[macro_export]
+macro_rules! export_consenter {
+    ($t:ty) => {
+        mod __consenter_export {
+            use super::*;
+            use $crate::bindings::exports::fabric::consenter::chain::Guest;
+            use $crate::Consenter as _;
+
+            std::thread_local! {
+                static CHAIN: std::cell::RefCell<Option<$t>> = const { std::cell::RefCell::new(None) };
+            }
+
+            fn with<R>(f: impl FnOnce(&mut $t) -> R) -> Option<R> {
+                CHAIN.with(|c| c.borrow_mut().as_mut().map(f))
+            }
+
+            pub struct Export;
+
+            impl Guest for Export {
+                fn handle_chain(metadata: Vec<u8>) -> Result<(), String> {
+                    $crate::__install_panic_hook();
+                    let chain = <$t>::handle_chain(metadata)?;
+                    CHAIN.with(|c| *c.borrow_mut() = Some(chain));
+                    Ok(())
+                }
+                fn start() {
+                    with(|c| c.start());
+                }
+                fn enqueue(env: $crate::Envelope) -> bool {
+                    with(|c| c.enqueue(env)).unwrap_or(false)
+                }
+                fn on_timer(id: u32) {
+                    with(|c| c.on_timer(id));
+                }
+                fn halt() {
+                    with(|c| c.halt());
+                    CHAIN.with(|c| *c.borrow_mut() = None);
+                }
+            }
+
+            $crate::bindings::__export_consenter_world!(Export with_types_in $crate::bindings);
+        }
+    };
+}

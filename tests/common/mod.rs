@@ -1,0 +1,104 @@
+//! Helpers for end-to-end tests: start a real node process, talk to it over
+//! real gRPC.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use consenter_host::envelope;
+use consenter_host::proto::common::{Block, Envelope, HeaderType};
+use consenter_host::proto::orderer::atomic_broadcast_client::AtomicBroadcastClient;
+use consenter_host::proto::orderer::seek_info::SeekBehavior;
+use consenter_host::proto::orderer::seek_position::Type as Pos;
+use consenter_host::proto::orderer::{SeekInfo, SeekPosition, SeekSpecified, deliver_response};
+use prost::Message;
+use tonic::transport::Channel;
+
+/// A node process; killed (SIGKILL) when dropped.
+pub struct NodeProc {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl NodeProc {
+    /// Starts `consenter-host start` on a free port with `args`, and waits
+    /// for the line saying where it listens.
+    pub fn start(data_dir: &Path, args: &[&str]) -> NodeProc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_consenter-host"))
+            .arg("start")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting consenter-host");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines.next().expect("node exited before listening").expect("reading node stdout");
+            if let Some(rest) = line.strip_prefix("consenter-host listening on ") {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep draining stdout so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        NodeProc { child, addr }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    pub async fn client(&self) -> AtomicBroadcastClient<Channel> {
+        let url = format!("http://{}", self.addr);
+        for _ in 0..100 {
+            if let Ok(c) = AtomicBroadcastClient::connect(url.clone()).await {
+                return c.max_decoding_message_size(64 << 20);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("cannot connect to {url}");
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn message(channel: &str, tx: &str, size: usize) -> Envelope {
+    let b = envelope::build(channel, HeaderType::Message, tx, Bytes::from(vec![0x5a; size]), None).unwrap();
+    Envelope::decode(b).unwrap()
+}
+
+pub fn seek_envelope(channel: &str, start: u64, stop: u64, behavior: SeekBehavior) -> Envelope {
+    let pos = |n| SeekPosition { r#type: Some(Pos::Specified(SeekSpecified { number: n })) };
+    let seek = SeekInfo { start: Some(pos(start)), stop: Some(pos(stop)), behavior: behavior as i32, error_response: 0 };
+    let b = envelope::build(channel, HeaderType::DeliverSeekInfo, "", seek.encode_to_vec().into(), None).unwrap();
+    Envelope::decode(b).unwrap()
+}
+
+/// Reads blocks start..=stop with Deliver (waiting for them).
+pub async fn deliver(client: &mut AtomicBroadcastClient<Channel>, channel: &str, start: u64, stop: u64) -> Vec<Block> {
+    let req = tokio_stream::iter(vec![seek_envelope(channel, start, stop, SeekBehavior::BlockUntilReady)]);
+    let mut s = client.deliver(req).await.unwrap().into_inner();
+    let mut out = vec![];
+    while let Some(r) = s.message().await.unwrap() {
+        match r.r#type {
+            Some(deliver_response::Type::Block(b)) => out.push(b),
+            Some(deliver_response::Type::Status(st)) => {
+                assert_eq!(st, 200, "deliver status");
+                break;
+            }
+            None => panic!("empty deliver response"),
+        }
+    }
+    out
+}
