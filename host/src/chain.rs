@@ -211,22 +211,14 @@ impl Chain {
         ledger: Ledger,
     ) -> Result<Arc<Chain>, RuntimeError> {
         let status = Arc::new(ChainStatus::default());
-        let (wtx, wrx) = std_mpsc::channel::<Bytes>();
-        let writer = {
-            let ledger = ledger.clone();
-            let status = status.clone();
-            std::thread::Builder::new()
-                .name(format!("ledger-{channel}"))
-                .spawn(move || ledger_writer(ledger, wrx, status))
-                .map_err(|e| RuntimeError::Engine(format!("starting a ledger writer thread: {e}")))?
-        };
+        let (sink, writer) = ledger_sink(channel, ledger.clone(), status.clone())?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let (ready_tx, ready_rx) = std_mpsc::channel();
         let actor_status = status.clone();
         let actor = std::thread::Builder::new()
             .name(format!("chain-{channel}"))
             .spawn(move || {
-                let support = make_support(Box::new(ChannelSink(wtx)));
+                let support = make_support(sink);
                 match ChainCore::start(&plugin, support, &metadata, actor_status) {
                     Ok(core) => {
                         let _ = ready_tx.send(Ok(()));
@@ -292,6 +284,22 @@ impl Drop for Chain {
     fn drop(&mut self) {
         let _ = self.tx.try_send(Event::Halt);
     }
+}
+
+/// A sink that hands blocks to a new ledger writer thread for `ledger`
+/// (group commit). The thread ends, after writing everything queued, when
+/// the sink is dropped; a write error marks `status` errored.
+pub fn ledger_sink(
+    channel: &str,
+    ledger: Ledger,
+    status: Arc<ChainStatus>,
+) -> Result<(Box<dyn BlockSink>, JoinHandle<()>), RuntimeError> {
+    let (wtx, wrx) = std_mpsc::channel::<Bytes>();
+    let writer = std::thread::Builder::new()
+        .name(format!("ledger-{channel}"))
+        .spawn(move || ledger_writer(ledger, wrx, status))
+        .map_err(|e| RuntimeError::Engine(format!("starting a ledger writer thread: {e}")))?;
+    Ok((Box::new(ChannelSink(wtx)), writer))
 }
 
 struct ChannelSink(std_mpsc::Sender<Bytes>);

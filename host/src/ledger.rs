@@ -1069,6 +1069,15 @@ mod tests {
         write_raw(dir.path(), &[blocks[0].clone(), blocks[2].clone()]);
         expect_corrupt(dir.path(), 1, offsets[1]);
 
+        // Block 1 linking correctly but numbered 5.
+        let b0 = Block::decode(blocks[0].clone()).unwrap();
+        let h0 = header_hash(b0.header.as_ref().unwrap());
+        let misnumbered = Bytes::from(new_block(5, &h0, vec![Bytes::from("x")]).encode_to_vec());
+        write_raw(dir.path(), &[blocks[0].clone(), misnumbered, blocks[2].clone()]);
+        expect_corrupt(dir.path(), 1, offsets[1]);
+        let err = Ledger::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("header says block 5"), "{err}");
+
         // Block 1 linking elsewhere (even as the last record: it is not torn).
         let bad1 = Bytes::from(new_block(1, &[9; 32], vec![Bytes::from("x")]).encode_to_vec());
         write_raw(dir.path(), &[blocks[0].clone(), bad1]);
@@ -1209,7 +1218,7 @@ mod tests {
         assert_eq!(ledger.height(), 1);
         assert!(poll_once(&mut waiting).await, "block 1 is still not there");
         // ...but a wait for block 0 returns at once.
-        ledger.wait_for(0).await;
+        assert!(!poll_once(&mut pin!(ledger.wait_for(0))).await, "block 0 is durable");
 
         let mut rx = ledger.subscribe();
         assert_eq!(*rx.borrow_and_update(), 1);
