@@ -156,3 +156,49 @@ fn written_blocks_are_signed_by_the_node() {
     let other = signer();
     assert!(block::verify_block_signature(&b, other.verifying_key()).is_err());
 }
+
+#[test]
+fn grouped_enqueue_orders_like_one_by_one() {
+    let mut h = host(&template(3, 1 << 20));
+    let mut next = template(3, 1 << 20);
+    next.batch_timeout = Duration::from_millis(700);
+    let group = vec![
+        env_of_size("a", 100),
+        env_of_size("b", 100),
+        env_of_size("c", 100),
+        env_of_size("d", 100),
+        next.config_envelope(),
+        env_of_size("e", 100),
+    ];
+    let answers = h.enqueue_many(group);
+    assert_eq!(answers.len(), 6);
+    assert!(answers.iter().all(|a| a.is_ok()));
+    let blocks = h.new_blocks();
+    assert_eq!(tx_ids(&blocks[0]), vec!["a", "b", "c"]);
+    assert_eq!(tx_ids(&blocks[1]), vec!["d"], "config cuts the pending batch first");
+    assert!(ChannelConfig::from_config_block(&blocks[2]).is_ok(), "then the config block alone");
+    assert_eq!(blocks.len(), 3);
+    // e pends under the new config's BatchTimeout.
+    assert_eq!(h.next_timer_in(), Some(Duration::from_millis(700)));
+    check_chain(&h.blocks());
+}
+
+#[test]
+fn grouped_enqueue_keeps_fabrics_timer_rule() {
+    // Fabric's solo does not restart the batch timer when an overflow cut
+    // leaves the new message pending; a grouped call must not either.
+    let mut h = host(&template(100, 1000));
+    h.enqueue(env_of_size("a", 400)).unwrap();
+    h.advance(Duration::from_secs(1));
+    let r = h.enqueue_many(vec![env_of_size("b", 700)]);
+    assert!(r[0].is_ok());
+    assert_eq!(h.new_blocks().iter().map(tx_ids).collect::<Vec<_>>(), vec![vec!["a"]]);
+    assert_eq!(h.next_timer_in(), Some(Duration::from_secs(1)), "timer from a still runs");
+    // A count cut in the group clears the timer; the next pending message re-arms it fresh.
+    let mut h = host(&template(2, 1 << 20));
+    h.enqueue(env_of_size("a", 100)).unwrap();
+    h.advance(Duration::from_secs(1));
+    h.enqueue_many(vec![env_of_size("b", 100), env_of_size("c", 100)]);
+    assert_eq!(h.new_blocks().iter().map(tx_ids).collect::<Vec<_>>(), vec![vec!["a", "b"]]);
+    assert_eq!(h.next_timer_in(), Some(Duration::from_secs(2)), "re-armed for c");
+}

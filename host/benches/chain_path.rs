@@ -24,6 +24,8 @@ use consenter_host::signer::{self, Signer};
 use consenter_host::support::{BlockSink, ChainPosition, Support, SupportLimits, SystemClock};
 
 const PER_ITER: usize = 10_000; // 20 blocks of 500
+/// Envelopes per plugin call, as the chain actor groups what queued up.
+const GROUP: usize = 500;
 
 fn envelopes(n: usize) -> Vec<Envelope> {
     (0..n)
@@ -95,8 +97,10 @@ fn bench(c: &mut Criterion) {
                 let start = Instant::now();
                 for _ in 0..iters {
                     let target = s.ledger.height() + (PER_ITER / 500) as u64;
-                    for e in &envs {
-                        core.enqueue(e.clone()).unwrap();
+                    for group in envs.chunks(GROUP) {
+                        for r in core.enqueue_many(group.to_vec()) {
+                            r.unwrap();
+                        }
                     }
                     wait_height(&s.ledger, target);
                 }
@@ -135,7 +139,62 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+
+    // Without the ledger (blocks dropped after signing and encoding): the
+    // same host work on one thread, with and without the plugin; their
+    // difference is the plugin's cost, with less noise than the full path.
+    {
+        let s = setup();
+        let rt = Runtime::new(Limits::default()).unwrap();
+        let solo = rt.load("solo", embedded::get("solo").unwrap()).unwrap();
+        let cfg = Arc::new(ChannelConfig::from_config_block(&s.template.genesis_block()).unwrap());
+        let support = Support::new(
+            "bench",
+            cfg.clone(),
+            s.signer.clone(),
+            Box::new(NullSink),
+            Arc::new(SystemClock),
+            position(&s.ledger),
+            SupportLimits::default(),
+        );
+        let mut core = ChainCore::start(&solo, support, &[], Arc::new(ChainStatus::default())).unwrap();
+        g.bench_function("wasm_solo_no_ledger", |b| {
+            b.iter(|| {
+                for group in envs.chunks(GROUP) {
+                    for r in core.enqueue_many(group.to_vec()) {
+                        r.unwrap();
+                    }
+                }
+            })
+        });
+        let mut cutter = BlockCutter::default();
+        let mut pos = position(&s.ledger);
+        let mut sink = NullSink;
+        g.bench_function("native_no_ledger", |b| {
+            b.iter(|| {
+                for e in &envs {
+                    for batch in cutter.ordered(e.clone(), &cfg.batch_size).batches {
+                        let data = batch.into_iter().map(|e| e.bytes).collect();
+                        let mut blk = block::new_block(pos.height, &pos.last_hash, data);
+                        let hash = block::header_hash(blk.header.as_ref().unwrap());
+                        block::sign_block(&mut blk, 0, &[], &s.signer).unwrap();
+                        sink.write(pos.height, blk.encode_to_vec().into()).unwrap();
+                        pos.height += 1;
+                        pos.last_hash = hash;
+                    }
+                }
+            })
+        });
+    }
     g.finish();
+}
+
+struct NullSink;
+impl BlockSink for NullSink {
+    fn write(&mut self, _number: u64, block: Bytes) -> Result<(), String> {
+        std::hint::black_box(block);
+        Ok(())
+    }
 }
 
 criterion_group!(benches, bench);

@@ -6,7 +6,7 @@
 //! its own clock). May touch the plugin instance, its ledger and its status.
 
 use std::sync::mpsc as std_mpsc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -25,15 +25,26 @@ pub struct ChainStatus {
     errored: watch::Sender<Option<String>>,
     /// The channel's AbsoluteMaxBytes now (Broadcast's size check).
     absolute_max_bytes: AtomicU32,
+    /// The channel's config sequence now (what Broadcast validates under).
+    sequence: AtomicU64,
 }
 
 impl Default for ChainStatus {
     fn default() -> Self {
-        ChainStatus { errored: watch::channel(None).0, absolute_max_bytes: AtomicU32::new(u32::MAX) }
+        ChainStatus {
+            errored: watch::channel(None).0,
+            absolute_max_bytes: AtomicU32::new(u32::MAX),
+            sequence: AtomicU64::new(0),
+        }
     }
 }
 
 impl ChainStatus {
+    /// The channel's config sequence as of its latest config.
+    pub fn sequence(&self) -> u64 {
+        self.sequence.load(Ordering::Relaxed)
+    }
+
     /// The channel's AbsoluteMaxBytes as of its latest config.
     pub fn absolute_max_bytes(&self) -> u32 {
         self.absolute_max_bytes.load(Ordering::Relaxed)
@@ -118,6 +129,7 @@ impl ChainCore {
                 self.status.set_errored(reason.to_string());
             }
             self.status.absolute_max_bytes.store(s.config().batch_size.absolute_max_bytes, Ordering::Relaxed);
+            self.status.sequence.store(s.config().sequence, Ordering::Relaxed);
         }
     }
 
@@ -137,13 +149,22 @@ impl ChainCore {
 
     /// Offers an envelope to the plugin.
     pub fn enqueue(&mut self, env: Envelope) -> Result<(), EnqueueError> {
+        self.enqueue_many(vec![env]).pop().unwrap_or_else(|| Err(EnqueueError::Refused { channel: self.channel.clone() }))
+    }
+
+    /// Offers envelopes to the plugin in one call; one answer each.
+    pub fn enqueue_many(&mut self, envs: Vec<Envelope>) -> Vec<Result<(), EnqueueError>> {
+        let n = envs.len();
         if let Some(reason) = self.status.errored() {
-            return Err(EnqueueError::Errored { channel: self.channel.clone(), reason });
+            return vec![Err(EnqueueError::Errored { channel: self.channel.clone(), reason }); n];
         }
-        let r = self.instance.enqueue(env);
-        match self.on_call_result(r)? {
-            true => Ok(()),
-            false => Err(EnqueueError::Refused { channel: self.channel.clone() }),
+        let r = self.instance.enqueue(envs);
+        match self.on_call_result(r) {
+            Ok(answers) => answers
+                .into_iter()
+                .map(|ok| if ok { Ok(()) } else { Err(EnqueueError::Refused { channel: self.channel.clone() }) })
+                .collect(),
+            Err(e) => vec![Err(e); n],
         }
     }
 
@@ -194,6 +215,9 @@ pub struct Chain {
     ledger: Ledger,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
+
+/// Most envelopes handed to the plugin in one `enqueue` call.
+const MAX_GROUP: usize = 1024;
 
 /// Capacity of a chain's event queue: Broadcast waits (back-pressure)
 /// when it is full.
@@ -258,10 +282,12 @@ impl Chain {
 
     /// Offers an envelope; waits for queue space (back-pressure) and for
     /// the plugin's answer.
-    pub async fn enqueue(&self, env: Envelope) -> Result<(), EnqueueError> {
+    pub async fn enqueue(&self, mut env: Envelope) -> Result<(), EnqueueError> {
         if let Some(reason) = self.status.errored() {
             return Err(EnqueueError::Errored { channel: self.channel.clone(), reason });
         }
+        // The envelope was checked by Broadcast under the current config.
+        env.config_seq = self.status.sequence();
         let (rtx, rrx) = oneshot::channel();
         if self.tx.send(Event::Enqueue(env, rtx)).await.is_err() {
             return Err(EnqueueError::Halted { channel: self.channel.clone() });
@@ -359,15 +385,33 @@ fn run_actor(mut core: ChainCore, mut rx: mpsc::Receiver<Event>) {
                 None => rx.recv().await,
             };
             let Some(ev) = ev else { break };
-            if !handle(&mut core, ev) {
-                break;
-            }
-            // Drain what is already queued before looking at timers again.
-            while let Ok(ev) = rx.try_recv() {
-                if !handle(&mut core, ev) {
-                    core.halt();
-                    return;
+            // Deliver what queued up meanwhile in one call (in order).
+            let mut envs = Vec::new();
+            let mut replies = Vec::new();
+            let mut halt = false;
+            let mut next = Some(ev);
+            while let Some(ev) = next.take() {
+                match ev {
+                    Event::Enqueue(env, reply) => {
+                        envs.push(env);
+                        replies.push(reply);
+                    }
+                    Event::Halt => {
+                        halt = true;
+                        break;
+                    }
                 }
+                if envs.len() < MAX_GROUP {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !envs.is_empty() {
+                for (r, reply) in core.enqueue_many(envs).into_iter().zip(replies) {
+                    let _ = reply.send(r);
+                }
+            }
+            if halt {
+                break;
             }
             if core.next_deadline().is_some_and(|d| d <= Instant::now()) {
                 core.fire_timers(Instant::now());
@@ -377,13 +421,3 @@ fn run_actor(mut core: ChainCore, mut rx: mpsc::Receiver<Event>) {
     });
 }
 
-fn handle(core: &mut ChainCore, ev: Event) -> bool {
-    match ev {
-        Event::Enqueue(env, reply) => {
-            let r = core.enqueue(env);
-            let _ = reply.send(r);
-            true
-        }
-        Event::Halt => false,
-    }
-}

@@ -331,12 +331,31 @@ impl Instance {
         self.call("start", |b, s| b.fabric_consenter_chain().call_start(s))
     }
 
-    /// `enqueue(env)`: whether the plugin accepted it.
-    pub fn enqueue(&mut self, env: crate::envelope::Envelope) -> Result<bool, RuntimeError> {
-        self.call("enqueue", |b, s| {
-            let handle = s.data_mut().table.push(crate::support::EnvelopeRes(env))?;
-            b.fabric_consenter_chain().call_enqueue(s, handle)
-        })
+    /// `enqueue(envelopes)`: whether the plugin accepted each, in order.
+    /// An answer list of the wrong length refuses them all.
+    pub fn enqueue(&mut self, envs: Vec<crate::envelope::Envelope>) -> Result<Vec<bool>, RuntimeError> {
+        use bindings::fabric::consenter::types::{EnvelopeInfo, MessageClass};
+        let n = envs.len();
+        let answers = self.call("enqueue", |b, s| {
+            let mut offered = Vec::with_capacity(n);
+            for env in envs {
+                let info = EnvelopeInfo {
+                    class: match env.class() {
+                        crate::envelope::MessageClass::Normal => MessageClass::Normal,
+                        crate::envelope::MessageClass::Config => MessageClass::Config,
+                    },
+                    size: env.size,
+                    config_sequence: env.config_seq,
+                };
+                offered.push((s.data_mut().table.push(crate::support::EnvelopeRes(env))?, info));
+            }
+            b.fabric_consenter_chain().call_enqueue(s, &offered)
+        })?;
+        if answers.len() != n {
+            tracing::warn!(channel = %self.channel, offered = n, answers = answers.len(), "plugin answered enqueue with a list of the wrong length");
+            return Ok(vec![false; n]);
+        }
+        Ok(answers)
     }
 
     /// `on-timer(id)`.

@@ -342,6 +342,21 @@ impl support::Host for PluginState {
         Ok(support::OrderedResult { batches, pending: r.pending })
     }
 
+    fn ordered_many(&mut self, envs: Vec<Resource<EnvelopeRes>>) -> wasmtime::Result<support::OrderedManyResult> {
+        let bs = self.support.config.batch_size.clone();
+        let mut batches = Vec::new();
+        let mut pending = Vec::with_capacity(envs.len());
+        for env in envs {
+            let env = self.table.delete(env)?.0;
+            let r = self.support.cutter.ordered(env, &bs);
+            for b in r.batches {
+                batches.push(self.table.push(BatchRes(b))?);
+            }
+            pending.push(r.pending);
+        }
+        Ok(support::OrderedManyResult { batches, pending })
+    }
+
     fn cut(&mut self) -> wasmtime::Result<Resource<BatchRes>> {
         let b = self.support.cutter.cut();
         Ok(self.table.push(BatchRes(b))?)

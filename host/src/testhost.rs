@@ -95,6 +95,21 @@ impl TestHost {
         self.core.enqueue(e)
     }
 
+    /// Offers several envelopes in one plugin call (as the node does with
+    /// envelopes that queued up); one answer each.
+    pub fn enqueue_many(&mut self, envs: Vec<Bytes>) -> Vec<Result<(), EnqueueError>> {
+        let mut parsed = Vec::with_capacity(envs.len());
+        for e in envs {
+            match Envelope::parse(e) {
+                Ok(e) => parsed.push(e),
+                Err(e) => {
+                    return vec![Err(EnqueueError::Errored { channel: self.core.channel().into(), reason: e.to_string() })];
+                }
+            }
+        }
+        self.core.enqueue_many(parsed)
+    }
+
     /// Moves time by `d`, firing the timers that fall due, in order.
     pub fn advance(&mut self, d: Duration) {
         let target = self.clock.now() + d;

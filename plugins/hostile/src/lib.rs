@@ -9,7 +9,7 @@
 //!
 //! `<event>` is one of `handle-chain`, `start`, `enqueue`, `timer`, `halt`.
 
-use consenter_sdk::{Batch, Consenter, Envelope, support, timers, write_batch};
+use consenter_sdk::{Batch, Consenter, Envelope, EnvelopeInfo, support, timers, write_batch};
 
 struct Hostile {
     mode: String,
@@ -61,7 +61,7 @@ impl Consenter for Hostile {
         misbehave(&self.mode, "start");
         let _ = timers::set(1, 10);
     }
-    fn enqueue(&mut self, env: Envelope) -> bool {
+    fn enqueue(&mut self, env: Envelope, _info: EnvelopeInfo) -> bool {
         misbehave(&self.mode, "enqueue");
         write_batch(Batch::new(vec![env]), &[])
     }

@@ -9,7 +9,10 @@
 //! struct MyChain;
 //! impl consenter_sdk::Consenter for MyChain {
 //!     fn handle_chain(_metadata: Vec<u8>) -> Result<Self, String> { Ok(MyChain) }
-//!     fn enqueue(&mut self, env: consenter_sdk::Envelope) -> bool { /* ... */ true }
+//!     fn enqueue(&mut self, env: consenter_sdk::Envelope, info: consenter_sdk::EnvelopeInfo) -> bool {
+//!         /* ... */
+//!         true
+//!     }
 //! }
 //! consenter_sdk::export_consenter!(MyChain);
 //! ```
@@ -26,7 +29,7 @@ pub mod bindings {
 }
 
 pub use bindings::fabric::consenter::types::{
-    Batch, BatchSize, Block, Envelope, Level, MessageClass, OrdererConfig, SupportError,
+    Batch, BatchSize, Block, Envelope, EnvelopeInfo, Level, MessageClass, OrdererConfig, SupportError,
 };
 pub use bindings::fabric::consenter::{log as host_log, support, timers};
 
@@ -38,8 +41,15 @@ pub trait Consenter: Sized + 'static {
     fn handle_chain(metadata: Vec<u8>) -> Result<Self, String>;
     /// Start ordering.
     fn start(&mut self) {}
-    /// Offer an envelope; true = accepted.
-    fn enqueue(&mut self, env: Envelope) -> bool;
+    /// Offer an envelope; true = accepted. `info` carries its class, size
+    /// and the config sequence it was validated under.
+    fn enqueue(&mut self, env: Envelope, info: EnvelopeInfo) -> bool;
+    /// Offer several envelopes that queued up, in order; one answer each.
+    /// The default calls `enqueue` for each; override it to batch work
+    /// (e.g. one `support::ordered_many` call for a run of messages).
+    fn enqueue_many(&mut self, envelopes: Vec<(Envelope, EnvelopeInfo)>) -> Vec<bool> {
+        envelopes.into_iter().map(|(e, i)| self.enqueue(e, i)).collect()
+    }
     /// Timer `id` fired.
     fn on_timer(&mut self, _id: u32) {}
     /// Stop.
@@ -107,8 +117,9 @@ macro_rules! export_consenter {
                 fn start() {
                     with(|c| c.start());
                 }
-                fn enqueue(env: $crate::Envelope) -> bool {
-                    with(|c| c.enqueue(env)).unwrap_or(false)
+                fn enqueue(envelopes: Vec<($crate::Envelope, $crate::EnvelopeInfo)>) -> Vec<bool> {
+                    let n = envelopes.len();
+                    with(|c| c.enqueue_many(envelopes)).unwrap_or_else(|| vec![false; n])
                 }
                 fn on_timer(id: u32) {
                     with(|c| c.on_timer(id));

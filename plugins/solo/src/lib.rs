@@ -3,7 +3,7 @@
 //! timer cuts what is pending after BatchTimeout; a config message cuts the
 //! pending batch, then goes alone in a config block.
 
-use consenter_sdk::{Batch, Consenter, Envelope, MessageClass, support, timers, warn, write_batch};
+use consenter_sdk::{Batch, Consenter, Envelope, EnvelopeInfo, MessageClass, support, timers, warn, write_batch};
 
 /// The one timer solo uses.
 const BATCH_TIMER: u32 = 0;
@@ -13,6 +13,9 @@ struct Solo {
     timer_armed: bool,
     /// Set after a failed write: the chain is errored, ignore further events.
     failed: bool,
+    /// The config sequence; only config blocks this plugin writes change
+    /// it, so it is read once and after each config block.
+    sequence: u64,
 }
 
 impl Solo {
@@ -55,6 +58,31 @@ impl Solo {
         }
     }
 
+    /// A run of normal messages in one cutter call, with the batch timer
+    /// replayed message by message as Fabric's solo does it.
+    fn order_normal_run(&mut self, run: Vec<Envelope>) {
+        if run.is_empty() {
+            return;
+        }
+        let r = support::ordered_many(run);
+        for batch in r.batches {
+            if self.failed {
+                return;
+            }
+            self.write(batch);
+        }
+        for pending in r.pending {
+            if self.failed {
+                return;
+            }
+            match (self.timer_armed, pending) {
+                (true, false) => self.disarm(),
+                (false, true) => self.arm(),
+                _ => {}
+            }
+        }
+    }
+
     fn order_config(&mut self, env: Envelope) {
         let pending = support::cut();
         if pending.len() > 0 {
@@ -68,32 +96,62 @@ impl Solo {
             support::fail(&format!("writing config block: {e}"));
             self.failed = true;
         }
+        self.sequence = support::sequence();
         self.disarm();
     }
 }
 
 impl Consenter for Solo {
     fn handle_chain(_metadata: Vec<u8>) -> Result<Self, String> {
-        Ok(Solo { timer_armed: false, failed: false })
+        Ok(Solo { timer_armed: false, failed: false, sequence: support::sequence() })
     }
 
-    fn enqueue(&mut self, env: Envelope) -> bool {
+    fn enqueue(&mut self, env: Envelope, info: EnvelopeInfo) -> bool {
         if self.failed {
             return false;
         }
         // Revalidate a message validated under an older config (Fabric's
         // rule); it was accepted, so a failure only drops it.
-        if env.config_sequence() < support::sequence() {
+        if info.config_sequence < self.sequence {
             if let Err(reason) = support::revalidate(&env) {
                 warn(&format!("discarding message {} that no longer passes validation: {reason}", env.tx_id()));
                 return true;
             }
         }
-        match env.class() {
+        match info.class {
             MessageClass::Normal => self.order_normal(env),
             MessageClass::Config => self.order_config(env),
         }
         true
+    }
+
+    fn enqueue_many(&mut self, envelopes: Vec<(Envelope, EnvelopeInfo)>) -> Vec<bool> {
+        let mut answers = Vec::with_capacity(envelopes.len());
+        let mut run = Vec::new();
+        for (env, info) in envelopes {
+            if self.failed {
+                answers.push(false);
+                continue;
+            }
+            answers.push(true);
+            if info.config_sequence < self.sequence {
+                if let Err(reason) = support::revalidate(&env) {
+                    warn(&format!("discarding message {} that no longer passes validation: {reason}", env.tx_id()));
+                    continue;
+                }
+            }
+            match info.class {
+                MessageClass::Normal => run.push(env),
+                MessageClass::Config => {
+                    self.order_normal_run(std::mem::take(&mut run));
+                    if !self.failed {
+                        self.order_config(env);
+                    }
+                }
+            }
+        }
+        self.order_normal_run(run);
+        answers
     }
 
     fn on_timer(&mut self, id: u32) {
