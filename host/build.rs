@@ -13,6 +13,9 @@ use std::process::Command;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 
+/// Plugins embedded in the node: (consensus type, file built by plugins/).
+const SHIPPED: &[(&str, &str)] = &[("solo", "consenter_solo.wasm")];
+
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     compile_protos(&manifest_dir);
@@ -64,7 +67,9 @@ fn build_plugins(manifest_dir: &Path) {
         .arg("--target-dir")
         .arg(&target_dir);
     // The outer build's flags are for the host target, not for wasm.
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR", "RUSTC_WORKSPACE_WRAPPER"] {
+    for var in
+        ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR", "RUSTC_WORKSPACE_WRAPPER"]
+    {
         cmd.env_remove(var);
     }
     let status = cmd.status().unwrap_or_else(|e| panic!("running cargo to build plugins/: {e}"));
@@ -76,7 +81,7 @@ fn build_plugins(manifest_dir: &Path) {
     // Shipped plugins are embedded in the binary; test plugins are only
     // referenced by path (tests load them from disk).
     let mut embedded = String::new();
-    for (name, file) in [("solo", "consenter_solo.wasm")] {
+    for (name, file) in SHIPPED {
         let path = out.join(file);
         assert!(path.exists(), "plugin {name} was not produced at {}", path.display());
         embedded.push_str(&format!("    (\"{name}\", include_bytes!({:?})),\n", path.display().to_string()));
@@ -99,19 +104,13 @@ fn ensure_wasm_target() {
         .output()
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    let installed = sysroot
-        .as_ref()
-        .map(|s| Path::new(s).join("lib/rustlib").join(WASM_TARGET).exists())
-        .unwrap_or(false);
+    let installed =
+        sysroot.as_ref().map(|s| Path::new(s).join("lib/rustlib").join(WASM_TARGET).exists()).unwrap_or(false);
     if installed {
         return;
     }
     // Try to install it the way the README does.
-    let ok = Command::new("rustup")
-        .args(["target", "add", WASM_TARGET])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    let ok = Command::new("rustup").args(["target", "add", WASM_TARGET]).status().map(|s| s.success()).unwrap_or(false);
     if !ok {
         panic!(
             "the Rust target {WASM_TARGET} is not installed and `rustup target add {WASM_TARGET}` failed.\n\

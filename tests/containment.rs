@@ -16,7 +16,8 @@ use consenter_host::signer::{self, Signer};
 use consenter_host::support::SupportLimits;
 
 fn env(channel: &str, i: usize) -> Envelope {
-    let b = envelope::build(channel, HeaderType::Message, &format!("tx{i}"), Bytes::from(vec![1u8; 200]), None).unwrap();
+    let b =
+        envelope::build(channel, HeaderType::Message, &format!("tx{i}"), Bytes::from(vec![1u8; 200]), None).unwrap();
     Envelope::parse(b).unwrap()
 }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use consenter_host::block;
 use consenter_host::proto::common::Block;
-use consenter_host::proto::orderer::seek_info::SeekBehavior;
 use consenter_host::proto::orderer::deliver_response;
+use consenter_host::proto::orderer::seek_info::SeekBehavior;
 
 use common::*;
 
@@ -77,9 +77,13 @@ async fn sigkill_loses_no_written_block() {
         loop {
             let b = deliver(&mut client, "devchannel", n, n).await.pop().unwrap();
             n += 1;
-            let has = b.data.as_ref().unwrap().data.iter().any(|d| {
-                consenter_host::envelope::Envelope::parse(d.clone()).unwrap().tx_id == "after0"
-            });
+            let has = b
+                .data
+                .as_ref()
+                .unwrap()
+                .data
+                .iter()
+                .any(|d| consenter_host::envelope::Envelope::parse(d.clone()).unwrap().tx_id == "after0");
             all.push(b);
             if has {
                 return;

@@ -56,8 +56,14 @@ async fn blocks_we_write_decode_with_fabric_block_decoder() {
     t.batch_size.max_message_count = 3;
     let chain = node.create_channel(&t.genesis_block()).unwrap();
     for i in 0..6 {
-        let b = envelope::build("interop", HeaderType::Message, &format!("tx-{i}"), Bytes::from(vec![i as u8; 300]), Some(&client))
-            .unwrap();
+        let b = envelope::build(
+            "interop",
+            HeaderType::Message,
+            &format!("tx-{i}"),
+            Bytes::from(vec![i as u8; 300]),
+            Some(&client),
+        )
+        .unwrap();
         chain.enqueue(Envelope::parse(b).unwrap()).await.unwrap();
     }
     // A config block: the last-config index moves to it (block 3).
@@ -104,7 +110,7 @@ async fn blocks_we_write_decode_with_fabric_block_decoder() {
         assert!(line.contains("\"signature_creators\":[\"DevMSP\"]"), "block {n} signed by the node: {line}");
         let want_last_config = if n == 3 { "3" } else { "0" };
         assert_eq!(field("last_config_index"), want_last_config, "block {n}");
-        if n >= 1 && n <= 2 {
+        if (1..=2).contains(&n) {
             assert!(line.contains(&format!("\"tx-{}\"", (n - 1) * 3)), "tx ids decoded: {line}");
         }
         if n > 0 {

@@ -30,8 +30,9 @@ const GROUP: usize = 500;
 fn envelopes(n: usize) -> Vec<Envelope> {
     (0..n)
         .map(|i| {
-            let b = envelope::build("bench", HeaderType::Message, &format!("{i}"), Bytes::from(vec![7u8; 1024 - 90]), None)
-                .unwrap();
+            let b =
+                envelope::build("bench", HeaderType::Message, &format!("{i}"), Bytes::from(vec![7u8; 1024 - 90]), None)
+                    .unwrap();
             Envelope::parse(b).unwrap()
         })
         .collect()

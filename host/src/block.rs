@@ -110,7 +110,12 @@ pub fn new_block(number: u64, previous_hash: &[u8], envelopes: Vec<Bytes>) -> Bl
 /// consenter_metadata}, signatures: [sig over value ‖ sig header ‖ DER
 /// header]}; LAST_CONFIG = Metadata{value: LastConfig{index}} (unsigned,
 /// as Fabric 2.x writes it).
-pub fn sign_block(block: &mut Block, last_config: u64, consenter_metadata: &[u8], signer: &Signer) -> Result<(), BlockError> {
+pub fn sign_block(
+    block: &mut Block,
+    last_config: u64,
+    consenter_metadata: &[u8],
+    signer: &Signer,
+) -> Result<(), BlockError> {
     let header = block.header.as_ref().ok_or(BlockError::NoHeader)?;
     let number = header.number;
     let value = OrdererBlockMetadata {
@@ -177,10 +182,8 @@ pub fn block_signatures(block: &Block) -> Result<BlockSignatures, BlockError> {
     let md = Metadata::decode(slot).map_err(|source| BlockError::Metadata { number, slot: 0, source })?;
     let mut signatures = Vec::with_capacity(md.signatures.len());
     for s in md.signatures {
-        let sh = SignatureHeader::decode(s.signature_header.clone()).map_err(|e| BlockError::Signature {
-            number,
-            what: format!("signature header does not decode: {e}"),
-        })?;
+        let sh = SignatureHeader::decode(s.signature_header.clone())
+            .map_err(|e| BlockError::Signature { number, what: format!("signature header does not decode: {e}") })?;
         signatures.push((sh, s.signature));
     }
     Ok(BlockSignatures { value: md.value, signatures })

@@ -5,8 +5,8 @@
 //! inside is the deterministic part (the test host drives it directly with
 //! its own clock). May touch the plugin instance, its ledger and its status.
 
-use std::sync::mpsc as std_mpsc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -94,7 +94,12 @@ pub struct ChainCore {
 
 impl ChainCore {
     /// Runs `handle-chain(metadata)` and `start` on a fresh instance.
-    pub fn start(plugin: &Plugin, support: Support, metadata: &[u8], status: Arc<ChainStatus>) -> Result<ChainCore, RuntimeError> {
+    pub fn start(
+        plugin: &Plugin,
+        support: Support,
+        metadata: &[u8],
+        status: Arc<ChainStatus>,
+    ) -> Result<ChainCore, RuntimeError> {
         let channel = support.chain_id().to_string();
         let instance = plugin.instantiate(support)?;
         let mut core = ChainCore { instance, status, channel };
@@ -149,7 +154,9 @@ impl ChainCore {
 
     /// Offers an envelope to the plugin.
     pub fn enqueue(&mut self, env: Envelope) -> Result<(), EnqueueError> {
-        self.enqueue_many(vec![env]).pop().unwrap_or_else(|| Err(EnqueueError::Refused { channel: self.channel.clone() }))
+        self.enqueue_many(vec![env])
+            .pop()
+            .unwrap_or_else(|| Err(EnqueueError::Refused { channel: self.channel.clone() }))
     }
 
     /// Offers envelopes to the plugin in one call; one answer each.
@@ -254,15 +261,21 @@ impl Chain {
                 }
             })
             .map_err(|e| RuntimeError::Engine(format!("starting a chain thread: {e}")))?;
-        let started = ready_rx.recv().unwrap_or_else(|_| {
-            Err(RuntimeError::Engine("the chain thread ended before starting the plugin".into()))
-        });
+        let started = ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err(RuntimeError::Engine("the chain thread ended before starting the plugin".into())));
         if let Err(e) = started {
             let _ = actor.join();
             let _ = writer.join();
             return Err(e);
         }
-        Ok(Arc::new(Chain { channel: channel.to_string(), tx, status, ledger, threads: Mutex::new(vec![actor, writer]) }))
+        Ok(Arc::new(Chain {
+            channel: channel.to_string(),
+            tx,
+            status,
+            ledger,
+            threads: Mutex::new(vec![actor, writer]),
+        }))
     }
 
     /// The channel id.
@@ -420,4 +433,3 @@ fn run_actor(mut core: ChainCore, mut rx: mpsc::Receiver<Event>) {
         core.halt();
     });
 }
-

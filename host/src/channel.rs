@@ -8,9 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 
-use crate::proto::common::{
-    Block, Config, ConfigEnvelope, ConfigGroup, ConfigValue, Envelope, HeaderType, Payload,
-};
+use crate::proto::common::{Block, Config, ConfigEnvelope, ConfigGroup, ConfigValue, Envelope, HeaderType, Payload};
 use crate::proto::orderer::{BatchSize, BatchTimeout, ConsensusType};
 
 /// Errors reading a channel configuration.
@@ -148,7 +146,11 @@ impl ChannelTemplate {
             channel_id: channel_id.to_string(),
             consensus_type: "solo".into(),
             consensus_metadata: Bytes::new(),
-            batch_size: BatchSize { max_message_count: 500, absolute_max_bytes: 10 * 1024 * 1024, preferred_max_bytes: 2 * 1024 * 1024 },
+            batch_size: BatchSize {
+                max_message_count: 500,
+                absolute_max_bytes: 10 * 1024 * 1024,
+                preferred_max_bytes: 2 * 1024 * 1024,
+            },
             batch_timeout: Duration::from_secs(2),
         }
     }
@@ -161,7 +163,12 @@ impl ChannelTemplate {
         let mut orderer = ConfigGroup { mod_policy: "Admins".into(), ..Default::default() };
         orderer.values.insert(
             "ConsensusType".into(),
-            v(ConsensusType { r#type: self.consensus_type.clone(), metadata: self.consensus_metadata.clone(), state: 0 }.encode_to_vec()),
+            v(ConsensusType {
+                r#type: self.consensus_type.clone(),
+                metadata: self.consensus_metadata.clone(),
+                state: 0,
+            }
+            .encode_to_vec()),
         );
         orderer.values.insert("BatchSize".into(), v(self.batch_size.encode_to_vec()));
         orderer.values.insert(
@@ -172,7 +179,8 @@ impl ChannelTemplate {
         root.groups.insert("Orderer".into(), orderer);
         let ce = ConfigEnvelope { config: Some(Config { sequence: 0, channel_group: Some(root) }), last_update: None };
         // Infallible without a signer.
-        crate::envelope::build(&self.channel_id, HeaderType::Config, "", ce.encode_to_vec().into(), None).unwrap_or_default()
+        crate::envelope::build(&self.channel_id, HeaderType::Config, "", ce.encode_to_vec().into(), None)
+            .unwrap_or_default()
     }
 
     /// The unsigned genesis block (block 0 with the config envelope).

@@ -103,7 +103,14 @@ mod tests {
     fn fabric_rules_table() {
         let cases: Vec<Case> = vec![
             ("first small message pends", bs(3, 100), vec![M(10, "a")], vec![], true, vec!["a"]),
-            ("count reached cuts", bs(3, 100), vec![M(10, "a"), M(10, "b"), M(10, "c")], vec![vec!["a", "b", "c"]], false, vec![]),
+            (
+                "count reached cuts",
+                bs(3, 100),
+                vec![M(10, "a"), M(10, "b"), M(10, "c")],
+                vec![vec!["a", "b", "c"]],
+                false,
+                vec![],
+            ),
             ("count 1 cuts every message", bs(1, 100), vec![M(10, "a")], vec![vec!["a"]], false, vec![]),
             (
                 "overflowing preferred cuts pending first, new one pends",
@@ -113,9 +120,23 @@ mod tests {
                 true,
                 vec!["b"],
             ),
-            ("exactly preferred does not overflow", bs(10, 100), vec![M(60, "a"), M(40, "b")], vec![], true, vec!["a", "b"]),
+            (
+                "exactly preferred does not overflow",
+                bs(10, 100),
+                vec![M(60, "a"), M(40, "b")],
+                vec![],
+                true,
+                vec!["a", "b"],
+            ),
             ("message equal to preferred is not oversized", bs(10, 100), vec![M(100, "a")], vec![], true, vec!["a"]),
-            ("oversized alone with nothing pending", bs(10, 100), vec![M(101, "big")], vec![vec!["big"]], false, vec![]),
+            (
+                "oversized alone with nothing pending",
+                bs(10, 100),
+                vec![M(101, "big")],
+                vec![vec!["big"]],
+                false,
+                vec![],
+            ),
             (
                 "oversized cuts pending then goes alone (two batches)",
                 bs(10, 100),

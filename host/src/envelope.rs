@@ -59,7 +59,8 @@ impl Envelope {
         let size = u32::try_from(env.payload.len() + env.signature.len()).unwrap_or(u32::MAX);
         let payload = Payload::decode(env.payload).map_err(|e| EnvelopeError::Payload(e.to_string()))?;
         let header = payload.header.ok_or(EnvelopeError::NoHeader)?;
-        let ch = ChannelHeader::decode(header.channel_header).map_err(|e| EnvelopeError::ChannelHeader(e.to_string()))?;
+        let ch =
+            ChannelHeader::decode(header.channel_header).map_err(|e| EnvelopeError::ChannelHeader(e.to_string()))?;
         Ok(Envelope { bytes, size, header_type: ch.r#type, channel_id: ch.channel_id, tx_id: ch.tx_id, config_seq: 0 })
     }
 
@@ -136,7 +137,10 @@ mod tests {
     fn malformed_envelopes_say_what_is_wrong() {
         assert!(matches!(Envelope::parse(Bytes::from_static(&[0xff, 0xff])), Err(EnvelopeError::Envelope(_))));
         assert_eq!(Envelope::parse(Bytes::new()).unwrap_err(), EnvelopeError::EmptyPayload);
-        let no_header = PbEnvelope { payload: Payload { header: None, data: Bytes::from_static(b"x") }.encode_to_vec().into(), signature: Bytes::new() };
+        let no_header = PbEnvelope {
+            payload: Payload { header: None, data: Bytes::from_static(b"x") }.encode_to_vec().into(),
+            signature: Bytes::new(),
+        };
         assert_eq!(Envelope::parse(no_header.encode_to_vec().into()).unwrap_err(), EnvelopeError::NoHeader);
         let bad_payload = PbEnvelope { payload: Bytes::from_static(&[0x0a, 0x05]), signature: Bytes::new() };
         assert!(matches!(Envelope::parse(bad_payload.encode_to_vec().into()), Err(EnvelopeError::Payload(_))));

@@ -54,7 +54,10 @@ async fn broadcast_one(node: &Node, pb: common::Envelope) -> BroadcastResponse {
     };
     let Some(chain) = node.chain(&env.channel_id) else {
         if let Some(reason) = node.broken(&env.channel_id) {
-            return resp(common::Status::ServiceUnavailable, format!("channel {} is not running: {reason}", env.channel_id));
+            return resp(
+                common::Status::ServiceUnavailable,
+                format!("channel {} is not running: {reason}", env.channel_id),
+            );
         }
         return resp(common::Status::NotFound, "channel does not exist");
     };
@@ -106,7 +109,10 @@ impl AtomicBroadcast for Service {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn deliver(&self, req: Request<Streaming<common::Envelope>>) -> Result<Response<Self::DeliverStream>, Status> {
+    async fn deliver(
+        &self,
+        req: Request<Streaming<common::Envelope>>,
+    ) -> Result<Response<Self::DeliverStream>, Status> {
         let mut input = req.into_inner();
         let node = self.node.clone();
         let (tx, rx) = mpsc::channel(16);
@@ -164,7 +170,11 @@ async fn deliver_one(
         }
     };
     let Some(chain) = node.chain(&channel) else {
-        return Some(if node.broken(&channel).is_some() { common::Status::ServiceUnavailable } else { common::Status::NotFound });
+        return Some(if node.broken(&channel).is_some() {
+            common::Status::ServiceUnavailable
+        } else {
+            common::Status::NotFound
+        });
     };
     let strict = seek.error_response != SeekErrorResponse::BestEffort as i32;
     let mut errored = chain.status().subscribe();

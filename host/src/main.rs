@@ -136,7 +136,8 @@ fn init_tracing() {
 
 fn start(a: StartArgs) -> Result<()> {
     init_tracing();
-    std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating data directory {}", a.data_dir.display()))?;
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("creating data directory {}", a.data_dir.display()))?;
     let (signer, dev) = match (&a.msp_dir, &a.mspid) {
         (Some(dir), Some(id)) => (Signer::from_msp_dir(dir, id)?, None),
         _ => {
@@ -150,7 +151,8 @@ fn start(a: StartArgs) -> Result<()> {
         let bytes = std::fs::read(path).with_context(|| format!("reading plugin {name} from {path}"))?;
         extra.push((name.to_string(), bytes));
     }
-    let limits = Limits { memory_bytes: a.plugin_memory_mib << 20, call_deadline: a.plugin_call_deadline, ..Limits::default() };
+    let limits =
+        Limits { memory_bytes: a.plugin_memory_mib << 20, call_deadline: a.plugin_call_deadline, ..Limits::default() };
     let node = Arc::new(Node::open(NodeConfig {
         data_dir: a.data_dir.clone(),
         signer: Arc::new(signer),
@@ -279,7 +281,10 @@ fn inspect(data_dir: &Path, channel: &str, only: Option<u64>) -> Result<()> {
         println!("  envelopes:     {}", data.len());
         for (i, d) in data.iter().enumerate().take(5) {
             match Envelope::parse(d.clone()) {
-                Ok(e) => println!("    [{i}] type {} channel {} tx {:?} {} bytes", e.header_type, e.channel_id, e.tx_id, e.size),
+                Ok(e) => println!(
+                    "    [{i}] type {} channel {} tx {:?} {} bytes",
+                    e.header_type, e.channel_id, e.tx_id, e.size
+                ),
                 Err(e) => println!("    [{i}] undecodable: {e}"),
             }
         }

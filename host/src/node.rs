@@ -108,8 +108,11 @@ impl Node {
         let chains_dir = node.chains_dir();
         std::fs::create_dir_all(&chains_dir).map_err(|source| NodeError::Io { path: chains_dir.clone(), source })?;
         let rd = std::fs::read_dir(&chains_dir).map_err(|source| NodeError::Io { path: chains_dir.clone(), source })?;
-        let mut names: Vec<String> =
-            rd.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         for name in names {
             match node.resume(&name) {
@@ -172,7 +175,8 @@ impl Node {
         let mut g = genesis.clone();
         let signed = block::block_signatures(&g).map(|s| !s.signatures.is_empty()).unwrap_or(false);
         if !signed {
-            block::sign_block(&mut g, 0, &[], &self.signer).map_err(|e| NodeError::Channel { channel: channel.clone(), what: e.to_string() })?;
+            block::sign_block(&mut g, 0, &[], &self.signer)
+                .map_err(|e| NodeError::Channel { channel: channel.clone(), what: e.to_string() })?;
         }
         ledger.append(&[Bytes::from(g.encode_to_vec())])?;
         tracing::info!(channel = %channel, consensus = %cfg.consensus_type, "channel created");
@@ -184,7 +188,10 @@ impl Node {
     fn resume(&self, channel: &str) -> Result<(), NodeError> {
         let ledger = Ledger::open(&self.chains_dir().join(channel))?;
         if ledger.height() == 0 {
-            return Err(NodeError::Channel { channel: channel.into(), what: "ledger is empty (no genesis block)".into() });
+            return Err(NodeError::Channel {
+                channel: channel.into(),
+                what: "ledger is empty (no genesis block)".into(),
+            });
         }
         self.start_chain(channel, ledger)?;
         Ok(())
@@ -202,9 +209,11 @@ impl Node {
         let height = ledger.height();
         let missing = |what: String| NodeError::Channel { channel: channel.into(), what };
         let last = ledger.block(height - 1)?.ok_or_else(|| missing(format!("block {} is missing", height - 1)))?;
-        let last_hash: Hash = last.header.as_ref().map(block::header_hash).ok_or_else(|| missing("last block has no header".into()))?;
+        let last_hash: Hash =
+            last.header.as_ref().map(block::header_hash).ok_or_else(|| missing("last block has no header".into()))?;
         let (last_config, metadata) = last_config_and_metadata(&last);
-        let config_block = ledger.block(last_config)?.ok_or_else(|| missing(format!("config block {last_config} is missing")))?;
+        let config_block =
+            ledger.block(last_config)?.ok_or_else(|| missing(format!("config block {last_config} is missing")))?;
         let cfg = ChannelConfig::from_config_block(&config_block)
             .map_err(|source| NodeError::Config { channel: channel.into(), source })?;
         let plugin = self.plugin_for(channel, &cfg)?;
@@ -239,18 +248,17 @@ impl Node {
 /// SIGNATURES slot's OrdererBlockMetadata (v2), else the LAST_CONFIG slot,
 /// else (a genesis block) 0 and no metadata.
 pub fn last_config_and_metadata(b: &Block) -> (u64, Vec<u8>) {
-    if let Ok(m) = block::orderer_metadata(b) {
-        if let Some(lc) = m.last_config {
-            return (lc.index, m.consenter_metadata.to_vec());
-        }
+    if let Ok(m) = block::orderer_metadata(b)
+        && let Some(lc) = m.last_config
+    {
+        return (lc.index, m.consenter_metadata.to_vec());
     }
     let slot = b.metadata.as_ref().and_then(|m| m.metadata.get(BlockMetadataIndex::LastConfig as usize)).cloned();
-    if let Some(slot) = slot {
-        if let Ok(md) = Metadata::decode(slot) {
-            if let Ok(lc) = LastConfig::decode(md.value) {
-                return (lc.index, Vec::new());
-            }
-        }
+    if let Some(slot) = slot
+        && let Ok(md) = Metadata::decode(slot)
+        && let Ok(lc) = LastConfig::decode(md.value)
+    {
+        return (lc.index, Vec::new());
     }
     (0, Vec::new())
 }

@@ -221,7 +221,13 @@ impl Plugin {
             channel: channel.clone(),
             reason: format!("{e:#}"),
         })?;
-        Ok(Instance { plugin: self.name.clone(), channel, store: Some(store), bindings, deadline: limits.call_deadline })
+        Ok(Instance {
+            plugin: self.name.clone(),
+            channel,
+            store: Some(store),
+            bindings,
+            deadline: limits.call_deadline,
+        })
     }
 }
 
@@ -231,8 +237,8 @@ impl Plugin {
 /// `define_unknown_imports_as_traps` would also stub the resource aliases
 /// of our own interfaces, with the wrong resource type.)
 fn stub_wasi_imports(linker: &mut Linker<PluginState>, component: &Component, engine: &Engine) -> wasmtime::Result<()> {
-    use wasmtime::component::types::ComponentItem;
     use wasmtime::component::ResourceType;
+    use wasmtime::component::types::ComponentItem;
     for (import, item) in component.component_type().imports(engine) {
         if !import.starts_with("wasi:") {
             continue;
@@ -376,7 +382,9 @@ fn trap_reason(e: &wasmtime::Error) -> String {
         let what = match t {
             wasmtime::Trap::Interrupt => "call deadline exceeded (epoch interrupt)".to_string(),
             wasmtime::Trap::StackOverflow => "wasm stack overflow".to_string(),
-            wasmtime::Trap::UnreachableCodeReached => "unreachable executed (a panic or abort in the plugin)".to_string(),
+            wasmtime::Trap::UnreachableCodeReached => {
+                "unreachable executed (a panic or abort in the plugin)".to_string()
+            }
             wasmtime::Trap::AllocationTooLarge => "memory cap reached".to_string(),
             other => other.to_string(),
         };

@@ -74,7 +74,8 @@ impl Signer {
 
     /// An identity from its parts.
     pub fn new(mspid: &str, key: SigningKey, cert_pem: Bytes) -> Signer {
-        let creator = SerializedIdentity { mspid: mspid.to_string(), id_bytes: cert_pem.clone() }.encode_to_vec().into();
+        let creator =
+            SerializedIdentity { mspid: mspid.to_string(), id_bytes: cert_pem.clone() }.encode_to_vec().into();
         Signer { mspid: mspid.to_string(), key, cert_pem, creator }
     }
 
@@ -188,7 +189,10 @@ pub fn ensure_dev_identity(root: &Path) -> Result<DevIdentity, SignerError> {
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let ca_cert = ca.self_signed(&ca_key).map_err(g)?;
     let issuer = Issuer::new(ca, &ca_key);
-    for (msp, cn, ou) in [(&ident.orderer_msp, "orderer0.dev.consenter-host", "orderer"), (&ident.client_msp, "client.dev.consenter-host", "client")] {
+    for (msp, cn, ou) in [
+        (&ident.orderer_msp, "orderer0.dev.consenter-host", "orderer"),
+        (&ident.client_msp, "client.dev.consenter-host", "client"),
+    ] {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(g)?;
         let mut p = CertificateParams::new(vec![cn.to_string()]).map_err(g)?;
         p.distinguished_name = DistinguishedName::new();
@@ -242,8 +246,9 @@ mod tests {
 
     #[test]
     fn fabric_fixture_msp_loads() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/fabric/crypto/ordererOrganizations/example.com/orderers/orderer0.example.com/msp");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(
+            "../../shared/fixtures/fabric/crypto/ordererOrganizations/example.com/orderers/orderer0.example.com/msp",
+        );
         let s = Signer::from_msp_dir(&dir, "OrdererMSP").unwrap();
         assert_eq!(s.mspid(), "OrdererMSP");
         let h = s.new_signature_header();

@@ -178,7 +178,8 @@ impl Support {
 
     /// Disarms and returns the timers due at `now`, earliest first.
     pub fn take_due_timers(&mut self, now: Instant) -> Vec<u32> {
-        let mut due: Vec<(Instant, u32)> = self.timers.iter().filter(|(_, d)| **d <= now).map(|(id, d)| (*d, *id)).collect();
+        let mut due: Vec<(Instant, u32)> =
+            self.timers.iter().filter(|(_, d)| **d <= now).map(|(id, d)| (*d, *id)).collect();
         due.sort();
         for (_, id) in &due {
             self.timers.remove(id);
@@ -223,7 +224,9 @@ impl Support {
             let env_count = b.data.as_ref().map(|d| d.data.len()).unwrap_or(0);
             if env_count != 1 {
                 self.created = (self.height, self.last_hash);
-                return Err(self.refuse(E::Invalid(format!("a config block holds exactly one envelope, not {env_count}"))));
+                return Err(
+                    self.refuse(E::Invalid(format!("a config block holds exactly one envelope, not {env_count}")))
+                );
             }
             match ChannelConfig::from_config_block(&b) {
                 Ok(c) => new_config = Some(c),
@@ -333,7 +336,7 @@ impl types::HostBlock for PluginState {
 impl support::Host for PluginState {
     fn ordered(&mut self, env: Resource<EnvelopeRes>) -> wasmtime::Result<support::OrderedResult> {
         let env = self.table.delete(env)?.0;
-        let bs = self.support.config.batch_size.clone();
+        let bs = self.support.config.batch_size;
         let r = self.support.cutter.ordered(env, &bs);
         let mut batches = Vec::with_capacity(r.batches.len());
         for b in r.batches {
@@ -343,7 +346,7 @@ impl support::Host for PluginState {
     }
 
     fn ordered_many(&mut self, envs: Vec<Resource<EnvelopeRes>>) -> wasmtime::Result<support::OrderedManyResult> {
-        let bs = self.support.config.batch_size.clone();
+        let bs = self.support.config.batch_size;
         let mut batches = Vec::new();
         let mut pending = Vec::with_capacity(envs.len());
         for env in envs {
@@ -366,7 +369,10 @@ impl support::Host for PluginState {
         Ok(self.support.cutter.pending_len() as u32)
     }
 
-    fn create_next_block(&mut self, batch: Resource<BatchRes>) -> wasmtime::Result<Result<Resource<BlockRes>, types::SupportError>> {
+    fn create_next_block(
+        &mut self,
+        batch: Resource<BatchRes>,
+    ) -> wasmtime::Result<Result<Resource<BlockRes>, types::SupportError>> {
         let envs = self.table.delete(batch)?.0;
         let (number, prev) = self.support.created;
         let data: Vec<Bytes> = envs.into_iter().map(|e| e.bytes).collect();
@@ -376,12 +382,20 @@ impl support::Host for PluginState {
         Ok(Ok(self.table.push(BlockRes { block, number, hash })?))
     }
 
-    fn write_block(&mut self, b: Resource<BlockRes>, consenter_metadata: Vec<u8>) -> wasmtime::Result<Result<(), types::SupportError>> {
+    fn write_block(
+        &mut self,
+        b: Resource<BlockRes>,
+        consenter_metadata: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), types::SupportError>> {
         let blk = self.table.delete(b)?;
         Ok(self.support.write(blk, &consenter_metadata, false))
     }
 
-    fn write_config_block(&mut self, b: Resource<BlockRes>, consenter_metadata: Vec<u8>) -> wasmtime::Result<Result<(), types::SupportError>> {
+    fn write_config_block(
+        &mut self,
+        b: Resource<BlockRes>,
+        consenter_metadata: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), types::SupportError>> {
         let blk = self.table.delete(b)?;
         Ok(self.support.write(blk, &consenter_metadata, true))
     }
@@ -443,7 +457,8 @@ impl timers::Host for PluginState {
             return Ok(Err(s.refuse(e)));
         }
         if !s.timers.contains_key(&id) && s.timers.len() >= s.limits.max_timers {
-            let e = types::SupportError::LimitExceeded(format!("timer {id}: {} timers are already armed", s.timers.len()));
+            let e =
+                types::SupportError::LimitExceeded(format!("timer {id}: {} timers are already armed", s.timers.len()));
             return Ok(Err(s.refuse(e)));
         }
         let at = s.clock.now() + delay;

@@ -91,7 +91,8 @@ impl TestHost {
 
     /// Offers an envelope (parsed from its bytes).
     pub fn enqueue(&mut self, env: Bytes) -> Result<(), EnqueueError> {
-        let e = Envelope::parse(env).map_err(|e| EnqueueError::Errored { channel: self.core.channel().into(), reason: e.to_string() })?;
+        let e = Envelope::parse(env)
+            .map_err(|e| EnqueueError::Errored { channel: self.core.channel().into(), reason: e.to_string() })?;
         self.core.enqueue(e)
     }
 
@@ -103,7 +104,10 @@ impl TestHost {
             match Envelope::parse(e) {
                 Ok(e) => parsed.push(e),
                 Err(e) => {
-                    return vec![Err(EnqueueError::Errored { channel: self.core.channel().into(), reason: e.to_string() })];
+                    return vec![Err(EnqueueError::Errored {
+                        channel: self.core.channel().into(),
+                        reason: e.to_string(),
+                    })];
                 }
             }
         }

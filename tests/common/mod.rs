@@ -21,33 +21,61 @@ use tonic::transport::Channel;
 pub struct NodeProc {
     pub child: Child,
     pub addr: String,
+    /// Stdout lines up to the listening line.
+    pub banner: Vec<String>,
+    /// Stdout lines after it.
+    pub rest: std::sync::mpsc::Receiver<String>,
 }
 
 impl NodeProc {
     /// Starts `consenter-host start` on a free port with `args`, and waits
     /// for the line saying where it listens.
     pub fn start(data_dir: &Path, args: &[&str]) -> NodeProc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_consenter-host"))
-            .arg("start")
-            .arg("--data-dir")
-            .arg(data_dir)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_consenter-host"));
+        cmd.arg("start").arg("--data-dir").arg(data_dir).args(args);
+        Self::spawn(cmd)
+    }
+
+    /// Starts `consenter-host start --listen 127.0.0.1:0` in `cwd` with no
+    /// other flag (the embedded default); returns it and its stdout lines
+    /// up to the listening line.
+    pub fn start_default(cwd: &Path) -> NodeProc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_consenter-host"));
+        cmd.current_dir(cwd).arg("start");
+        Self::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> NodeProc {
+        let mut child = cmd
             .args(["--listen", "127.0.0.1:0"])
-            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting consenter-host");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
+        let mut banner = vec![];
         let addr = loop {
             let line = lines.next().expect("node exited before listening").expect("reading node stdout");
+            banner.push(line.clone());
             if let Some(rest) = line.strip_prefix("consenter-host listening on ") {
                 break rest.split_whitespace().next().unwrap().to_string();
             }
         };
-        // Keep draining stdout so the node never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        NodeProc { child, addr }
+        // The rest of the banner, then keep draining stdout so the node
+        // never blocks on a full pipe.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        NodeProc { child, addr, banner, rest: rx }
+    }
+
+    /// The next stdout line (waits up to 10 s).
+    pub fn next_line(&self) -> String {
+        self.rest.recv_timeout(Duration::from_secs(10)).expect("no more output from the node")
     }
 
     pub fn kill(&mut self) {
@@ -74,13 +102,23 @@ impl Drop for NodeProc {
 }
 
 pub fn message(channel: &str, tx: &str, size: usize) -> Envelope {
-    let b = envelope::build(channel, HeaderType::Message, tx, Bytes::from(vec![0x5a; size]), None).unwrap();
+    signed_message(channel, tx, size, None)
+}
+
+pub fn signed_message(
+    channel: &str,
+    tx: &str,
+    size: usize,
+    signer: Option<&consenter_host::signer::Signer>,
+) -> Envelope {
+    let b = envelope::build(channel, HeaderType::Message, tx, Bytes::from(vec![0x5a; size]), signer).unwrap();
     Envelope::decode(b).unwrap()
 }
 
 pub fn seek_envelope(channel: &str, start: u64, stop: u64, behavior: SeekBehavior) -> Envelope {
     let pos = |n| SeekPosition { r#type: Some(Pos::Specified(SeekSpecified { number: n })) };
-    let seek = SeekInfo { start: Some(pos(start)), stop: Some(pos(stop)), behavior: behavior as i32, error_response: 0 };
+    let seek =
+        SeekInfo { start: Some(pos(start)), stop: Some(pos(stop)), behavior: behavior as i32, error_response: 0 };
     let b = envelope::build(channel, HeaderType::DeliverSeekInfo, "", seek.encode_to_vec().into(), None).unwrap();
     Envelope::decode(b).unwrap()
 }

@@ -43,21 +43,6 @@ impl Solo {
         }
     }
 
-    fn order_normal(&mut self, env: Envelope) {
-        let r = support::ordered(env);
-        for batch in r.batches {
-            if self.failed {
-                return;
-            }
-            self.write(batch);
-        }
-        match (self.timer_armed, r.pending) {
-            (true, false) => self.disarm(),
-            (false, true) => self.arm(),
-            _ => {}
-        }
-    }
-
     /// A run of normal messages in one cutter call, with the batch timer
     /// replayed message by message as Fabric's solo does it.
     fn order_normal_run(&mut self, run: Vec<Envelope>) {
@@ -107,22 +92,7 @@ impl Consenter for Solo {
     }
 
     fn enqueue(&mut self, env: Envelope, info: EnvelopeInfo) -> bool {
-        if self.failed {
-            return false;
-        }
-        // Revalidate a message validated under an older config (Fabric's
-        // rule); it was accepted, so a failure only drops it.
-        if info.config_sequence < self.sequence {
-            if let Err(reason) = support::revalidate(&env) {
-                warn(&format!("discarding message {} that no longer passes validation: {reason}", env.tx_id()));
-                return true;
-            }
-        }
-        match info.class {
-            MessageClass::Normal => self.order_normal(env),
-            MessageClass::Config => self.order_config(env),
-        }
-        true
+        self.enqueue_many(vec![(env, info)]).pop().unwrap_or(false)
     }
 
     fn enqueue_many(&mut self, envelopes: Vec<(Envelope, EnvelopeInfo)>) -> Vec<bool> {
@@ -134,11 +104,13 @@ impl Consenter for Solo {
                 continue;
             }
             answers.push(true);
-            if info.config_sequence < self.sequence {
-                if let Err(reason) = support::revalidate(&env) {
-                    warn(&format!("discarding message {} that no longer passes validation: {reason}", env.tx_id()));
-                    continue;
-                }
+            // Revalidate a message validated under an older config (Fabric's
+            // rule); it was accepted, so a failure only drops it.
+            if info.config_sequence < self.sequence
+                && let Err(reason) = support::revalidate(&env)
+            {
+                warn(&format!("discarding message {} that no longer passes validation: {reason}", env.tx_id()));
+                continue;
             }
             match info.class {
                 MessageClass::Normal => run.push(env),
