@@ -40,9 +40,26 @@ async fn embedded_default_runs_orders_and_stops_cleanly() {
     let blocks = tokio::time::timeout(Duration::from_secs(10), deliver(&mut c, "devchannel", 1, 1)).await.unwrap();
     assert_eq!(blocks[0].data.as_ref().unwrap().data.len(), 10);
 
-    // Ctrl-C: a clean stop, exit code 0.
+    // A client following the chain (waiting for block 2) while Ctrl-C
+    // arrives: the node still stops cleanly (exit code 0), and the stream
+    // ends with SERVICE_UNAVAILABLE rather than hanging.
+    let seek = seek_envelope(
+        "devchannel",
+        2,
+        u64::MAX,
+        consenter_host::proto::orderer::seek_info::SeekBehavior::BlockUntilReady,
+    );
+    let mut follow = c.deliver(tokio_stream::iter(vec![seek])).await.unwrap().into_inner();
     let pid = node.child.id().to_string();
     assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let end = tokio::time::timeout(Duration::from_secs(10), follow.message()).await.expect("follower stream ended");
+    if let Ok(Some(r)) = end {
+        assert_eq!(
+            r.r#type,
+            Some(consenter_host::proto::orderer::deliver_response::Type::Status(503)),
+            "a halted chain answers SERVICE_UNAVAILABLE"
+        );
+    }
     let status = node.child.wait().unwrap();
     assert!(status.success(), "node exit status after SIGINT: {status}");
 

@@ -209,15 +209,14 @@ impl ChainCore {
     }
 }
 
-enum Event {
-    Enqueue(Envelope, oneshot::Sender<Result<(), EnqueueError>>),
-    Halt,
-}
+/// An envelope offered to the chain and where its answer goes.
+struct Offer(Envelope, oneshot::Sender<Result<(), EnqueueError>>);
 
 /// A running chain: its actor thread, its ledger writer and its status.
 pub struct Chain {
     channel: String,
-    tx: mpsc::Sender<Event>,
+    halt: watch::Sender<bool>,
+    tx: mpsc::Sender<Offer>,
     status: Arc<ChainStatus>,
     ledger: Ledger,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -244,6 +243,7 @@ impl Chain {
         let status = Arc::new(ChainStatus::default());
         let (sink, writer) = ledger_sink(channel, ledger.clone(), status.clone())?;
         let (tx, rx) = mpsc::channel(QUEUE);
+        let (halt_tx, halt_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = std_mpsc::channel();
         let actor_status = status.clone();
         let actor = std::thread::Builder::new()
@@ -253,7 +253,7 @@ impl Chain {
                 match ChainCore::start(&plugin, support, &metadata, actor_status) {
                     Ok(core) => {
                         let _ = ready_tx.send(Ok(()));
-                        run_actor(core, rx);
+                        run_actor(core, rx, halt_rx);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -271,6 +271,7 @@ impl Chain {
         }
         Ok(Arc::new(Chain {
             channel: channel.to_string(),
+            halt: halt_tx,
             tx,
             status,
             ledger,
@@ -302,7 +303,7 @@ impl Chain {
         // The envelope was checked by Broadcast under the current config.
         env.config_seq = self.status.sequence();
         let (rtx, rrx) = oneshot::channel();
-        if self.tx.send(Event::Enqueue(env, rtx)).await.is_err() {
+        if self.tx.send(Offer(env, rtx)).await.is_err() {
             return Err(EnqueueError::Halted { channel: self.channel.clone() });
         }
         rrx.await.unwrap_or_else(|_| Err(EnqueueError::Halted { channel: self.channel.clone() }))
@@ -311,7 +312,10 @@ impl Chain {
     /// Halts the plugin, waits for queued blocks to be durable, and stops
     /// both threads.
     pub fn halt(&self) {
-        let _ = self.tx.try_send(Event::Halt);
+        self.halt.send_replace(true);
+        // Waiting Deliver streams end (SERVICE_UNAVAILABLE) and new
+        // Broadcasts are refused, as after any chain error.
+        self.status.set_errored(format!("channel {} is halted", self.channel));
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for t in threads {
             let _ = t.join();
@@ -321,7 +325,7 @@ impl Chain {
 
 impl Drop for Chain {
     fn drop(&mut self) {
-        let _ = self.tx.try_send(Event::Halt);
+        self.halt.send_replace(true);
     }
 }
 
@@ -374,7 +378,7 @@ fn ledger_writer(ledger: Ledger, rx: std_mpsc::Receiver<Bytes>, status: Arc<Chai
 
 /// The actor loop on the chain's own thread: a current-thread runtime that
 /// waits for the next event or the next timer.
-fn run_actor(mut core: ChainCore, mut rx: mpsc::Receiver<Event>) {
+fn run_actor(mut core: ChainCore, mut rx: mpsc::Receiver<Offer>, mut halt: watch::Receiver<bool>) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -385,46 +389,28 @@ fn run_actor(mut core: ChainCore, mut rx: mpsc::Receiver<Event>) {
     rt.block_on(async move {
         loop {
             let deadline = core.next_deadline();
-            let ev = match deadline {
-                Some(d) => {
-                    tokio::select! {
-                        ev = rx.recv() => ev,
-                        _ = tokio::time::sleep_until(d.into()) => {
-                            core.fire_timers(Instant::now());
-                            continue;
-                        }
-                    }
+            let first = tokio::select! {
+                biased;
+                _ = halt.changed() => break,
+                ev = rx.recv() => match ev {
+                    Some(ev) => ev,
+                    None => break,
+                },
+                _ = sleep_until_opt(deadline) => {
+                    core.fire_timers(Instant::now());
+                    continue;
                 }
-                None => rx.recv().await,
             };
-            let Some(ev) = ev else { break };
             // Deliver what queued up meanwhile in one call (in order).
-            let mut envs = Vec::new();
-            let mut replies = Vec::new();
-            let mut halt = false;
-            let mut next = Some(ev);
-            while let Some(ev) = next.take() {
-                match ev {
-                    Event::Enqueue(env, reply) => {
-                        envs.push(env);
-                        replies.push(reply);
-                    }
-                    Event::Halt => {
-                        halt = true;
-                        break;
-                    }
-                }
-                if envs.len() < MAX_GROUP {
-                    next = rx.try_recv().ok();
-                }
+            let mut envs = vec![first.0];
+            let mut replies = vec![first.1];
+            while envs.len() < MAX_GROUP {
+                let Ok(Offer(env, reply)) = rx.try_recv() else { break };
+                envs.push(env);
+                replies.push(reply);
             }
-            if !envs.is_empty() {
-                for (r, reply) in core.enqueue_many(envs).into_iter().zip(replies) {
-                    let _ = reply.send(r);
-                }
-            }
-            if halt {
-                break;
+            for (r, reply) in core.enqueue_many(envs).into_iter().zip(replies) {
+                let _ = reply.send(r);
             }
             if core.next_deadline().is_some_and(|d| d <= Instant::now()) {
                 core.fire_timers(Instant::now());
@@ -432,4 +418,12 @@ fn run_actor(mut core: ChainCore, mut rx: mpsc::Receiver<Event>) {
         }
         core.halt();
     });
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
 }

@@ -183,18 +183,18 @@ async fn deliver_one(
     }
     let ledger = chain.ledger().clone();
     let height = ledger.height();
-    let pos = |p: &Option<crate::proto::orderer::SeekPosition>, default_newest: bool| -> Option<u64> {
-        match p.as_ref().and_then(|p| p.r#type.as_ref()) {
-            Some(Pos::Oldest(_)) => Some(0),
-            Some(Pos::Newest(_)) => Some(height.saturating_sub(1)),
-            Some(Pos::Specified(s)) => Some(s.number),
-            Some(Pos::NextCommit(_)) => Some(height),
-            None if default_newest => None,
-            None => None,
+    // A position that is missing or has no type is a malformed request.
+    let pos = |p: &Option<crate::proto::orderer::SeekPosition>| -> Option<u64> {
+        match p.as_ref().and_then(|p| p.r#type.as_ref())? {
+            Pos::Oldest(_) => Some(0),
+            Pos::Newest(_) => Some(height.saturating_sub(1)),
+            Pos::Specified(s) => Some(s.number),
+            Pos::NextCommit(_) => Some(height),
         }
     };
-    let Some(start) = pos(&seek.start, false) else { return Some(common::Status::BadRequest) };
-    let Some(stop) = pos(&seek.stop, true) else { return Some(common::Status::BadRequest) };
+    let (Some(start), Some(stop)) = (pos(&seek.start), pos(&seek.stop)) else {
+        return Some(common::Status::BadRequest);
+    };
     if stop < start {
         return Some(common::Status::BadRequest);
     }

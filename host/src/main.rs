@@ -185,16 +185,33 @@ async fn serve(node: Arc<Node>, listen: SocketAddr, dev: Option<signer::DevIdent
     }
     println!("point a Fabric client at grpc://{addr}; Ctrl-C stops the node");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
-        .add_service(consenter_host::grpc::Service::server(node))
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(consenter_host::grpc::Service::server(node.clone()))
         .serve_with_incoming_shutdown(incoming, async {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("shutting down");
-        })
-        .await
-        .context("serving gRPC")?;
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r.context("serving gRPC")?,
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("shutting down: no new connections; halting chains");
+            let _ = stop_tx.send(());
+            // Halting makes queued blocks durable, answers in-flight
+            // Broadcasts and ends waiting Deliver streams.
+            let n = node.clone();
+            tokio::task::spawn_blocking(move || n.shutdown()).await.context("halting chains")?;
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(r) => r.context("serving gRPC")?,
+                Err(_) => tracing::warn!("streams still open after {SHUTDOWN_GRACE:?}; closing them"),
+            }
+        }
+    }
     Ok(())
 }
+
+/// How long Ctrl-C waits for open streams to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 fn channels_of(data_dir: &Path, only: Option<&str>) -> Result<Vec<String>> {
     if let Some(c) = only {

@@ -277,6 +277,15 @@ pub struct PluginState {
     pub support: Support,
 }
 
+impl PluginState {
+    /// A Store's data around `support` with default limits (unit tests of
+    /// the import functions, without a plugin).
+    #[cfg(test)]
+    pub(crate) fn for_test(support: Support) -> PluginState {
+        PluginState { table: ResourceTable::new(), limits: StoreLimitsBuilder::new().build(), support }
+    }
+}
+
 /// One chain's instance of a plugin. After a trap the Store is dropped and
 /// every further call answers [`RuntimeError::Dead`].
 pub struct Instance {

@@ -67,6 +67,9 @@ pub struct SupportLimits {
     pub max_metadata_bytes: usize,
     /// Longest log line (longer lines are truncated).
     pub max_log_bytes: usize,
+    /// Log lines a plugin may write per second (burst: twice that); the
+    /// rest are dropped and counted.
+    pub max_log_lines_per_sec: u32,
     /// Refused calls tolerated before the chain is failed.
     pub max_refusals: u32,
 }
@@ -78,6 +81,7 @@ impl Default for SupportLimits {
             max_timer_delay: Duration::from_secs(24 * 3600),
             max_metadata_bytes: 1 << 20,
             max_log_bytes: 4096,
+            max_log_lines_per_sec: 100,
             max_refusals: 1000,
         }
     }
@@ -103,6 +107,11 @@ pub struct Support {
     timers: BTreeMap<u32, Instant>,
     failed: Option<String>,
     refusals: u32,
+    /// Log rate limit: tokens left, when they were last refilled, and how
+    /// many lines were dropped since the last one written.
+    log_tokens: f64,
+    log_refilled: Instant,
+    log_dropped: u64,
 }
 
 /// Where a chain resumes: its height, last header hash and last config
@@ -125,6 +134,8 @@ impl Support {
         pos: ChainPosition,
         limits: SupportLimits,
     ) -> Support {
+        let log_tokens = f64::from(limits.max_log_lines_per_sec) * 2.0;
+        let log_refilled = clock.now();
         Support {
             chain_id: chain_id.to_string(),
             config,
@@ -140,6 +151,9 @@ impl Support {
             timers: BTreeMap::new(),
             failed: None,
             refusals: 0,
+            log_tokens,
+            log_refilled,
+            log_dropped: 0,
         }
     }
 
@@ -196,7 +210,17 @@ impl Support {
         e
     }
 
+    /// Writes a block; on a refusal the block creator goes back to the last
+    /// written block (what was created after it can no longer be written).
     fn write(&mut self, blk: BlockRes, metadata: &[u8], is_config: bool) -> Result<(), types::SupportError> {
+        let r = self.try_write(blk, metadata, is_config);
+        if r.is_err() {
+            self.created = (self.height, self.last_hash);
+        }
+        r
+    }
+
+    fn try_write(&mut self, blk: BlockRes, metadata: &[u8], is_config: bool) -> Result<(), types::SupportError> {
         use types::SupportError as E;
         if self.failed.is_some() {
             return Err(E::Internal(format!("channel {} has failed; no more blocks are written", self.chain_id)));
@@ -210,7 +234,6 @@ impl Support {
         }
         let prev = blk.block.header.as_ref().map(|h| h.previous_hash.clone()).unwrap_or_default();
         if blk.number != self.height || (self.height > 0 && prev.as_ref() != self.last_hash) {
-            self.created = (self.height, self.last_hash);
             return Err(self.refuse(E::OutOfOrder(format!(
                 "block {} is not the next block: height is {}, expected previous hash {}",
                 blk.number,
@@ -223,7 +246,6 @@ impl Support {
         if is_config {
             let env_count = b.data.as_ref().map(|d| d.data.len()).unwrap_or(0);
             if env_count != 1 {
-                self.created = (self.height, self.last_hash);
                 return Err(
                     self.refuse(E::Invalid(format!("a config block holds exactly one envelope, not {env_count}")))
                 );
@@ -231,7 +253,6 @@ impl Support {
             match ChannelConfig::from_config_block(&b) {
                 Ok(c) => new_config = Some(c),
                 Err(e) => {
-                    self.created = (self.height, self.last_hash);
                     return Err(self.refuse(E::Invalid(format!("config block {}: {e}", blk.number))));
                 }
             }
@@ -249,6 +270,10 @@ impl Support {
         }
         self.height += 1;
         self.last_hash = blk.hash;
+        if self.created.0 < self.height {
+            // Written past what was created (after a refusal reset it).
+            self.created = (self.height, self.last_hash);
+        }
         self.last_config = last_config;
         if let Some(c) = new_config {
             tracing::info!(channel = %self.chain_id, block = blk.number, sequence = c.sequence, "config applied");
@@ -472,8 +497,33 @@ impl timers::Host for PluginState {
     }
 }
 
+impl Support {
+    /// Takes a log token; false means the line is dropped (rate limit).
+    fn log_allowed(&mut self) -> bool {
+        let rate = f64::from(self.limits.max_log_lines_per_sec);
+        let now = self.clock.now();
+        let elapsed = now.saturating_duration_since(self.log_refilled).as_secs_f64();
+        self.log_refilled = now;
+        self.log_tokens = (self.log_tokens + elapsed * rate).min(rate * 2.0);
+        if self.log_tokens >= 1.0 {
+            self.log_tokens -= 1.0;
+            if self.log_dropped > 0 {
+                tracing::warn!(channel = %self.chain_id, dropped = self.log_dropped, "plugin log lines dropped (rate limit)");
+                self.log_dropped = 0;
+            }
+            true
+        } else {
+            self.log_dropped += 1;
+            false
+        }
+    }
+}
+
 impl log::Host for PluginState {
     fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
+        if !self.support.log_allowed() {
+            return Ok(());
+        }
         let max = self.support.limits.max_log_bytes;
         let msg = if message.len() > max {
             let mut end = max;
@@ -493,5 +543,125 @@ impl log::Host for PluginState {
             types::Level::Error => tracing::error!(channel = %ch, plugin = true, "{msg}"),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::ChannelTemplate;
+    use crate::testhost::{ManualClock, MemorySink};
+    use support::Host as _;
+    use timers::Host as _;
+    use types::HostBatch as _;
+
+    fn state(limits: SupportLimits) -> (PluginState, Arc<ManualClock>, MemorySink) {
+        let dir = tempfile::tempdir().unwrap();
+        let id = crate::signer::ensure_dev_identity(dir.path()).unwrap();
+        let signer = Arc::new(Signer::from_msp_dir(&id.orderer_msp, &id.mspid).unwrap());
+        let t = ChannelTemplate::solo("unit");
+        let genesis = t.genesis_block();
+        let cfg = Arc::new(ChannelConfig::from_config_block(&genesis).unwrap());
+        let hash = block::header_hash(genesis.header.as_ref().unwrap());
+        let clock = ManualClock::new();
+        let sink = MemorySink::default();
+        let pos = ChainPosition { height: 1, last_hash: hash, last_config: 0 };
+        let s = Support::new("unit", cfg, signer, Box::new(sink.clone()), clock.clone(), pos, limits);
+        (PluginState::for_test(s), clock, sink)
+    }
+
+    fn envelope(st: &mut PluginState, tx: &str) -> Resource<EnvelopeRes> {
+        let b = crate::envelope::build(
+            "unit",
+            crate::proto::common::HeaderType::Message,
+            tx,
+            Bytes::from_static(b"x"),
+            None,
+        )
+        .unwrap();
+        st.table.push(EnvelopeRes(Envelope::parse(b).unwrap())).unwrap()
+    }
+
+    fn block_of(st: &mut PluginState, tx: &str) -> Resource<BlockRes> {
+        let e = envelope(st, tx);
+        let b = st.new(vec![e]).unwrap();
+        st.create_next_block(b).unwrap().unwrap()
+    }
+
+    #[test]
+    fn only_the_next_block_is_written() {
+        let (mut st, _, sink) = state(SupportLimits::default());
+        let b1 = block_of(&mut st, "a");
+        let b2 = block_of(&mut st, "b");
+        assert_eq!(st.support.height(), 1);
+        // Writing block 2 before block 1 is refused.
+        let e = st.write_block(b2, vec![]).unwrap().unwrap_err();
+        assert!(matches!(e, types::SupportError::OutOfOrder(_)), "{e:?}");
+        assert_eq!(sink.0.lock().unwrap().len(), 0);
+        st.write_block(b1, vec![]).unwrap().unwrap();
+        assert_eq!(st.support.height(), 2);
+        // The creator was reset to the last written block: the next block
+        // created is number 2 and links to block 1.
+        let b = block_of(&mut st, "c");
+        st.write_block(b, vec![1, 2, 3]).unwrap().unwrap();
+        let written = sink.0.lock().unwrap().clone();
+        assert_eq!(written.len(), 2);
+        let blk = Block::decode(written[1].clone()).unwrap();
+        assert_eq!(blk.header.as_ref().unwrap().number, 2);
+        assert_eq!(block::orderer_metadata(&blk).unwrap().consenter_metadata.as_ref(), &[1, 2, 3]);
+    }
+
+    #[test]
+    fn oversized_metadata_and_bad_config_blocks_are_refused() {
+        let limits = SupportLimits { max_metadata_bytes: 8, ..SupportLimits::default() };
+        let (mut st, _, sink) = state(limits);
+        let b = block_of(&mut st, "a");
+        let e = st.write_block(b, vec![0; 9]).unwrap().unwrap_err();
+        assert!(matches!(e, types::SupportError::LimitExceeded(_)), "{e:?}");
+        // A normal envelope is not a config block.
+        let b = block_of(&mut st, "a");
+        let e = st.write_config_block(b, vec![]).unwrap().unwrap_err();
+        assert!(matches!(e, types::SupportError::Invalid(_)), "{e:?}");
+        assert!(sink.0.lock().unwrap().is_empty());
+        assert!(st.support.failure().is_none(), "refusals alone do not fail the chain");
+    }
+
+    #[test]
+    fn repeated_refusals_fail_the_chain() {
+        let limits = SupportLimits { max_refusals: 3, ..SupportLimits::default() };
+        let (mut st, _, _) = state(limits);
+        for _ in 0..3 {
+            let _ = st.set(1, u64::MAX).unwrap().unwrap_err();
+        }
+        assert!(st.support.failure().unwrap().contains("3 refused calls"));
+        // A failed chain writes nothing more.
+        let b = block_of(&mut st, "a");
+        assert!(matches!(st.write_block(b, vec![]).unwrap(), Err(types::SupportError::Internal(_))));
+    }
+
+    #[test]
+    fn timer_caps() {
+        let (mut st, clock, _) = state(SupportLimits { max_timers: 4, ..SupportLimits::default() });
+        for id in 0..4 {
+            st.set(id, 10 * u64::from(id + 1)).unwrap().unwrap();
+        }
+        assert!(matches!(st.set(9, 5).unwrap(), Err(types::SupportError::LimitExceeded(_))));
+        // Re-arming an armed timer is not a new timer.
+        st.set(0, 5).unwrap().unwrap();
+        assert!(matches!(st.set(0, 25 * 3600 * 1000).unwrap(), Err(types::SupportError::LimitExceeded(_))));
+        st.cancel(1).unwrap();
+        clock.advance(Duration::from_millis(30));
+        assert_eq!(st.support.take_due_timers(clock.now()), vec![0, 2]);
+        assert_eq!(st.support.next_deadline(), Some(clock.now() + Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn log_flood_is_rate_limited() {
+        let (mut st, clock, _) = state(SupportLimits { max_log_lines_per_sec: 10, ..SupportLimits::default() });
+        let allowed = (0..1000).filter(|_| st.support.log_allowed()).count();
+        assert_eq!(allowed, 20, "burst of twice the rate");
+        clock.advance(Duration::from_secs(1));
+        let allowed = (0..1000).filter(|_| st.support.log_allowed()).count();
+        assert_eq!(allowed, 10, "refilled at the rate");
     }
 }
