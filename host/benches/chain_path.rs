@@ -123,17 +123,7 @@ fn bench(c: &mut Criterion) {
                 let start = Instant::now();
                 for _ in 0..iters {
                     let target = pos.height + (PER_ITER / 500) as u64;
-                    for e in &envs {
-                        for batch in cutter.ordered(e.clone(), &cfg.batch_size).batches {
-                            let data = batch.into_iter().map(|e| e.bytes).collect();
-                            let mut blk = block::new_block(pos.height, &pos.last_hash, data);
-                            let hash = block::header_hash(blk.header.as_ref().unwrap());
-                            block::sign_block(&mut blk, 0, &[], &s.signer).unwrap();
-                            sink.write(pos.height, blk.encode_to_vec().into()).unwrap();
-                            pos.height += 1;
-                            pos.last_hash = hash;
-                        }
-                    }
+                    native_order(&envs, &mut cutter, &cfg, &mut pos, &s.signer, sink.as_mut());
                     wait_height(&s.ledger, target);
                 }
                 start.elapsed()
@@ -173,21 +163,33 @@ fn bench(c: &mut Criterion) {
         let mut sink = NullSink;
         g.bench_function("native_no_ledger", |b| {
             b.iter(|| {
-                for e in &envs {
-                    for batch in cutter.ordered(e.clone(), &cfg.batch_size).batches {
-                        let data = batch.into_iter().map(|e| e.bytes).collect();
-                        let mut blk = block::new_block(pos.height, &pos.last_hash, data);
-                        let hash = block::header_hash(blk.header.as_ref().unwrap());
-                        block::sign_block(&mut blk, 0, &[], &s.signer).unwrap();
-                        sink.write(pos.height, blk.encode_to_vec().into()).unwrap();
-                        pos.height += 1;
-                        pos.last_hash = hash;
-                    }
-                }
+                native_order(&envs, &mut cutter, &cfg, &mut pos, &s.signer, &mut sink);
             })
         });
     }
     g.finish();
+}
+
+/// What solo does, natively: cutter → block → sign → sink.
+fn native_order(
+    envs: &[Envelope],
+    cutter: &mut BlockCutter<Envelope>,
+    cfg: &ChannelConfig,
+    pos: &mut ChainPosition,
+    signer: &Signer,
+    sink: &mut dyn BlockSink,
+) {
+    for e in envs {
+        for batch in cutter.ordered(e.clone(), &cfg.batch_size).batches {
+            let data = batch.into_iter().map(|e| e.bytes).collect();
+            let mut blk = block::new_block(pos.height, &pos.last_hash, data);
+            let hash = block::header_hash(blk.header.as_ref().unwrap());
+            block::sign_block(&mut blk, 0, &[], signer).unwrap();
+            sink.write(pos.height, blk.encode_to_vec().into()).unwrap();
+            pos.height += 1;
+            pos.last_hash = hash;
+        }
+    }
 }
 
 struct NullSink;
