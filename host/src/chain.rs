@@ -296,7 +296,18 @@ impl Chain {
 
     /// Offers an envelope; waits for queue space (back-pressure) and for
     /// the plugin's answer.
-    pub async fn enqueue(&self, mut env: Envelope) -> Result<(), EnqueueError> {
+    pub async fn enqueue(&self, env: Envelope) -> Result<(), EnqueueError> {
+        self.submit(env).await?.await
+    }
+
+    /// Queues an envelope for the plugin (waiting for queue space: the
+    /// back-pressure) and returns the plugin's answer to come, so a
+    /// Broadcast stream can have many envelopes in flight and still answer
+    /// in order.
+    pub async fn submit(
+        &self,
+        mut env: Envelope,
+    ) -> Result<impl Future<Output = Result<(), EnqueueError>> + Send + 'static, EnqueueError> {
         if let Some(reason) = self.status.errored() {
             return Err(EnqueueError::Errored { channel: self.channel.clone(), reason });
         }
@@ -306,7 +317,8 @@ impl Chain {
         if self.tx.send(Offer(env, rtx)).await.is_err() {
             return Err(EnqueueError::Halted { channel: self.channel.clone() });
         }
-        rrx.await.unwrap_or_else(|_| Err(EnqueueError::Halted { channel: self.channel.clone() }))
+        let channel = self.channel.clone();
+        Ok(async move { rrx.await.unwrap_or(Err(EnqueueError::Halted { channel })) })
     }
 
     /// Halts the plugin, waits for queued blocks to be durable, and stops

@@ -44,37 +44,56 @@ fn resp(status: common::Status, info: impl Into<String>) -> BroadcastResponse {
     BroadcastResponse { status: status as i32, info: info.into() }
 }
 
-/// Broadcast's answer for one envelope.
-async fn broadcast_one(node: &Node, pb: common::Envelope) -> BroadcastResponse {
+/// Broadcast's answer for one envelope: now (a refusal), or later (the
+/// plugin's answer, awaited in order by the stream's responder).
+enum Answer {
+    Now(BroadcastResponse),
+    Later(Pin<Box<dyn Future<Output = Result<(), EnqueueError>> + Send>>),
+}
+
+/// Checks one envelope and hands it to its chain: Fabric's broadcast
+/// filters in order (malformed, empty payload, unknown channel, size).
+async fn broadcast_one(node: &Node, pb: common::Envelope) -> Answer {
     let bytes: Bytes = pb.encode_to_vec().into();
     let env = match Envelope::parse(bytes) {
         Ok(e) => e,
-        Err(EnvelopeError::EmptyPayload) => return resp(common::Status::BadRequest, "envelope has an empty payload"),
-        Err(e) => return resp(common::Status::BadRequest, e.to_string()),
+        Err(EnvelopeError::EmptyPayload) => {
+            return Answer::Now(resp(common::Status::BadRequest, "envelope has an empty payload"));
+        }
+        Err(e) => return Answer::Now(resp(common::Status::BadRequest, e.to_string())),
     };
     let Some(chain) = node.chain(&env.channel_id) else {
         if let Some(reason) = node.broken(&env.channel_id) {
-            return resp(
+            return Answer::Now(resp(
                 common::Status::ServiceUnavailable,
                 format!("channel {} is not running: {reason}", env.channel_id),
-            );
+            ));
         }
-        return resp(common::Status::NotFound, "channel does not exist");
+        return Answer::Now(resp(common::Status::NotFound, "channel does not exist"));
     };
     let max = chain.status().absolute_max_bytes();
     if env.size > max {
-        return resp(
+        return Answer::Now(resp(
             common::Status::BadRequest,
             format!("message payload is {} bytes and exceeds maximum allowed {} bytes", env.size, max),
-        );
+        ));
     }
-    match chain.enqueue(env).await {
-        Ok(()) => resp(common::Status::Success, ""),
-        Err(e @ (EnqueueError::Errored { .. } | EnqueueError::Refused { .. } | EnqueueError::Halted { .. })) => {
-            resp(common::Status::ServiceUnavailable, e.to_string())
-        }
+    match chain.submit(env).await {
+        Ok(answer) => Answer::Later(Box::pin(answer)),
+        Err(e) => Answer::Now(enqueue_response(Err(e))),
     }
 }
+
+fn enqueue_response(r: Result<(), EnqueueError>) -> BroadcastResponse {
+    match r {
+        Ok(()) => resp(common::Status::Success, ""),
+        Err(e) => resp(common::Status::ServiceUnavailable, e.to_string()),
+    }
+}
+
+/// Envelopes of one Broadcast stream in flight at once (answers stay in
+/// order; the client waits when this many are unanswered).
+const IN_FLIGHT: usize = 1024;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -89,19 +108,31 @@ impl AtomicBroadcast for Service {
     ) -> Result<Response<Self::BroadcastStream>, Status> {
         let mut input = req.into_inner();
         let node = self.node.clone();
-        let (tx, rx) = mpsc::channel(256);
+        let (tx, rx) = mpsc::channel(IN_FLIGHT);
+        let (pending_tx, mut pending_rx) = mpsc::channel::<Result<Answer, Status>>(IN_FLIGHT);
+        // Reader: checks and submits envelopes as they arrive.
         tokio::spawn(async move {
             loop {
-                let msg = match input.message().await {
-                    Ok(Some(m)) => m,
+                let item = match input.message().await {
+                    Ok(Some(m)) => Ok(broadcast_one(&node, m).await),
                     Ok(None) => return,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
+                    Err(status) => Err(status),
                 };
-                let r = broadcast_one(&node, msg).await;
-                if tx.send(Ok(r)).await.is_err() {
+                let end = item.is_err();
+                if pending_tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        // Responder: one answer per envelope, in order.
+        tokio::spawn(async move {
+            while let Some(item) = pending_rx.recv().await {
+                let out = match item {
+                    Ok(Answer::Now(r)) => Ok(r),
+                    Ok(Answer::Later(f)) => Ok(enqueue_response(f.await)),
+                    Err(status) => Err(status),
+                };
+                if tx.send(out).await.is_err() {
                     return;
                 }
             }

@@ -13,6 +13,7 @@ pub mod cutter;
 pub mod envelope;
 pub mod grpc;
 pub mod ledger;
+pub mod loadgen;
 pub mod node;
 pub mod proto;
 pub mod runtime;

@@ -1,0 +1,302 @@
+//! The load generator behind `consenter-host bench`: builds and signs
+//! envelopes ahead of time, sends them over concurrent Broadcast streams to
+//! any AtomicBroadcast endpoint, follows Deliver until every envelope is in
+//! a block, and reports acknowledged and committed throughput and latency.
+//! Uses only the protocol. May touch the network and the MSP folder only.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message;
+use tonic::transport::Channel;
+
+use crate::envelope;
+use crate::proto::common::{self, Envelope, HeaderType};
+use crate::proto::orderer::atomic_broadcast_client::AtomicBroadcastClient;
+use crate::proto::orderer::seek_info::SeekBehavior;
+use crate::proto::orderer::seek_position::Type as Pos;
+use crate::proto::orderer::{SeekInfo, SeekNewest, SeekPosition, SeekSpecified, deliver_response};
+use crate::signer::Signer;
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    /// `host:port` of the orderer.
+    pub orderer: String,
+    pub channel: String,
+    pub clients: usize,
+    pub messages: usize,
+    /// Payload data bytes per envelope.
+    pub size: usize,
+    /// Give up waiting for blocks this long after the last acknowledgement.
+    pub commit_timeout: Duration,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    pub acknowledged: u64,
+    pub refused: u64,
+    /// (status, info) of the first refusals (at most 10).
+    pub refusals: Vec<(i32, String)>,
+    pub committed: u64,
+    pub blocks: u64,
+    pub envelopes_seen: u64,
+    pub ack_secs: f64,
+    pub commit_secs: f64,
+    pub latency_p50: Duration,
+    pub latency_p99: Duration,
+}
+
+impl LoadReport {
+    /// Acknowledged envelopes per second.
+    pub fn ack_rate(&self) -> f64 {
+        self.acknowledged as f64 / self.ack_secs.max(1e-9)
+    }
+    /// Committed envelopes per second (first send to last block).
+    pub fn commit_rate(&self) -> f64 {
+        self.committed as f64 / self.commit_secs.max(1e-9)
+    }
+}
+
+/// Errors of a load run.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("connecting to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("{what}: {status}")]
+    Rpc { what: &'static str, status: tonic::Status },
+    #[error("deliver on channel {channel} answered {} ({status}) before the run started", status_name(*status))]
+    Deliver { channel: String, status: i32 },
+    #[error("signing envelopes: {0}")]
+    Sign(String),
+}
+
+/// Fabric's name of a status code (e.g. NOT_FOUND).
+pub fn status_name(status: i32) -> &'static str {
+    common::Status::try_from(status).map(|s| s.as_str_name()).unwrap_or("UNKNOWN_STATUS")
+}
+
+fn tx_id(run: u64, i: usize) -> String {
+    format!("bench-{run:x}-{i}")
+}
+
+/// Builds and signs `n` envelopes on every core.
+pub fn build_envelopes(spec: &LoadSpec, run: u64, signer: Option<&Signer>) -> Result<Vec<Envelope>, LoadError> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let chunk = spec.messages.div_ceil(cores).max(1);
+    let data = Bytes::from(vec![0xabu8; spec.size]);
+    let mut out: Vec<Result<Vec<Envelope>, String>> = Vec::new();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..spec.messages)
+            .step_by(chunk)
+            .map(|start| {
+                let data = data.clone();
+                s.spawn(move || {
+                    (start..(start + chunk).min(spec.messages))
+                        .map(|i| {
+                            let b = envelope::build(
+                                &spec.channel,
+                                HeaderType::Message,
+                                &tx_id(run, i),
+                                data.clone(),
+                                signer,
+                            )
+                            .map_err(|e| e.to_string())?;
+                            Envelope::decode(b).map_err(|e| e.to_string())
+                        })
+                        .collect::<Result<Vec<_>, String>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            out.push(h.join().unwrap_or_else(|_| Err("a signing thread panicked".into())));
+        }
+    });
+    let mut all = Vec::with_capacity(spec.messages);
+    for part in out {
+        all.extend(part.map_err(LoadError::Sign)?);
+    }
+    Ok(all)
+}
+
+async fn connect(addr: &str) -> Result<AtomicBroadcastClient<Channel>, LoadError> {
+    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let c = AtomicBroadcastClient::connect(url)
+        .await
+        .map_err(|e| LoadError::Connect { addr: addr.to_string(), reason: format!("{e}") })?;
+    Ok(c.max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
+}
+
+fn seek(
+    channel: &str,
+    start: Pos,
+    stop: Pos,
+    behavior: SeekBehavior,
+    signer: Option<&Signer>,
+) -> Result<Envelope, LoadError> {
+    let seek = SeekInfo {
+        start: Some(SeekPosition { r#type: Some(start) }),
+        stop: Some(SeekPosition { r#type: Some(stop) }),
+        behavior: behavior as i32,
+        error_response: 0,
+    };
+    let b = envelope::build(channel, HeaderType::DeliverSeekInfo, "", seek.encode_to_vec().into(), signer)
+        .map_err(|e| LoadError::Sign(e.to_string()))?;
+    Envelope::decode(b).map_err(|e| LoadError::Sign(e.to_string()))
+}
+
+/// Runs the load; `progress` is called about once a second with
+/// (acknowledged, committed).
+pub async fn run(
+    spec: &LoadSpec,
+    signer: Option<Arc<Signer>>,
+    mut progress: impl FnMut(u64, u64) + Send,
+) -> Result<LoadReport, LoadError> {
+    let run_id =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    let envs = build_envelopes(spec, run_id, signer.as_deref())?;
+    let mut client = connect(&spec.orderer).await?;
+
+    // Where the chain is now: the newest block's number.
+    let newest = seek(
+        &spec.channel,
+        Pos::Newest(SeekNewest {}),
+        Pos::Newest(SeekNewest {}),
+        SeekBehavior::FailIfNotReady,
+        signer.as_deref(),
+    )?;
+    let mut s = client
+        .deliver(tokio_stream::iter(vec![newest]))
+        .await
+        .map_err(|status| LoadError::Rpc { what: "deliver (newest)", status })?
+        .into_inner();
+    let mut start_block = None;
+    while let Some(r) = s.message().await.map_err(|status| LoadError::Rpc { what: "deliver (newest)", status })? {
+        match r.r#type {
+            Some(deliver_response::Type::Block(b)) => start_block = b.header.map(|h| h.number + 1),
+            Some(deliver_response::Type::Status(st)) => {
+                if start_block.is_none() || st != common::Status::Success as i32 {
+                    return Err(LoadError::Deliver { channel: spec.channel.clone(), status: st });
+                }
+                break;
+            }
+            None => break,
+        }
+    }
+    let from = start_block.unwrap_or_default();
+
+    let started = Instant::now();
+    let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..spec.messages).map(|_| AtomicU64::new(0)).collect());
+    let acked = Arc::new(AtomicU64::new(0));
+
+    // Follow Deliver from the next block.
+    let follow = seek(
+        &spec.channel,
+        Pos::Specified(SeekSpecified { number: from }),
+        Pos::Specified(SeekSpecified { number: u64::MAX }),
+        SeekBehavior::BlockUntilReady,
+        signer.as_deref(),
+    )?;
+    let mut follow = client
+        .deliver(tokio_stream::iter(vec![follow]))
+        .await
+        .map_err(|status| LoadError::Rpc { what: "deliver (follow)", status })?
+        .into_inner();
+
+    // Broadcast on `clients` streams.
+    let per = spec.messages.div_ceil(spec.clients.max(1)).max(1);
+    let mut senders = Vec::new();
+    let mut envs = envs.into_iter().enumerate().collect::<Vec<_>>();
+    while !envs.is_empty() {
+        let rest = envs.split_off(per.min(envs.len()));
+        let mine = std::mem::replace(&mut envs, rest);
+        let mut c = client.clone();
+        let sent_at = sent_at.clone();
+        let acked = acked.clone();
+        senders.push(tokio::spawn(async move {
+            let stream = tokio_stream::iter(mine.into_iter().map(move |(i, e)| {
+                sent_at[i].store(started.elapsed().as_nanos() as u64 + 1, Ordering::Relaxed);
+                e
+            }));
+            let mut acks =
+                c.broadcast(stream).await.map_err(|status| LoadError::Rpc { what: "broadcast", status })?.into_inner();
+            let mut refused = Vec::new();
+            let mut n_refused = 0u64;
+            while let Some(r) = acks.message().await.map_err(|status| LoadError::Rpc { what: "broadcast", status })? {
+                if r.status == common::Status::Success as i32 {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    n_refused += 1;
+                    if refused.len() < 10 {
+                        refused.push((r.status, r.info));
+                    }
+                }
+            }
+            Ok::<_, LoadError>((n_refused, refused))
+        }));
+    }
+
+    let mut report = LoadReport::default();
+    let mut latencies = Vec::with_capacity(spec.messages);
+    let mut last_progress = Instant::now();
+    let mut acks_done: Option<Instant> = None;
+    let mut sender_handles = senders;
+    let prefix = format!("bench-{run_id:x}-");
+    loop {
+        if acks_done.is_none() && sender_handles.iter().all(|h| h.is_finished()) {
+            acks_done = Some(Instant::now());
+            report.ack_secs = started.elapsed().as_secs_f64();
+            for h in sender_handles.drain(..) {
+                let (n, mut r) = h.await.map_err(|e| LoadError::Sign(format!("a sender task failed: {e}")))??;
+                report.refused += n;
+                report.refusals.append(&mut r);
+            }
+        }
+        report.acknowledged = acked.load(Ordering::Relaxed);
+        let expected = spec.messages as u64 - report.refused;
+        if acks_done.is_some() && report.committed >= expected.min(report.acknowledged) {
+            break;
+        }
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            progress(report.acknowledged, report.committed);
+            last_progress = Instant::now();
+        }
+        let wait = match acks_done {
+            Some(t) => spec.commit_timeout.saturating_sub(t.elapsed()),
+            None => Duration::from_millis(200),
+        };
+        let msg = match tokio::time::timeout(wait, follow.message()).await {
+            Ok(m) => m.map_err(|status| LoadError::Rpc { what: "deliver (follow)", status })?,
+            Err(_) if acks_done.is_some() => break, // commit timeout: report what we have
+            Err(_) => continue,
+        };
+        match msg.and_then(|r| r.r#type) {
+            Some(deliver_response::Type::Block(b)) => {
+                report.blocks += 1;
+                let now = started.elapsed().as_nanos() as u64;
+                for d in b.data.map(|d| d.data).unwrap_or_default() {
+                    report.envelopes_seen += 1;
+                    let Ok(e) = envelope::Envelope::parse(d) else { continue };
+                    if let Some(i) = e.tx_id.strip_prefix(&prefix).and_then(|i| i.parse::<usize>().ok()) {
+                        let sent = sent_at.get(i).map(|t| t.load(Ordering::Relaxed)).unwrap_or(0);
+                        if sent > 0 {
+                            latencies.push(Duration::from_nanos(now.saturating_sub(sent - 1)));
+                        }
+                        report.committed += 1;
+                    }
+                }
+                report.commit_secs = started.elapsed().as_secs_f64();
+            }
+            Some(deliver_response::Type::Status(_)) | None => break,
+        }
+    }
+    latencies.sort();
+    let pct =
+        |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied();
+    report.latency_p50 = pct(0.50).unwrap_or_default();
+    report.latency_p99 = pct(0.99).unwrap_or_default();
+    Ok(report)
+}
