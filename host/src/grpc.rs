@@ -182,8 +182,29 @@ fn parse_seek(pb: &common::Envelope) -> Result<(String, SeekInfo), String> {
         // Fabric accepts any type here, but only SeekInfo payloads are meaningful.
         tracing::debug!(header_type = ch.r#type, "deliver request with a non DELIVER_SEEK_INFO header type");
     }
+    check_timestamp(ch.timestamp.as_ref(), std::time::SystemTime::now())?;
     let seek = SeekInfo::decode(payload.data).map_err(|e| format!("payload data is not an orderer.SeekInfo: {e}"))?;
     Ok((ch.channel_id, seek))
+}
+
+/// Fabric's Deliver time window: a request's channel header timestamp
+/// must be within this of the server's clock (replay protection).
+pub const TIME_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+fn check_timestamp(ts: Option<&prost_types::Timestamp>, now: std::time::SystemTime) -> Result<(), String> {
+    let now = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    let Some(ts) = ts else {
+        return Err("channel header has no timestamp".into());
+    };
+    let skew = (now - ts.seconds).unsigned_abs();
+    if skew > TIME_WINDOW.as_secs() {
+        return Err(format!(
+            "envelope timestamp {} is {skew} s apart from the server's time, more than the {} s window",
+            ts.seconds,
+            TIME_WINDOW.as_secs()
+        ));
+    }
+    Ok(())
 }
 
 /// Serves one SeekInfo request; returns the final status, or None if the
@@ -260,5 +281,23 @@ async fn deliver_one(
             return Some(common::Status::Success);
         }
         n += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn deliver_time_window() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let ts = |s: i64| prost_types::Timestamp { seconds: s, nanos: 0 };
+        assert!(check_timestamp(Some(&ts(1_000_000)), now).is_ok());
+        assert!(check_timestamp(Some(&ts(1_000_000 - 900)), now).is_ok());
+        assert!(check_timestamp(Some(&ts(1_000_000 + 900)), now).is_ok());
+        assert!(check_timestamp(Some(&ts(1_000_000 - 901)), now).unwrap_err().contains("901 s apart"));
+        assert!(check_timestamp(Some(&ts(1_000_000 + 901)), now).is_err());
+        assert!(check_timestamp(None, now).unwrap_err().contains("no timestamp"));
     }
 }

@@ -106,6 +106,10 @@ struct StartArgs {
     /// MaxMessageCount of the development channel.
     #[arg(long, default_value_t = 500)]
     dev_max_message_count: u32,
+    /// AbsoluteMaxBytes of the development channel (PreferredMaxBytes is
+    /// lowered to it if larger).
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    dev_absolute_max_bytes: u32,
     /// Consensus type of the development channel (a loaded plugin).
     #[arg(long, default_value = "solo")]
     dev_consensus: String,
@@ -208,6 +212,8 @@ fn start(a: StartArgs) -> Result<()> {
         t.consensus_metadata = Bytes::from(a.dev_consensus_metadata.clone().into_bytes());
         t.batch_timeout = a.dev_batch_timeout;
         t.batch_size.max_message_count = a.dev_max_message_count;
+        t.batch_size.absolute_max_bytes = a.dev_absolute_max_bytes;
+        t.batch_size.preferred_max_bytes = t.batch_size.preferred_max_bytes.min(a.dev_absolute_max_bytes);
         node.create_channel(&t.genesis_block()).with_context(|| format!("creating channel {}", a.dev_channel))?;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;

@@ -140,3 +140,42 @@ pub async fn deliver(client: &mut AtomicBroadcastClient<Channel>, channel: &str,
     }
     out
 }
+
+/// A Deliver request from explicit positions.
+pub fn seek_request(channel: &str, start: Pos, stop: Pos, behavior: SeekBehavior, best_effort: bool) -> Envelope {
+    let seek = SeekInfo {
+        start: Some(SeekPosition { r#type: Some(start) }),
+        stop: Some(SeekPosition { r#type: Some(stop) }),
+        behavior: behavior as i32,
+        error_response: best_effort as i32,
+    };
+    let b = envelope::build(channel, HeaderType::DeliverSeekInfo, "", seek.encode_to_vec().into(), None).unwrap();
+    Envelope::decode(b).unwrap()
+}
+
+/// Sends one Deliver request; returns the block numbers received and the
+/// final status (None if the stream ended without one).
+pub async fn deliver_raw(client: &mut AtomicBroadcastClient<Channel>, req: Envelope) -> (Vec<u64>, Option<i32>) {
+    let mut s = client.deliver(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let mut blocks = vec![];
+    while let Some(r) = s.message().await.unwrap() {
+        match r.r#type {
+            Some(deliver_response::Type::Block(b)) => blocks.push(b.header.unwrap().number),
+            Some(deliver_response::Type::Status(st)) => return (blocks, Some(st)),
+            None => break,
+        }
+    }
+    (blocks, None)
+}
+
+/// Broadcasts envelopes on one stream; returns (status, info) for each.
+pub async fn broadcast_all(client: &mut AtomicBroadcastClient<Channel>, envs: Vec<Envelope>) -> Vec<(i32, String)> {
+    let n = envs.len();
+    let mut acks = client.broadcast(tokio_stream::iter(envs)).await.unwrap().into_inner();
+    let mut out = vec![];
+    while out.len() < n {
+        let r = acks.message().await.unwrap().expect("one response per envelope");
+        out.push((r.status, r.info));
+    }
+    out
+}
