@@ -169,8 +169,9 @@ impl AtomicBroadcast for Service {
     }
 }
 
-/// A Deliver request parsed from its envelope.
-fn parse_seek(pb: &common::Envelope) -> Result<(String, SeekInfo), String> {
+/// A Deliver request parsed from its envelope: the channel and the
+/// SeekInfo, or what is malformed (answered BAD_REQUEST).
+pub fn parse_seek(pb: &common::Envelope) -> Result<(String, SeekInfo), String> {
     if pb.payload.is_empty() {
         return Err("envelope has an empty payload".into());
     }
