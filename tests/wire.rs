@@ -74,6 +74,17 @@ async fn broadcast_statuses_and_deliver_variants() {
     assert!(answers[5].1.contains("no header"), "{:?}", answers[5]);
     assert!(answers[6].1.contains("ChannelHeader"), "{:?}", answers[6]);
 
+    // A frame over AbsoluteMaxBytes + the margin is refused by gRPC itself
+    // (never buffered as an envelope); the node keeps serving.
+    let huge = message(ch, "huge", 2 * 1024 * 1024);
+    let mut s = c.broadcast(tokio_stream::iter(vec![huge])).await.unwrap().into_inner();
+    let err = s.message().await.expect_err("oversized frame");
+    assert!(
+        matches!(err.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::Internal),
+        "{err:?}"
+    );
+    assert!(err.message().contains("message length too large") || err.message().contains("too large"), "{err:?}");
+
     // ok1 + ok2 make block 1 (MaxMessageCount 2). Then two more: block 2.
     let (blocks, st) = deliver_raw(&mut c, seek_request(ch, spec(1), spec(1), BlockUntilReady, false)).await;
     assert_eq!((blocks, st), (vec![1], Some(SUCCESS)));

@@ -22,9 +22,12 @@ use crate::proto::orderer::seek_info::{SeekBehavior, SeekErrorResponse};
 use crate::proto::orderer::seek_position::Type as Pos;
 use crate::proto::orderer::{BroadcastResponse, DeliverResponse, SeekInfo, deliver_response};
 
-/// Largest gRPC message accepted: the default AbsoluteMaxBytes (10 MB)
-/// plus room for the envelope's framing.
-pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024 + 1024 * 1024;
+/// Room above AbsoluteMaxBytes for the envelope's own framing (Fabric
+/// counts payload + signature; the gRPC message is the whole Envelope).
+pub const MESSAGE_MARGIN: usize = 1024 * 1024;
+
+/// Fabric's default AbsoluteMaxBytes, used when the node has no channel.
+const DEFAULT_ABSOLUTE_MAX: usize = 10 * 1024 * 1024;
 
 /// The AtomicBroadcast service over a node.
 pub struct Service {
@@ -32,10 +35,21 @@ pub struct Service {
 }
 
 impl Service {
-    /// The tonic server for `node`, with message size limits set.
+    /// The tonic server for `node`. The largest message accepted is the
+    /// largest AbsoluteMaxBytes of the node's channels plus a margin for
+    /// the envelope's framing (larger frames are refused by gRPC before they
+    /// are buffered; smaller ones over a channel's own limit get
+    /// BAD_REQUEST with the sizes). Blocks sent by Deliver are not capped.
     pub fn server(node: Arc<Node>) -> AtomicBroadcastServer<Service> {
+        let largest = node
+            .channels()
+            .iter()
+            .filter_map(|c| node.chain(c))
+            .map(|c| c.status().absolute_max_bytes() as usize)
+            .max()
+            .unwrap_or(DEFAULT_ABSOLUTE_MAX);
         AtomicBroadcastServer::new(Service { node })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(largest.saturating_add(MESSAGE_MARGIN))
             .max_encoding_message_size(usize::MAX)
     }
 }
