@@ -2,7 +2,8 @@
 //! libraries: `fabric-common`'s BlockDecoder and `fabric-protos`, run with
 //! Node.js (tests/node/decode-block.js), installed from npm by this test.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,24 +19,6 @@ use consenter_host::runtime::Limits;
 use consenter_host::signer::{self, Signer};
 use consenter_host::support::SupportLimits;
 use prost::Message;
-
-fn node_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/node")
-}
-
-/// Installs the npm packages (once; `npm ci` from the committed lock).
-fn npm_ci() {
-    let dir = node_dir();
-    if dir.join("node_modules/fabric-common").exists() && dir.join("node_modules/fabric-protos").exists() {
-        return;
-    }
-    let st = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--prefix"])
-        .arg(&dir)
-        .status()
-        .expect("running npm: Node.js and npm are needed for the Fabric interop tests");
-    assert!(st.success(), "npm ci in {} failed", dir.display());
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocks_we_write_decode_with_fabric_block_decoder() {
@@ -83,8 +66,12 @@ async fn blocks_we_write_decode_with_fabric_block_decoder() {
         files.push(p);
     }
 
-    npm_ci();
-    let out = Command::new("node").arg(node_dir().join("decode-block.js")).args(&files).output().expect("running node");
+    common::npm_ci();
+    let out = Command::new("node")
+        .arg(common::node_dir().join("decode-block.js"))
+        .args(&files)
+        .output()
+        .expect("running node");
     assert!(out.status.success(), "decode-block.js failed: {}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect();
     assert_eq!(lines.len(), 4, "one JSON line per block");

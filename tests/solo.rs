@@ -37,13 +37,16 @@ fn template(count: u32, preferred: u32) -> ChannelTemplate {
 
 /// An envelope whose cutter size (payload + signature) is exactly `size`.
 fn env_of_size(tx: &str, size: usize) -> Bytes {
-    let probe = envelope::build("testchannel", HeaderType::Message, tx, Bytes::new(), None).unwrap();
-    let base = Envelope::parse(probe).unwrap().size as usize;
-    // Payload data adds its length plus a tag and a varint length.
-    for pad in size.saturating_sub(base + 4)..=size.saturating_sub(base) {
-        let e = envelope::build("testchannel", HeaderType::Message, tx, Bytes::from(vec![7u8; pad]), None).unwrap();
-        if Envelope::parse(e.clone()).unwrap().size as usize == size {
-            return e;
+    // The header's timestamp (now) varies in encoded length, so search
+    // around the estimate until the size is exact.
+    for _ in 0..20 {
+        let probe = envelope::build("testchannel", HeaderType::Message, tx, Bytes::new(), None).unwrap();
+        let base = Envelope::parse(probe).unwrap().size as usize;
+        for pad in size.saturating_sub(base + 8)..=size.saturating_sub(base).saturating_add(2) {
+            let e = envelope::build("testchannel", HeaderType::Message, tx, Bytes::from(vec![7u8; pad]), None).unwrap();
+            if Envelope::parse(e.clone()).unwrap().size as usize == size {
+                return e;
+            }
         }
     }
     panic!("cannot build an envelope of {size} bytes");

@@ -232,7 +232,8 @@ async fn serve(node: Arc<Node>, listen: SocketAddr, dev: Option<signer::DevIdent
         println!("client identity: --mspid {} --msp-dir {}", d.mspid, d.client_msp.display());
     }
     println!("point a Fabric client at grpc://{addr}; Ctrl-C stops the node");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Small Broadcast acks must not wait for Nagle's algorithm.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .add_service(consenter_host::grpc::Service::server(node.clone()))

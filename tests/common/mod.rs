@@ -179,3 +179,23 @@ pub async fn broadcast_all(client: &mut AtomicBroadcastClient<Channel>, envs: Ve
     }
     out
 }
+
+/// The Node.js interop folder.
+pub fn node_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/node")
+}
+
+/// Installs the npm packages of tests/node (once; `npm ci` from the
+/// committed lock). Node.js and npm must be on the machine.
+pub fn npm_ci() {
+    let dir = node_dir();
+    if dir.join("node_modules/fabric-common").exists() && dir.join("node_modules/fabric-protos").exists() {
+        return;
+    }
+    let st = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&dir)
+        .status()
+        .expect("running npm: Node.js and npm are needed for the Fabric interop tests");
+    assert!(st.success(), "npm ci in {} failed", dir.display());
+}

@@ -1,0 +1,81 @@
+//! Fabric's wire, proven by clients that do not use our protobuf code:
+//! - Node.js with Fabric's official `fabric-common` (its Committer sends
+//!   Broadcast) and `fabric-protos` (raw AtomicBroadcast client for Deliver,
+//!   BlockDecoder for blocks): tests/node/interop.js;
+//! - Python with stubs compiled by `grpcio-tools` from the .proto files
+//!   shipped in the npm `fabric-protos` package: tests/python/interop.py.
+//!
+//! Each broadcasts signed envelopes to a real node, delivers the blocks,
+//! and checks its envelopes and the hash chain.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// Installs the Python packages the client needs (once).
+fn pip_install() {
+    let ok =
+        Command::new("python3").args(["-c", "import grpc, grpc_tools, cryptography"]).status().map(|s| s.success());
+    if ok.unwrap_or(false) {
+        return;
+    }
+    let req = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/requirements.txt");
+    let st = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "-r"])
+        .arg(&req)
+        .status()
+        .expect("running python3 -m pip: Python 3 is needed for the Python interop test");
+    assert!(st.success(), "pip install -r {} failed", req.display());
+}
+
+/// The JSON summary line a client prints; asserts what every client checks.
+fn check_summary(who: &str, out: &std::process::Output, n: usize) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{who} failed:\n{stdout}\n{stderr}");
+    let line = stdout.lines().last().unwrap_or_default();
+    assert!(
+        line.contains(&format!("\"broadcast_ok\": {n}")) || line.contains(&format!("\"broadcast_ok\":{n}")),
+        "{who}: {line}"
+    );
+    assert!(line.contains(&format!("\"found\": {n}")) || line.contains(&format!("\"found\":{n}")), "{who}: {line}");
+    assert!(line.contains("\"chain_ok\": true") || line.contains("\"chain_ok\":true"), "{who}: {line}");
+}
+
+#[test]
+fn fabric_node_sdk_broadcasts_and_delivers() {
+    npm_ci();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let node = NodeProc::start(&data, &["--dev-batch-timeout", "100ms"]);
+    let msp = data.join("dev-identity/client/msp");
+    let out = Command::new("node")
+        .arg(node_dir().join("interop.js"))
+        .args(["--orderer", &node.addr, "--channel", "devchannel", "--mspid", "DevMSP", "--count", "60", "--msp-dir"])
+        .arg(&msp)
+        .output()
+        .expect("running node");
+    check_summary("node interop.js", &out, 60);
+}
+
+#[test]
+fn python_grpc_client_from_fabric_protos_broadcasts_and_delivers() {
+    npm_ci();
+    pip_install();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let node = NodeProc::start(&data, &["--dev-batch-timeout", "100ms"]);
+    let msp = data.join("dev-identity/client/msp");
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/interop.py"))
+        .args(["--orderer", &node.addr, "--channel", "devchannel", "--mspid", "DevMSP", "--count", "60", "--msp-dir"])
+        .arg(&msp)
+        .arg("--protos")
+        .arg(node_dir().join("node_modules/fabric-protos/protos"))
+        .output()
+        .expect("running python3");
+    check_summary("python interop.py", &out, 60);
+}
