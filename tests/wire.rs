@@ -20,6 +20,11 @@ const BAD_REQUEST: i32 = 400;
 const NOT_FOUND: i32 = 404;
 const SERVICE_UNAVAILABLE: i32 = 503;
 
+fn config_envelope(channel: &str, t: consenter_host::proto::common::HeaderType) -> Envelope {
+    let b = consenter_host::envelope::build(channel, t, "cfg", Bytes::from_static(b"x"), None).unwrap();
+    Envelope::decode(b).unwrap()
+}
+
 fn spec(n: u64) -> Pos {
     Pos::Specified(SeekSpecified { number: n })
 }
@@ -58,6 +63,8 @@ async fn broadcast_statuses_and_deliver_variants() {
             malformed_payload,
             no_header,
             bad_channel_header,
+            config_envelope(ch, consenter_host::proto::common::HeaderType::Config),
+            config_envelope(ch, consenter_host::proto::common::HeaderType::ConfigUpdate),
             message(ch, "ok2", 100),
         ],
     )
@@ -65,8 +72,21 @@ async fn broadcast_statuses_and_deliver_variants() {
     let statuses: Vec<i32> = answers.iter().map(|a| a.0).collect();
     assert_eq!(
         statuses,
-        vec![SUCCESS, BAD_REQUEST, BAD_REQUEST, NOT_FOUND, BAD_REQUEST, BAD_REQUEST, BAD_REQUEST, SUCCESS]
+        vec![
+            SUCCESS,
+            BAD_REQUEST,
+            BAD_REQUEST,
+            NOT_FOUND,
+            BAD_REQUEST,
+            BAD_REQUEST,
+            BAD_REQUEST,
+            BAD_REQUEST,
+            BAD_REQUEST,
+            SUCCESS
+        ]
     );
+    assert!(answers[7].1.contains("CONFIG cannot be broadcast directly"), "{:?}", answers[7]);
+    assert!(answers[8].1.contains("CONFIG_UPDATE"), "{:?}", answers[8]);
     assert!(answers[1].1.contains("empty payload"), "{:?}", answers[1]);
     assert!(answers[2].1.contains("exceeds maximum allowed 4096 bytes"), "{:?}", answers[2]);
     assert_eq!(answers[3].1, "channel does not exist");
@@ -178,5 +198,25 @@ async fn chain_error_ends_waiting_deliver_and_refuses_broadcast() {
     let r = deliver_raw(&mut c, seek_request(ch, spec(0), spec(0), BlockUntilReady, false)).await;
     assert_eq!(r, (vec![], Some(SERVICE_UNAVAILABLE)));
     let r = deliver_raw(&mut c, seek_request(ch, spec(0), spec(0), BlockUntilReady, true)).await;
+    assert_eq!(r, (vec![0], Some(SUCCESS)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_refusal_is_service_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let hostile = std::path::Path::new(consenter_host::node::embedded::PLUGIN_DIR).join("consenter_hostile.wasm");
+    let plugin = format!("hostile={}", hostile.display());
+    let node = NodeProc::start(
+        &dir.path().join("data"),
+        &["--plugin", &plugin, "--dev-consensus", "hostile", "--dev-consensus-metadata", "refuse:enqueue"],
+    );
+    let mut c = node.client().await;
+    let answers = broadcast_all(&mut c, vec![message("devchannel", "a", 10), message("devchannel", "b", 10)]).await;
+    for a in &answers {
+        assert_eq!(a.0, SERVICE_UNAVAILABLE, "{a:?}");
+        assert!(a.1.contains("refused the envelope"), "{a:?}");
+    }
+    // A refusal is not a fault: the chain is not errored, Deliver serves.
+    let r = deliver_raw(&mut c, seek_request("devchannel", spec(0), spec(0), BlockUntilReady, false)).await;
     assert_eq!(r, (vec![0], Some(SUCCESS)));
 }

@@ -76,6 +76,24 @@ async fn broadcast_one(node: &Node, pb: common::Envelope) -> Answer {
         }
         Err(e) => return Answer::Now(resp(common::Status::BadRequest, e.to_string())),
     };
+    // Fabric's classification: a CONFIG (or ORDERER_TRANSACTION) envelope
+    // is never taken from a client as is; config changes arrive as
+    // CONFIG_UPDATE and are checked against the modification policies.
+    if env.header_type == HeaderType::Config as i32 || env.header_type == HeaderType::OrdererTransaction as i32 {
+        return Answer::Now(resp(
+            common::Status::BadRequest,
+            format!(
+                "message of type {} cannot be broadcast directly: send a CONFIG_UPDATE",
+                common::HeaderType::try_from(env.header_type).map(|t| t.as_str_name()).unwrap_or("?")
+            ),
+        ));
+    }
+    if env.header_type == HeaderType::ConfigUpdate as i32 {
+        return Answer::Now(resp(
+            common::Status::BadRequest,
+            "CONFIG_UPDATE processing is not available on this node yet (channel config updates are not implemented)",
+        ));
+    }
     let Some(chain) = node.chain(&env.channel_id) else {
         if let Some(reason) = node.broken(&env.channel_id) {
             return Answer::Now(resp(

@@ -7,6 +7,8 @@
 //! - `oom:<event>`: grows memory without bound (the memory cap must stop it);
 //! - `recurse:<event>`: unbounded recursion (the stack limit must stop it).
 //!
+//! - `refuse:enqueue`: answers false to every envelope (not a fault).
+//!
 //! `<event>` is one of `handle-chain`, `start`, `enqueue`, `timer`, `halt`.
 
 use consenter_sdk::{Batch, Consenter, Envelope, EnvelopeInfo, support, timers, write_batch};
@@ -62,6 +64,9 @@ impl Consenter for Hostile {
         let _ = timers::set(1, 10);
     }
     fn enqueue(&mut self, env: Envelope, _info: EnvelopeInfo) -> bool {
+        if self.mode == "refuse:enqueue" {
+            return false;
+        }
         misbehave(&self.mode, "enqueue");
         write_batch(Batch::new(vec![env]), &[])
     }
