@@ -202,6 +202,7 @@ impl Plugin {
         let channel = support.chain_id().to_string();
         let state = PluginState {
             table: ResourceTable::new(),
+            envelopes: Default::default(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes)
                 .table_elements(limits.table_elements)
@@ -270,8 +271,10 @@ fn deadline_ticks(d: Duration) -> u64 {
 /// What a Store holds: the resource table, the limits and the chain's
 /// native support.
 pub struct PluginState {
-    /// Envelope, batch and block handles given to the plugin.
+    /// Batch and block handles given to the plugin.
     pub table: ResourceTable,
+    /// Envelope handles given to the plugin.
+    pub envelopes: crate::support::EnvelopeSlab,
     limits: StoreLimits,
     /// Native ConsenterSupport of the chain.
     pub support: Support,
@@ -282,7 +285,12 @@ impl PluginState {
     /// the import functions, without a plugin).
     #[cfg(test)]
     pub(crate) fn for_test(support: Support) -> PluginState {
-        PluginState { table: ResourceTable::new(), limits: StoreLimitsBuilder::new().build(), support }
+        PluginState {
+            table: ResourceTable::new(),
+            envelopes: Default::default(),
+            limits: StoreLimitsBuilder::new().build(),
+            support,
+        }
     }
 }
 
@@ -362,7 +370,7 @@ impl Instance {
                     size: env.size,
                     config_sequence: env.config_seq,
                 };
-                offered.push((s.data_mut().table.push(crate::support::EnvelopeRes(env))?, info));
+                offered.push((s.data_mut().envelopes.insert(env)?, info));
             }
             b.fabric_consenter_chain().call_enqueue(s, &offered)
         })?;

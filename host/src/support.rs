@@ -22,8 +22,57 @@ use crate::runtime::PluginState;
 use crate::runtime::bindings::fabric::consenter::{log, support, timers, types};
 use crate::signer::Signer;
 
-/// An envelope handle's host value.
-pub struct EnvelopeRes(pub Envelope);
+/// The type of envelope handles. Their values live in an
+/// [`EnvelopeSlab`] (not the ResourceTable), keyed by the handle's rep: the
+/// hot path hands the plugin one handle per envelope, and a slab slot costs
+/// no allocation.
+pub struct EnvelopeRes;
+
+/// Envelopes the plugin holds handles to, by handle rep. The component
+/// model guarantees a plugin only passes back handles it was given and
+/// still owns, so a rep always names a live slot.
+#[derive(Default)]
+pub struct EnvelopeSlab {
+    slots: Vec<Option<Envelope>>,
+    free: Vec<u32>,
+}
+
+impl EnvelopeSlab {
+    /// Stores an envelope; returns the owned handle to give the plugin.
+    pub fn insert(&mut self, env: Envelope) -> wasmtime::Result<Resource<EnvelopeRes>> {
+        let rep = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(env);
+                i
+            }
+            None => {
+                let i =
+                    u32::try_from(self.slots.len()).map_err(|_| wasmtime::format_err!("too many envelope handles"))?;
+                self.slots.push(Some(env));
+                i
+            }
+        };
+        Ok(Resource::new_own(rep))
+    }
+
+    fn get(&self, r: &Resource<EnvelopeRes>) -> wasmtime::Result<&Envelope> {
+        self.slots
+            .get(r.rep() as usize)
+            .and_then(|s| s.as_ref())
+            .ok_or_else(|| wasmtime::format_err!("envelope handle {} is not live", r.rep()))
+    }
+
+    fn take(&mut self, r: Resource<EnvelopeRes>) -> wasmtime::Result<Envelope> {
+        let rep = r.rep();
+        let env = self
+            .slots
+            .get_mut(rep as usize)
+            .and_then(|s| s.take())
+            .ok_or_else(|| wasmtime::format_err!("envelope handle {rep} is not live"))?;
+        self.free.push(rep);
+        Ok(env)
+    }
+}
 /// A batch handle's host value.
 pub struct BatchRes(pub Vec<Envelope>);
 /// A block handle's host value.
@@ -296,25 +345,25 @@ impl types::Host for PluginState {}
 
 impl types::HostEnvelope for PluginState {
     fn size(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<u32> {
-        Ok(self.table.get(&e)?.0.size)
+        Ok(self.envelopes.get(&e)?.size)
     }
     fn class(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<types::MessageClass> {
-        Ok(match self.table.get(&e)?.0.class() {
+        Ok(match self.envelopes.get(&e)?.class() {
             MessageClass::Normal => types::MessageClass::Normal,
             MessageClass::Config => types::MessageClass::Config,
         })
     }
     fn config_sequence(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<u64> {
-        Ok(self.table.get(&e)?.0.config_seq)
+        Ok(self.envelopes.get(&e)?.config_seq)
     }
     fn tx_id(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&e)?.0.tx_id.clone())
+        Ok(self.envelopes.get(&e)?.tx_id.clone())
     }
     fn to_bytes(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<Vec<u8>> {
-        Ok(self.table.get(&e)?.0.bytes.to_vec())
+        Ok(self.envelopes.get(&e)?.bytes.to_vec())
     }
     fn drop(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<()> {
-        self.table.delete(e)?;
+        self.envelopes.take(e)?;
         Ok(())
     }
 }
@@ -323,7 +372,7 @@ impl types::HostBatch for PluginState {
     fn new(&mut self, envelopes: Vec<Resource<EnvelopeRes>>) -> wasmtime::Result<Resource<BatchRes>> {
         let mut v = Vec::with_capacity(envelopes.len());
         for e in envelopes {
-            v.push(self.table.delete(e)?.0);
+            v.push(self.envelopes.take(e)?);
         }
         Ok(self.table.push(BatchRes(v))?)
     }
@@ -360,7 +409,7 @@ impl types::HostBlock for PluginState {
 
 impl support::Host for PluginState {
     fn ordered(&mut self, env: Resource<EnvelopeRes>) -> wasmtime::Result<support::OrderedResult> {
-        let env = self.table.delete(env)?.0;
+        let env = self.envelopes.take(env)?;
         let bs = self.support.config.batch_size;
         let r = self.support.cutter.ordered(env, &bs);
         let mut batches = Vec::with_capacity(r.batches.len());
@@ -375,7 +424,7 @@ impl support::Host for PluginState {
         let mut batches = Vec::new();
         let mut pending = Vec::with_capacity(envs.len());
         for env in envs {
-            let env = self.table.delete(env)?.0;
+            let env = self.envelopes.take(env)?;
             let r = self.support.cutter.ordered(env, &bs);
             for b in r.batches {
                 batches.push(self.table.push(BatchRes(b))?);
@@ -426,7 +475,7 @@ impl support::Host for PluginState {
     }
 
     fn revalidate(&mut self, env: Resource<EnvelopeRes>) -> wasmtime::Result<Result<(), String>> {
-        let e = &self.table.get(&env)?.0;
+        let e = self.envelopes.get(&env)?;
         if e.channel_id != self.support.chain_id {
             return Ok(Err(format!("envelope is for channel {}, not {}", e.channel_id, self.support.chain_id)));
         }
@@ -579,7 +628,7 @@ mod tests {
             None,
         )
         .unwrap();
-        st.table.push(EnvelopeRes(Envelope::parse(b).unwrap())).unwrap()
+        st.envelopes.insert(Envelope::parse(b).unwrap()).unwrap()
     }
 
     fn block_of(st: &mut PluginState, tx: &str) -> Resource<BlockRes> {
