@@ -45,37 +45,36 @@ fn check_summary(who: &str, out: &std::process::Output, n: usize) {
     assert!(line.contains("\"chain_ok\": true") || line.contains("\"chain_ok\":true"), "{who}: {line}");
 }
 
-#[test]
-fn fabric_node_sdk_broadcasts_and_delivers() {
-    npm_ci();
+/// Runs an interop client (`program script`) against a fresh node with the
+/// usual arguments plus `extra`, and checks its summary.
+fn run_client(program: &str, script: &Path, extra: &[&std::ffi::OsStr]) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let node = NodeProc::start(&data, &["--dev-batch-timeout", "100ms"]);
-    let msp = data.join("dev-identity/client/msp");
-    let out = Command::new("node")
-        .arg(node_dir().join("interop.js"))
+    let out = Command::new(program)
+        .arg(script)
         .args(["--orderer", &node.addr, "--channel", "devchannel", "--mspid", "DevMSP", "--count", "60", "--msp-dir"])
-        .arg(&msp)
+        .arg(data.join("dev-identity/client/msp"))
+        .args(extra)
         .output()
-        .expect("running node");
-    check_summary("node interop.js", &out, 60);
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    check_summary(&format!("{program} {}", script.display()), &out, 60);
+}
+
+#[test]
+fn fabric_node_sdk_broadcasts_and_delivers() {
+    npm_ci();
+    run_client("node", &node_dir().join("interop.js"), &[]);
 }
 
 #[test]
 fn python_grpc_client_from_fabric_protos_broadcasts_and_delivers() {
     npm_ci();
     pip_install();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let node = NodeProc::start(&data, &["--dev-batch-timeout", "100ms"]);
-    let msp = data.join("dev-identity/client/msp");
-    let out = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/interop.py"))
-        .args(["--orderer", &node.addr, "--channel", "devchannel", "--mspid", "DevMSP", "--count", "60", "--msp-dir"])
-        .arg(&msp)
-        .arg("--protos")
-        .arg(node_dir().join("node_modules/fabric-protos/protos"))
-        .output()
-        .expect("running python3");
-    check_summary("python interop.py", &out, 60);
+    let protos = node_dir().join("node_modules/fabric-protos/protos");
+    run_client(
+        "python3",
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/interop.py"),
+        &["--protos".as_ref(), protos.as_os_str()],
+    );
 }

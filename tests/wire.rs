@@ -25,6 +25,16 @@ fn config_envelope(channel: &str, t: consenter_host::proto::common::HeaderType) 
     Envelope::decode(b).unwrap()
 }
 
+/// A node whose development channel runs the hostile test plugin in `mode`.
+fn hostile_node(dir: &std::path::Path, mode: &str) -> NodeProc {
+    let hostile = std::path::Path::new(consenter_host::node::embedded::PLUGIN_DIR).join("consenter_hostile.wasm");
+    let plugin = format!("hostile={}", hostile.display());
+    NodeProc::start(
+        &dir.join("data"),
+        &["--plugin", &plugin, "--dev-consensus", "hostile", "--dev-consensus-metadata", mode],
+    )
+}
+
 fn spec(n: u64) -> Pos {
     Pos::Specified(SeekSpecified { number: n })
 }
@@ -173,12 +183,7 @@ async fn broadcast_statuses_and_deliver_variants() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_error_ends_waiting_deliver_and_refuses_broadcast() {
     let dir = tempfile::tempdir().unwrap();
-    let hostile = std::path::Path::new(consenter_host::node::embedded::PLUGIN_DIR).join("consenter_hostile.wasm");
-    let plugin = format!("hostile={}", hostile.display());
-    let node = NodeProc::start(
-        &dir.path().join("data"),
-        &["--plugin", &plugin, "--dev-consensus", "hostile", "--dev-consensus-metadata", "trap:enqueue"],
-    );
+    let node = hostile_node(dir.path(), "trap:enqueue");
     let mut c = node.client().await;
     let ch = "devchannel";
     // A strict follower waiting for block 1. Whether it starts waiting
@@ -204,12 +209,7 @@ async fn chain_error_ends_waiting_deliver_and_refuses_broadcast() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_refusal_is_service_unavailable() {
     let dir = tempfile::tempdir().unwrap();
-    let hostile = std::path::Path::new(consenter_host::node::embedded::PLUGIN_DIR).join("consenter_hostile.wasm");
-    let plugin = format!("hostile={}", hostile.display());
-    let node = NodeProc::start(
-        &dir.path().join("data"),
-        &["--plugin", &plugin, "--dev-consensus", "hostile", "--dev-consensus-metadata", "refuse:enqueue"],
-    );
+    let node = hostile_node(dir.path(), "refuse:enqueue");
     let mut c = node.client().await;
     let answers = broadcast_all(&mut c, vec![message("devchannel", "a", 10), message("devchannel", "b", 10)]).await;
     for a in &answers {
