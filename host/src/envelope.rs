@@ -53,6 +53,17 @@ impl Envelope {
     /// Parses the envelope and its channel header. `bytes` is kept as is.
     pub fn parse(bytes: Bytes) -> Result<Envelope, EnvelopeError> {
         let env = PbEnvelope::decode(bytes.clone()).map_err(|e| EnvelopeError::Envelope(e.to_string()))?;
+        Self::with_bytes(env, bytes)
+    }
+
+    /// An envelope already decoded (as gRPC hands it over): its headers
+    /// are parsed and its bytes encoded once, without decoding it again.
+    pub fn from_message(env: PbEnvelope) -> Result<Envelope, EnvelopeError> {
+        let bytes = env.encode_to_vec().into();
+        Self::with_bytes(env, bytes)
+    }
+
+    fn with_bytes(env: PbEnvelope, bytes: Bytes) -> Result<Envelope, EnvelopeError> {
         if env.payload.is_empty() {
             return Err(EnvelopeError::EmptyPayload);
         }

@@ -6,7 +6,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -14,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::chain::EnqueueError;
-use crate::envelope::{Envelope, EnvelopeError};
+use crate::envelope::{Envelope, MessageClass};
 use crate::node::Node;
 use crate::proto::common::{self, Block, HeaderType, Payload};
 use crate::proto::orderer::atomic_broadcast_server::{AtomicBroadcast, AtomicBroadcastServer};
@@ -68,18 +67,14 @@ enum Answer {
 /// Checks one envelope and hands it to its chain: Fabric's broadcast
 /// filters in order (malformed, empty payload, unknown channel, size).
 async fn broadcast_one(node: &Node, pb: common::Envelope) -> Answer {
-    let bytes: Bytes = pb.encode_to_vec().into();
-    let env = match Envelope::parse(bytes) {
+    let env = match Envelope::from_message(pb) {
         Ok(e) => e,
-        Err(EnvelopeError::EmptyPayload) => {
-            return Answer::Now(resp(common::Status::BadRequest, "envelope has an empty payload"));
-        }
         Err(e) => return Answer::Now(resp(common::Status::BadRequest, e.to_string())),
     };
     // Fabric's classification: a CONFIG (or ORDERER_TRANSACTION) envelope
     // is never taken from a client as is; config changes arrive as
     // CONFIG_UPDATE and are checked against the modification policies.
-    if env.header_type == HeaderType::Config as i32 || env.header_type == HeaderType::OrdererTransaction as i32 {
+    if env.class() == MessageClass::Config {
         return Answer::Now(resp(
             common::Status::BadRequest,
             format!(
