@@ -148,6 +148,16 @@ fn seek(
     Envelope::decode(b).map_err(|e| LoadError::Sign(e.to_string()))
 }
 
+/// Sends one Deliver request and returns its response stream.
+async fn open_deliver(
+    client: &mut AtomicBroadcastClient<Channel>,
+    req: Envelope,
+    what: &'static str,
+) -> Result<tonic::Streaming<crate::proto::orderer::DeliverResponse>, LoadError> {
+    let r = client.deliver(tokio_stream::iter(vec![req])).await.map_err(|status| LoadError::Rpc { what, status })?;
+    Ok(r.into_inner())
+}
+
 /// Runs the load; `progress` is called about once a second with
 /// (acknowledged, committed).
 pub async fn run(
@@ -168,11 +178,7 @@ pub async fn run(
         SeekBehavior::FailIfNotReady,
         signer.as_deref(),
     )?;
-    let mut s = client
-        .deliver(tokio_stream::iter(vec![newest]))
-        .await
-        .map_err(|status| LoadError::Rpc { what: "deliver (newest)", status })?
-        .into_inner();
+    let mut s = open_deliver(&mut client, newest, "deliver (newest)").await?;
     let mut start_block = None;
     while let Some(r) = s.message().await.map_err(|status| LoadError::Rpc { what: "deliver (newest)", status })? {
         match r.r#type {
@@ -200,11 +206,7 @@ pub async fn run(
         SeekBehavior::BlockUntilReady,
         signer.as_deref(),
     )?;
-    let mut follow = client
-        .deliver(tokio_stream::iter(vec![follow]))
-        .await
-        .map_err(|status| LoadError::Rpc { what: "deliver (follow)", status })?
-        .into_inner();
+    let mut follow = open_deliver(&mut client, follow, "deliver (follow)").await?;
 
     // Broadcast on `clients` streams.
     let per = spec.messages.div_ceil(spec.clients.max(1)).max(1);
