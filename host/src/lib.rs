@@ -9,6 +9,7 @@
 pub mod block;
 pub mod chain;
 pub mod channel;
+pub mod configtx;
 pub mod cutter;
 pub mod envelope;
 pub mod grpc;
