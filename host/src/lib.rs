@@ -6,6 +6,7 @@
 //! the plugin → `support` (native ConsenterSupport: `cutter`, `block`,
 //! `signer`) → `ledger` (fsync) → Deliver reads the `ledger`.
 
+pub mod admin;
 pub mod block;
 pub mod chain;
 pub mod channel;
