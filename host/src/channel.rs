@@ -15,6 +15,8 @@ use prost::Message;
 use crate::proto::common::{
     Block, Capabilities, Config, ConfigEnvelope, ConfigGroup, ConfigValue, Consortium, Envelope, HeaderType, Payload,
 };
+use crate::msp::MspManager;
+use crate::policy::PolicyManager;
 use crate::proto::orderer::{BatchSize, BatchTimeout, ConsensusType};
 
 /// Errors reading a channel configuration.
@@ -30,6 +32,10 @@ pub enum ConfigError {
     Timeout(String),
     #[error("BatchSize {0}")]
     BatchSize(String),
+    #[error("MSP: {0}")]
+    Msp(String),
+    #[error("policy: {0}")]
+    Policy(String),
 }
 
 /// The configuration bundle of a channel.
@@ -62,7 +68,21 @@ pub struct ChannelConfig {
     pub application_orgs: Vec<String>,
     /// The whole config this bundle was read from.
     pub config: Arc<Config>,
+    /// The MSPs of every organization in the config.
+    pub msps: Arc<MspManager>,
+    /// Every policy of the config, by path.
+    pub policies: Arc<PolicyManager>,
+    /// `/Channel/Writers` is satisfied without any signature (an org-less
+    /// channel): Broadcast need not verify signatures.
+    pub open_writers: bool,
+    /// Same for `/Channel/Readers` and Deliver.
+    pub open_readers: bool,
 }
+
+/// Policy every Broadcast envelope must satisfy.
+pub const WRITERS: &str = "/Channel/Writers";
+/// Policy every Deliver request (and each block sent) must satisfy.
+pub const READERS: &str = "/Channel/Readers";
 
 /// Capability names per config level (e.g. `V2_0`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -138,6 +158,14 @@ impl ChannelConfig {
             None => None,
         };
         let application = root.groups.get("Application");
+        let msps = Arc::new(MspManager::from_channel_group(root).map_err(|e| ConfigError::Msp(e.to_string()))?);
+        let policies = Arc::new(
+            PolicyManager::from_channel_group(root, msps.clone()).map_err(|e| ConfigError::Policy(e.to_string()))?,
+        );
+        let open = |path: &str| {
+            policies.get(path).is_some_and(|p| p.evaluate_identities::<Arc<crate::msp::Identity>>(&[]).is_ok())
+        };
+        let (open_writers, open_readers) = (open(WRITERS), open(READERS));
         Ok(ChannelConfig {
             channel_id: channel_id.to_string(),
             sequence: config.sequence,
@@ -156,6 +184,10 @@ impl ChannelConfig {
             orderer_orgs: org_ids(Some(orderer)),
             application_orgs: org_ids(application),
             config: Arc::new(config.clone()),
+            msps,
+            policies,
+            open_writers,
+            open_readers,
         })
     }
 }

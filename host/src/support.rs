@@ -530,10 +530,7 @@ impl support::Host for PluginState {
 
     fn revalidate(&mut self, env: Resource<EnvelopeRes>) -> wasmtime::Result<Result<(), String>> {
         let e = self.envelopes.get(&env)?;
-        if e.channel_id != self.support.chain_id {
-            return Ok(Err(format!("envelope is for channel {}, not {}", e.channel_id, self.support.chain_id)));
-        }
-        Ok(Ok(()))
+        Ok(crate::processor::revalidate(&self.support.config, e))
     }
 
     fn shared_config(&mut self) -> wasmtime::Result<types::OrdererConfig> {
