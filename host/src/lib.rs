@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod grpc;
 pub mod ledger;
 pub mod loadgen;
+pub mod msp;
 pub mod node;
 pub mod proto;
 pub mod runtime;
