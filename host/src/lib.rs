@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod loadgen;
 pub mod msp;
 pub mod node;
+pub mod policy;
 pub mod proto;
 pub mod runtime;
 pub mod signer;

@@ -287,7 +287,8 @@ impl Msp {
         }
         let mut cas = Vec::new();
         let n_roots = conf.root_certs.len();
-        for (what, list) in [("root certificate", &conf.root_certs), ("intermediate certificate", &conf.intermediate_certs)]
+        for (what, list) in
+            [("root certificate", &conf.root_certs), ("intermediate certificate", &conf.intermediate_certs)]
         {
             for (i, pem) in list.iter().enumerate() {
                 let (der, cert) = parse_cert(pem).map_err(|r| cert_err(what, i, r))?;
@@ -353,7 +354,11 @@ impl Msp {
             } else {
                 let (der, _) = parse_cert(&id.certificate).map_err(|r| cert_err(what, 0, r))?;
                 Some(cas.iter().position(|c| c.der == der).ok_or_else(|| {
-                    cert_err(what, 0, "its certificate is not one of the MSP's root or intermediate certificates".into())
+                    cert_err(
+                        what,
+                        0,
+                        "its certificate is not one of the MSP's root or intermediate certificates".into(),
+                    )
                 })?)
             };
             Ok(OuId { ou: id.organizational_unit_identifier.clone(), ca })
@@ -402,15 +407,13 @@ impl Msp {
             parse_cert(id_bytes).map_err(|reason| IdentityError::Cert { mspid: mspid.clone(), reason })?;
         let tbs = &cert.tbs_certificate;
         let subject = tbs.subject.to_string();
-        let invalid = |reason: InvalidReason| IdentityError::Invalid {
-            mspid: mspid.clone(),
-            subject: subject.clone(),
-            reason,
-        };
+        let invalid =
+            |reason: InvalidReason| IdentityError::Invalid { mspid: mspid.clone(), subject: subject.clone(), reason };
         if is_ca(&cert) {
             return Err(invalid(InvalidReason::IsCa));
         }
-        let issuer = find_issuer(&self.cas, &der, &cert, None).ok_or_else(|| invalid(InvalidReason::UntrustedIssuer))?;
+        let issuer =
+            find_issuer(&self.cas, &der, &cert, None).ok_or_else(|| invalid(InvalidReason::UntrustedIssuer))?;
         if self.cas[issuer].internal {
             return Err(invalid(InvalidReason::IssuerNotLeaf { issuer: self.cas[issuer].subject.clone() }));
         }
@@ -946,4 +949,9 @@ const fn half<const N: usize>(n: [u8; N]) -> [u8; N] {
         i += 1;
     }
     out
+}
+
+/// The DER of a PEM (or DER) X.509 certificate, checked to parse.
+pub fn cert_der_of_pem(pem: &[u8]) -> Result<Vec<u8>, String> {
+    parse_cert(pem).map(|(der, _)| der)
 }
