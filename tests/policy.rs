@@ -255,8 +255,11 @@ fn evaluate_identities_skips_signature_checks() {
     let (msps, pm) = managers("solochannel.genesis.block");
     let user = msps.identity(signer(USER1_ORG1, "Org1MSP").creator()).unwrap();
     let peer = msps.identity(signer(PEER0_ORG1, "Org1MSP").creator()).unwrap();
-    pm.evaluate_identities("/Channel/Writers", &[user.clone()]).unwrap();
-    assert_eq!(pm.evaluate_identities("/Channel/Writers", &[peer.clone()]).unwrap_err().to_string(), WRITERS_REFUSAL);
+    pm.evaluate_identities("/Channel/Writers", std::slice::from_ref(&user)).unwrap();
+    assert_eq!(
+        pm.evaluate_identities("/Channel/Writers", std::slice::from_ref(&peer)).unwrap_err().to_string(),
+        WRITERS_REFUSAL
+    );
     pm.evaluate_identities("/Channel/Writers", &[peer, user]).unwrap();
     assert_eq!(msps.cached(), 2);
 }

@@ -570,3 +570,476 @@ impl PolicyManager {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::proto::common::signature_policy::NOutOf;
+    use crate::proto::common::{ConfigPolicy, Policy};
+
+    /// A test identity: an MSP, NodeOU roles, a certificate, a signer id.
+    #[derive(Debug, Clone)]
+    struct Fake {
+        mspid: String,
+        roles: Roles,
+        cert: Vec<u8>,
+        uid: u8,
+    }
+
+    impl PolicyIdentity for Fake {
+        fn mspid(&self) -> &str {
+            &self.mspid
+        }
+        fn roles(&self) -> Roles {
+            self.roles
+        }
+        fn cert_der(&self) -> &[u8] {
+            &self.cert
+        }
+        fn same(&self, other: &Self) -> bool {
+            self.uid == other.uid
+        }
+    }
+
+    const MSPS: [&str; 2] = ["OrgA", "OrgB"];
+
+    /// Identity `uid`: its MSP, role and certificate derive from the uid, so
+    /// two entries with one uid are the same signer.
+    fn fake(uid: u8) -> Fake {
+        let mut roles = Roles::default();
+        match uid % 4 {
+            0 => roles.client = true,
+            1 => roles.peer = true,
+            2 => {
+                roles.admin = true;
+                roles.is_admin = true;
+            }
+            _ => roles.orderer = true,
+        }
+        Fake { mspid: MSPS[(uid / 4 % 2) as usize].into(), roles, cert: vec![uid; 4], uid }
+    }
+
+    /// Test principals: ROLE of each MSP and role, IDENTITY of uid 0..8,
+    /// and an unsupported classification.
+    #[derive(Debug, Clone)]
+    enum P {
+        Role(usize, i32),
+        Ident(u8),
+        Unsupported,
+    }
+
+    fn to_proto(p: &P) -> MspPrincipal {
+        match p {
+            P::Role(m, r) => MspPrincipal {
+                principal_classification: Classification::Role as i32,
+                principal: MspRole { msp_identifier: MSPS[*m].into(), role: *r }.encode_to_vec().into(),
+            },
+            P::Ident(uid) => {
+                // The IDENTITY principal carries a PEM certificate; the test
+                // identities' "certificates" are not X.509, so map them by
+                // a real certificate per uid.
+                let f = fake(*uid);
+                MspPrincipal {
+                    principal_classification: Classification::Identity as i32,
+                    principal: SerializedIdentity { mspid: f.mspid.clone(), id_bytes: Bytes::from(pem_of(*uid)) }
+                        .encode_to_vec()
+                        .into(),
+                }
+            }
+            P::Unsupported => MspPrincipal {
+                principal_classification: Classification::OrganizationUnit as i32,
+                principal: Bytes::new(),
+            },
+        }
+    }
+
+    /// A real certificate per uid (generated once), so IDENTITY principals
+    /// compile; the fake identity of that uid carries its DER.
+    fn pem_of(uid: u8) -> String {
+        gen_certs_cached()[uid as usize].0.clone()
+    }
+
+    fn der_of(uid: u8) -> Vec<u8> {
+        gen_certs_cached()[uid as usize].1.clone()
+    }
+
+    fn gen_certs_cached() -> &'static Vec<(String, Vec<u8>)> {
+        use std::sync::OnceLock;
+        static CERTS: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
+        CERTS.get_or_init(gen_certs)
+    }
+
+    fn gen_certs() -> Vec<(String, Vec<u8>)> {
+        (0..8u8)
+            .map(|i| {
+                let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+                let cert = rcgen::CertificateParams::new(vec![format!("id{i}")]).unwrap().self_signed(&key).unwrap();
+                (cert.pem(), cert.der().to_vec())
+            })
+            .collect()
+    }
+
+    /// Fabric's semantics of a principal, written from mspimpl.go.
+    fn ref_satisfies(p: &P, id: &Fake) -> bool {
+        match p {
+            P::Role(m, r) => {
+                id.mspid == MSPS[*m]
+                    && match r {
+                        0 => true,
+                        1 => id.roles.is_admin,
+                        2 => id.roles.client,
+                        3 => id.roles.peer,
+                        4 => id.roles.orderer,
+                        _ => false,
+                    }
+            }
+            P::Ident(uid) => id.uid == *uid,
+            P::Unsupported => false,
+        }
+    }
+
+    /// A rule over principal indexes.
+    #[derive(Debug, Clone)]
+    enum R {
+        By(usize),
+        Gate(i32, Vec<R>),
+    }
+
+    fn to_rule(r: &R) -> SignaturePolicy {
+        SignaturePolicy {
+            r#type: Some(match r {
+                R::By(i) => RuleType::SignedBy(*i as i32),
+                R::Gate(n, rs) => RuleType::NOutOf(NOutOf { n: *n, rules: rs.iter().map(to_rule).collect() }),
+            }),
+        }
+    }
+
+    /// Fabric's cauthdsl, transcribed: dedup, then greedy evaluation with a
+    /// copied `used` slice per gate child.
+    fn ref_fabric(rule: &R, ps: &[P], ids: &[Fake]) -> bool {
+        let mut dedup: Vec<Fake> = Vec::new();
+        for id in ids {
+            if !dedup.iter().any(|d| d.uid == id.uid) {
+                dedup.push(id.clone());
+            }
+        }
+        fn go(rule: &R, ps: &[P], ids: &[Fake], used: &mut Vec<bool>) -> bool {
+            match rule {
+                R::By(p) => {
+                    for (i, id) in ids.iter().enumerate() {
+                        if used[i] {
+                            continue;
+                        }
+                        if ref_satisfies(&ps[*p], id) {
+                            used[i] = true;
+                            return true;
+                        }
+                    }
+                    false
+                }
+                R::Gate(n, rules) => {
+                    let mut verified = 0;
+                    let mut copy = vec![false; used.len()];
+                    for r in rules {
+                        copy.clone_from(used);
+                        if go(r, ps, ids, &mut copy) {
+                            verified += 1;
+                            used.clone_from(&copy);
+                        }
+                    }
+                    verified >= *n
+                }
+            }
+        }
+        let mut used = vec![false; dedup.len()];
+        go(rule, ps, &dedup, &mut used)
+    }
+
+    fn leaves(r: &R, out: &mut Vec<usize>) {
+        match r {
+            R::By(p) => out.push(*p),
+            R::Gate(_, rs) => rs.iter().for_each(|x| leaves(x, out)),
+        }
+    }
+
+    /// Exhaustive search: is there an assignment of distinct signers to
+    /// SignedBy leaves under which the tree holds?
+    fn ref_exhaustive(rule: &R, ps: &[P], ids: &[Fake]) -> bool {
+        let mut signers: Vec<Fake> = Vec::new();
+        for id in ids {
+            if !signers.iter().any(|d| d.uid == id.uid) {
+                signers.push(id.clone());
+            }
+        }
+        let mut ls = Vec::new();
+        leaves(rule, &mut ls);
+        // assignment[k] = Some(signer) for leaf k.
+        fn holds(r: &R, sat: &[bool], next: &mut usize) -> bool {
+            match r {
+                R::By(_) => {
+                    let v = sat[*next];
+                    *next += 1;
+                    v
+                }
+                R::Gate(n, rs) => {
+                    let mut c = 0;
+                    for x in rs {
+                        if holds(x, sat, next) {
+                            c += 1;
+                        }
+                    }
+                    c >= *n
+                }
+            }
+        }
+        fn search(
+            k: usize,
+            ls: &[usize],
+            ps: &[P],
+            s: &[Fake],
+            taken: &mut Vec<bool>,
+            sat: &mut Vec<bool>,
+            r: &R,
+        ) -> bool {
+            if k == ls.len() {
+                return holds(r, sat, &mut 0);
+            }
+            sat[k] = false;
+            if search(k + 1, ls, ps, s, taken, sat, r) {
+                return true;
+            }
+            for i in 0..s.len() {
+                if !taken[i] && ref_satisfies(&ps[ls[k]], &s[i]) {
+                    taken[i] = true;
+                    sat[k] = true;
+                    let ok = search(k + 1, ls, ps, s, taken, sat, r);
+                    taken[i] = false;
+                    sat[k] = false;
+                    if ok {
+                        return true;
+                    }
+                }
+            }
+            false
+        }
+        search(0, &ls, ps, &signers, &mut vec![false; signers.len()], &mut vec![false; ls.len()], rule)
+    }
+
+    fn principal_strategy() -> impl Strategy<Value = P> {
+        prop_oneof![
+            4 => (0..2usize).prop_map(|m| P::Role(m, 0)),
+            4 => (0..2usize, 0..5i32).prop_map(|(m, r)| P::Role(m, r)),
+            2 => (0..8u8).prop_map(P::Ident),
+            1 => Just(P::Unsupported),
+        ]
+    }
+
+    fn rule_strategy(n_principals: usize) -> impl Strategy<Value = R> {
+        let leaf = (0..n_principals).prop_map(R::By);
+        leaf.prop_recursive(3, 12, 4, |inner| {
+            (prop::collection::vec(inner, 0..4), -1..4i32).prop_map(|(rs, n)| R::Gate(n, rs))
+        })
+    }
+
+    fn case() -> impl Strategy<Value = (Vec<P>, R, Vec<u8>)> {
+        prop::collection::vec(principal_strategy(), 1..5).prop_flat_map(|ps| {
+            let n = ps.len();
+            (Just(ps), rule_strategy(n), prop::collection::vec(0..8u8, 0..7))
+        })
+    }
+
+    fn fakes(uids: &[u8]) -> Vec<Fake> {
+        uids.iter()
+            .map(|u| {
+                let mut f = fake(*u);
+                f.cert = der_of(*u);
+                f
+            })
+            .collect()
+    }
+
+    fn compile(ps: &[P], rule: &R) -> SignaturePolicyRule {
+        let env = SignaturePolicyEnvelope {
+            version: 0,
+            rule: Some(to_rule(rule)),
+            identities: ps.iter().map(to_proto).collect(),
+        };
+        SignaturePolicyRule::compile(&env).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        /// The compiled evaluator is Fabric's greedy cauthdsl, and whatever
+        /// it accepts has a real assignment of distinct signers.
+        #[test]
+        fn signature_policy_matches_fabric((ps, rule, uids) in case()) {
+            let ids = fakes(&uids);
+            let ours = compile(&ps, &rule).satisfied_by(&ids);
+            prop_assert_eq!(ours, ref_fabric(&rule, &ps, &ids));
+            if ours {
+                prop_assert!(ref_exhaustive(&rule, &ps, &ids));
+            }
+        }
+
+        /// On one gate over SignedBy leaves whose principals are pairwise
+        /// identical or disjoint (NodeOU roles and IDENTITY, no MEMBER),
+        /// Fabric's greedy choice is exact: it equals exhaustive search.
+        #[test]
+        fn flat_disjoint_gates_are_exact(
+            ps in prop::collection::vec((0..2usize, 1..5i32).prop_map(|(m, r)| P::Role(m, r)), 1..5),
+            picks in prop::collection::vec(0..4usize, 0..6),
+            n in -1..6i32,
+            uids in prop::collection::vec(0..8u8, 0..6),
+        ) {
+            let rule = R::Gate(n, picks.iter().map(|p| R::By(p % ps.len())).collect());
+            let ids = fakes(&uids);
+            let ours = compile(&ps, &rule).satisfied_by(&ids);
+            prop_assert_eq!(ours, ref_exhaustive(&rule, &ps, &ids));
+        }
+
+        /// ImplicitMeta: k children, some without the sub-policy; satisfied
+        /// iff at least the threshold (ANY 1, ALL k, MAJORITY k/2+1, 0 for
+        /// no children) of children policies hold; Fabric's error text.
+        #[test]
+        fn implicit_meta_thresholds(
+            children in prop::collection::vec((any::<bool>(), any::<bool>()), 0..6),
+            rule in 0..3i32,
+        ) {
+            // Child i has policy "P" (when has) = OR(M{i}.member); it holds
+            // when an identity of M{i} signs (when signs).
+            let mut root = ConfigGroup::default();
+            let mut ids = Vec::new();
+            let mut expect_sat = 0usize;
+            for (i, (has, signs)) in children.iter().enumerate() {
+                let mspid = format!("M{i}");
+                let mut g = ConfigGroup::default();
+                if *has {
+                    let env = SignaturePolicyEnvelope {
+                        version: 0,
+                        rule: Some(SignaturePolicy { r#type: Some(RuleType::SignedBy(0)) }),
+                        identities: vec![MspPrincipal {
+                            principal_classification: Classification::Role as i32,
+                            principal: MspRole { msp_identifier: mspid.clone(), role: 0 }.encode_to_vec().into(),
+                        }],
+                    };
+                    g.policies.insert("P".into(), sig_policy(env));
+                }
+                if *signs {
+                    ids.push(Fake { mspid, roles: Roles::default(), cert: vec![], uid: i as u8 });
+                    if *has {
+                        expect_sat += 1;
+                    }
+                }
+                root.groups.insert(format!("g{i}"), g);
+            }
+            root.policies.insert("Meta".into(), meta_policy("P", rule));
+            let pm = PolicyManager::from_channel_group(&root, Arc::new(MspManager::new(vec![]).unwrap())).unwrap();
+            let k = children.len();
+            let threshold = match rule { 0 => 1, 1 => k, _ => k / 2 + 1 };
+            let threshold = if k == 0 { 0 } else { threshold };
+            let r = pm.evaluate_identities("/Channel/Meta", &ids);
+            if expect_sat >= threshold {
+                prop_assert!(r.is_ok(), "{:?}", r);
+            } else {
+                prop_assert_eq!(
+                    r.unwrap_err().to_string(),
+                    format!("implicit policy evaluation failed - {expect_sat} sub-policies were satisfied, but this policy requires {threshold} of the 'P' sub-policies to be satisfied")
+                );
+            }
+        }
+    }
+
+    fn sig_policy(env: SignaturePolicyEnvelope) -> ConfigPolicy {
+        ConfigPolicy {
+            version: 0,
+            policy: Some(Policy { r#type: PolicyType::Signature as i32, value: env.encode_to_vec().into() }),
+            mod_policy: String::new(),
+        }
+    }
+
+    fn meta_policy(sub: &str, rule: i32) -> ConfigPolicy {
+        let imp = ImplicitMetaPolicy { sub_policy: sub.into(), rule };
+        ConfigPolicy {
+            version: 0,
+            policy: Some(Policy { r#type: PolicyType::ImplicitMeta as i32, value: imp.encode_to_vec().into() }),
+            mod_policy: String::new(),
+        }
+    }
+
+    fn role(m: usize, r: i32) -> P {
+        P::Role(m, r)
+    }
+
+    /// Where Fabric's greedy evaluation is not exhaustive search, we follow
+    /// Fabric: AND(A.member, A.admin) signed by [admin, client] fails,
+    /// because the admin is taken by the member leaf first.
+    #[test]
+    fn greedy_is_fabrics_not_exhaustive() {
+        let ps = [role(0, 0), role(0, 1)];
+        let rule = R::Gate(2, vec![R::By(0), R::By(1)]);
+        let admin_then_client = fakes(&[2, 0]);
+        assert!(!compile(&ps, &rule).satisfied_by(&admin_then_client));
+        assert!(!ref_fabric(&rule, &ps, &admin_then_client));
+        assert!(ref_exhaustive(&rule, &ps, &admin_then_client));
+        // In the other order the member leaf takes the client: satisfied.
+        let client_then_admin = fakes(&[0, 2]);
+        assert!(compile(&ps, &rule).satisfied_by(&client_then_admin));
+        // A nested gate keeps consuming after it is satisfied:
+        // AND(OR(A.client, A.client), A.client) with two clients fails.
+        let ps = [role(0, 2)];
+        let rule = R::Gate(2, vec![R::Gate(1, vec![R::By(0), R::By(0)]), R::By(0)]);
+        let clients = vec![fake_client("OrgA", 100), fake_client("OrgA", 101)];
+        assert!(!compile(&ps, &rule).satisfied_by(&clients));
+        assert!(!ref_fabric(&rule, &ps, &clients));
+        assert!(ref_exhaustive(&rule, &ps, &clients));
+    }
+
+    fn fake_client(mspid: &str, uid: u8) -> Fake {
+        Fake { mspid: mspid.into(), roles: Roles { client: true, ..Roles::default() }, cert: vec![], uid }
+    }
+
+    #[test]
+    fn duplicates_are_one_signer() {
+        let ps = [role(0, 2)];
+        let rule = compile(&ps, &R::Gate(2, vec![R::By(0), R::By(0)]));
+        let c = fake_client("OrgA", 1);
+        assert!(!rule.satisfied_by(&[c.clone(), c.clone()]));
+        assert!(rule.satisfied_by(&[c, fake_client("OrgA", 2)]));
+    }
+
+    #[test]
+    fn compile_errors_use_fabrics_texts() {
+        let env = |rule, version| SignaturePolicyEnvelope { version, rule, identities: vec![to_proto(&role(0, 0))] };
+        let by = |i| Some(SignaturePolicy { r#type: Some(RuleType::SignedBy(i)) });
+        assert_eq!(
+            SignaturePolicyRule::compile(&env(by(1), 0)).unwrap_err(),
+            "identity index out of range, requested 1, but identities length is 1"
+        );
+        assert_eq!(
+            SignaturePolicyRule::compile(&env(by(0), 1)).unwrap_err(),
+            "This evaluator only understands messages of version 0, but version was 1"
+        );
+        assert_eq!(SignaturePolicyRule::compile(&env(None, 0)).unwrap_err(), "Empty policy element");
+        // An unknown policy type and an unknown ImplicitMeta rule refuse the config.
+        let mut root = ConfigGroup::default();
+        root.policies.insert(
+            "X".into(),
+            ConfigPolicy {
+                version: 0,
+                policy: Some(Policy { r#type: 2, value: Bytes::new() }),
+                mod_policy: String::new(),
+            },
+        );
+        let msps = Arc::new(MspManager::new(vec![]).unwrap());
+        let e = PolicyManager::from_channel_group(&root, msps.clone()).unwrap_err();
+        assert_eq!(e.to_string(), "policy /Channel/X: unknown policy type: 2");
+        let mut root = ConfigGroup::default();
+        root.policies.insert("Y".into(), meta_policy("P", 7));
+        let e = PolicyManager::from_channel_group(&root, msps).unwrap_err();
+        assert_eq!(e.to_string(), "policy /Channel/Y: unknown ImplicitMeta rule 7");
+    }
+}
