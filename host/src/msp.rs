@@ -437,7 +437,7 @@ impl Msp {
             }
             not_after = not_after.min(ca.not_after);
             if let Some(p) = ca.parent
-                && self.cas[p].revoked.iter().any(|r| *r == ca.serial)
+                && self.cas[p].revoked.contains(&ca.serial)
             {
                 return Err(invalid(InvalidReason::CaRevoked { ca: ca.subject.clone() }));
             }
@@ -445,7 +445,7 @@ impl Msp {
         }
         let ous = subject_ous(&tbs.subject);
         if !self.ou_identifiers.is_empty()
-            && !self.ou_identifiers.iter().any(|o| o.ca == Some(issuer) && ous.iter().any(|u| *u == o.ou))
+            && !self.ou_identifiers.iter().any(|o| o.ca == Some(issuer) && ous.contains(&o.ou))
         {
             return Err(invalid(InvalidReason::OuNotRecognized { ous }));
         }
@@ -483,7 +483,7 @@ impl Msp {
                 return Err(invalid(InvalidReason::SeveralNodeOus { ous }));
             }
         }
-        roles.is_admin = roles.admin || self.admins.iter().any(|a| *a == der);
+        roles.is_admin = roles.admin || self.admins.contains(&der);
         let spki = &tbs.subject_public_key_info;
         let point = spki.subject_public_key.raw_bytes();
         let (alg, half_order): (&'static dyn VerificationAlgorithm, &'static [u8]) =
@@ -954,4 +954,200 @@ const fn half<const N: usize>(n: [u8; N]) -> [u8; N] {
 /// The DER of a PEM (or DER) X.509 certificate, checked to parse.
 pub fn cert_der_of_pem(pem: &[u8]) -> Result<Vec<u8>, String> {
     parse_cert(pem).map(|(der, _)| der)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::rand::SystemRandom;
+    use ring::signature::{EcdsaKeyPair, KeyPair};
+
+    /// `n - s` for big-endian integers (s < n).
+    fn sub(n: &[u8], s: &[u8]) -> Vec<u8> {
+        let mut s_pad = vec![0u8; n.len() - s.len()];
+        s_pad.extend_from_slice(s);
+        let mut out = vec![0u8; n.len()];
+        let mut borrow = 0i16;
+        for i in (0..n.len()).rev() {
+            let mut d = n[i] as i16 - s_pad[i] as i16 - borrow;
+            borrow = 0;
+            if d < 0 {
+                d += 256;
+                borrow = 1;
+            }
+            out[i] = d as u8;
+        }
+        out
+    }
+
+    fn der_int(v: &[u8]) -> Vec<u8> {
+        let v = strip_zeros(v);
+        let mut c = Vec::new();
+        if v.first().is_some_and(|b| b & 0x80 != 0) {
+            c.push(0);
+        }
+        c.extend_from_slice(v);
+        let mut out = vec![0x02, c.len() as u8];
+        out.extend(c);
+        out
+    }
+
+    fn der_sig(r: &[u8], s: &[u8]) -> Vec<u8> {
+        let mut body = der_int(r);
+        body.extend(der_int(s));
+        let mut out = vec![0x30];
+        if body.len() >= 0x80 {
+            out.push(0x81);
+        }
+        out.push(body.len() as u8);
+        out.extend(body);
+        out
+    }
+
+    fn r_of(sig: &[u8]) -> &[u8] {
+        let (_, content, _) = der_tlv(sig).unwrap();
+        der_tlv(content).unwrap().1
+    }
+
+    /// The curve orders are right: with our n, (r, n - s) is the other valid
+    /// signature of the same message (ring accepts it), and exactly one of
+    /// s, n - s is at most our n/2.
+    #[test]
+    fn curve_orders_and_half_orders() {
+        let rng = SystemRandom::new();
+        for (sign_alg, verify_alg, order, halfo) in [
+            (&sig::ECDSA_P256_SHA256_ASN1_SIGNING, &sig::ECDSA_P256_SHA256_ASN1, &P256_ORDER[..], &P256_HALF_ORDER[..]),
+            (&sig::ECDSA_P384_SHA384_ASN1_SIGNING, &sig::ECDSA_P384_SHA384_ASN1, &P384_ORDER[..], &P384_HALF_ORDER[..]),
+        ] {
+            let pkcs8 = EcdsaKeyPair::generate_pkcs8(sign_alg, &rng).unwrap();
+            let kp = EcdsaKeyPair::from_pkcs8(sign_alg, pkcs8.as_ref(), &rng).unwrap();
+            let pk = UnparsedPublicKey::new(verify_alg, kp.public_key().as_ref().to_vec());
+            for i in 0..8u8 {
+                let msg = [i; 10];
+                let s1 = kp.sign(&rng, &msg).unwrap().as_ref().to_vec();
+                let s = der_signature_s(&s1).unwrap().to_vec();
+                let twin = der_sig(r_of(&s1), &sub(order, &s));
+                pk.verify(&msg, &twin).expect("(r, n - s) verifies with the right n");
+                let t = der_signature_s(&twin).unwrap();
+                assert_ne!(be_le(&s, halfo), be_le(t, halfo), "exactly one of s, n-s is low");
+            }
+        }
+        assert_eq!(P256_HALF_ORDER[0], 0x7f);
+        assert_eq!(*P384_HALF_ORDER.last().unwrap(), 0xb9);
+    }
+
+    #[test]
+    fn der_signature_parsing() {
+        assert_eq!(der_signature_s(&der_sig(&[1], &[2, 3])), Some(&[2u8, 3][..]));
+        // Leading zero of a positive integer is stripped.
+        assert_eq!(der_signature_s(&der_sig(&[1], &[0x80])), Some(&[0x80u8][..]));
+        for bad in [
+            &[][..],
+            &[0x30, 0x00],
+            &[0x30, 0x03, 0x02, 0x01, 0x01],
+            &[0x31, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01],
+            &[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x81], // negative s
+            &[0x30, 0x07, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x00], // trailing
+            &[0x30, 0x09, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01], // short
+        ] {
+            assert_eq!(der_signature_s(bad), None, "{bad:?}");
+        }
+        assert!(be_le(&[0x7f], &[0x80]) && be_le(&[0x80], &[0x80]) && !be_le(&[0x81], &[0x80]));
+        assert!(be_le(&[0xff], &[0x01, 0x00]) && !be_le(&[0x01, 0x00], &[0xff]));
+    }
+
+    #[test]
+    fn pem_block_takes_the_first_block() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["x".to_string()]).unwrap().self_signed(&key).unwrap();
+        let two = format!("junk before\n{}{}", cert.pem(), cert.pem());
+        assert_eq!(cert_der_of_pem(two.as_bytes()).unwrap(), cert.der().to_vec());
+        assert_eq!(cert_der_of_pem(cert.der()).unwrap(), cert.der().to_vec());
+        assert!(cert_der_of_pem(b"not a cert").is_err());
+        assert!(cert_der_of_pem(b"-----BEGIN CERTIFICATE-----\nAAAA").is_err());
+    }
+
+    fn dummy(n: u8, not_after: SystemTime) -> Arc<Identity> {
+        Arc::new(Identity {
+            mspid: "M".into(),
+            subject: format!("CN={n}"),
+            roles: Roles::default(),
+            cert_der: vec![n],
+            key: UnparsedPublicKey::new(&sig::ECDSA_P256_SHA256_ASN1, Box::new([])),
+            half_order: &P256_HALF_ORDER,
+            not_after,
+            id: [n; 32],
+        })
+    }
+
+    #[test]
+    fn cache_is_bounded_and_expires() {
+        let cache = IdentityCache::new(32);
+        let now = SystemTime::now();
+        let later = now + std::time::Duration::from_secs(3600);
+        for n in 0..=255u8 {
+            let key = [n; 40];
+            cache.insert(cache.hash(&key), &key, dummy(n, later));
+            assert!(cache.len() <= 32, "cache grew to {}", cache.len());
+        }
+        let key = [255u8; 40];
+        let hit = cache.get(cache.hash(&key), &key, now).expect("the last insert is cached");
+        assert!(Arc::ptr_eq(&hit, &cache.get(cache.hash(&key), &key, now).unwrap()));
+        // Same hash slot, other bytes: a miss, never another identity.
+        assert!(cache.get(cache.hash(&key), &[254u8; 40], now).is_none());
+        // Past not_after the entry is dropped.
+        assert!(cache.get(cache.hash(&key), &key, later + std::time::Duration::from_secs(1)).is_none());
+        assert!(cache.get(cache.hash(&key), &key, now).is_none());
+    }
+
+    #[test]
+    fn config_errors_name_the_msp() {
+        let conf = FabricMspConfig { name: "X".into(), ..Default::default() };
+        assert_eq!(Msp::from_config(&conf).unwrap_err().to_string(), "MSP X: no root certificate");
+        let conf = FabricMspConfig {
+            name: "X".into(),
+            root_certs: vec![bytes::Bytes::from_static(b"garbage")],
+            ..Default::default()
+        };
+        let e = Msp::from_config(&conf).unwrap_err().to_string();
+        assert!(e.starts_with("MSP X: root certificate #0: "), "{e}");
+        // A leaf is not a root.
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["x".to_string()]).unwrap().self_signed(&key).unwrap();
+        let conf = FabricMspConfig {
+            name: "X".into(),
+            root_certs: vec![bytes::Bytes::from(leaf.pem())],
+            ..Default::default()
+        };
+        let e = Msp::from_config(&conf).unwrap_err().to_string();
+        assert!(e.contains("not a CA certificate"), "{e}");
+    }
+
+    #[test]
+    fn p384_chains_verify() {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, PKCS_ECDSA_P384_SHA384};
+        let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.distinguished_name.push(DnType::CommonName, "p384 ca");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "p384 leaf");
+        let leaf = p.signed_by(&key, &Issuer::new(ca, &ca_key)).unwrap();
+        let msp = Msp::from_config(&FabricMspConfig {
+            name: "P384".into(),
+            root_certs: vec![bytes::Bytes::from(ca_cert.pem())],
+            ..Default::default()
+        })
+        .unwrap();
+        let id = msp.validate(leaf.pem().as_bytes(), SystemTime::now()).unwrap();
+        assert_eq!(id.subject(), "CN=p384 leaf");
+        assert_eq!(id.half_order, &P384_HALF_ORDER[..]);
+        // A tampered certificate no longer chains.
+        let mut der = leaf.der().to_vec();
+        let i = der.len() / 2;
+        der[i] ^= 1;
+        assert!(msp.validate(&der, SystemTime::now()).is_err());
+    }
 }

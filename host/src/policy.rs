@@ -263,7 +263,7 @@ impl SignaturePolicyRule {
         match rule {
             Rule::SignedBy(p) => {
                 let principal = &self.principals[*p];
-                for (i, id) in ids.iter().enumerate().rev() {
+                for (i, id) in ids.iter().enumerate() {
                     if !used.get(i) && principal.satisfied_by(id) {
                         used.set(i);
                         return true;
@@ -795,7 +795,15 @@ mod tests {
                 }
             }
         }
-        fn search(k: usize, ls: &[usize], ps: &[P], s: &[Fake], taken: &mut Vec<bool>, sat: &mut Vec<bool>, r: &R) -> bool {
+        fn search(
+            k: usize,
+            ls: &[usize],
+            ps: &[P],
+            s: &[Fake],
+            taken: &mut Vec<bool>,
+            sat: &mut Vec<bool>,
+            r: &R,
+        ) -> bool {
             if k == ls.len() {
                 return holds(r, sat, &mut 0);
             }
@@ -1020,7 +1028,11 @@ mod tests {
         let mut root = ConfigGroup::default();
         root.policies.insert(
             "X".into(),
-            ConfigPolicy { version: 0, policy: Some(Policy { r#type: 2, value: Bytes::new() }), mod_policy: String::new() },
+            ConfigPolicy {
+                version: 0,
+                policy: Some(Policy { r#type: 2, value: Bytes::new() }),
+                mod_policy: String::new(),
+            },
         );
         let msps = Arc::new(MspManager::new(vec![]).unwrap());
         let e = PolicyManager::from_channel_group(&root, msps.clone()).unwrap_err();
