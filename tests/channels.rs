@@ -76,15 +76,16 @@ fn signed_seek(channel: &str, start: u64, stop: u64, signer: &Signer) -> Envelop
         behavior: SeekBehavior::BlockUntilReady as i32,
         error_response: 0,
     };
-    let b = envelope::build(channel, HeaderType::DeliverSeekInfo, "", seek.encode_to_vec().into(), Some(signer))
-        .unwrap();
+    let b =
+        envelope::build(channel, HeaderType::DeliverSeekInfo, "", seek.encode_to_vec().into(), Some(signer)).unwrap();
     Envelope::decode(b).unwrap()
 }
 
 /// Deliver as `signer`: the blocks and the final status.
 async fn deliver_as(node: &NodeProc, channel: &str, start: u64, stop: u64, signer: &Signer) -> (Vec<Block>, i32) {
     let mut c = node.client().await;
-    let mut s = c.deliver(tokio_stream::iter(vec![signed_seek(channel, start, stop, signer)])).await.unwrap().into_inner();
+    let mut s =
+        c.deliver(tokio_stream::iter(vec![signed_seek(channel, start, stop, signer)])).await.unwrap().into_inner();
     let mut blocks = vec![];
     let fut = async {
         while let Some(r) = s.message().await.unwrap() {
@@ -240,7 +241,10 @@ async fn solochannel_joined_over_rest_enforces_fabric_policies() {
 
     // Show, then remove through the API; the channel is gone.
     let (ok, out) = cli(&["channel", "show", "-o", &admin, "-c", "solochannel"]);
-    assert!(ok && out.contains("\"status\": \"active\"") && out.contains("\"consensusRelation\": \"consenter\""), "{out}");
+    assert!(
+        ok && out.contains("\"status\": \"active\"") && out.contains("\"consensusRelation\": \"consenter\""),
+        "{out}"
+    );
     let (ok, out) = cli(&["channel", "remove", "-o", &admin, "-c", "solochannel"]);
     assert!(ok && out.contains("Status: 204"), "{out}");
     let (ok, out) = cli(&["channel", "show", "-o", &admin, "-c", "solochannel"]);
@@ -268,8 +272,8 @@ async fn system_channel_creates_appchannel_like_fabric() {
     assert_eq!((blocks.len(), st), (1, SUCCESS));
 
     // Fabric's create tx, unsigned: refused by the channel creation policy.
-    let tx = Envelope::decode(Bytes::from(std::fs::read(fixtures().join("blocks/appchannel.create.tx")).unwrap()))
-        .unwrap();
+    let tx =
+        Envelope::decode(Bytes::from(std::fs::read(fixtures().join("blocks/appchannel.create.tx")).unwrap())).unwrap();
     let payload = Payload::decode(tx.payload.clone()).unwrap();
     let cue = ConfigUpdateEnvelope::decode(payload.data).unwrap();
     let mut c = node.client().await;
@@ -290,8 +294,8 @@ async fn system_channel_creates_appchannel_like_fabric() {
     // appchannel's genesis block carries the config Fabric's orderer made.
     let (blocks, st) = deliver_as(&node, "appchannel", 0, 0, &user1).await;
     assert_eq!(st, SUCCESS);
-    let fabric = Block::decode(Bytes::from(std::fs::read(fixtures().join("ledger/appchannel/0.block")).unwrap()))
-        .unwrap();
+    let fabric =
+        Block::decode(Bytes::from(std::fs::read(fixtures().join("ledger/appchannel/0.block")).unwrap())).unwrap();
     assert_eq!(config_of(&blocks[0]).config, config_of(&fabric).config, "same config content as Fabric's block 0");
 
     // And it orders: Org1 and Org2 users write, an outsider may not.

@@ -131,12 +131,12 @@ fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
     }
 }
 
-fn check_access(st: &AppState, peer: SocketAddr) -> Result<(), Response> {
+fn check_access(st: &AppState, peer: SocketAddr) -> Result<(), Box<Response>> {
     if st.access == Access::LoopbackOnly && !peer.ip().is_loopback() {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             format!("the admin endpoint without TLS serves loopback clients only, not {peer}"),
-        ));
+        )));
     }
     Ok(())
 }
@@ -158,7 +158,7 @@ async fn not_found() -> Response {
 
 async fn list(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
     if let Err(r) = check_access(&st, peer) {
-        return r;
+        return *r;
     }
     let system = st.node.system_channel().map(|c| c.channel().to_string());
     let channels = st
@@ -180,7 +180,7 @@ async fn show(
     Path(channel): Path<String>,
 ) -> Response {
     if let Err(r) = check_access(&st, peer) {
-        return r;
+        return *r;
     }
     match st.node.info(&channel) {
         Some(i) => json(StatusCode::OK, &ChannelView::from(i)),
@@ -194,7 +194,7 @@ async fn remove(
     Path(channel): Path<String>,
 ) -> Response {
     if let Err(r) = check_access(&st, peer) {
-        return r;
+        return *r;
     }
     let node = st.node.clone();
     match tokio::task::spawn_blocking(move || node.remove(&channel)).await {
@@ -211,7 +211,7 @@ async fn join(
     body: Bytes,
 ) -> Response {
     if let Err(r) = check_access(&st, peer) {
-        return r;
+        return *r;
     }
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let block_bytes = match multipart_field(ct, &body, "config-block") {
@@ -313,7 +313,8 @@ pub fn request(
 ) -> Result<HttpAnswer, std::io::Error> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n");
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n");
     if let Some((ct, b)) = body {
         req.push_str(&format!("Content-Type: {ct}\r\nContent-Length: {}\r\n", b.len()));
     }
@@ -347,7 +348,8 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let line_end = find(b, b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..line_end]).ok()?.split(';').next()?.trim(), 16).ok()?;
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..line_end]).ok()?.split(';').next()?.trim(), 16).ok()?;
         b = &b[line_end + 2..];
         if size == 0 {
             return Some(out);

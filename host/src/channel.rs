@@ -12,11 +12,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 
+use crate::msp::MspManager;
+use crate::policy::PolicyManager;
 use crate::proto::common::{
     Block, Capabilities, Config, ConfigEnvelope, ConfigGroup, ConfigValue, Consortium, Envelope, HeaderType, Payload,
 };
-use crate::msp::MspManager;
-use crate::policy::PolicyManager;
 use crate::proto::orderer::{BatchSize, BatchTimeout, ConsensusType};
 
 /// Errors reading a channel configuration.

@@ -223,8 +223,7 @@ pub fn parse_update(env: &Envelope) -> Result<UpdateRequest, ConfigTxError> {
         return Err(bad(format!("channel header type is {}, not CONFIG_UPDATE", ch.r#type)));
     }
     let envelope = ConfigUpdateEnvelope::decode(payload.data).map_err(|e| bad(format!("ConfigUpdateEnvelope: {e}")))?;
-    let update =
-        ConfigUpdate::decode(envelope.config_update.clone()).map_err(|e| bad(format!("ConfigUpdate: {e}")))?;
+    let update = ConfigUpdate::decode(envelope.config_update.clone()).map_err(|e| bad(format!("ConfigUpdate: {e}")))?;
     if update.channel_id != ch.channel_id {
         return Err(ConfigTxError::WrongChannel { update: update.channel_id, envelope: ch.channel_id });
     }
@@ -310,8 +309,7 @@ pub fn propose_update(
             )));
         }
         let path = existing.policy_path();
-        authorize(&path, &signed)
-            .map_err(|e| ConfigTxError::DeltaSet(format!("policy for {k} not satisfied: {e}")))?;
+        authorize(&path, &signed).map_err(|e| ConfigTxError::DeltaSet(format!("policy for {k} not satisfied: {e}")))?;
     }
     let mut full = config_map;
     for (k, v) in delta {
@@ -340,7 +338,8 @@ pub fn new_channel_template(system: &Config, update: &ConfigUpdate) -> Result<Co
     let t = |s: String| ConfigTxError::Template(s);
     let sys = system.channel_group.as_ref().ok_or_else(|| t("system channel config has no channel group".into()))?;
     let ws = update.write_set.as_ref().ok_or_else(|| t("config update has no write set".into()))?;
-    let app_ws = ws.groups.get("Application").ok_or_else(|| t("Config update has an empty application group".into()))?;
+    let app_ws =
+        ws.groups.get("Application").ok_or_else(|| t("Config update has an empty application group".into()))?;
     let cv = ws.values.get("Consortium").ok_or_else(|| t("Consortium config value missing".into()))?;
     let consortium =
         Consortium::decode(cv.value.clone()).map_err(|e| t(format!("Consortium value does not decode: {e}")))?;
@@ -371,9 +370,10 @@ pub fn new_channel_template(system: &Config, update: &ConfigUpdate) -> Result<Co
     }
     if !cons.groups.is_empty() {
         for org in app_ws.groups.keys() {
-            let g = cons.groups.get(org).ok_or_else(|| {
-                t(format!("Attempted to include a member which is not in the consortium: {org}"))
-            })?;
+            let g = cons
+                .groups
+                .get(org)
+                .ok_or_else(|| t(format!("Attempted to include a member which is not in the consortium: {org}")))?;
             app.groups.insert(org.clone(), g.clone());
         }
     }
@@ -480,12 +480,8 @@ mod tests {
     }
 
     fn update(current: &Config, read: ConfigGroup, write: ConfigGroup) -> Result<ConfigEnvelope, ConfigTxError> {
-        let cu = ConfigUpdate {
-            channel_id: "c".into(),
-            read_set: Some(read),
-            write_set: Some(write),
-            ..Default::default()
-        };
+        let cu =
+            ConfigUpdate { channel_id: "c".into(), read_set: Some(read), write_set: Some(write), ..Default::default() };
         let req = UpdateRequest {
             channel_id: "c".into(),
             envelope: ConfigUpdateEnvelope { config_update: cu.encode_to_vec().into(), signatures: vec![] },
@@ -541,10 +537,11 @@ mod tests {
         assert!(e.to_string().contains("mod_policy not set"), "{e}");
         // A new value that does not exist must start at version 0.
         let mut new = write.clone();
-        new.groups.get_mut("Orderer").unwrap().values.insert(
-            "Nope".into(),
-            ConfigValue { version: 3, value: Bytes::new(), mod_policy: "Admins".into() },
-        );
+        new.groups
+            .get_mut("Orderer")
+            .unwrap()
+            .values
+            .insert("Nope".into(), ConfigValue { version: 3, value: Bytes::new(), mod_policy: "Admins".into() });
         let e = update(&cur, read, new).unwrap_err();
         assert!(e.to_string().contains("Nope to version 3, but key does not exist"), "{e}");
     }

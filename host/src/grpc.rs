@@ -14,9 +14,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::chain::{Chain, EnqueueError};
 use crate::channel::{ChannelConfig, READERS};
-use crate::processor::{self, Refusal};
 use crate::envelope::{Envelope, MessageClass};
 use crate::node::Node;
+use crate::processor::{self, Refusal};
 use crate::proto::common::{self, Block, HeaderType, Payload};
 use crate::proto::orderer::atomic_broadcast_server::{AtomicBroadcast, AtomicBroadcastServer};
 use crate::proto::orderer::seek_info::{SeekBehavior, SeekErrorResponse};

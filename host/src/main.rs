@@ -273,8 +273,8 @@ fn start(a: StartArgs) -> Result<()> {
     })?;
     if let Some(path) = &a.genesis_block {
         let bytes = std::fs::read(path).with_context(|| format!("reading genesis block {}", path.display()))?;
-        let block = Block::decode(Bytes::from(bytes))
-            .with_context(|| format!("{} is not a common.Block", path.display()))?;
+        let block =
+            Block::decode(Bytes::from(bytes)).with_context(|| format!("{} is not a common.Block", path.display()))?;
         let cfg = consenter_host::channel::ChannelConfig::from_config_block(&block)
             .with_context(|| format!("genesis block {}", path.display()))?;
         if node.chain(&cfg.channel_id).is_none() && node.broken(&cfg.channel_id).is_none() {
@@ -409,8 +409,7 @@ fn channel_cmd(c: ChannelCmd) -> Result<()> {
     use consenter_host::admin::{self, CHANNELS};
     let (addr, answer) = match &c {
         ChannelCmd::Join { admin: a, config_block } => {
-            let bytes =
-                std::fs::read(config_block).with_context(|| format!("reading {}", config_block.display()))?;
+            let bytes = std::fs::read(config_block).with_context(|| format!("reading {}", config_block.display()))?;
             let name = config_block.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let (ct, body) = admin::multipart_body("config-block", &name, &bytes);
             (a.address.clone(), admin::request(&a.address, "POST", CHANNELS, Some((&ct, &body))))

@@ -40,13 +40,7 @@ const DENIED: &str = "permission denied";
 /// signature verified (an invalid one counts as no signature, as Fabric's
 /// policy evaluation drops it), then the policy is evaluated. The error is
 /// Fabric's text, ending in ": permission denied".
-pub fn authorize(
-    cfg: &ChannelConfig,
-    path: &str,
-    data: &[u8],
-    creator: &[u8],
-    signature: &[u8],
-) -> Result<(), String> {
+pub fn authorize(cfg: &ChannelConfig, path: &str, data: &[u8], creator: &[u8], signature: &[u8]) -> Result<(), String> {
     let open = match path {
         WRITERS => cfg.open_writers,
         READERS => cfg.open_readers,
@@ -86,10 +80,8 @@ pub fn check_writers(cfg: &ChannelConfig, env: &Envelope) -> Result<(), Refusal>
 /// Evaluates a policy path against config-update signatures (for
 /// `configtx`).
 fn authorize_signed(cfg: &ChannelConfig, path: &str, signed: &[TxSigned]) -> Result<(), String> {
-    let sd: Vec<SignedData> = signed
-        .iter()
-        .map(|s| SignedData { data: &s.data, identity: &s.identity, signature: &s.signature })
-        .collect();
+    let sd: Vec<SignedData> =
+        signed.iter().map(|s| SignedData { data: &s.data, identity: &s.identity, signature: &s.signature }).collect();
     cfg.policies.evaluate(path, &sd).map_err(|e| e.to_string())
 }
 
@@ -104,9 +96,8 @@ pub fn config_update(
 ) -> Result<Envelope, Refusal> {
     check_writers(cfg, env)?;
     let channel = &cfg.channel_id;
-    let applying = |e: String| {
-        Refusal::BadRequest(format!("error applying config update to existing channel '{channel}': {e}"))
-    };
+    let applying =
+        |e: String| Refusal::BadRequest(format!("error applying config update to existing channel '{channel}': {e}"));
     let req = configtx::parse_update(pb).map_err(|e| applying(e.to_string()))?;
     let auth = |path: &str, s: &[TxSigned]| authorize_signed(cfg, path, s);
     let ce = configtx::propose_update(&cfg.config, &req, pb, &auth)
@@ -148,8 +139,8 @@ pub fn channel_creation(
     let sign_err = |e: crate::signer::SignerError| Refusal::Internal(format!("signing: {e}"));
     let inner =
         envelope::build(channel, HeaderType::Config, "", ce.encode_to_vec().into(), Some(signer)).map_err(sign_err)?;
-    let outer = envelope::build(&sys.channel_id, HeaderType::OrdererTransaction, "", inner, Some(signer))
-        .map_err(sign_err)?;
+    let outer =
+        envelope::build(&sys.channel_id, HeaderType::OrdererTransaction, "", inner, Some(signer)).map_err(sign_err)?;
     let mut out = Envelope::parse(outer).map_err(|e| Refusal::Internal(e.to_string()))?;
     out.config_seq = sys.sequence;
     Ok(out)
