@@ -312,7 +312,8 @@ impl Msp {
         }
         // Chain every intermediate to its issuer; the chain must end at a root.
         for i in n_roots..cas.len() {
-            let (_, cert) = parse_der_cert(&cas[i].der).map_err(|r| cert_err("intermediate certificate", i, r))?;
+            let (_, cert) =
+                parse_der_cert(&cas[i].der).map_err(|r| cert_err("intermediate certificate", i - n_roots, r))?;
             let parent = find_issuer(&cas, &cas[i].der, &cert, Some(i)).ok_or_else(|| {
                 cert_err(
                     "intermediate certificate",
@@ -399,8 +400,8 @@ impl Msp {
     }
 
     /// Validates the certificate of `id_bytes` (PEM) as an identity of this
-    /// MSP at time `now`. Returns the identity and when a cache may stop
-    /// trusting it (the earliest `not_after` of its chain).
+    /// MSP at time `now`. The identity's `not_after` is the earliest of its
+    /// chain (when a cache must stop trusting it).
     pub fn validate(&self, id_bytes: &[u8], now: SystemTime) -> Result<Identity, IdentityError> {
         let mspid = &self.name;
         let (der, cert) =
@@ -528,7 +529,7 @@ impl MspManager {
         let mut map = HashMap::new();
         for m in msps {
             if map.contains_key(&m.name) {
-                return Err(MspError::Conflict { mspid: m.name.clone(), first: "list".into(), second: "list".into() });
+                return Err(MspError::Setup { mspid: m.name.clone(), reason: "the MSP is given twice".into() });
             }
             map.insert(m.name.clone(), m);
         }
@@ -1121,6 +1122,14 @@ mod tests {
         };
         let e = Msp::from_config(&conf).unwrap_err().to_string();
         assert!(e.contains("not a CA certificate"), "{e}");
+    }
+
+    #[test]
+    fn shared_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<MspManager>();
+        send_sync::<Identity>();
+        send_sync::<crate::policy::PolicyManager>();
     }
 
     #[test]

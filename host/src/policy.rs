@@ -10,6 +10,15 @@
 //! backtracking). ImplicitMeta policies count the children groups' policy of
 //! the same name (ANY 1, ALL n, MAJORITY n/2+1, and 0 when there are no
 //! children). May touch nothing: pure, no I/O.
+//!
+//! The Broadcast/Deliver hot path verifies the envelope signature once and
+//! hands the identity over, with no allocation when the policy holds:
+//!
+//! ```ignore
+//! let id = msps.identity(&signature_header.creator)?; // cache hit: one hash lookup
+//! id.verify(&envelope.payload, &envelope.signature)?;
+//! policies.evaluate_identities("/Channel/Writers", std::slice::from_ref(&id))?;
+//! ```
 
 use std::collections::HashMap;
 use std::sync::Arc;
