@@ -7,6 +7,8 @@
 //! `signer`) → `ledger` (fsync) → Deliver reads the `ledger`.
 
 pub mod block;
+pub mod cache;
+pub mod canary;
 pub mod chain;
 pub mod channel;
 pub mod cutter;
@@ -15,6 +17,7 @@ pub mod grpc;
 pub mod ledger;
 pub mod loadgen;
 pub mod node;
+pub mod package;
 pub mod proto;
 pub mod runtime;
 pub mod signer;
