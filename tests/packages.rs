@@ -241,9 +241,13 @@ fn plugin_for_another_contract_version_is_refused_at_load() {
     let err = start_refused(&dir.path().join("d1"), &["--plugin-trust-dir", s(&keys), "--plugin", &plugin]);
     assert!(err.contains("built for contract fabric:consenter@0.2.0"), "{err}");
     assert!(err.contains("this host speaks fabric:consenter@0.1.0"), "{err}");
-    // Refused before compiling: nothing was cached for it (only solo).
-    let cached = std::fs::read_dir(dir.path().join("d1/plugin-cache")).map(|d| d.count()).unwrap_or(0);
-    assert!(cached <= 1, "{cached} cache entries");
+    // Refused before compiling: no compiled artifact of it was cached
+    // (entries are named by the plugin's SHA-256).
+    let sha = consenter_host::block::hex(&Sha256::digest(std::fs::read(&signed).unwrap()));
+    let entries: Vec<String> = std::fs::read_dir(dir.path().join("d1/plugin-cache"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(!entries.iter().any(|e| e.starts_with(&sha)), "{entries:?}");
     // Unsigned, with no manifest at all: its own imports give it away.
     let plugin = format!("hw={}", s(&hw));
     let err = start_refused(&dir.path().join("d2"), &["--allow-unsigned-plugins", "--plugin", &plugin]);
