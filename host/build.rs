@@ -31,6 +31,7 @@ fn compile_protos(manifest_dir: &Path) {
         "common/configuration.proto",
         "common/policies.proto",
         "msp/identities.proto",
+        "msp/msp_config.proto",
         "msp/msp_principal.proto",
         "orderer/ab.proto",
         "orderer/configuration.proto",

@@ -21,7 +21,7 @@ fn env(channel: &str, i: usize) -> Envelope {
     Envelope::parse(b).unwrap()
 }
 
-fn node(dir: &std::path::Path) -> Node {
+fn node(dir: &std::path::Path) -> Arc<Node> {
     let id = signer::ensure_dev_identity(&dir.join("id")).unwrap();
     let hostile = std::fs::read(std::path::Path::new(embedded::PLUGIN_DIR).join("consenter_hostile.wasm")).unwrap();
     Node::open(NodeConfig {

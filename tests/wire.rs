@@ -96,7 +96,7 @@ async fn broadcast_statuses_and_deliver_variants() {
         ]
     );
     assert!(answers[7].1.contains("CONFIG cannot be broadcast directly"), "{:?}", answers[7]);
-    assert!(answers[8].1.contains("CONFIG_UPDATE"), "{:?}", answers[8]);
+    assert!(answers[8].1.contains("error applying config update to existing channel"), "{:?}", answers[8]);
     assert!(answers[1].1.contains("empty payload"), "{:?}", answers[1]);
     assert!(answers[2].1.contains("exceeds maximum allowed 4096 bytes"), "{:?}", answers[2]);
     assert_eq!(answers[3].1, "channel does not exist");

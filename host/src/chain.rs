@@ -7,13 +7,14 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::channel::ChannelConfig;
 use crate::envelope::Envelope;
 use crate::ledger::Ledger;
 use crate::runtime::{Instance, Plugin, RuntimeError};
@@ -27,6 +28,8 @@ pub struct ChainStatus {
     absolute_max_bytes: AtomicU32,
     /// The channel's config sequence now (what Broadcast validates under).
     sequence: AtomicU64,
+    /// The channel's config bundle now (policies, MSPs, orderer values).
+    config: RwLock<Option<Arc<ChannelConfig>>>,
 }
 
 impl Default for ChainStatus {
@@ -35,6 +38,7 @@ impl Default for ChainStatus {
             errored: watch::channel(None).0,
             absolute_max_bytes: AtomicU32::new(u32::MAX),
             sequence: AtomicU64::new(0),
+            config: RwLock::new(None),
         }
     }
 }
@@ -43,6 +47,21 @@ impl ChainStatus {
     /// The channel's config sequence as of its latest config.
     pub fn sequence(&self) -> u64 {
         self.sequence.load(Ordering::Relaxed)
+    }
+
+    /// The channel's config bundle as of its latest config block (None
+    /// only before the chain started).
+    pub fn config(&self) -> Option<Arc<ChannelConfig>> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_config(&self, c: &Arc<ChannelConfig>) {
+        let same = self.config.read().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|x| Arc::ptr_eq(x, c));
+        if !same {
+            self.absolute_max_bytes.store(c.batch_size.absolute_max_bytes, Ordering::Relaxed);
+            self.sequence.store(c.sequence, Ordering::Relaxed);
+            *self.config.write().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+        }
     }
 
     /// The channel's AbsoluteMaxBytes as of its latest config.
@@ -101,6 +120,7 @@ impl ChainCore {
         status: Arc<ChainStatus>,
     ) -> Result<ChainCore, RuntimeError> {
         let channel = support.chain_id().to_string();
+        status.set_config(support.config());
         let instance = plugin.instantiate(support)?;
         let mut core = ChainCore { instance, status, channel };
         match core.instance.handle_chain(metadata)? {
@@ -133,8 +153,7 @@ impl ChainCore {
             if let Some(reason) = s.failure() {
                 self.status.set_errored(reason.to_string());
             }
-            self.status.absolute_max_bytes.store(s.config().batch_size.absolute_max_bytes, Ordering::Relaxed);
-            self.status.sequence.store(s.config().sequence, Ordering::Relaxed);
+            self.status.set_config(s.config());
         }
     }
 

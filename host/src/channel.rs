@@ -1,14 +1,22 @@
-//! Channel configuration as the ordering path needs it: the Orderer values
-//! (ConsensusType, BatchSize, BatchTimeout) read from a CONFIG block's
-//! ConfigEnvelope, and the genesis block of the development channel. An
-//! immutable value; a config block makes a new one. May touch nothing.
+//! A channel's configuration bundle: the typed, immutable view of a CONFIG
+//! block's `Config` that the node works from. Orderer values
+//! (ConsensusType, BatchSize, BatchTimeout, capabilities), the
+//! organizations and their MSPs, the policy tree, and whether the channel
+//! is an ordering system channel (it has Consortiums). A config block makes
+//! a new bundle. Also the genesis block of the development channel. May
+//! touch nothing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message;
 
-use crate::proto::common::{Block, Config, ConfigEnvelope, ConfigGroup, ConfigValue, Envelope, HeaderType, Payload};
+use crate::msp::MspManager;
+use crate::policy::PolicyManager;
+use crate::proto::common::{
+    Block, Capabilities, Config, ConfigEnvelope, ConfigGroup, ConfigValue, Consortium, Envelope, HeaderType, Payload,
+};
 use crate::proto::orderer::{BatchSize, BatchTimeout, ConsensusType};
 
 /// Errors reading a channel configuration.
@@ -24,10 +32,14 @@ pub enum ConfigError {
     Timeout(String),
     #[error("BatchSize {0}")]
     BatchSize(String),
+    #[error("MSP: {0}")]
+    Msp(String),
+    #[error("policy: {0}")]
+    Policy(String),
 }
 
-/// The orderer configuration of a channel.
-#[derive(Debug, Clone, PartialEq)]
+/// The configuration bundle of a channel.
+#[derive(Debug, Clone)]
 pub struct ChannelConfig {
     /// Channel id, from the config block's channel header.
     pub channel_id: String,
@@ -41,6 +53,56 @@ pub struct ChannelConfig {
     pub consensus_type: String,
     /// ConsensusType.metadata.
     pub consensus_metadata: Bytes,
+    /// ConsensusType.state (0 normal, 1 maintenance).
+    pub consensus_state: i32,
+    /// Capabilities named at the Channel, Orderer and Application levels.
+    pub capabilities: ChannelCapabilities,
+    /// The channel's Consortium value (application channels made through
+    /// a system channel).
+    pub consortium: Option<String>,
+    /// An ordering system channel: its config has a Consortiums group.
+    pub system: bool,
+    /// MSP ids of the orderer organizations.
+    pub orderer_orgs: Vec<String>,
+    /// MSP ids of the application organizations.
+    pub application_orgs: Vec<String>,
+    /// The whole config this bundle was read from.
+    pub config: Arc<Config>,
+    /// The MSPs of every organization in the config.
+    pub msps: Arc<MspManager>,
+    /// Every policy of the config, by path.
+    pub policies: Arc<PolicyManager>,
+    /// `/Channel/Writers` is satisfied without any signature (an org-less
+    /// channel): Broadcast need not verify signatures.
+    pub open_writers: bool,
+    /// Same for `/Channel/Readers` and Deliver.
+    pub open_readers: bool,
+}
+
+/// Policy every Broadcast envelope must satisfy.
+pub const WRITERS: &str = "/Channel/Writers";
+/// Policy every Deliver request (and each block sent) must satisfy.
+pub const READERS: &str = "/Channel/Readers";
+
+/// Capability names per config level (e.g. `V2_0`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChannelCapabilities {
+    pub channel: Vec<String>,
+    pub orderer: Vec<String>,
+    pub application: Vec<String>,
+}
+
+fn capabilities(g: Option<&ConfigGroup>) -> Result<Vec<String>, ConfigError> {
+    let Some(v) = g.and_then(|g| g.values.get("Capabilities")) else {
+        return Ok(Vec::new());
+    };
+    let c = Capabilities::decode(v.value.clone())
+        .map_err(|e| ConfigError::Value { name: "Capabilities", reason: e.to_string() })?;
+    Ok(c.capabilities.into_keys().collect())
+}
+
+fn org_ids(g: Option<&ConfigGroup>) -> Vec<String> {
+    g.map(|g| g.groups.keys().cloned().collect()).unwrap_or_default()
 }
 
 impl ChannelConfig {
@@ -87,6 +149,23 @@ impl ChannelConfig {
         if batch_timeout.is_zero() {
             return Err(ConfigError::Timeout(bt.timeout));
         }
+        let consortium = match root.values.get("Consortium") {
+            Some(v) => Some(
+                Consortium::decode(v.value.clone())
+                    .map_err(|e| ConfigError::Value { name: "Consortium", reason: e.to_string() })?
+                    .name,
+            ),
+            None => None,
+        };
+        let application = root.groups.get("Application");
+        let msps = Arc::new(MspManager::from_channel_group(root).map_err(|e| ConfigError::Msp(e.to_string()))?);
+        let policies = Arc::new(
+            PolicyManager::from_channel_group(root, msps.clone()).map_err(|e| ConfigError::Policy(e.to_string()))?,
+        );
+        let open = |path: &str| {
+            policies.get(path).is_some_and(|p| p.evaluate_identities::<Arc<crate::msp::Identity>>(&[]).is_ok())
+        };
+        let (open_writers, open_readers) = (open(WRITERS), open(READERS));
         Ok(ChannelConfig {
             channel_id: channel_id.to_string(),
             sequence: config.sequence,
@@ -94,8 +173,43 @@ impl ChannelConfig {
             batch_timeout,
             consensus_type: ct.r#type,
             consensus_metadata: ct.metadata,
+            consensus_state: ct.state,
+            capabilities: ChannelCapabilities {
+                channel: capabilities(Some(root))?,
+                orderer: capabilities(Some(orderer))?,
+                application: capabilities(application)?,
+            },
+            consortium,
+            system: root.groups.contains_key("Consortiums"),
+            orderer_orgs: org_ids(Some(orderer)),
+            application_orgs: org_ids(application),
+            config: Arc::new(config.clone()),
+            msps,
+            policies,
+            open_writers,
+            open_readers,
         })
     }
+}
+
+use crate::proto::common::implicit_meta_policy::Rule;
+
+fn implicit(sub_policy: &str, rule: Rule) -> crate::proto::common::ConfigPolicy {
+    use crate::proto::common::{ConfigPolicy, ImplicitMetaPolicy, Policy, policy::PolicyType};
+    let value = ImplicitMetaPolicy { sub_policy: sub_policy.into(), rule: rule as i32 }.encode_to_vec();
+    ConfigPolicy {
+        version: 0,
+        policy: Some(Policy { r#type: PolicyType::ImplicitMeta as i32, value: value.into() }),
+        mod_policy: "Admins".into(),
+    }
+}
+
+/// Fabric's default policies of a group: Readers and Writers ANY, Admins
+/// MAJORITY of the children's policies of the same name.
+fn implicit_policies(g: &mut ConfigGroup) {
+    g.policies.insert("Readers".into(), implicit("Readers", Rule::Any));
+    g.policies.insert("Writers".into(), implicit("Writers", Rule::Any));
+    g.policies.insert("Admins".into(), implicit("Admins", Rule::Majority));
 }
 
 /// Parses Go's `time.Duration` text ("2s", "500ms", "1m30s", "1.5s").
@@ -156,8 +270,10 @@ impl ChannelTemplate {
     }
 
     /// The CONFIG envelope of this channel's genesis config (Channel →
-    /// Orderer group with ConsensusType, BatchSize, BatchTimeout). Policies
-    /// and organizations are left empty (an open development channel).
+    /// Orderer group with ConsensusType, BatchSize, BatchTimeout), with
+    /// Fabric's implicit policies (Readers, Writers: ANY; Admins:
+    /// MAJORITY) and no organizations: by Fabric's zero-children rule these
+    /// policies are satisfied by anyone (an open development channel).
     pub fn config_envelope(&self) -> Bytes {
         let v = |value: Vec<u8>| ConfigValue { version: 0, value: value.into(), mod_policy: "Admins".into() };
         let mut orderer = ConfigGroup { mod_policy: "Admins".into(), ..Default::default() };
@@ -176,6 +292,9 @@ impl ChannelTemplate {
             v(BatchTimeout { timeout: format!("{}ms", self.batch_timeout.as_millis()) }.encode_to_vec()),
         );
         let mut root = ConfigGroup { mod_policy: "Admins".into(), ..Default::default() };
+        implicit_policies(&mut orderer);
+        orderer.policies.insert("BlockValidation".into(), implicit("Writers", Rule::Any));
+        implicit_policies(&mut root);
         root.groups.insert("Orderer".into(), orderer);
         let ce = ConfigEnvelope { config: Some(Config { sequence: 0, channel_group: Some(root) }), last_update: None };
         // Infallible without a signer.
@@ -224,7 +343,40 @@ mod tests {
         assert_eq!(c.batch_size.absolute_max_bytes, 10 * 1024 * 1024);
         assert_eq!(c.batch_size.preferred_max_bytes, 2 * 1024 * 1024);
         assert_eq!(c.batch_timeout, Duration::from_secs(2));
+        assert_eq!(c.orderer_orgs, ["OrdererOrg"]);
+        assert_eq!(c.application_orgs, ["Org1MSP", "Org2MSP"]);
+        assert_eq!(c.capabilities.channel, ["V2_0"]);
+        assert!(!c.system);
         let b = Block::decode(Bytes::from(std::fs::read(dir.join("raftchannel.genesis.block")).unwrap())).unwrap();
         assert_eq!(ChannelConfig::from_config_block(&b).unwrap().consensus_type, "etcdraft");
+        let b = Block::decode(Bytes::from(std::fs::read(dir.join("system-channel.genesis.block")).unwrap())).unwrap();
+        let c = ChannelConfig::from_config_block(&b).unwrap();
+        assert!(c.system);
+        assert_eq!(c.channel_id, "system-channel");
+        assert!(c.application_orgs.is_empty());
+    }
+
+    /// Genesis blocks made by older Fabric releases (fabric-sdk-py's test
+    /// fixtures) parse: consensus type, batch settings, organizations.
+    #[test]
+    fn third_party_genesis_blocks_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/fabric-sdk-py");
+        let cases = [
+            ("e2e_cli__orderer.genesis.block", "solo", true),
+            ("e2e_raft__orderer.genesis.block", "etcdraft", true),
+            ("lifecycle_2_0__orderer.genesis.block", "", true),
+            ("lifecycle_2_0__orderer_2_0.genesis.block", "etcdraft", true),
+        ];
+        for (file, consensus, system) in cases {
+            let b = Block::decode(Bytes::from(std::fs::read(dir.join(file)).unwrap())).unwrap();
+            let c = ChannelConfig::from_config_block(&b).unwrap_or_else(|e| panic!("{file}: {e}"));
+            if !consensus.is_empty() {
+                assert_eq!(c.consensus_type, consensus, "{file}");
+            }
+            assert_eq!(c.system, system, "{file}");
+            assert!(c.batch_size.max_message_count > 0, "{file}");
+            assert!(!c.batch_timeout.is_zero(), "{file}");
+            assert!(!c.orderer_orgs.is_empty(), "{file}: orderer orgs");
+        }
     }
 }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::cutter::MessageSize;
-use crate::proto::common::{ChannelHeader, Envelope as PbEnvelope, HeaderType, Payload};
+use crate::proto::common::{ChannelHeader, Envelope as PbEnvelope, HeaderType, Payload, SignatureHeader};
 
 /// How an envelope is ordered (Fabric's message classification).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +47,13 @@ pub struct Envelope {
     pub tx_id: String,
     /// The config sequence this envelope was validated under.
     pub config_seq: u64,
+    /// The signed bytes (the envelope's payload).
+    pub payload: Bytes,
+    /// The envelope's signature.
+    pub signature: Bytes,
+    /// The signer: the signature header's creator (a marshalled
+    /// SerializedIdentity; empty when the envelope has no signature header).
+    pub creator: Bytes,
 }
 
 impl Envelope {
@@ -68,11 +75,25 @@ impl Envelope {
             return Err(EnvelopeError::EmptyPayload);
         }
         let size = u32::try_from(env.payload.len() + env.signature.len()).unwrap_or(u32::MAX);
-        let payload = Payload::decode(env.payload).map_err(|e| EnvelopeError::Payload(e.to_string()))?;
+        let payload = Payload::decode(env.payload.clone()).map_err(|e| EnvelopeError::Payload(e.to_string()))?;
         let header = payload.header.ok_or(EnvelopeError::NoHeader)?;
         let ch =
             ChannelHeader::decode(header.channel_header).map_err(|e| EnvelopeError::ChannelHeader(e.to_string()))?;
-        Ok(Envelope { bytes, size, header_type: ch.r#type, channel_id: ch.channel_id, tx_id: ch.tx_id, config_seq: 0 })
+        // A missing or undecodable signature header leaves the creator
+        // empty: such an envelope satisfies only policies that need no
+        // signature (an org-less channel), as in Fabric.
+        let creator = SignatureHeader::decode(header.signature_header).map(|h| h.creator).unwrap_or_default();
+        Ok(Envelope {
+            bytes,
+            size,
+            header_type: ch.r#type,
+            channel_id: ch.channel_id,
+            tx_id: ch.tx_id,
+            config_seq: 0,
+            payload: env.payload,
+            signature: env.signature,
+            creator,
+        })
     }
 
     /// Normal or config, from the header type (CONFIG, and

@@ -12,9 +12,11 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::chain::EnqueueError;
+use crate::chain::{Chain, EnqueueError};
+use crate::channel::{ChannelConfig, READERS};
 use crate::envelope::{Envelope, MessageClass};
 use crate::node::Node;
+use crate::processor::{self, Refusal};
 use crate::proto::common::{self, Block, HeaderType, Payload};
 use crate::proto::orderer::atomic_broadcast_server::{AtomicBroadcast, AtomicBroadcastServer};
 use crate::proto::orderer::seek_info::{SeekBehavior, SeekErrorResponse};
@@ -64,51 +66,93 @@ enum Answer {
     Later(Pin<Box<dyn Future<Output = Result<(), EnqueueError>> + Send>>),
 }
 
-/// Checks one envelope and hands it to its chain: Fabric's broadcast
-/// filters in order (malformed, empty payload, unknown channel, size).
-async fn broadcast_one(node: &Node, pb: common::Envelope) -> Answer {
-    let env = match Envelope::from_message(pb) {
+/// An envelope that passed the checks, for its chain.
+type Checked = Result<(Arc<Chain>, Envelope), BroadcastResponse>;
+
+/// An envelope being checked: done already, or its signature check
+/// running on another worker (results are taken in order).
+enum Check {
+    Done(Checked),
+    Verifying(tokio::task::JoinHandle<Checked>),
+}
+
+fn refusal(r: Refusal) -> BroadcastResponse {
+    match r {
+        Refusal::BadRequest(m) => resp(common::Status::BadRequest, m),
+        Refusal::Forbidden(m) => resp(common::Status::Forbidden, m),
+        Refusal::Internal(m) => resp(common::Status::InternalServerError, m),
+    }
+}
+
+/// Fabric's broadcast checks, in order: malformed, empty payload, unknown
+/// channel, size, then the channel's policies. A normal message's
+/// signature check (the costly part) is spawned so that the envelopes of
+/// one stream are verified on all cores at once.
+fn check_one(node: &Arc<Node>, pb: common::Envelope) -> Check {
+    let env = match Envelope::from_message(pb.clone()) {
         Ok(e) => e,
-        Err(e) => return Answer::Now(resp(common::Status::BadRequest, e.to_string())),
+        Err(e) => return Check::Done(Err(resp(common::Status::BadRequest, e.to_string()))),
     };
     // Fabric's classification: a CONFIG (or ORDERER_TRANSACTION) envelope
     // is never taken from a client as is; config changes arrive as
     // CONFIG_UPDATE and are checked against the modification policies.
     if env.class() == MessageClass::Config {
-        return Answer::Now(resp(
+        return Check::Done(Err(resp(
             common::Status::BadRequest,
             format!(
                 "message of type {} cannot be broadcast directly: send a CONFIG_UPDATE",
                 common::HeaderType::try_from(env.header_type).map(|t| t.as_str_name()).unwrap_or("?")
             ),
-        ));
+        )));
     }
-    if env.header_type == HeaderType::ConfigUpdate as i32 {
-        return Answer::Now(resp(
-            common::Status::BadRequest,
-            "CONFIG_UPDATE processing is not available on this node yet (channel config updates are not implemented)",
-        ));
-    }
-    let Some(chain) = node.chain(&env.channel_id) else {
-        if let Some(reason) = node.broken(&env.channel_id) {
-            return Answer::Now(resp(
-                common::Status::ServiceUnavailable,
-                format!("channel {} is not running: {reason}", env.channel_id),
-            ));
+    let is_update = env.header_type == HeaderType::ConfigUpdate as i32;
+    let chain = match node.chain(&env.channel_id) {
+        Some(c) => c,
+        None => {
+            if let Some(reason) = node.broken(&env.channel_id) {
+                return Check::Done(Err(resp(
+                    common::Status::ServiceUnavailable,
+                    format!("channel {} is not running: {reason}", env.channel_id),
+                )));
+            }
+            // A CONFIG_UPDATE for an unknown channel creates it through the
+            // system channel, if the node has one.
+            match (is_update, node.system_channel()) {
+                (true, Some(sys)) => sys,
+                _ => return Check::Done(Err(resp(common::Status::NotFound, "channel does not exist"))),
+            }
         }
-        return Answer::Now(resp(common::Status::NotFound, "channel does not exist"));
     };
     let max = chain.status().absolute_max_bytes();
     if env.size > max {
-        return Answer::Now(resp(
+        return Check::Done(Err(resp(
             common::Status::BadRequest,
             format!("message payload is {} bytes and exceeds maximum allowed {} bytes", env.size, max),
-        ));
+        )));
     }
-    match chain.submit(env).await {
-        Ok(answer) => Answer::Later(Box::pin(answer)),
-        Err(e) => Answer::Now(enqueue_response(Err(e))),
+    let Some(cfg) = chain.status().config() else {
+        return Check::Done(Err(resp(common::Status::ServiceUnavailable, "channel is starting")));
+    };
+    if is_update {
+        let node = node.clone();
+        return Check::Verifying(tokio::spawn(async move {
+            let made = if chain.channel() == env.channel_id {
+                processor::config_update(&cfg, node.signer(), &pb, &env)
+            } else {
+                processor::channel_creation(&cfg, node.signer(), &pb, &env)
+            };
+            made.map(|e| (chain, e)).map_err(refusal)
+        }));
     }
+    let mut env = env;
+    env.config_seq = cfg.sequence;
+    if cfg.open_writers {
+        return Check::Done(Ok((chain, env)));
+    }
+    Check::Verifying(tokio::spawn(async move {
+        processor::check_writers(&cfg, &env).map_err(refusal)?;
+        Ok((chain, env))
+    }))
 }
 
 fn enqueue_response(r: Result<(), EnqueueError>) -> BroadcastResponse {
@@ -136,17 +180,44 @@ impl AtomicBroadcast for Service {
         let mut input = req.into_inner();
         let node = self.node.clone();
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
+        let (check_tx, mut check_rx) = mpsc::channel::<Result<Check, Status>>(IN_FLIGHT);
         let (pending_tx, mut pending_rx) = mpsc::channel::<Result<Answer, Status>>(IN_FLIGHT);
-        // Reader: checks and submits envelopes as they arrive.
+        // Reader: parses and checks envelopes as they arrive (signature
+        // checks run in parallel).
         tokio::spawn(async move {
             loop {
                 let item = match input.message().await {
-                    Ok(Some(m)) => Ok(broadcast_one(&node, m).await),
+                    Ok(Some(m)) => Ok(check_one(&node, m)),
                     Ok(None) => return,
                     Err(status) => Err(status),
                 };
                 let end = item.is_err();
-                if pending_tx.send(item).await.is_err() || end {
+                if check_tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        // Submitter: takes the checks in order and hands the envelopes that
+        // passed to their chains, in order.
+        tokio::spawn(async move {
+            while let Some(item) = check_rx.recv().await {
+                let checked = match item {
+                    Ok(Check::Done(c)) => Ok(c),
+                    Ok(Check::Verifying(h)) => Ok(h.await.unwrap_or_else(|e| {
+                        Err(resp(common::Status::InternalServerError, format!("checking the envelope: {e}")))
+                    })),
+                    Err(status) => Err(status),
+                };
+                let answer = match checked {
+                    Ok(Ok((chain, env))) => Ok(match chain.submit(env).await {
+                        Ok(answer) => Answer::Later(Box::pin(answer)),
+                        Err(e) => Answer::Now(enqueue_response(Err(e))),
+                    }),
+                    Ok(Err(r)) => Ok(Answer::Now(r)),
+                    Err(status) => Err(status),
+                };
+                let end = answer.is_err();
+                if pending_tx.send(answer).await.is_err() || end {
                     return;
                 }
             }
@@ -199,6 +270,12 @@ impl AtomicBroadcast for Service {
 /// A Deliver request parsed from its envelope: the channel and the
 /// SeekInfo, or what is malformed (answered BAD_REQUEST).
 pub fn parse_seek(pb: &common::Envelope) -> Result<(String, SeekInfo), String> {
+    parse_seek_signed(pb).map(|(c, s, _)| (c, s))
+}
+
+/// [`parse_seek`], also returning the request's creator (signature
+/// header), for the Readers policy.
+fn parse_seek_signed(pb: &common::Envelope) -> Result<(String, SeekInfo, bytes::Bytes), String> {
     if pb.payload.is_empty() {
         return Err("envelope has an empty payload".into());
     }
@@ -212,7 +289,8 @@ pub fn parse_seek(pb: &common::Envelope) -> Result<(String, SeekInfo), String> {
     }
     check_timestamp(ch.timestamp.as_ref(), std::time::SystemTime::now())?;
     let seek = SeekInfo::decode(payload.data).map_err(|e| format!("payload data is not an orderer.SeekInfo: {e}"))?;
-    Ok((ch.channel_id, seek))
+    let creator = common::SignatureHeader::decode(header.signature_header).map(|h| h.creator).unwrap_or_default();
+    Ok((ch.channel_id, seek, creator))
 }
 
 /// Fabric's Deliver time window: a request's channel header timestamp
@@ -242,7 +320,7 @@ async fn deliver_one(
     pb: common::Envelope,
     tx: &mpsc::Sender<Result<DeliverResponse, Status>>,
 ) -> Option<common::Status> {
-    let (channel, seek) = match parse_seek(&pb) {
+    let (channel, seek, creator) = match parse_seek_signed(&pb) {
         Ok(x) => x,
         Err(e) => {
             tracing::warn!(error = %e, "malformed deliver request");
@@ -256,6 +334,16 @@ async fn deliver_one(
             common::Status::NotFound
         });
     };
+    // Readers policy, on the request and again for each block whenever
+    // the channel's config changed meanwhile.
+    let readers = |cfg: &ChannelConfig| processor::authorize(cfg, READERS, &pb.payload, &creator, &pb.signature);
+    let Some(mut cfg) = chain.status().config() else {
+        return Some(common::Status::ServiceUnavailable);
+    };
+    if let Err(e) = readers(&cfg) {
+        tracing::warn!(channel = %channel, error = %e, "deliver request refused");
+        return Some(common::Status::Forbidden);
+    }
     let strict = seek.error_response != SeekErrorResponse::BestEffort as i32;
     let mut errored = chain.status().subscribe();
     if strict && errored.borrow().is_some() {
@@ -291,6 +379,15 @@ async fn deliver_one(
                     return Some(common::Status::ServiceUnavailable);
                 }
                 _ = tx.closed() => return None,
+            }
+        }
+        if let Some(now) = chain.status().config()
+            && now.sequence != cfg.sequence
+        {
+            cfg = now;
+            if let Err(e) = readers(&cfg) {
+                tracing::warn!(channel = %channel, error = %e, "deliver stream refused after a config change");
+                return Some(common::Status::Forbidden);
             }
         }
         let block: Block = match ledger.block(n) {

@@ -51,6 +51,52 @@ enum Cmd {
     /// plugin files (a manifest and Ed25519 signatures in custom sections).
     #[command(subcommand)]
     Plugin(PluginCmd),
+    /// Channel participation (Fabric's `osnadmin channel`): join, list,
+    /// show and remove channels of a running node through its admin
+    /// endpoint.
+    #[command(subcommand)]
+    Channel(ChannelCmd),
+}
+
+#[derive(Subcommand)]
+enum ChannelCmd {
+    /// Join a channel from its genesis block (a file made by Fabric's
+    /// configtxgen, for instance).
+    Join {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The channel's config block.
+        #[arg(long = "config-block", short = 'b')]
+        config_block: PathBuf,
+    },
+    /// List the node's channels.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show one channel: status, consensus relation, height.
+    Show {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Channel id.
+        #[arg(long = "channel-id", short = 'c')]
+        channel: String,
+    },
+    /// Remove a channel: halt it and delete its ledger.
+    Remove {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Channel id.
+        #[arg(long = "channel-id", short = 'c')]
+        channel: String,
+    },
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// Admin endpoint of the node (host:port).
+    #[arg(long = "orderer-address", short = 'o', default_value = "127.0.0.1:7053")]
+    address: String,
 }
 
 #[derive(Subcommand)]
@@ -150,6 +196,18 @@ struct StartArgs {
     /// Address of the AtomicBroadcast gRPC service.
     #[arg(long, default_value = "127.0.0.1:7050")]
     listen: SocketAddr,
+    /// Address of the admin endpoint (channel participation API). Without
+    /// TLS it must be a loopback address and serves loopback clients only.
+    #[arg(long, default_value = "127.0.0.1:7053")]
+    admin_listen: SocketAddr,
+    /// Do not serve the admin endpoint.
+    #[arg(long)]
+    no_admin: bool,
+    /// Bootstrap from this genesis block (e.g. an ordering system channel
+    /// made by configtxgen) if the node does not have its channel yet.
+    /// No development channel is created then.
+    #[arg(long)]
+    genesis_block: Option<PathBuf>,
     /// MSP folder of the node's signing identity (signcerts/, keystore/).
     /// Default: a development identity generated in the data directory.
     #[arg(long, requires = "mspid")]
@@ -240,6 +298,7 @@ fn main() -> Result<()> {
         Cmd::Ledger(LedgerCmd::Inspect { data_dir, channel, block }) => inspect(&data_dir, &channel, block),
         Cmd::Bench(a) => bench(a),
         Cmd::Plugin(c) => plugin_cmd(c),
+        Cmd::Channel(c) => channel_cmd(c),
     }
 }
 
@@ -283,14 +342,35 @@ fn start(a: StartArgs) -> Result<()> {
     }
     let limits =
         Limits { memory_bytes: a.plugin_memory_mib << 20, call_deadline: a.plugin_call_deadline, ..Limits::default() };
-    let node = Arc::new(Node::open(NodeConfig {
+    if !a.no_admin && !a.admin_listen.ip().is_loopback() {
+        bail!(
+            "--admin-listen {}: without TLS the admin endpoint may only listen on a loopback address",
+            a.admin_listen
+        );
+    }
+    let node = Node::open(NodeConfig {
         data_dir: a.data_dir.clone(),
         signer: Arc::new(signer),
         limits,
         support_limits: SupportLimits::default(),
         extra_plugins: extra,
-    })?);
-    if !a.no_dev_channel && node.chain(&a.dev_channel).is_none() && node.broken(&a.dev_channel).is_none() {
+    })?;
+    if let Some(path) = &a.genesis_block {
+        let bytes = std::fs::read(path).with_context(|| format!("reading genesis block {}", path.display()))?;
+        let block =
+            Block::decode(Bytes::from(bytes)).with_context(|| format!("{} is not a common.Block", path.display()))?;
+        let cfg = consenter_host::channel::ChannelConfig::from_config_block(&block)
+            .with_context(|| format!("genesis block {}", path.display()))?;
+        if node.chain(&cfg.channel_id).is_none() && node.broken(&cfg.channel_id).is_none() {
+            node.create_channel(&block).with_context(|| format!("creating channel {}", cfg.channel_id))?;
+        }
+    }
+    if !a.no_dev_channel
+        && a.genesis_block.is_none()
+        && node.system_channel().is_none()
+        && node.chain(&a.dev_channel).is_none()
+        && node.broken(&a.dev_channel).is_none()
+    {
         let mut t = ChannelTemplate::solo(&a.dev_channel);
         t.consensus_type = a.dev_consensus.clone();
         t.consensus_metadata = Bytes::from(a.dev_consensus_metadata.clone().into_bytes());
@@ -301,16 +381,36 @@ fn start(a: StartArgs) -> Result<()> {
         node.create_channel(&t.genesis_block()).with_context(|| format!("creating channel {}", a.dev_channel))?;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    rt.block_on(serve(node.clone(), a.listen, dev))?;
+    let admin = if a.no_admin { None } else { Some(a.admin_listen) };
+    rt.block_on(serve(node.clone(), a.listen, admin, dev))?;
     node.shutdown();
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn serve(node: Arc<Node>, listen: SocketAddr, dev: Option<signer::DevIdentity>) -> Result<()> {
+async fn serve(
+    node: Arc<Node>,
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+    dev: Option<signer::DevIdentity>,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     println!("consenter-host listening on {addr} (orderer.AtomicBroadcast)");
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    if let Some(admin) = admin {
+        let l = tokio::net::TcpListener::bind(admin).await.with_context(|| format!("admin endpoint on {admin}"))?;
+        println!("admin endpoint on http://{} (channel participation API)", l.local_addr()?);
+        let n = node.clone();
+        tokio::spawn(async move {
+            let stop = async {
+                let _ = admin_stop_rx.await;
+            };
+            if let Err(e) = consenter_host::admin::serve(l, n, stop).await {
+                tracing::error!(error = %e, "admin endpoint stopped");
+            }
+        });
+    }
     println!("channels: {}", node.channels().join(", "));
     if let Some(d) = &dev {
         println!("client identity: --mspid {} --msp-dir {}", d.mspid, d.client_msp.display());
@@ -330,6 +430,7 @@ async fn serve(node: Arc<Node>, listen: SocketAddr, dev: Option<signer::DevIdent
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("shutting down: no new connections; halting chains");
             let _ = stop_tx.send(());
+            let _ = admin_stop_tx.send(());
             // Halting makes queued blocks durable, answers in-flight
             // Broadcasts and ends waiting Deliver streams.
             let n = node.clone();
@@ -384,6 +485,38 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     if r.committed < r.acknowledged {
         bail!("only {} of {} acknowledged envelopes were delivered in blocks", r.committed, r.acknowledged);
+    }
+    Ok(())
+}
+
+fn channel_cmd(c: ChannelCmd) -> Result<()> {
+    use consenter_host::admin::{self, CHANNELS};
+    let (addr, answer) = match &c {
+        ChannelCmd::Join { admin: a, config_block } => {
+            let bytes = std::fs::read(config_block).with_context(|| format!("reading {}", config_block.display()))?;
+            let name = config_block.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let (ct, body) = admin::multipart_body("config-block", &name, &bytes);
+            (a.address.clone(), admin::request(&a.address, "POST", CHANNELS, Some((&ct, &body))))
+        }
+        ChannelCmd::List { admin: a } => (a.address.clone(), admin::request(&a.address, "GET", CHANNELS, None)),
+        ChannelCmd::Show { admin: a, channel } => {
+            (a.address.clone(), admin::request(&a.address, "GET", &format!("{CHANNELS}/{channel}"), None))
+        }
+        ChannelCmd::Remove { admin: a, channel } => {
+            (a.address.clone(), admin::request(&a.address, "DELETE", &format!("{CHANNELS}/{channel}"), None))
+        }
+    };
+    let answer = answer.with_context(|| format!("admin endpoint {addr}"))?;
+    // Print what osnadmin prints: the status code and the JSON body.
+    println!("Status: {}", answer.status);
+    if !answer.body.is_empty() {
+        match serde_json::from_slice::<serde_json::Value>(&answer.body) {
+            Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+            Err(_) => println!("{}", String::from_utf8_lossy(&answer.body)),
+        }
+    }
+    if answer.status >= 300 {
+        bail!("{}", answer.error_text());
     }
     Ok(())
 }

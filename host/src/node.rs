@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
 use bytes::Bytes;
 use prost::Message;
@@ -47,6 +47,10 @@ pub enum NodeError {
     NoPlugin { channel: String, wanted: String, available: String },
     #[error("channel {0} already exists")]
     Exists(String),
+    #[error("channel {0} does not exist")]
+    NotFound(String),
+    #[error("{0}")]
+    NotAllowed(String),
     #[error("channel {channel}: {what}")]
     Channel { channel: String, what: String },
     #[error("{path}: {source}")]
@@ -72,6 +76,7 @@ pub struct NodeConfig {
 
 /// A running node.
 pub struct Node {
+    me: Weak<Node>,
     data_dir: PathBuf,
     signer: Arc<Signer>,
     support_limits: SupportLimits,
@@ -85,7 +90,7 @@ impl Node {
     /// Loads the plugins and restarts every channel found in the data
     /// directory. A channel that cannot start is reported (see
     /// [`Node::broken`]) and the others run.
-    pub fn open(cfg: NodeConfig) -> Result<Node, NodeError> {
+    pub fn open(cfg: NodeConfig) -> Result<Arc<Node>, NodeError> {
         // Compiled plugins are cached in the data directory (see cache.rs);
         // without a usable cache the node compiles every start.
         let cache = crate::cache::PluginCache::open(&cfg.data_dir)
@@ -106,14 +111,15 @@ impl Node {
             crate::canary::run(&p, cfg.signer.clone())?;
             plugins.insert(name, p);
         }
-        let node = Node {
+        let node = Arc::new_cyclic(|me| Node {
+            me: me.clone(),
             data_dir: cfg.data_dir,
             signer: cfg.signer,
             support_limits: cfg.support_limits,
             plugins,
             chains: RwLock::new(HashMap::new()),
             broken: RwLock::new(HashMap::new()),
-        };
+        });
         let chains_dir = node.chains_dir();
         std::fs::create_dir_all(&chains_dir).map_err(|source| NodeError::Io { path: chains_dir.clone(), source })?;
         let rd = std::fs::read_dir(&chains_dir).map_err(|source| NodeError::Io { path: chains_dir.clone(), source })?;
@@ -164,6 +170,110 @@ impl Node {
         let mut v: Vec<String> = read(&self.chains).keys().cloned().collect();
         v.sort();
         v
+    }
+
+    /// Every channel the node has, running or not, sorted.
+    pub fn all_channels(&self) -> Vec<String> {
+        let mut v: Vec<String> = read(&self.chains).keys().chain(read(&self.broken).keys()).cloned().collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// The ordering system channel, if the node has one (a running channel
+    /// whose config has Consortiums).
+    pub fn system_channel(&self) -> Option<Arc<Chain>> {
+        read(&self.chains).values().find(|c| c.status().config().is_some_and(|c| c.system)).cloned()
+    }
+
+    /// What the channel participation API shows of a channel.
+    pub fn info(&self, channel: &str) -> Option<ChannelInfo> {
+        if let Some(c) = self.chain(channel) {
+            let status = if c.status().errored().is_some() { "failed" } else { "active" };
+            return Some(ChannelInfo {
+                name: channel.to_string(),
+                status,
+                consensus_relation: "consenter",
+                height: c.ledger().height(),
+                system: c.status().config().is_some_and(|c| c.system),
+                error: c.status().errored(),
+            });
+        }
+        let reason = self.broken(channel)?;
+        let height = Ledger::open(&self.chains_dir().join(channel)).map(|l| l.height()).unwrap_or(0);
+        Some(ChannelInfo {
+            name: channel.to_string(),
+            status: "failed",
+            consensus_relation: "consenter",
+            height,
+            system: false,
+            error: Some(reason),
+        })
+    }
+
+    /// Joins a channel from its genesis block (Fabric's channel
+    /// participation join). Refused while the node has a system channel
+    /// (channels are then created through it), for a system channel when
+    /// the node already has channels, and for a config block other than
+    /// the genesis block (joining later needs blocks from other orderers,
+    /// which a solo node has no way to fetch).
+    pub fn join(&self, block: &Block) -> Result<ChannelInfo, NodeError> {
+        let cfg = ChannelConfig::from_config_block(block)
+            .map_err(|source| NodeError::Config { channel: "(join block)".into(), source })?;
+        let channel = cfg.channel_id.clone();
+        if let Some(sys) = self.system_channel() {
+            return Err(NodeError::NotAllowed(format!(
+                "cannot join: system channel {} exists; create channels through it",
+                sys.channel()
+            )));
+        }
+        if self.chain(&channel).is_some() || self.broken(&channel).is_some() {
+            return Err(NodeError::Exists(channel));
+        }
+        if cfg.system && !self.all_channels().is_empty() {
+            return Err(NodeError::NotAllowed(format!(
+                "cannot join system channel {channel}: the node already has channels ({})",
+                self.all_channels().join(", ")
+            )));
+        }
+        let number = block.header.as_ref().map(|h| h.number).unwrap_or_default();
+        if number != 0 {
+            return Err(NodeError::Channel {
+                channel,
+                what: format!(
+                    "the join block is block {number}: only a genesis block (block 0) can be joined, since this \
+                     node cannot replicate earlier blocks from other orderers"
+                ),
+            });
+        }
+        self.create_channel(block)?;
+        self.info(&channel).ok_or(NodeError::NotFound(channel))
+    }
+
+    /// Removes a channel: halts its chain and deletes its ledger. Refused
+    /// for application channels while the node has a system channel (as
+    /// Fabric does).
+    pub fn remove(&self, channel: &str) -> Result<(), NodeError> {
+        if let Some(sys) = self.system_channel()
+            && sys.channel() != channel
+        {
+            return Err(NodeError::NotAllowed(format!(
+                "cannot remove channel {channel}: system channel {} exists",
+                sys.channel()
+            )));
+        }
+        let chain = write(&self.chains).remove(channel);
+        let broken = write(&self.broken).remove(channel);
+        if chain.is_none() && broken.is_none() {
+            return Err(NodeError::NotFound(channel.to_string()));
+        }
+        if let Some(c) = chain {
+            c.halt();
+        }
+        let dir = self.chains_dir().join(channel);
+        std::fs::remove_dir_all(&dir).map_err(|source| NodeError::Io { path: dir, source })?;
+        tracing::info!(channel, "channel removed");
+        Ok(())
     }
 
     /// Creates a channel from a genesis (CONFIG) block: writes it as block 0
@@ -231,10 +341,21 @@ impl Node {
         let limits = self.support_limits.clone();
         let ch = channel.to_string();
         let cfg = Arc::new(cfg);
+        let me = self.me.clone();
         let chain = Chain::spawn(
             channel,
             plugin,
-            move |sink| Support::new(&ch, cfg, signer, sink, Arc::new(SystemClock), pos, limits),
+            move |sink| {
+                let system = cfg.system;
+                let mut s = Support::new(&ch, cfg, signer, sink, Arc::new(SystemClock), pos, limits);
+                if system {
+                    s.set_channel_creator(Arc::new(move |genesis| {
+                        let node = me.upgrade().ok_or("the node is shutting down")?;
+                        node.create_channel(&genesis).map(|_| ()).map_err(|e| e.to_string())
+                    }));
+                }
+                s
+            },
             metadata,
             ledger,
         )?;
@@ -251,6 +372,21 @@ impl Node {
             c.halt();
         }
     }
+}
+
+/// A channel as the participation API shows it (Fabric's ChannelInfo).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelInfo {
+    pub name: String,
+    /// "active" or "failed".
+    pub status: &'static str,
+    /// "consenter": this node orders the channel.
+    pub consensus_relation: &'static str,
+    pub height: u64,
+    /// The ordering system channel.
+    pub system: bool,
+    /// Why the channel failed, if it did.
+    pub error: Option<String>,
 }
 
 /// The last-config index and consenter metadata of a block: from the

@@ -161,6 +161,7 @@ pub struct Support {
     log_tokens: f64,
     log_refilled: Instant,
     log_dropped: u64,
+    channel_creator: Option<ChannelCreator>,
 }
 
 /// Where a chain resumes: its height, last header hash and last config
@@ -203,6 +204,7 @@ impl Support {
             log_tokens,
             log_refilled,
             log_dropped: 0,
+            channel_creator: None,
         }
     }
 
@@ -292,6 +294,7 @@ impl Support {
         }
         let mut b = blk.block;
         let mut new_config = None;
+        let mut new_channel = None;
         if is_config {
             let env_count = b.data.as_ref().map(|d| d.data.len()).unwrap_or(0);
             if env_count != 1 {
@@ -299,14 +302,32 @@ impl Support {
                     self.refuse(E::Invalid(format!("a config block holds exactly one envelope, not {env_count}")))
                 );
             }
-            match ChannelConfig::from_config_block(&b) {
-                Ok(c) => new_config = Some(c),
-                Err(e) => {
-                    return Err(self.refuse(E::Invalid(format!("config block {}: {e}", blk.number))));
+            match orderer_transaction(&b) {
+                // The system channel creating a channel: its own config
+                // does not change; the new channel starts from the inner
+                // CONFIG envelope once this block is written.
+                Ok(Some(genesis)) => {
+                    if self.channel_creator.is_none() || !self.config.system {
+                        return Err(self.refuse(E::Invalid(format!(
+                            "block {}: an ORDERER_TRANSACTION can only be written on an ordering system channel",
+                            blk.number
+                        ))));
+                    }
+                    if let Err(e) = ChannelConfig::from_config_block(&genesis) {
+                        return Err(self.refuse(E::Invalid(format!("block {}: new channel: {e}", blk.number))));
+                    }
+                    new_channel = Some(genesis);
                 }
+                Ok(None) => match ChannelConfig::from_config_block(&b) {
+                    Ok(c) => new_config = Some(c),
+                    Err(e) => {
+                        return Err(self.refuse(E::Invalid(format!("config block {}: {e}", blk.number))));
+                    }
+                },
+                Err(e) => return Err(self.refuse(E::Invalid(format!("config block {}: {e}", blk.number)))),
             }
         }
-        let last_config = if is_config { blk.number } else { self.last_config };
+        let last_config = if new_config.is_some() { blk.number } else { self.last_config };
         if let Err(e) = block::sign_block(&mut b, last_config, metadata, &self.signer) {
             let msg = e.to_string();
             self.fail(msg.clone());
@@ -328,8 +349,41 @@ impl Support {
             tracing::info!(channel = %self.chain_id, block = blk.number, sequence = c.sequence, "config applied");
             self.config = Arc::new(c);
         }
+        if let (Some(genesis), Some(create)) = (new_channel, &self.channel_creator)
+            && let Err(e) = create(genesis)
+        {
+            tracing::error!(channel = %self.chain_id, block = blk.number, error = %e, "creating a channel");
+        }
         Ok(())
     }
+
+    /// Makes this the support of an ordering system channel: config blocks
+    /// holding an ORDERER_TRANSACTION create the channel inside, through
+    /// `create` (called with the new channel's genesis block once the
+    /// system channel's block is written).
+    pub fn set_channel_creator(&mut self, create: ChannelCreator) {
+        self.channel_creator = Some(create);
+    }
+}
+
+/// Creates a channel from its genesis block (the registrar).
+pub type ChannelCreator = Arc<dyn Fn(Block) -> Result<(), String> + Send + Sync>;
+
+/// If `b`'s one envelope is an ORDERER_TRANSACTION, the genesis block of
+/// the channel it creates (block 0 holding the inner CONFIG envelope).
+pub fn orderer_transaction(b: &Block) -> Result<Option<Block>, String> {
+    use crate::proto::common::{ChannelHeader, Envelope as PbEnvelope, HeaderType, Payload};
+    let Some(data) = b.data.as_ref().and_then(|d| d.data.first()) else {
+        return Ok(None);
+    };
+    let env = PbEnvelope::decode(data.clone()).map_err(|e| format!("envelope: {e}"))?;
+    let payload = Payload::decode(env.payload).map_err(|e| format!("payload: {e}"))?;
+    let header = payload.header.ok_or("payload has no header")?;
+    let ch = ChannelHeader::decode(header.channel_header).map_err(|e| format!("channel header: {e}"))?;
+    if ch.r#type != HeaderType::OrdererTransaction as i32 {
+        return Ok(None);
+    }
+    Ok(Some(block::new_block(0, &[], vec![payload.data])))
 }
 
 fn batch_size(s: &Support) -> types::BatchSize {
@@ -476,10 +530,7 @@ impl support::Host for PluginState {
 
     fn revalidate(&mut self, env: Resource<EnvelopeRes>) -> wasmtime::Result<Result<(), String>> {
         let e = self.envelopes.get(&env)?;
-        if e.channel_id != self.support.chain_id {
-            return Ok(Err(format!("envelope is for channel {}, not {}", e.channel_id, self.support.chain_id)));
-        }
-        Ok(Ok(()))
+        Ok(crate::processor::revalidate(&self.support.config, e))
     }
 
     fn shared_config(&mut self) -> wasmtime::Result<types::OrdererConfig> {

@@ -21,6 +21,8 @@ use tonic::transport::Channel;
 pub struct NodeProc {
     pub child: Child,
     pub addr: String,
+    /// The admin endpoint (host:port), unless started with --no-admin.
+    pub admin: Option<String>,
     /// Stdout lines up to the listening line.
     pub banner: Vec<String>,
     /// Stdout lines after it.
@@ -46,6 +48,10 @@ impl NodeProc {
     }
 
     fn spawn(mut cmd: Command) -> NodeProc {
+        let given: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        if !given.iter().any(|a| a == "--no-admin" || a == "--admin-listen") {
+            cmd.args(["--admin-listen", "127.0.0.1:0"]);
+        }
         let mut child = cmd
             .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
@@ -65,12 +71,19 @@ impl NodeProc {
         // The rest of the banner, then keep draining stdout so the node
         // never blocks on a full pipe.
         let (tx, rx) = std::sync::mpsc::channel();
+        let mut admin = None;
+        if !given.iter().any(|a| a == "--no-admin") {
+            let line = lines.next().expect("node exited before the admin line").expect("reading node stdout");
+            banner.push(line.clone());
+            let a = line.strip_prefix("admin endpoint on http://").expect("the admin endpoint line");
+            admin = Some(a.split_whitespace().next().unwrap().to_string());
+        }
         std::thread::spawn(move || {
             for l in lines.map_while(Result::ok) {
                 let _ = tx.send(l);
             }
         });
-        NodeProc { child, addr, banner, rest: rx }
+        NodeProc { child, addr, admin, banner, rest: rx }
     }
 
     /// The next stdout line (waits up to 10 s).

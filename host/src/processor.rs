@@ -1,0 +1,180 @@
+//! Fabric's msgprocessor: what an envelope must pass against its channel's
+//! config bundle before it reaches a chain, and what a Deliver request must
+//! pass before blocks are sent. Normal messages: the `/Channel/Writers`
+//! policy. CONFIG_UPDATE: Writers, then the update is checked against the
+//! modification policies (`configtx`) and becomes the CONFIG envelope to
+//! order; on a system channel, an update for an unknown channel becomes an
+//! ORDERER_TRANSACTION that creates it. Signature checks are CPU work
+//! (ECDSA verify): callers run them on the async workers, never on a
+//! chain's thread. May touch nothing but the bundle and the signer.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::channel::{ChannelConfig, READERS, WRITERS};
+use crate::configtx::{self, SignedData as TxSigned};
+use crate::envelope::{self, Envelope};
+use crate::msp::Identity;
+use crate::policy::SignedData;
+use crate::proto::common::{Envelope as PbEnvelope, HeaderType};
+use crate::signer::Signer;
+
+/// Why a message is refused, with the Broadcast status it maps to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Fabric's suffix of policy refusals (ErrPermissionDenied).
+const DENIED: &str = "permission denied";
+
+/// Checks a signed message against the policy at `path` of `cfg`, as
+/// Fabric's SigFilter: the creator is validated against its MSP and its
+/// signature verified (an invalid one counts as no signature, as Fabric's
+/// policy evaluation drops it), then the policy is evaluated. The error is
+/// Fabric's text, ending in ": permission denied".
+pub fn authorize(cfg: &ChannelConfig, path: &str, data: &[u8], creator: &[u8], signature: &[u8]) -> Result<(), String> {
+    let open = match path {
+        WRITERS => cfg.open_writers,
+        READERS => cfg.open_readers,
+        _ => false,
+    };
+    if open {
+        return Ok(());
+    }
+    let Some(policy) = cfg.policies.get(path) else {
+        return Err(format!("no such policy: '{path}': {DENIED}"));
+    };
+    let verified: Option<Arc<Identity>> = match cfg.msps.identity(creator) {
+        Ok(id) => match id.verify(data, signature) {
+            Ok(()) => Some(id),
+            Err(e) => {
+                tracing::debug!(channel = %cfg.channel_id, policy = path, error = %e, "signature does not verify");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::debug!(channel = %cfg.channel_id, policy = path, error = %e, "creator is not a valid identity");
+            None
+        }
+    };
+    let ids: &[Arc<Identity>] = match &verified {
+        Some(id) => std::slice::from_ref(id),
+        None => &[],
+    };
+    policy.evaluate_identities(ids).map_err(|e| format!("{e}: {DENIED}"))
+}
+
+/// Broadcast's check of a normal message: `/Channel/Writers`.
+pub fn check_writers(cfg: &ChannelConfig, env: &Envelope) -> Result<(), Refusal> {
+    authorize(cfg, WRITERS, &env.payload, &env.creator, &env.signature).map_err(Refusal::Forbidden)
+}
+
+/// Evaluates a policy path against config-update signatures (for
+/// `configtx`).
+fn authorize_signed(cfg: &ChannelConfig, path: &str, signed: &[TxSigned]) -> Result<(), String> {
+    let sd: Vec<SignedData> =
+        signed.iter().map(|s| SignedData { data: &s.data, identity: &s.identity, signature: &s.signature }).collect();
+    cfg.policies.evaluate(path, &sd).map_err(|e| e.to_string())
+}
+
+/// A CONFIG_UPDATE for an existing channel (Fabric's
+/// ProcessConfigUpdateMsg): the CONFIG envelope to order, signed by this
+/// node, validated under the channel's current sequence.
+pub fn config_update(
+    cfg: &ChannelConfig,
+    signer: &Signer,
+    pb: &PbEnvelope,
+    env: &Envelope,
+) -> Result<Envelope, Refusal> {
+    check_writers(cfg, env)?;
+    let channel = &cfg.channel_id;
+    let applying =
+        |e: String| Refusal::BadRequest(format!("error applying config update to existing channel '{channel}': {e}"));
+    let req = configtx::parse_update(pb).map_err(|e| applying(e.to_string()))?;
+    let auth = |path: &str, s: &[TxSigned]| authorize_signed(cfg, path, s);
+    let ce = configtx::propose_update(&cfg.config, &req, pb, &auth)
+        .map_err(|e| applying(format!("error authorizing update: {e}")))?;
+    let next = ce.config.as_ref().ok_or_else(|| applying("the update gives no config".into()))?;
+    ChannelConfig::from_config(channel, next).map_err(|e| applying(format!("the new config is not valid: {e}")))?;
+    let bytes = envelope::build(channel, HeaderType::Config, "", ce.encode_to_vec().into(), Some(signer))
+        .map_err(|e| Refusal::Internal(format!("signing the config envelope: {e}")))?;
+    let mut out = Envelope::parse(bytes).map_err(|e| Refusal::Internal(e.to_string()))?;
+    out.config_seq = cfg.sequence;
+    Ok(out)
+}
+
+/// A CONFIG_UPDATE creating a channel, sent to an ordering system channel
+/// (Fabric's SystemChannel.ProcessConfigUpdateMsg): the new channel's
+/// config is made from the system channel's template and the update,
+/// authorized by the consortium's channel creation policy; the result is
+/// an ORDERER_TRANSACTION on the system channel that carries the new
+/// channel's CONFIG envelope.
+pub fn channel_creation(
+    sys: &ChannelConfig,
+    signer: &Signer,
+    pb: &PbEnvelope,
+    env: &Envelope,
+) -> Result<Envelope, Refusal> {
+    let channel = &env.channel_id;
+    let creating = |e: String| {
+        Refusal::BadRequest(format!("error validating channel creation transaction for new channel '{channel}': {e}"))
+    };
+    let req = configtx::parse_update(pb).map_err(|e| creating(e.to_string()))?;
+    let template = configtx::new_channel_template(&sys.config, &req.update).map_err(|e| creating(e.to_string()))?;
+    let tcfg = ChannelConfig::from_config(channel, &template)
+        .map_err(|e| creating(format!("the template config is not valid: {e}")))?;
+    let auth = |path: &str, s: &[TxSigned]| authorize_signed(&tcfg, path, s);
+    let ce = configtx::propose_update(&template, &req, pb, &auth)
+        .map_err(|e| creating(format!("could not successfully apply update to template configuration: {e}")))?;
+    let next = ce.config.as_ref().ok_or_else(|| creating("the update gives no config".into()))?;
+    ChannelConfig::from_config(channel, next).map_err(|e| creating(format!("the new config is not valid: {e}")))?;
+    let sign_err = |e: crate::signer::SignerError| Refusal::Internal(format!("signing: {e}"));
+    let inner =
+        envelope::build(channel, HeaderType::Config, "", ce.encode_to_vec().into(), Some(signer)).map_err(sign_err)?;
+    let outer =
+        envelope::build(&sys.channel_id, HeaderType::OrdererTransaction, "", inner, Some(signer)).map_err(sign_err)?;
+    let mut out = Envelope::parse(outer).map_err(|e| Refusal::Internal(e.to_string()))?;
+    out.config_seq = sys.sequence;
+    Ok(out)
+}
+
+/// Re-checks a message validated under an older config sequence (what a
+/// plugin asks through `support.revalidate`). Normal messages are checked
+/// against the current Writers policy. A config message is valid only if
+/// it was made from the current config (its config sequence is the next
+/// one); otherwise the client must send its update again.
+pub fn revalidate(cfg: &ChannelConfig, env: &Envelope) -> Result<(), String> {
+    if env.channel_id != cfg.channel_id && env.header_type != HeaderType::OrdererTransaction as i32 {
+        return Err(format!("envelope is for channel {}, not {}", env.channel_id, cfg.channel_id));
+    }
+    if env.header_type == HeaderType::Config as i32 {
+        let seq = config_sequence_of(&env.payload)?;
+        if seq != cfg.sequence + 1 {
+            return Err(format!(
+                "config envelope for sequence {seq} is stale: the channel is at sequence {}; send the \
+                 CONFIG_UPDATE again",
+                cfg.sequence
+            ));
+        }
+        return Ok(());
+    }
+    if env.header_type == HeaderType::OrdererTransaction as i32 {
+        return Ok(());
+    }
+    authorize(cfg, WRITERS, &env.payload, &env.creator, &env.signature)
+}
+
+fn config_sequence_of(payload: &Bytes) -> Result<u64, String> {
+    use crate::proto::common::{ConfigEnvelope, Payload};
+    let p = Payload::decode(payload.clone()).map_err(|e| format!("payload: {e}"))?;
+    let ce = ConfigEnvelope::decode(p.data).map_err(|e| format!("ConfigEnvelope: {e}"))?;
+    Ok(ce.config.map(|c| c.sequence).unwrap_or_default())
+}

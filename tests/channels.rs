@@ -1,0 +1,370 @@
+//! Channels for real, on Fabric's own bytes: a channel joined through the
+//! participation API from configtxgen's genesis block, with its MSPs and
+//! policies enforced on Broadcast and Deliver (texts compared with what a
+//! Fabric orderer answered); a config update that changes BatchSize; and
+//! the system-channel flow creating `appchannel` from Fabric's create tx.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use consenter_host::channel::ChannelConfig;
+use consenter_host::envelope;
+use consenter_host::proto::common::{
+    Block, ConfigEnvelope, ConfigGroup, ConfigSignature, ConfigUpdate, ConfigUpdateEnvelope, Envelope, HeaderType,
+    Payload,
+};
+use consenter_host::proto::orderer::seek_info::SeekBehavior;
+use consenter_host::proto::orderer::seek_position::Type as Pos;
+use consenter_host::proto::orderer::{BatchSize, SeekInfo, SeekPosition, SeekSpecified};
+use consenter_host::signer::Signer;
+use prost::Message;
+
+const SUCCESS: i32 = 200;
+const BAD_REQUEST: i32 = 400;
+const FORBIDDEN: i32 = 403;
+const NOT_FOUND: i32 = 404;
+
+/// Fabric v2.5's answer to a Broadcast that fails /Channel/Writers (the
+/// fixture README's table).
+const FABRIC_WRITERS_DENIED: &str = "implicit policy evaluation failed - 0 sub-policies were satisfied, but this \
+                                     policy requires 1 of the 'Writers' sub-policies to be satisfied: permission denied";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/fabric")
+}
+
+fn identity(org: &str, who: &str) -> Signer {
+    let (base, mspid) = match org {
+        "orderer" => (fixtures().join("crypto/ordererOrganizations/example.com"), "OrdererMSP"),
+        "org1" => (fixtures().join("crypto/peerOrganizations/org1.example.com"), "Org1MSP"),
+        "org2" => (fixtures().join("crypto/peerOrganizations/org2.example.com"), "Org2MSP"),
+        "org3" => (fixtures().join("crypto-outsider/peerOrganizations/org3.example.com"), "Org3MSP"),
+        _ => unreachable!(),
+    };
+    let domain = base.file_name().unwrap().to_string_lossy().into_owned();
+    let dir = match who {
+        "peer0" => base.join(format!("peers/peer0.{domain}/msp")),
+        "orderer0" => base.join(format!("orderers/orderer0.{domain}/msp")),
+        user => base.join(format!("users/{user}@{domain}/msp")),
+    };
+    Signer::from_msp_dir(&dir, mspid).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+}
+
+fn cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_consenter-host")).args(args).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn node_as_orderer0(dir: &Path, extra: &[&str]) -> NodeProc {
+    let msp = fixtures().join("crypto/ordererOrganizations/example.com/orderers/orderer0.example.com/msp");
+    let msp = msp.to_string_lossy().into_owned();
+    let mut args = vec!["--msp-dir", &msp, "--mspid", "OrdererMSP"];
+    args.extend_from_slice(extra);
+    NodeProc::start(dir, &args)
+}
+
+fn signed_seek(channel: &str, start: u64, stop: u64, signer: &Signer) -> Envelope {
+    let pos = |n| SeekPosition { r#type: Some(Pos::Specified(SeekSpecified { number: n })) };
+    let seek = SeekInfo {
+        start: Some(pos(start)),
+        stop: Some(pos(stop)),
+        behavior: SeekBehavior::BlockUntilReady as i32,
+        error_response: 0,
+    };
+    let b =
+        envelope::build(channel, HeaderType::DeliverSeekInfo, "", seek.encode_to_vec().into(), Some(signer)).unwrap();
+    Envelope::decode(b).unwrap()
+}
+
+/// Deliver as `signer`: the blocks and the final status.
+async fn deliver_as(node: &NodeProc, channel: &str, start: u64, stop: u64, signer: &Signer) -> (Vec<Block>, i32) {
+    let mut c = node.client().await;
+    let mut s =
+        c.deliver(tokio_stream::iter(vec![signed_seek(channel, start, stop, signer)])).await.unwrap().into_inner();
+    let mut blocks = vec![];
+    let fut = async {
+        while let Some(r) = s.message().await.unwrap() {
+            use consenter_host::proto::orderer::deliver_response::Type;
+            match r.r#type {
+                Some(Type::Block(b)) => blocks.push(b),
+                Some(Type::Status(st)) => return st,
+                None => break,
+            }
+        }
+        0
+    };
+    let st = tokio::time::timeout(Duration::from_secs(30), fut).await.expect("deliver answered in time");
+    (blocks, st)
+}
+
+/// A CONFIG_UPDATE envelope carrying `update`, with a config signature
+/// from each of `signers`, the envelope itself signed by `submitter`.
+fn config_update_envelope(update: &ConfigUpdate, signers: &[&Signer], submitter: &Signer) -> Envelope {
+    let cu = update.encode_to_vec();
+    sign_update_bytes(&update.channel_id, cu.into(), vec![], signers, submitter)
+}
+
+fn sign_update_bytes(
+    channel: &str,
+    config_update: Bytes,
+    mut signatures: Vec<ConfigSignature>,
+    signers: &[&Signer],
+    submitter: &Signer,
+) -> Envelope {
+    for s in signers {
+        let sh = s.new_signature_header().encode_to_vec();
+        let mut msg = sh.clone();
+        msg.extend_from_slice(&config_update);
+        signatures.push(ConfigSignature { signature_header: sh.into(), signature: s.sign(&msg).unwrap().into() });
+    }
+    let cue = ConfigUpdateEnvelope { config_update, signatures };
+    let b =
+        envelope::build(channel, HeaderType::ConfigUpdate, "", cue.encode_to_vec().into(), Some(submitter)).unwrap();
+    Envelope::decode(b).unwrap()
+}
+
+fn config_of(b: &Block) -> ConfigEnvelope {
+    let env = Envelope::decode(b.data.as_ref().unwrap().data[0].clone()).unwrap();
+    ConfigEnvelope::decode(Payload::decode(env.payload).unwrap().data).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn solochannel_joined_over_rest_enforces_fabric_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_as_orderer0(dir.path(), &["--no-dev-channel"]);
+    let admin = node.admin.clone().unwrap();
+    let genesis = fixtures().join("blocks/solochannel.genesis.block");
+
+    // Join with the CLI (multipart POST, as osnadmin does).
+    let (ok, out) = cli(&["channel", "join", "-o", &admin, "-b", genesis.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(out.contains("Status: 201"), "{out}");
+    assert!(out.contains("\"name\": \"solochannel\"") && out.contains("\"height\": 1"), "{out}");
+    // Joining twice: 409 Conflict.
+    let (ok, out) = cli(&["channel", "join", "-o", &admin, "-b", genesis.to_str().unwrap()]);
+    assert!(!ok && out.contains("Status: 409") && out.contains("already exists"), "{out}");
+    let (ok, out) = cli(&["channel", "list", "-o", &admin]);
+    assert!(ok && out.contains("/participation/v1/channels/solochannel"), "{out}");
+    assert!(out.contains("\"systemChannel\": null"), "{out}");
+
+    let mut c = node.client().await;
+    let user1 = identity("org1", "User1");
+    let user2 = identity("org2", "User1");
+    let peer0 = identity("org1", "peer0");
+    let outsider = identity("org3", "User1");
+    let msg = |s: &Signer, tx: &str| signed_message("solochannel", tx, 300, Some(s));
+    let acks = broadcast_all(
+        &mut c,
+        vec![msg(&user1, "u1"), msg(&user2, "u2"), msg(&peer0, "p0"), msg(&outsider, "o3"), {
+            // A valid creator with a signature that is not its own.
+            let mut e = msg(&user1, "forged");
+            e.signature = msg(&user2, "x").signature;
+            e
+        }],
+    )
+    .await;
+    assert_eq!(acks[0], (SUCCESS, String::new()), "User1@org1 may write");
+    assert_eq!(acks[1], (SUCCESS, String::new()), "User1@org2 may write");
+    for (i, who) in [(2, "peer0.org1"), (3, "User1@org3"), (4, "a forged signature")] {
+        assert_eq!(acks[i], (FORBIDDEN, FABRIC_WRITERS_DENIED.to_string()), "{who}");
+    }
+    // An unsigned envelope is refused the same way.
+    let acks = broadcast_all(&mut c, vec![message("solochannel", "unsigned", 10)]).await;
+    assert_eq!(acks[0], (FORBIDDEN, FABRIC_WRITERS_DENIED.to_string()));
+
+    // Deliver: readers see both envelopes in block 1 (BatchTimeout 2s).
+    let (blocks, st) = deliver_as(&node, "solochannel", 1, 1, &user2).await;
+    assert_eq!(st, SUCCESS);
+    assert_eq!(blocks[0].data.as_ref().unwrap().data.len(), 2);
+    let (blocks, st) = deliver_as(&node, "solochannel", 0, 0, &outsider).await;
+    assert_eq!((blocks.len(), st), (0, FORBIDDEN), "an outsider may not read");
+
+    // A config update: BatchSize.MaxMessageCount 500 -> 2, under
+    // /Channel/Orderer/Admins (the orderer org's admin).
+    let (blocks, _) = deliver_as(&node, "solochannel", 0, 0, &user1).await;
+    let current = config_of(&blocks[0]).config.unwrap();
+    let root = current.channel_group.as_ref().unwrap();
+    let orderer = &root.groups["Orderer"];
+    let mut bs_value = orderer.values["BatchSize"].clone();
+    let mut bs = BatchSize::decode(bs_value.value.clone()).unwrap();
+    bs.max_message_count = 2;
+    bs_value.value = bs.encode_to_vec().into();
+    bs_value.version += 1;
+    let stub = |v: u64| ConfigGroup { version: v, ..Default::default() };
+    let mut read = stub(root.version);
+    read.groups.insert("Orderer".into(), stub(orderer.version));
+    let mut write = read.clone();
+    write.groups.get_mut("Orderer").unwrap().values.insert("BatchSize".into(), bs_value);
+    let update = ConfigUpdate {
+        channel_id: "solochannel".into(),
+        read_set: Some(read),
+        write_set: Some(write),
+        ..Default::default()
+    };
+    let orderer_admin = identity("orderer", "Admin");
+    // Signed by an application user only: the Admins policy refuses it.
+    let acks = broadcast_all(&mut c, vec![config_update_envelope(&update, &[&user1], &user1)]).await;
+    assert_eq!(acks[0].0, BAD_REQUEST, "{}", acks[0].1);
+    assert!(
+        acks[0].1.starts_with(
+            "error applying config update to existing channel 'solochannel': error authorizing update: error \
+             validating DeltaSet: policy for [Values] /Channel/Orderer/BatchSize not satisfied: implicit policy \
+             evaluation failed - 0 sub-policies were satisfied, but this policy requires 1 of the 'Admins' \
+             sub-policies to be satisfied"
+        ),
+        "{}",
+        acks[0].1
+    );
+    let acks = broadcast_all(&mut c, vec![config_update_envelope(&update, &[&orderer_admin], &orderer_admin)]).await;
+    assert_eq!(acks[0], (SUCCESS, String::new()));
+    let (blocks, st) = deliver_as(&node, "solochannel", 2, 2, &user1).await;
+    assert_eq!(st, SUCCESS);
+    let cfg = ChannelConfig::from_config_block(&blocks[0]).expect("block 2 is the config block");
+    assert_eq!((cfg.sequence, cfg.batch_size.max_message_count), (1, 2));
+    assert_eq!(consenter_host::node::last_config_and_metadata(&blocks[0]).0, 2, "LAST_CONFIG moves to it");
+    // The new BatchSize applies: two envelopes cut a block at once (no
+    // 2 s wait), and the block after points back at config block 2.
+    let acks = broadcast_all(&mut c, vec![msg(&user1, "a"), msg(&user2, "b"), msg(&user1, "c")]).await;
+    assert!(acks.iter().all(|a| a.0 == SUCCESS), "{acks:?}");
+    let (blocks, _) = deliver_as(&node, "solochannel", 3, 3, &user1).await;
+    assert_eq!(blocks[0].data.as_ref().unwrap().data.len(), 2);
+    assert_eq!(consenter_host::node::last_config_and_metadata(&blocks[0]).0, 2);
+    // The same update again is stale (BatchSize is at version 1 now).
+    let acks = broadcast_all(&mut c, vec![config_update_envelope(&update, &[&orderer_admin], &orderer_admin)]).await;
+    assert_eq!(acks[0].0, BAD_REQUEST);
+    assert!(acks[0].1.contains("to version 1, but key is at version 1"), "{}", acks[0].1);
+
+    // Show, then remove through the API; the channel is gone.
+    let (ok, out) = cli(&["channel", "show", "-o", &admin, "-c", "solochannel"]);
+    assert!(
+        ok && out.contains("\"status\": \"active\"") && out.contains("\"consensusRelation\": \"consenter\""),
+        "{out}"
+    );
+    let (ok, out) = cli(&["channel", "remove", "-o", &admin, "-c", "solochannel"]);
+    assert!(ok && out.contains("Status: 204"), "{out}");
+    let (ok, out) = cli(&["channel", "show", "-o", &admin, "-c", "solochannel"]);
+    assert!(!ok && out.contains("Status: 404"), "{out}");
+    let acks = broadcast_all(&mut c, vec![msg(&user1, "gone")]).await;
+    assert_eq!(acks[0], (NOT_FOUND, "channel does not exist".to_string()));
+    assert!(!dir.path().join("chains/solochannel").exists(), "the ledger is deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_channel_creates_appchannel_like_fabric() {
+    let dir = tempfile::tempdir().unwrap();
+    let genesis = fixtures().join("blocks/system-channel.genesis.block");
+    let node = node_as_orderer0(dir.path(), &["--genesis-block", genesis.to_str().unwrap()]);
+    let admin = node.admin.clone().unwrap();
+    let user1 = identity("org1", "User1");
+    let org1_admin = identity("org1", "Admin");
+    let orderer_admin = identity("orderer", "Admin");
+
+    // Fabric's answers on the system channel: an application user may not
+    // read it, the orderer org's admin may.
+    let (blocks, st) = deliver_as(&node, "system-channel", 0, 0, &user1).await;
+    assert_eq!((blocks.len(), st), (0, FORBIDDEN));
+    let (blocks, st) = deliver_as(&node, "system-channel", 0, 0, &orderer_admin).await;
+    assert_eq!((blocks.len(), st), (1, SUCCESS));
+
+    // Fabric's create tx, unsigned: refused by the channel creation policy.
+    let tx =
+        Envelope::decode(Bytes::from(std::fs::read(fixtures().join("blocks/appchannel.create.tx")).unwrap())).unwrap();
+    let payload = Payload::decode(tx.payload.clone()).unwrap();
+    let cue = ConfigUpdateEnvelope::decode(payload.data).unwrap();
+    let mut c = node.client().await;
+    let unsigned = sign_update_bytes("appchannel", cue.config_update.clone(), vec![], &[], &user1);
+    let acks = broadcast_all(&mut c, vec![unsigned]).await;
+    assert_eq!(acks[0].0, BAD_REQUEST, "{}", acks[0].1);
+    assert!(acks[0].1.contains("ChannelCreationPolicy") || acks[0].1.contains("not satisfied"), "{}", acks[0].1);
+
+    // Signed by Org1's admin: the system channel orders an
+    // ORDERER_TRANSACTION (its block 1) and the node creates appchannel.
+    let signed = sign_update_bytes("appchannel", cue.config_update.clone(), vec![], &[&org1_admin], &org1_admin);
+    let acks = broadcast_all(&mut c, vec![signed]).await;
+    assert_eq!(acks[0], (SUCCESS, String::new()));
+    let (blocks, st) = deliver_as(&node, "system-channel", 1, 1, &orderer_admin).await;
+    assert_eq!(st, SUCCESS);
+    assert_eq!(consenter_host::node::last_config_and_metadata(&blocks[0]).0, 0, "as Fabric: LAST_CONFIG stays 0");
+
+    // appchannel's genesis block carries the config Fabric's orderer made.
+    let (blocks, st) = deliver_as(&node, "appchannel", 0, 0, &user1).await;
+    assert_eq!(st, SUCCESS);
+    let fabric =
+        Block::decode(Bytes::from(std::fs::read(fixtures().join("ledger/appchannel/0.block")).unwrap())).unwrap();
+    assert_eq!(config_of(&blocks[0]).config, config_of(&fabric).config, "same config content as Fabric's block 0");
+
+    // And it orders: Org1 and Org2 users write, an outsider may not.
+    let user2 = identity("org2", "User1");
+    let outsider = identity("org3", "User1");
+    let acks = broadcast_all(
+        &mut c,
+        vec![
+            signed_message("appchannel", "a", 300, Some(&user1)),
+            signed_message("appchannel", "b", 300, Some(&user2)),
+            signed_message("appchannel", "c", 300, Some(&outsider)),
+        ],
+    )
+    .await;
+    assert_eq!((acks[0].0, acks[1].0), (SUCCESS, SUCCESS));
+    assert_eq!(acks[2], (FORBIDDEN, FABRIC_WRITERS_DENIED.to_string()));
+    let (blocks, st) = deliver_as(&node, "appchannel", 1, 1, &user2).await;
+    assert_eq!((blocks[0].data.as_ref().unwrap().data.len(), st), (2, SUCCESS));
+
+    // The participation API shows the system channel; joining is refused
+    // while it exists (405), as in Fabric.
+    let (ok, out) = cli(&["channel", "list", "-o", &admin]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.split_once('\n').unwrap().1).unwrap();
+    assert_eq!(v["systemChannel"]["name"], "system-channel", "{out}");
+    assert_eq!(v["channels"][0]["name"], "appchannel", "{out}");
+    let solo = fixtures().join("blocks/solochannel.genesis.block");
+    let (ok, out) = cli(&["channel", "join", "-o", &admin, "-b", solo.to_str().unwrap()]);
+    assert!(!ok && out.contains("Status: 405") && out.contains("system channel"), "{out}");
+    // Creating the same channel again is refused.
+    let again = sign_update_bytes("appchannel", cue.config_update, vec![], &[&org1_admin], &org1_admin);
+    let acks = broadcast_all(&mut c, vec![again]).await;
+    assert_ne!(acks[0].0, SUCCESS, "{acks:?}");
+}
+
+/// The admin endpoint speaks plain HTTP the way curl and osnadmin send
+/// it; errors carry Fabric's `{"error": ...}` body.
+#[test]
+fn participation_api_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(dir.path(), &["--no-dev-channel"]);
+    let admin = node.admin.clone().unwrap();
+    use consenter_host::admin::{CHANNELS, multipart_body, request};
+    let r = request(&admin, "POST", CHANNELS, Some(("application/json", b"{}"))).unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.error_text().contains("multipart/form-data"), "{}", r.error_text());
+    let (ct, body) = multipart_body("config-block", "x.block", b"\xff\xff not a block");
+    let r = request(&admin, "POST", CHANNELS, Some((&ct, &body))).unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.error_text().contains("not a common.Block"), "{}", r.error_text());
+    // A normal block (not a config block) is refused with the reason.
+    let b = Block::decode(Bytes::from(std::fs::read(fixtures().join("ledger/appchannel/1.block")).unwrap())).unwrap();
+    let (ct, body) = multipart_body("config-block", "1.block", &b.encode_to_vec());
+    let r = request(&admin, "POST", CHANNELS, Some((&ct, &body))).unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.error_text().contains("not a config block"), "{}", r.error_text());
+    let r = request(&admin, "GET", &format!("{CHANNELS}/nope"), None).unwrap();
+    assert_eq!((r.status, r.error_text()), (404, "channel nope does not exist".to_string()));
+    let r = request(&admin, "DELETE", &format!("{CHANNELS}/nope"), None).unwrap();
+    assert_eq!(r.status, 404);
+    // A non-loopback admin address without TLS is refused at start.
+    let (ok, out) = cli(&[
+        "start",
+        "--data-dir",
+        dir.path().join("other").to_str().unwrap(),
+        "--admin-listen",
+        "0.0.0.0:0",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!ok && out.contains("loopback"), "{out}");
+}
