@@ -81,11 +81,22 @@ fn build_plugins(manifest_dir: &Path) {
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     // Shipped plugins are embedded in the binary; test plugins are only
     // referenced by path (tests load them from disk).
+    // Each carries a manifest (see host/src/package.rs), appended here:
+    // embedded plugins are trusted by construction and not signed.
     let mut embedded = String::new();
+    let wit = wit_package(&wit_dir.join("consenter.wit"));
+    let version = plugins_version(&plugins_dir.join("Cargo.toml"));
     for (name, file) in SHIPPED {
         let path = out.join(file);
         assert!(path.exists(), "plugin {name} was not produced at {}", path.display());
-        embedded.push_str(&format!("    (\"{name}\", include_bytes!({:?})),\n", path.display().to_string()));
+        let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let manifest = format!(
+            "# consenter plugin manifest v1\nname=consenter-{name}\nversion={version}\nwit={wit}\nconsensus-type={name}\n"
+        );
+        bytes.extend_from_slice(&custom_section("consenter-manifest", manifest.as_bytes()));
+        let packaged = out_dir.join(format!("{name}.wasm"));
+        std::fs::write(&packaged, &bytes).unwrap_or_else(|e| panic!("writing {}: {e}", packaged.display()));
+        embedded.push_str(&format!("    (\"{name}\", include_bytes!({:?})),\n", packaged.display().to_string()));
     }
     std::fs::write(
         out_dir.join("embedded_plugins.rs"),
@@ -93,6 +104,49 @@ fn build_plugins(manifest_dir: &Path) {
     )
     .expect("writing embedded_plugins.rs");
     println!("cargo:rustc-env=CONSENTER_PLUGIN_DIR={}", out.display());
+}
+
+/// The `package ...;` of the contract, e.g. `fabric:consenter@0.1.0`.
+fn wit_package(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("package ").map(|p| p.trim_end_matches(';').trim().to_string()))
+        .unwrap_or_else(|| panic!("{} has no package line", path.display()))
+}
+
+/// `[workspace.package] version` of plugins/Cargo.toml.
+fn plugins_version(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == "version").then(|| v.trim().trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| panic!("{} has no version", path.display()))
+}
+
+/// A wasm custom section: id 0, LEB128 size, LEB128 name length, name,
+/// payload (the same encoding as host/src/package.rs).
+fn custom_section(name: &str, payload: &[u8]) -> Vec<u8> {
+    fn leb(out: &mut Vec<u8>, mut v: usize) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    let mut body = Vec::new();
+    leb(&mut body, name.len());
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(payload);
+    let mut out = vec![0u8];
+    leb(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
 }
 
 /// Fails the build with a message saying how to fix a missing wasm target.

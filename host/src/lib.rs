@@ -8,6 +8,8 @@
 
 pub mod admin;
 pub mod block;
+pub mod cache;
+pub mod canary;
 pub mod chain;
 pub mod channel;
 pub mod configtx;
@@ -18,6 +20,7 @@ pub mod ledger;
 pub mod loadgen;
 pub mod msp;
 pub mod node;
+pub mod package;
 pub mod policy;
 pub mod processor;
 pub mod proto;

@@ -15,8 +15,9 @@ use consenter_host::channel::ChannelTemplate;
 use consenter_host::envelope::Envelope;
 use consenter_host::ledger;
 use consenter_host::node::{self, Node, NodeConfig};
+use consenter_host::package;
 use consenter_host::proto::common::Block;
-use consenter_host::runtime::Limits;
+use consenter_host::runtime::{self, Limits};
 use consenter_host::signer::{self, Signer};
 use consenter_host::support::SupportLimits;
 
@@ -46,6 +47,10 @@ enum Cmd {
     /// loads the development channel of `consenter-host start` run from the
     /// same directory.
     Bench(BenchArgs),
+    /// Plugin packages: signing keys, signing, verifying and inspecting
+    /// plugin files (a manifest and Ed25519 signatures in custom sections).
+    #[command(subcommand)]
+    Plugin(PluginCmd),
     /// Channel participation (Fabric's `osnadmin channel`): join, list,
     /// show and remove channels of a running node through its admin
     /// endpoint.
@@ -92,6 +97,65 @@ struct AdminArgs {
     /// Admin endpoint of the node (host:port).
     #[arg(long = "orderer-address", short = 'o', default_value = "127.0.0.1:7053")]
     address: String,
+}
+
+#[derive(Subcommand)]
+enum PluginCmd {
+    /// Generate an Ed25519 signing key: writes NAME.key (PKCS#8 PEM, mode
+    /// 0600) and NAME.pub (hex; copy it into a node's trust directory).
+    Keygen {
+        /// DIR/NAME of the key files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a plugin's manifest and sign it (replaces any manifest and
+    /// signatures the input has).
+    Sign {
+        /// Private key file (NAME.key).
+        #[arg(long)]
+        key: PathBuf,
+        /// Plugin name.
+        #[arg(long)]
+        name: String,
+        /// Plugin version.
+        #[arg(long)]
+        version: String,
+        /// The consensus type it implements (what `--plugin TYPE=...` and
+        /// a channel's ConsensusType must say).
+        #[arg(long)]
+        consensus_type: String,
+        /// A capability it asks for (cluster, storage). Repeatable.
+        #[arg(long = "capability", value_name = "C")]
+        capabilities: Vec<String>,
+        /// The contract it targets (default: the version the component's
+        /// own imports and exports name).
+        #[arg(long)]
+        wit: Option<String>,
+        /// The component to sign.
+        input: PathBuf,
+        /// Where to write the signed plugin.
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
+    },
+    /// Check a plugin's signatures against a trust directory and its
+    /// contract version against this host; exits non-zero unless it is
+    /// signed by a trusted key and loadable.
+    Verify {
+        /// Directory of trusted public keys (*.pub).
+        #[arg(long)]
+        trust_dir: PathBuf,
+        /// Also require the manifest to say this consensus type.
+        #[arg(long)]
+        consensus_type: Option<String>,
+        /// The plugin file.
+        file: PathBuf,
+    },
+    /// Print a plugin's manifest, signatures (key ids), size, SHA-256 and
+    /// its WIT imports and exports.
+    Inspect {
+        /// The plugin file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -184,6 +248,15 @@ struct StartArgs {
     /// Wall-clock deadline of one call into a plugin, e.g. 1s.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     plugin_call_deadline: Duration,
+    /// Directory of trusted plugin signing keys (*.pub); a --plugin file
+    /// must be signed by one of them. Default: <data-dir>/trusted-keys.
+    #[arg(long)]
+    plugin_trust_dir: Option<PathBuf>,
+    /// Load --plugin files that are unsigned or signed by unknown keys
+    /// (development only; logged as a warning). A signature by a trusted
+    /// key that does not verify is still refused.
+    #[arg(long)]
+    allow_unsigned_plugins: bool,
 }
 
 #[derive(Subcommand)]
@@ -224,6 +297,7 @@ fn main() -> Result<()> {
         Cmd::Ledger(LedgerCmd::Verify { data_dir, channel }) => verify(&data_dir, channel.as_deref()),
         Cmd::Ledger(LedgerCmd::Inspect { data_dir, channel, block }) => inspect(&data_dir, &channel, block),
         Cmd::Bench(a) => bench(a),
+        Cmd::Plugin(c) => plugin_cmd(c),
         Cmd::Channel(c) => channel_cmd(c),
     }
 }
@@ -251,9 +325,19 @@ fn start(a: StartArgs) -> Result<()> {
         }
     };
     let mut extra = Vec::new();
+    let trust_dir = a.plugin_trust_dir.clone().unwrap_or_else(|| a.data_dir.join("trusted-keys"));
+    let policy = package::Policy {
+        trust: if a.plugins.is_empty() {
+            package::TrustStore::default()
+        } else {
+            package::TrustStore::load(&trust_dir)?
+        },
+        allow_unsigned: a.allow_unsigned_plugins,
+    };
     for p in &a.plugins {
         let Some((name, path)) = p.split_once('=') else { bail!("--plugin {p:?}: expected TYPE=PATH") };
         let bytes = std::fs::read(path).with_context(|| format!("reading plugin {name} from {path}"))?;
+        package::admit(&policy, name, Path::new(path), &bytes).with_context(|| format!("plugin {name} refused"))?;
         extra.push((name.to_string(), bytes));
     }
     let limits =
@@ -550,4 +634,121 @@ fn inspect(data_dir: &Path, channel: &str, only: Option<u64>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn plugin_cmd(c: PluginCmd) -> Result<()> {
+    match c {
+        PluginCmd::Keygen { out } => {
+            let (key, public, id) = package::keygen(&out)?;
+            println!("private key: {} (keep it secret)", key.display());
+            println!("public key:  {} (key id {id}; copy it into a node's trust directory)", public.display());
+            Ok(())
+        }
+        PluginCmd::Sign { key, name, version, consensus_type, capabilities, wit, input, out } => {
+            let file = input.display().to_string();
+            let key = package::SigningKey::read(&key)?;
+            let bytes = std::fs::read(&input).with_context(|| format!("reading {file}"))?;
+            let wit = match wit {
+                Some(w) => w,
+                None => package::component_wit(&package::Package::parse(&file, &bytes)?).with_context(|| {
+                    format!("{file}: the component names no {} interface; pass --wit", package::WIT_NAMESPACE)
+                })?,
+            };
+            let manifest = package::Manifest { name, version, wit, consensus_type, capabilities };
+            let signed = package::sign(&file, &bytes, &manifest, &key)?;
+            std::fs::write(&out, &signed).with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "signed {} -> {}: consensus type {}, contract {}, key id {}, {} bytes",
+                file,
+                out.display(),
+                manifest.consensus_type,
+                manifest.wit,
+                key.key_id,
+                signed.len()
+            );
+            Ok(())
+        }
+        PluginCmd::Verify { trust_dir, consensus_type, file } => {
+            let name = file.display().to_string();
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {name}"))?;
+            let store = package::TrustStore::load(&trust_dir)?;
+            let pkg = package::Package::parse(&name, &bytes)?;
+            for c in package::check_signatures(&pkg, &store) {
+                match c {
+                    package::SignatureCheck::Trusted { key_id, signer } => {
+                        println!("{name}: signed by {signer} (key id {key_id}): valid, trusted")
+                    }
+                    package::SignatureCheck::Unknown { key_id } => {
+                        println!("{name}: signed by key id {key_id}: not in {}", trust_dir.display())
+                    }
+                    package::SignatureCheck::Invalid { key_id, signer } => {
+                        println!("{name}: signed by {signer} (key id {key_id}): INVALID (modified after signing)")
+                    }
+                }
+            }
+            let result = package::verify(&name, &pkg, &store)
+                .and_then(|k| package::check_contract(&name, &bytes, runtime::WIT_PACKAGE).map(|_| k))
+                .and_then(|k| match (&consensus_type, &pkg.manifest) {
+                    (Some(want), Some(m)) if &m.consensus_type != want => Err(package::PackageError::TypeMismatch {
+                        file: name.clone(),
+                        manifest: m.consensus_type.clone(),
+                        wanted: want.clone(),
+                    }),
+                    _ => Ok(k),
+                });
+            match result {
+                Ok(k) => {
+                    let m =
+                        pkg.manifest.as_ref().map(|m| (m.consensus_type.as_str(), m.wit.as_str())).unwrap_or_default();
+                    println!(
+                        "{name}: TRUSTED (signer {}, key id {}; consensus type {}, contract {})",
+                        k.name, k.key_id, m.0, m.1
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    println!("{name}: NOT TRUSTED: {e}");
+                    bail!("{name}: verification failed")
+                }
+            }
+        }
+        PluginCmd::Inspect { file } => {
+            let name = file.display().to_string();
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {name}"))?;
+            let pkg = package::Package::parse(&name, &bytes)?;
+            println!("file:      {name}");
+            println!("size:      {} bytes", pkg.size);
+            println!("sha256:    {}", hex(&pkg.file_sha256));
+            println!("signed:    first {} bytes, sha256 {}", pkg.signed_len, hex(&pkg.signed_digest));
+            match &pkg.manifest {
+                Some(m) => {
+                    println!("manifest:");
+                    println!("  name:           {}", m.name);
+                    println!("  version:        {}", m.version);
+                    println!("  wit:            {}", m.wit);
+                    println!("  consensus-type: {}", m.consensus_type);
+                    let caps = if m.capabilities.is_empty() { "(none)".to_string() } else { m.capabilities.join(", ") };
+                    println!("  capabilities:   {caps}");
+                }
+                None => println!("manifest:  (none)"),
+            }
+            println!("signatures: {}", pkg.signatures.len());
+            for s in &pkg.signatures {
+                println!("  ed25519 key id {}", s.key_id);
+            }
+            println!("imports:");
+            for i in &pkg.imports {
+                println!("  {i}");
+            }
+            println!("exports:");
+            for e in &pkg.exports {
+                println!("  {e}");
+            }
+            match package::check_contract(&name, &bytes, runtime::WIT_PACKAGE) {
+                Ok(_) => println!("contract:  compatible with this host ({})", runtime::WIT_PACKAGE),
+                Err(e) => println!("contract:  NOT loadable by this host: {e}"),
+            }
+            Ok(())
+        }
+    }
 }

@@ -55,6 +55,8 @@ pub enum NodeError {
     Channel { channel: String, what: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Canary(#[from] crate::canary::CanaryError),
 }
 
 /// What a node is made of.
@@ -89,7 +91,12 @@ impl Node {
     /// directory. A channel that cannot start is reported (see
     /// [`Node::broken`]) and the others run.
     pub fn open(cfg: NodeConfig) -> Result<Arc<Node>, NodeError> {
-        let runtime = Runtime::new(cfg.limits)?;
+        // Compiled plugins are cached in the data directory (see cache.rs);
+        // without a usable cache the node compiles every start.
+        let cache = crate::cache::PluginCache::open(&cfg.data_dir)
+            .inspect_err(|e| tracing::warn!(error = %e, "plugin cache unavailable; compiling plugins"))
+            .ok();
+        let runtime = Runtime::new_with_cache(cfg.limits, cache)?;
         let mut plugins = BTreeMap::new();
         let mut sources: BTreeMap<String, Vec<u8>> =
             embedded::EMBEDDED.iter().map(|(n, b)| (n.to_string(), b.to_vec())).collect();
@@ -98,8 +105,10 @@ impl Node {
         }
         for (name, bytes) in sources {
             let t = std::time::Instant::now();
-            let p = runtime.load(&name, &bytes)?;
-            tracing::info!(plugin = %name, bytes = bytes.len(), ms = t.elapsed().as_millis() as u64, "plugin compiled");
+            let (p, source) = runtime.load_with_source(&name, &bytes)?;
+            tracing::info!(plugin = %name, bytes = bytes.len(), ms = t.elapsed().as_millis() as u64, ?source, "plugin loaded");
+            // Before it serves any channel: a throw-away chain must start.
+            crate::canary::run(&p, cfg.signer.clone())?;
             plugins.insert(name, p);
         }
         let node = Arc::new_cyclic(|me| Node {

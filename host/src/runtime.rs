@@ -12,6 +12,7 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 
+use crate::cache::{LoadSource, PluginCache};
 use crate::support::Support;
 
 /// Generated host bindings of the `consenter` world.
@@ -73,6 +74,9 @@ const EPOCH_TICK: Duration = Duration::from_millis(5);
 pub enum RuntimeError {
     #[error("setting up the wasm engine: {0}")]
     Engine(String),
+    /// The package (contract version, manifest) is refused before compiling.
+    #[error(transparent)]
+    Package(#[from] crate::package::PackageError),
     #[error("plugin {plugin}: not a valid WebAssembly component: {reason}")]
     Compile { plugin: String, reason: String },
     #[error(
@@ -101,6 +105,8 @@ struct RuntimeInner {
     linker: Linker<PluginState>,
     limits: Limits,
     stop_ticker: Arc<AtomicBool>,
+    /// Compiled-artifact cache (None: always compile).
+    cache: Option<PluginCache>,
 }
 
 impl Drop for RuntimeInner {
@@ -113,6 +119,11 @@ impl Runtime {
     /// An engine with cranelift, no async/concurrency support (3x cheaper
     /// calls), epoch interruption, and the given limits.
     pub fn new(limits: Limits) -> Result<Runtime, RuntimeError> {
+        Runtime::new_with_cache(limits, None)
+    }
+
+    /// As [`Runtime::new`], loading compiled plugins through `cache`.
+    pub fn new_with_cache(limits: Limits, cache: Option<PluginCache>) -> Result<Runtime, RuntimeError> {
         let mut cfg = Config::new();
         cfg.concurrency_support(false);
         cfg.epoch_interruption(true);
@@ -138,7 +149,7 @@ impl Runtime {
                 }
             })
             .map_err(|e| RuntimeError::Engine(format!("starting the epoch thread: {e}")))?;
-        Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, limits, stop_ticker }) })
+        Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, limits, stop_ticker, cache }) })
     }
 
     /// The limits every instance gets.
@@ -150,9 +161,27 @@ impl Runtime {
     /// contract are refused here, with their names; `wasi:*` imports are
     /// linked to functions that trap (no WASI capability is granted).
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Plugin, RuntimeError> {
+        self.load_with_source(name, bytes).map(|(p, _)| p)
+    }
+
+    /// The cache entry `bytes` would have (None without a cache).
+    pub fn cache_entry(&self, bytes: &[u8]) -> Option<std::path::PathBuf> {
+        self.inner.cache.as_ref().map(|c| c.entry_path(&self.inner.engine, bytes))
+    }
+
+    /// As [`Runtime::load`], saying whether the component was compiled or
+    /// came from the compiled-artifact cache. The contract version (the
+    /// manifest's and the component's own import/export names) is checked
+    /// before anything is compiled.
+    pub fn load_with_source(&self, name: &str, bytes: &[u8]) -> Result<(Plugin, LoadSource), RuntimeError> {
         let engine = &self.inner.engine;
-        let component = Component::new(engine, bytes)
-            .map_err(|e| RuntimeError::Compile { plugin: name.to_string(), reason: format!("{e:#}") })?;
+        crate::package::check_contract(name, bytes, WIT_PACKAGE)?;
+        let compiled = match &self.inner.cache {
+            Some(cache) => cache.load_or_compile(engine, name, bytes),
+            None => Component::new(engine, bytes).map(|c| (c, LoadSource::Compiled)),
+        };
+        let (component, source) =
+            compiled.map_err(|e| RuntimeError::Compile { plugin: name.to_string(), reason: format!("{e:#}") })?;
         let ty = component.component_type();
         for (import, _) in ty.imports(engine) {
             if import.starts_with("wasi:") || PROVIDED.contains(&import) {
@@ -172,7 +201,7 @@ impl Runtime {
             .map_err(|e| RuntimeError::Link { plugin: name.to_string(), reason: format!("{e:#}") })?;
         let pre = ConsenterPre::new(pre)
             .map_err(|e| RuntimeError::Link { plugin: name.to_string(), reason: format!("{e:#}") })?;
-        Ok(Plugin { name: name.to_string(), pre, runtime: self.clone() })
+        Ok((Plugin { name: name.to_string(), pre, runtime: self.clone() }, source))
     }
 }
 
