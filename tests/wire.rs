@@ -31,7 +31,15 @@ fn hostile_node(dir: &std::path::Path, mode: &str) -> NodeProc {
     let plugin = format!("hostile={}", hostile.display());
     NodeProc::start(
         &dir.join("data"),
-        &["--plugin", &plugin, "--dev-consensus", "hostile", "--dev-consensus-metadata", mode],
+        &[
+            "--allow-unsigned-plugins",
+            "--plugin",
+            &plugin,
+            "--dev-consensus",
+            "hostile",
+            "--dev-consensus-metadata",
+            mode,
+        ],
     )
 }
 
