@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -53,11 +52,6 @@ fn identity(org: &str, who: &str) -> Signer {
         user => base.join(format!("users/{user}@{domain}/msp")),
     };
     Signer::from_msp_dir(&dir, mspid).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-}
-
-fn cli(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_consenter-host")).args(args).output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 fn node_as_orderer0(dir: &Path, extra: &[&str]) -> NodeProc {

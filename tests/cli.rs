@@ -11,11 +11,6 @@ use std::time::Duration;
 use common::*;
 use consenter_host::signer::Signer;
 
-fn cli(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_consenter-host")).args(args).output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_default_runs_orders_and_stops_cleanly() {
     let cwd = tempfile::tempdir().unwrap();

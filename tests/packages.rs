@@ -22,11 +22,6 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_consenter-host"))
 }
 
-fn cli(args: &[&str]) -> (bool, String) {
-    let out = bin().args(args).env_remove("RUST_BACKTRACE").output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
-
 fn built(file: &str) -> PathBuf {
     Path::new(embedded::PLUGIN_DIR).join(file)
 }

@@ -91,7 +91,6 @@ pub enum Access {
 #[derive(Clone)]
 struct AppState {
     node: Arc<Node>,
-    access: Access,
 }
 
 /// The channel participation router over `node`.
@@ -101,7 +100,8 @@ pub fn router(node: Arc<Node>, access: Access) -> Router {
         .route(&format!("{CHANNELS}/{{channel}}"), get(show).delete(remove))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(AppState { node, access })
+        .layer(axum::middleware::from_fn_with_state(access, check_access))
+        .with_state(AppState { node })
 }
 
 /// Serves the admin endpoint on `listener` until `shutdown` resolves.
@@ -131,14 +131,20 @@ fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
     }
 }
 
-fn check_access(st: &AppState, peer: SocketAddr) -> Result<(), Box<Response>> {
-    if st.access == Access::LoopbackOnly && !peer.ip().is_loopback() {
-        return Err(Box::new(error(
+/// Every request passes here first: without TLS, only loopback clients.
+async fn check_access(
+    State(access): State<Access>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if access == Access::LoopbackOnly && !peer.ip().is_loopback() {
+        return error(
             StatusCode::FORBIDDEN,
             format!("the admin endpoint without TLS serves loopback clients only, not {peer}"),
-        )));
+        );
     }
-    Ok(())
+    next.run(req).await
 }
 
 fn node_error(e: NodeError) -> Response {
@@ -156,10 +162,7 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, format!("no such resource; the channel participation API is under {CHANNELS}"))
 }
 
-async fn list(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
-    if let Err(r) = check_access(&st, peer) {
-        return *r;
-    }
+async fn list(State(st): State<AppState>) -> Response {
     let system = st.node.system_channel().map(|c| c.channel().to_string());
     let channels = st
         .node
@@ -174,28 +177,14 @@ async fn list(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketA
     )
 }
 
-async fn show(
-    State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(channel): Path<String>,
-) -> Response {
-    if let Err(r) = check_access(&st, peer) {
-        return *r;
-    }
+async fn show(State(st): State<AppState>, Path(channel): Path<String>) -> Response {
     match st.node.info(&channel) {
         Some(i) => json(StatusCode::OK, &ChannelView::from(i)),
         None => error(StatusCode::NOT_FOUND, format!("channel {channel} does not exist")),
     }
 }
 
-async fn remove(
-    State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(channel): Path<String>,
-) -> Response {
-    if let Err(r) = check_access(&st, peer) {
-        return *r;
-    }
+async fn remove(State(st): State<AppState>, Path(channel): Path<String>) -> Response {
     let node = st.node.clone();
     match tokio::task::spawn_blocking(move || node.remove(&channel)).await {
         Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
@@ -204,15 +193,7 @@ async fn remove(
     }
 }
 
-async fn join(
-    State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Err(r) = check_access(&st, peer) {
-        return *r;
-    }
+async fn join(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let block_bytes = match multipart_field(ct, &body, "config-block") {
         Ok(b) => b,

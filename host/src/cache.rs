@@ -24,7 +24,6 @@
 //! covers magic, both hashes and the artifact.
 
 use std::hash::{Hash, Hasher};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ring::hmac;
@@ -241,47 +240,28 @@ fn load_or_create_key(path: &Path) -> Result<[u8; 32], CacheError> {
         path: path.to_path_buf(),
         reason: "the system random generator failed".into(),
     })?;
-    write_atomic_mode(path, &key, 0o600).map_err(|source| CacheError::Io { path: path.to_path_buf(), source })?;
+    write_atomic(path, &key).map_err(|source| CacheError::Io { path: path.to_path_buf(), source })?;
     tracing::info!(path = %path.display(), "generated the plugin cache key");
     Ok(key)
 }
 
+/// Writes `data` (mode 0600) to a new temporary file beside `path`,
+/// fsyncs it, renames it over `path` and fsyncs the directory.
 fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    write_atomic_mode(path, data, 0o600)
-}
-
-/// Writes `data` to a temporary file beside `path` (mode `mode`), fsyncs
-/// it, renames it over `path` and fsyncs the directory.
-fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut nonce = [0u8; 8];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce);
     let tmp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), hex(&nonce)));
-    let result = (|| {
-        let mut o = std::fs::OpenOptions::new();
-        o.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            o.mode(mode);
-        }
-        #[cfg(not(unix))]
-        let _ = mode;
-        let mut f = o.open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
+    let result = crate::package::write_new(&tmp, data, 0o600).and_then(|()| std::fs::rename(&tmp, path));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
+        return result;
     }
-    result
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 #[cfg(test)]

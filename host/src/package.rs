@@ -634,7 +634,9 @@ pub fn keygen(out: &Path) -> Result<(PathBuf, PathBuf, String), PackageError> {
     Ok((key_path, pub_path, key.key_id))
 }
 
-fn write_new(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+/// Creates `path` (it must not exist) with `mode`, writes `data` and
+/// fsyncs it.
+pub(crate) fn write_new(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create_new(true);

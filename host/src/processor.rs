@@ -152,7 +152,7 @@ pub fn channel_creation(
 /// it was made from the current config (its config sequence is the next
 /// one); otherwise the client must send its update again.
 pub fn revalidate(cfg: &ChannelConfig, env: &Envelope) -> Result<(), String> {
-    if env.channel_id != cfg.channel_id && env.header_type != HeaderType::OrdererTransaction as i32 {
+    if env.channel_id != cfg.channel_id {
         return Err(format!("envelope is for channel {}, not {}", env.channel_id, cfg.channel_id));
     }
     if env.header_type == HeaderType::Config as i32 {

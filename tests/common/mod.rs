@@ -114,6 +114,17 @@ impl Drop for NodeProc {
     }
 }
 
+/// Runs the `consenter-host` binary with `args`; returns whether it
+/// succeeded and its stdout followed by its stderr.
+pub fn cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_consenter-host"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("running consenter-host");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
 pub fn message(channel: &str, tx: &str, size: usize) -> Envelope {
     signed_message(channel, tx, size, None)
 }
