@@ -11,14 +11,14 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use prost::Message;
 
-use crate::block::{self, Hash};
-use crate::chain::Chain;
+use crate::block;
+use crate::chain::{Chain, RestartPolicies, ResumeError, ResumePoint};
 use crate::channel::ChannelConfig;
 use crate::ledger::{Ledger, LedgerError};
 use crate::proto::common::{Block, BlockMetadataIndex, LastConfig, Metadata};
 use crate::runtime::{Limits, Plugin, Runtime, RuntimeError};
 use crate::signer::Signer;
-use crate::support::{ChainPosition, Support, SupportLimits, SystemClock};
+use crate::support::{Support, SupportLimits, SystemClock};
 
 /// Plugins shipped inside the binary.
 pub mod embedded {
@@ -51,6 +51,10 @@ pub enum NodeError {
     Channel { channel: String, what: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Resume(#[from] ResumeError),
+    #[error("plugin limits given for {name:?}, which is not a plugin of this node (available: {available})")]
+    LimitsForUnknownPlugin { name: String, available: String },
 }
 
 /// What a node is made of.
@@ -59,8 +63,12 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The node's signing identity.
     pub signer: Arc<Signer>,
-    /// Limits of every plugin instance.
+    /// Limits of every plugin instance, unless `plugin_limits` has its type.
     pub limits: Limits,
+    /// Limits of the instances of a plugin type.
+    pub plugin_limits: BTreeMap<String, Limits>,
+    /// What a chain does when its plugin crashes.
+    pub restart: RestartPolicies,
     /// Limits on plugin calls into the host.
     pub support_limits: SupportLimits,
     /// Extra plugins (consensus type, component bytes), besides the
@@ -74,6 +82,9 @@ pub struct Node {
     signer: Arc<Signer>,
     support_limits: SupportLimits,
     plugins: BTreeMap<String, Plugin>,
+    /// Plugin types shipped in the binary (not replaced by a file).
+    shipped: std::collections::BTreeSet<String>,
+    restart: RestartPolicies,
     chains: RwLock<HashMap<String, Arc<Chain>>>,
     /// Channels that could not start, with the reason.
     broken: RwLock<HashMap<String, String>>,
@@ -84,16 +95,33 @@ impl Node {
     /// directory. A channel that cannot start is reported (see
     /// [`Node::broken`]) and the others run.
     pub fn open(cfg: NodeConfig) -> Result<Node, NodeError> {
-        let runtime = Runtime::new(cfg.limits)?;
+        // One engine per wasm stack size (an engine-wide setting).
+        let mut runtimes = BTreeMap::new();
+        runtimes.insert(cfg.limits.stack_bytes, Runtime::new(cfg.limits.clone())?);
         let mut plugins = BTreeMap::new();
         let mut sources: BTreeMap<String, Vec<u8>> =
             embedded::EMBEDDED.iter().map(|(n, b)| (n.to_string(), b.to_vec())).collect();
+        let mut shipped: std::collections::BTreeSet<String> = sources.keys().cloned().collect();
         for (n, b) in cfg.extra_plugins {
+            shipped.remove(&n);
             sources.insert(n, b);
+        }
+        if let Some(name) = cfg.plugin_limits.keys().find(|n| !sources.contains_key(*n)) {
+            let available = sources.keys().cloned().collect::<Vec<_>>().join(", ");
+            return Err(NodeError::LimitsForUnknownPlugin { name: name.clone(), available });
         }
         for (name, bytes) in sources {
             let t = std::time::Instant::now();
-            let p = runtime.load(&name, &bytes)?;
+            let limits = cfg.plugin_limits.get(&name).unwrap_or(&cfg.limits).clone();
+            let runtime = match runtimes.get(&limits.stack_bytes) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = Runtime::new(limits.clone())?;
+                    runtimes.insert(limits.stack_bytes, r.clone());
+                    r
+                }
+            };
+            let p = runtime.load(&name, &bytes)?.with_limits(limits);
             tracing::info!(plugin = %name, bytes = bytes.len(), ms = t.elapsed().as_millis() as u64, "plugin compiled");
             plugins.insert(name, p);
         }
@@ -102,6 +130,8 @@ impl Node {
             signer: cfg.signer,
             support_limits: cfg.support_limits,
             plugins,
+            shipped,
+            restart: cfg.restart,
             chains: RwLock::new(HashMap::new()),
             broken: RwLock::new(HashMap::new()),
         };
@@ -187,12 +217,6 @@ impl Node {
 
     fn resume(&self, channel: &str) -> Result<(), NodeError> {
         let ledger = Ledger::open(&self.chains_dir().join(channel))?;
-        if ledger.height() == 0 {
-            return Err(NodeError::Channel {
-                channel: channel.into(),
-                what: "ledger is empty (no genesis block)".into(),
-            });
-        }
         self.start_chain(channel, ledger)?;
         Ok(())
     }
@@ -207,27 +231,19 @@ impl Node {
 
     fn start_chain(&self, channel: &str, ledger: Ledger) -> Result<Arc<Chain>, NodeError> {
         let height = ledger.height();
-        let missing = |what: String| NodeError::Channel { channel: channel.into(), what };
-        let last = ledger.block(height - 1)?.ok_or_else(|| missing(format!("block {} is missing", height - 1)))?;
-        let last_hash: Hash =
-            last.header.as_ref().map(block::header_hash).ok_or_else(|| missing("last block has no header".into()))?;
-        let (last_config, metadata) = last_config_and_metadata(&last);
-        let config_block =
-            ledger.block(last_config)?.ok_or_else(|| missing(format!("config block {last_config} is missing")))?;
-        let cfg = ChannelConfig::from_config_block(&config_block)
-            .map_err(|source| NodeError::Config { channel: channel.into(), source })?;
-        let plugin = self.plugin_for(channel, &cfg)?;
-        let pos = ChainPosition { height, last_hash, last_config };
+        let plugin = self.plugin_for(channel, &ResumePoint::read(channel, &ledger)?.config)?;
+        let restart = self.restart.for_chain(channel, plugin.name(), self.shipped.contains(plugin.name()));
         let signer = self.signer.clone();
         let limits = self.support_limits.clone();
         let ch = channel.to_string();
-        let cfg = Arc::new(cfg);
         let chain = Chain::spawn(
             channel,
             plugin,
-            move |sink| Support::new(&ch, cfg, signer, sink, Arc::new(SystemClock), pos, limits),
-            metadata,
+            Box::new(move |sink, pos, cfg| {
+                Support::new(&ch, cfg, signer.clone(), sink, Arc::new(SystemClock), pos, limits.clone())
+            }),
             ledger,
+            restart,
         )?;
         tracing::info!(channel, height, "chain started");
         write(&self.chains).insert(channel.to_string(), chain.clone());

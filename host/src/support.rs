@@ -4,6 +4,25 @@
 //! checked here (next block only, size caps, timer caps). A pure state
 //! machine apart from the [`BlockSink`] it writes blocks to and the
 //! [`Clock`] it reads; may touch nothing else.
+//!
+//! What a plugin passes to the host, and how it is capped:
+//! - handles (envelope, batch, block): the component model checks every
+//!   handle when the call is lifted (a forged index, a handle of another
+//!   type or one already consumed traps before the host runs); each Store
+//!   has its own handle tables, so another chain's handles do not exist
+//!   here. The number a plugin holds at once is capped (`max-handles`;
+//!   trap).
+//! - `list<envelope>` (`ordered-many`, `batch` constructor): wasmtime lifts
+//!   it into a `Vec` from the plugin's memory (so it is already bounded by
+//!   the memory cap, 4 bytes per handle); its length is checked first
+//!   thing (`max-list-len`; trap: these functions have no error result).
+//! - `list<u8>` and `string` (`write-block` metadata, `sign`, `log`,
+//!   `fail`): lifted by a copy bounded by the plugin's memory; the length
+//!   is checked before any other work: `write-block`/`write-config-block`
+//!   metadata over `max_metadata_bytes` and `sign` messages over
+//!   `max-call-bytes` are refused with `limit-exceeded` (a refusal, counted);
+//!   `log`/`fail` text over `max-call-bytes` traps, shorter log lines are
+//!   truncated to `max_log_bytes`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -73,6 +92,60 @@ impl EnvelopeSlab {
         Ok(env)
     }
 }
+impl PluginState {
+    /// Hands the plugin an envelope: counts the handle against `max-handles`.
+    pub fn insert_envelope(&mut self, env: Envelope) -> wasmtime::Result<Resource<EnvelopeRes>> {
+        self.count_handle()?;
+        self.envelopes.insert(env)
+    }
+
+    fn count_handle(&mut self) -> wasmtime::Result<()> {
+        if self.handles >= self.call_limits.max_handles {
+            wasmtime::bail!(
+                "the plugin holds {} envelope, batch and block handles, the cap (max-handles); it must drop some",
+                self.handles
+            );
+        }
+        self.handles += 1;
+        Ok(())
+    }
+
+    fn take_envelope(&mut self, r: Resource<EnvelopeRes>) -> wasmtime::Result<Envelope> {
+        let e = self.envelopes.take(r)?;
+        self.handles = self.handles.saturating_sub(1);
+        Ok(e)
+    }
+
+    fn push<T: Send + 'static>(&mut self, v: T) -> wasmtime::Result<Resource<T>> {
+        self.count_handle()?;
+        Ok(self.table.push(v)?)
+    }
+
+    fn delete<T: 'static>(&mut self, r: Resource<T>) -> wasmtime::Result<T> {
+        let v = self.table.delete(r)?;
+        self.handles = self.handles.saturating_sub(1);
+        Ok(v)
+    }
+
+    /// Traps if a plugin passed more handles in one list than `max-list-len`.
+    fn check_list(&self, call: &str, len: usize) -> wasmtime::Result<()> {
+        let max = self.call_limits.max_list_len;
+        if len > max {
+            wasmtime::bail!("the plugin passed {len} handles to {call}, over the cap of {max} per call (max-list-len)");
+        }
+        Ok(())
+    }
+
+    /// Traps if a plugin passed more bytes in one argument than `max-call-bytes`.
+    fn check_bytes(&self, call: &str, len: usize) -> wasmtime::Result<()> {
+        let max = self.call_limits.max_call_bytes;
+        if len > max {
+            wasmtime::bail!("the plugin passed {len} bytes to {call}, over the cap of {max} per call (max-call-bytes)");
+        }
+        Ok(())
+    }
+}
+
 /// A batch handle's host value.
 pub struct BatchRes(pub Vec<Envelope>);
 /// A block handle's host value.
@@ -104,6 +177,9 @@ impl Clock for SystemClock {
         Instant::now()
     }
 }
+
+/// The shortest timer delay (shorter delays are raised to it).
+pub const MIN_TIMER_DELAY: Duration = Duration::from_millis(1);
 
 /// Caps on what a plugin may ask of the host.
 #[derive(Debug, Clone)]
@@ -155,7 +231,11 @@ pub struct Support {
     last_config: u64,
     timers: BTreeMap<u32, Instant>,
     failed: Option<String>,
+    /// Whether the failure is the host's (ledger, signer), not the plugin's.
+    host_fault: bool,
     refusals: u32,
+    /// Envelopes in the blocks written so far by this Support.
+    written_envelopes: u64,
     /// Log rate limit: tokens left, when they were last refilled, and how
     /// many lines were dropped since the last one written.
     log_tokens: f64,
@@ -199,7 +279,9 @@ impl Support {
             last_config: pos.last_config,
             timers: BTreeMap::new(),
             failed: None,
+            host_fault: false,
             refusals: 0,
+            written_envelopes: 0,
             log_tokens,
             log_refilled,
             log_dropped: 0,
@@ -226,12 +308,31 @@ impl Support {
         self.failed.as_deref()
     }
 
-    /// Marks the chain failed (first reason wins).
+    /// Whether the failure (if any) is the host's (ledger or signer), not
+    /// the plugin's: a restart policy does not apply to it.
+    pub fn host_fault(&self) -> bool {
+        self.host_fault
+    }
+
+    /// Envelopes in the blocks written through this Support.
+    pub fn written_envelopes(&self) -> u64 {
+        self.written_envelopes
+    }
+
+    /// Marks the chain failed because of the plugin (first reason wins).
     pub fn fail(&mut self, reason: String) {
         if self.failed.is_none() {
             tracing::error!(channel = %self.chain_id, %reason, "chain failed");
             self.failed = Some(reason);
         }
+    }
+
+    /// Marks the chain failed because of the host (first reason wins).
+    fn fail_host(&mut self, reason: String) {
+        if self.failed.is_none() {
+            self.host_fault = true;
+        }
+        self.fail(reason);
     }
 
     /// The earliest armed timer deadline.
@@ -307,17 +408,19 @@ impl Support {
             }
         }
         let last_config = if is_config { blk.number } else { self.last_config };
+        let env_count = b.data.as_ref().map(|d| d.data.len() as u64).unwrap_or(0);
         if let Err(e) = block::sign_block(&mut b, last_config, metadata, &self.signer) {
             let msg = e.to_string();
-            self.fail(msg.clone());
+            self.fail_host(msg.clone());
             return Err(E::Internal(msg));
         }
         if let Err(e) = self.sink.write(blk.number, b.encode_to_vec().into()) {
             let msg = format!("writing block {} to the ledger: {e}", blk.number);
-            self.fail(msg.clone());
+            self.fail_host(msg.clone());
             return Err(E::Internal(msg));
         }
         self.height += 1;
+        self.written_envelopes += env_count;
         self.last_hash = blk.hash;
         if self.created.0 < self.height {
             // Written past what was created (after a refusal reset it).
@@ -363,18 +466,19 @@ impl types::HostEnvelope for PluginState {
         Ok(self.envelopes.get(&e)?.bytes.to_vec())
     }
     fn drop(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<()> {
-        self.envelopes.take(e)?;
+        self.take_envelope(e)?;
         Ok(())
     }
 }
 
 impl types::HostBatch for PluginState {
     fn new(&mut self, envelopes: Vec<Resource<EnvelopeRes>>) -> wasmtime::Result<Resource<BatchRes>> {
+        self.check_list("the batch constructor", envelopes.len())?;
         let mut v = Vec::with_capacity(envelopes.len());
         for e in envelopes {
-            v.push(self.envelopes.take(e)?);
+            v.push(self.take_envelope(e)?);
         }
-        Ok(self.table.push(BatchRes(v))?)
+        self.push(BatchRes(v))
     }
     fn len(&mut self, b: Resource<BatchRes>) -> wasmtime::Result<u32> {
         Ok(self.table.get(&b)?.0.len() as u32)
@@ -383,7 +487,7 @@ impl types::HostBatch for PluginState {
         Ok(self.table.get(&b)?.0.iter().map(|e| u64::from(e.size)).sum())
     }
     fn drop(&mut self, b: Resource<BatchRes>) -> wasmtime::Result<()> {
-        self.table.delete(b)?;
+        self.delete(b)?;
         Ok(())
     }
 }
@@ -402,32 +506,33 @@ impl types::HostBlock for PluginState {
         Ok(self.table.get(&b)?.block.encode_to_vec())
     }
     fn drop(&mut self, b: Resource<BlockRes>) -> wasmtime::Result<()> {
-        self.table.delete(b)?;
+        self.delete(b)?;
         Ok(())
     }
 }
 
 impl support::Host for PluginState {
     fn ordered(&mut self, env: Resource<EnvelopeRes>) -> wasmtime::Result<support::OrderedResult> {
-        let env = self.envelopes.take(env)?;
+        let env = self.take_envelope(env)?;
         let bs = self.support.config.batch_size;
         let r = self.support.cutter.ordered(env, &bs);
         let mut batches = Vec::with_capacity(r.batches.len());
         for b in r.batches {
-            batches.push(self.table.push(BatchRes(b))?);
+            batches.push(self.push(BatchRes(b))?);
         }
         Ok(support::OrderedResult { batches, pending: r.pending })
     }
 
     fn ordered_many(&mut self, envs: Vec<Resource<EnvelopeRes>>) -> wasmtime::Result<support::OrderedManyResult> {
+        self.check_list("ordered-many", envs.len())?;
         let bs = self.support.config.batch_size;
         let mut batches = Vec::new();
         let mut pending = Vec::with_capacity(envs.len());
         for env in envs {
-            let env = self.envelopes.take(env)?;
+            let env = self.take_envelope(env)?;
             let r = self.support.cutter.ordered(env, &bs);
             for b in r.batches {
-                batches.push(self.table.push(BatchRes(b))?);
+                batches.push(self.push(BatchRes(b))?);
             }
             pending.push(r.pending);
         }
@@ -436,7 +541,7 @@ impl support::Host for PluginState {
 
     fn cut(&mut self) -> wasmtime::Result<Resource<BatchRes>> {
         let b = self.support.cutter.cut();
-        Ok(self.table.push(BatchRes(b))?)
+        self.push(BatchRes(b))
     }
 
     fn pending_count(&mut self) -> wasmtime::Result<u32> {
@@ -447,13 +552,13 @@ impl support::Host for PluginState {
         &mut self,
         batch: Resource<BatchRes>,
     ) -> wasmtime::Result<Result<Resource<BlockRes>, types::SupportError>> {
-        let envs = self.table.delete(batch)?.0;
+        let envs = self.delete(batch)?.0;
         let (number, prev) = self.support.created;
         let data: Vec<Bytes> = envs.into_iter().map(|e| e.bytes).collect();
         let block = block::new_block(number, if number == 0 { &[] } else { &prev }, data);
         let hash = block.header.as_ref().map(block::header_hash).unwrap_or_default();
         self.support.created = (number + 1, hash);
-        Ok(Ok(self.table.push(BlockRes { block, number, hash })?))
+        Ok(Ok(self.push(BlockRes { block, number, hash })?))
     }
 
     fn write_block(
@@ -461,7 +566,7 @@ impl support::Host for PluginState {
         b: Resource<BlockRes>,
         consenter_metadata: Vec<u8>,
     ) -> wasmtime::Result<Result<(), types::SupportError>> {
-        let blk = self.table.delete(b)?;
+        let blk = self.delete(b)?;
         Ok(self.support.write(blk, &consenter_metadata, false))
     }
 
@@ -470,7 +575,7 @@ impl support::Host for PluginState {
         b: Resource<BlockRes>,
         consenter_metadata: Vec<u8>,
     ) -> wasmtime::Result<Result<(), types::SupportError>> {
-        let blk = self.table.delete(b)?;
+        let blk = self.delete(b)?;
         Ok(self.support.write(blk, &consenter_metadata, true))
     }
 
@@ -505,6 +610,14 @@ impl support::Host for PluginState {
     }
 
     fn sign(&mut self, message: Vec<u8>) -> wasmtime::Result<Result<Vec<u8>, types::SupportError>> {
+        let max = self.call_limits.max_call_bytes;
+        if message.len() > max {
+            let e = types::SupportError::LimitExceeded(format!(
+                "sign: a message of {} bytes is over the cap of {max} (max-call-bytes)",
+                message.len()
+            ));
+            return Ok(Err(self.support.refuse(e)));
+        }
         Ok(self.support.signer.sign(&message).map_err(|e| types::SupportError::LimitExceeded(e.to_string())))
     }
 
@@ -513,6 +626,7 @@ impl support::Host for PluginState {
     }
 
     fn fail(&mut self, reason: String) -> wasmtime::Result<()> {
+        self.check_bytes("fail", reason.len())?;
         let reason: String = reason.chars().take(self.support.limits.max_log_bytes).collect();
         self.support.fail(format!("plugin reported a fatal error: {reason}"));
         Ok(())
@@ -535,7 +649,9 @@ impl timers::Host for PluginState {
                 types::SupportError::LimitExceeded(format!("timer {id}: {} timers are already armed", s.timers.len()));
             return Ok(Err(s.refuse(e)));
         }
-        let at = s.clock.now() + delay;
+        // A zero delay re-armed from `on-timer` would spin the chain's
+        // thread: every timer waits at least MIN_TIMER_DELAY.
+        let at = s.clock.now() + delay.max(MIN_TIMER_DELAY);
         s.timers.insert(id, at);
         Ok(Ok(()))
     }
@@ -570,6 +686,7 @@ impl Support {
 
 impl log::Host for PluginState {
     fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
+        self.check_bytes("log", message.len())?;
         if !self.support.log_allowed() {
             return Ok(());
         }
