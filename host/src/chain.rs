@@ -814,17 +814,7 @@ fn run_actor(mut runner: Runner, core: ChainCore, mut rx: mpsc::Receiver<Offer>,
     let phase = rt.block_on(async {
         let mut phase = Phase::Running(Box::new(core));
         loop {
-            phase = match phase {
-                Phase::Running(core) => match core.crashed() {
-                    Some((reason, restartable)) => {
-                        let lost = runner.tear_down(*core);
-                        runner.on_crash(reason, restartable, lost)
-                    }
-                    None => Phase::Running(core),
-                },
-                Phase::Backoff(at) if at <= Instant::now() => runner.restart(),
-                other => other,
-            };
+            phase = settle(phase, &mut runner);
             let deadline = match &phase {
                 Phase::Running(core) => core.next_deadline(),
                 Phase::Backoff(at) => Some(*at),
@@ -858,17 +848,37 @@ fn run_actor(mut runner: Runner, core: ChainCore, mut rx: mpsc::Receiver<Offer>,
                 envs.push(env);
                 replies.push(reply);
             }
-            for (r, reply) in core.enqueue_many(envs).into_iter().zip(replies) {
-                let _ = reply.send(r);
-            }
+            let results = core.enqueue_many(envs);
             if core.next_deadline().is_some_and(|d| d <= Instant::now()) {
                 core.fire_timers(Instant::now());
+            }
+            // A crash is handled before the answers go out, so a client
+            // that sends again sees the chain restarting or errored.
+            phase = settle(phase, &mut runner);
+            for (r, reply) in results.into_iter().zip(replies) {
+                let _ = reply.send(r);
             }
         }
         phase
     });
     if let Phase::Running(core) = phase {
         runner.tear_down(*core);
+    }
+}
+
+/// The next phase: a crashed instance is torn down and the restart policy
+/// applied; a backoff that ran out starts a new instance.
+fn settle(phase: Phase, runner: &mut Runner) -> Phase {
+    match phase {
+        Phase::Running(core) => match core.crashed() {
+            Some((reason, restartable)) => {
+                let lost = runner.tear_down(*core);
+                runner.on_crash(reason, restartable, lost)
+            }
+            None => Phase::Running(core),
+        },
+        Phase::Backoff(at) if at <= Instant::now() => runner.restart(),
+        other => other,
     }
 }
 

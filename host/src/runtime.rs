@@ -550,6 +550,11 @@ fn trap_reason(e: &wasmtime::Error) -> String {
         };
         return what;
     }
-    let s = format!("{e:#}");
-    if s.contains("memory") && s.contains("limit") { format!("memory cap reached: {s}") } else { s }
+    // The innermost error, without the wasm backtrace wasmtime wraps it in.
+    let s = e.root_cause().to_string();
+    if s.contains("growing memory") || (s.contains("memory") && s.contains("limit")) {
+        format!("memory cap reached ({s})")
+    } else {
+        s
+    }
 }

@@ -137,6 +137,16 @@ impl PluginState {
     }
 
     /// Traps if a plugin passed more bytes in one argument than `max-call-bytes`.
+    /// Passes a call's answer on, unless the plugin has reached the refusal
+    /// cap: then the call traps (the chain has failed; the plugin must not
+    /// keep the chain's thread busy with more refused calls).
+    fn answer<T>(&mut self, r: Result<T, types::SupportError>) -> wasmtime::Result<Result<T, types::SupportError>> {
+        if r.is_err() && self.support.refusals >= self.support.limits.max_refusals {
+            wasmtime::bail!("the plugin made {} refused calls (the cap); its chain has failed", self.support.refusals);
+        }
+        Ok(r)
+    }
+
     fn check_bytes(&self, call: &str, len: usize) -> wasmtime::Result<()> {
         let max = self.call_limits.max_call_bytes;
         if len > max {
@@ -567,7 +577,8 @@ impl support::Host for PluginState {
         consenter_metadata: Vec<u8>,
     ) -> wasmtime::Result<Result<(), types::SupportError>> {
         let blk = self.delete(b)?;
-        Ok(self.support.write(blk, &consenter_metadata, false))
+        let r = self.support.write(blk, &consenter_metadata, false);
+        self.answer(r)
     }
 
     fn write_config_block(
@@ -576,7 +587,8 @@ impl support::Host for PluginState {
         consenter_metadata: Vec<u8>,
     ) -> wasmtime::Result<Result<(), types::SupportError>> {
         let blk = self.delete(b)?;
-        Ok(self.support.write(blk, &consenter_metadata, true))
+        let r = self.support.write(blk, &consenter_metadata, true);
+        self.answer(r)
     }
 
     fn revalidate(&mut self, env: Resource<EnvelopeRes>) -> wasmtime::Result<Result<(), String>> {
@@ -616,7 +628,8 @@ impl support::Host for PluginState {
                 "sign: a message of {} bytes is over the cap of {max} (max-call-bytes)",
                 message.len()
             ));
-            return Ok(Err(self.support.refuse(e)));
+            let e = self.support.refuse(e);
+            return self.answer(Err(e));
         }
         Ok(self.support.signer.sign(&message).map_err(|e| types::SupportError::LimitExceeded(e.to_string())))
     }
@@ -642,12 +655,14 @@ impl timers::Host for PluginState {
                 "timer {id}: delay of {delay_ms} ms is over the maximum of {} ms",
                 s.limits.max_timer_delay.as_millis()
             ));
-            return Ok(Err(s.refuse(e)));
+            let e = s.refuse(e);
+            return self.answer(Err(e));
         }
         if !s.timers.contains_key(&id) && s.timers.len() >= s.limits.max_timers {
             let e =
                 types::SupportError::LimitExceeded(format!("timer {id}: {} timers are already armed", s.timers.len()));
-            return Ok(Err(s.refuse(e)));
+            let e = s.refuse(e);
+            return self.answer(Err(e));
         }
         // A zero delay re-armed from `on-timer` would spin the chain's
         // thread: every timer waits at least MIN_TIMER_DELAY.
@@ -796,13 +811,18 @@ mod tests {
     fn repeated_refusals_fail_the_chain() {
         let limits = SupportLimits { max_refusals: 3, ..SupportLimits::default() };
         let (mut st, _, _) = state(limits);
-        for _ in 0..3 {
+        for _ in 0..2 {
             let _ = st.set(1, u64::MAX).unwrap().unwrap_err();
         }
+        assert!(st.support.failure().is_none());
+        // The refusal that reaches the cap fails the chain and traps.
+        let trap = st.set(1, u64::MAX).unwrap_err().to_string();
+        assert!(trap.contains("3 refused calls"), "{trap}");
         assert!(st.support.failure().unwrap().contains("3 refused calls"));
+        assert!(!st.support.host_fault(), "the plugin's fault");
         // A failed chain writes nothing more.
         let b = block_of(&mut st, "a");
-        assert!(matches!(st.write_block(b, vec![]).unwrap(), Err(types::SupportError::Internal(_))));
+        assert!(st.write_block(b, vec![]).is_err());
     }
 
     #[test]
