@@ -889,3 +889,29 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_max() {
+        let c = RestartConfig::new(RestartPolicy::Reload);
+        let ms: Vec<u128> = (1..=9).map(|n| c.backoff(n).as_millis()).collect();
+        assert_eq!(ms, vec![100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+        assert_eq!(c.backoff(200), Duration::from_secs(10), "no overflow");
+    }
+
+    #[test]
+    fn restart_policy_defaults_and_overrides() {
+        let mut p = RestartPolicies::default();
+        assert_eq!(p.for_chain("ch", "solo", true).policy, RestartPolicy::Reload);
+        assert_eq!(p.for_chain("ch", "mine", false).policy, RestartPolicy::FailClosed);
+        p.by_plugin.insert("mine".into(), RestartPolicy::Reload);
+        p.by_channel.insert("strict".into(), RestartPolicy::FailClosed);
+        assert_eq!(p.for_chain("ch", "mine", false).policy, RestartPolicy::Reload);
+        assert_eq!(p.for_chain("strict", "mine", false).policy, RestartPolicy::FailClosed, "channel wins");
+        assert_eq!("fail-closed".parse::<RestartPolicy>(), Ok(RestartPolicy::FailClosed));
+        assert!("sometimes".parse::<RestartPolicy>().is_err());
+    }
+}

@@ -558,3 +558,28 @@ fn trap_reason(e: &wasmtime::Error) -> String {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_overrides() {
+        let l = Limits::default()
+            .with_overrides("memory-mib=16, call-deadline-ms=250,max-list-len=4,max-call-kib=8")
+            .unwrap();
+        assert_eq!(l.memory_bytes, 16 << 20);
+        assert_eq!(l.call_deadline, Duration::from_millis(250));
+        assert_eq!(l.max_list_len, 4);
+        assert_eq!(l.max_call_bytes, 8 << 10);
+        assert_eq!(l.stack_bytes, Limits::default().stack_bytes, "untouched keys keep their value");
+        let e = Limits::default().with_overrides("memory=1").unwrap_err();
+        assert!(e.to_string().contains("unknown key \"memory\""), "{e}");
+        let e = Limits::default().with_overrides("memory-mib=0").unwrap_err();
+        assert!(matches!(e, LimitsError::Value { .. }), "{e}");
+        let e = Limits::default().with_overrides("memory-mib").unwrap_err();
+        assert!(matches!(e, LimitsError::Syntax { .. }), "{e}");
+        assert!(!Limits::unlimited().has_deadline());
+        assert!(Limits::default().has_deadline());
+    }
+}

@@ -826,6 +826,26 @@ mod tests {
     }
 
     #[test]
+    fn list_byte_and_handle_caps_trap() {
+        let (mut st, _, _) = state(SupportLimits::default());
+        st.call_limits.max_list_len = 2;
+        st.call_limits.max_call_bytes = 16;
+        let envs: Vec<_> = (0..3).map(|i| envelope(&mut st, &format!("e{i}"))).collect();
+        let e = st.ordered_many(envs).unwrap_err().to_string();
+        assert!(e.contains("passed 3 handles to ordered-many, over the cap of 2"), "{e}");
+        let e = log::Host::log(&mut st, types::Level::Info, "x".repeat(17)).unwrap_err().to_string();
+        assert!(e.contains("17 bytes to log"), "{e}");
+        let r = st.sign(vec![0; 17]).unwrap();
+        assert!(matches!(r, Err(types::SupportError::LimitExceeded(_))), "{r:?}");
+        // Handles: the cap counts envelopes, batches and blocks held.
+        let (mut st, _, _) = state(SupportLimits::default());
+        st.call_limits.max_handles = 3;
+        let _held: Vec<_> = (0..3).map(|_| st.cut().unwrap()).collect();
+        let e = st.cut().unwrap_err().to_string();
+        assert!(e.contains("holds 3 envelope, batch and block handles"), "{e}");
+    }
+
+    #[test]
     fn timer_caps() {
         let (mut st, clock, _) = state(SupportLimits { max_timers: 4, ..SupportLimits::default() });
         for id in 0..4 {
