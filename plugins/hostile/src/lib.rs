@@ -204,7 +204,10 @@ impl Consenter for Hostile {
         let mode = String::from_utf8_lossy(&cfg.consensus_metadata).into_owned();
         host_log::log(
             Level::Info,
-            &format!("hostile plugin ({mode}) started with consenter metadata {:?}", String::from_utf8_lossy(&metadata)),
+            &format!(
+                "hostile plugin ({mode}) started with consenter metadata {:?}",
+                String::from_utf8_lossy(&metadata)
+            ),
         );
         misbehave(&mode, "handle-chain", None);
         Ok(Hostile { mode, hoard: Vec::new(), batches: Vec::new() })
