@@ -28,6 +28,8 @@ fn node(dir: &std::path::Path) -> Arc<Node> {
         data_dir: dir.join("data"),
         signer: Arc::new(Signer::from_msp_dir(&id.orderer_msp, &id.mspid).unwrap()),
         limits: Limits { call_deadline: Duration::from_millis(200), memory_bytes: 32 << 20, ..Limits::default() },
+        plugin_limits: Default::default(),
+        restart: Default::default(),
         support_limits: SupportLimits::default(),
         extra_plugins: vec![("hostile".into(), hostile)],
     })

@@ -2,7 +2,10 @@
 //! plugin (solo, wasm) → cutter → block (hash, sign) → ledger (fsync, group
 //! commit). 1 KiB envelopes, batch 500. A second benchmark runs the same
 //! path natively (no plugin) so the plugin's share of the time is the
-//! difference. Run: `cargo bench -p consenter-host --bench chain_path`.
+//! difference. The wasm cases run twice: with the default plugin limits and
+//! with `Limits::unlimited()` (no memory cap, no epoch interruption, no
+//! call caps), to measure what the limits cost.
+//! Run: `cargo bench -p consenter-host --bench chain_path`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,10 +78,14 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20);
     g.measurement_time(Duration::from_secs(15));
 
-    // Through the solo wasm plugin.
+    // Through the solo wasm plugin, with the default limits (memory cap,
+    // call deadline, list/byte/handle caps) and with none: the limits'
+    // cost on the healthy path is the difference.
+    for (name, limits) in
+        [("wasm_solo_1KiB_batch500", Limits::default()), ("wasm_solo_1KiB_batch500_unlimited", Limits::unlimited())]
     {
         let s = setup();
-        let rt = Runtime::new(Limits::default()).unwrap();
+        let rt = Runtime::new(limits).unwrap();
         let solo = rt.load("solo", embedded::get("solo").unwrap()).unwrap();
         let status = Arc::new(ChainStatus::default());
         let (sink, _writer) = ledger_sink("bench", s.ledger.clone(), status.clone()).unwrap();
@@ -93,7 +100,7 @@ fn bench(c: &mut Criterion) {
             SupportLimits::default(),
         );
         let mut core = ChainCore::start(&solo, support, &[], status).unwrap();
-        g.bench_function("wasm_solo_1KiB_batch500", |b| {
+        g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let start = Instant::now();
                 for _ in 0..iters {
@@ -136,28 +143,32 @@ fn bench(c: &mut Criterion) {
     // difference is the plugin's cost, with less noise than the full path.
     {
         let s = setup();
-        let rt = Runtime::new(Limits::default()).unwrap();
-        let solo = rt.load("solo", embedded::get("solo").unwrap()).unwrap();
         let cfg = Arc::new(ChannelConfig::from_config_block(&s.template.genesis_block()).unwrap());
-        let support = Support::new(
-            "bench",
-            cfg.clone(),
-            s.signer.clone(),
-            Box::new(NullSink),
-            Arc::new(SystemClock),
-            position(&s.ledger),
-            SupportLimits::default(),
-        );
-        let mut core = ChainCore::start(&solo, support, &[], Arc::new(ChainStatus::default())).unwrap();
-        g.bench_function("wasm_solo_no_ledger", |b| {
-            b.iter(|| {
-                for group in envs.chunks(GROUP) {
-                    for r in core.enqueue_many(group.to_vec()) {
-                        r.unwrap();
+        for (name, limits) in
+            [("wasm_solo_no_ledger", Limits::default()), ("wasm_solo_no_ledger_unlimited", Limits::unlimited())]
+        {
+            let rt = Runtime::new(limits).unwrap();
+            let solo = rt.load("solo", embedded::get("solo").unwrap()).unwrap();
+            let support = Support::new(
+                "bench",
+                cfg.clone(),
+                s.signer.clone(),
+                Box::new(NullSink),
+                Arc::new(SystemClock),
+                position(&s.ledger),
+                SupportLimits::default(),
+            );
+            let mut core = ChainCore::start(&solo, support, &[], Arc::new(ChainStatus::default())).unwrap();
+            g.bench_function(name, |b| {
+                b.iter(|| {
+                    for group in envs.chunks(GROUP) {
+                        for r in core.enqueue_many(group.to_vec()) {
+                            r.unwrap();
+                        }
                     }
-                }
-            })
-        });
+                })
+            });
+        }
         let mut cutter = BlockCutter::default();
         let mut pos = position(&s.ledger);
         let mut sink = NullSink;

@@ -41,7 +41,9 @@ fn bench(c: &mut Criterion) {
     g.bench_function("fresh_compile", |b| b.iter(|| load_and_start(&plain, LoadSource::Compiled)));
 
     let data = dir.path().join("data");
-    let cached = Runtime::new_with_cache(Limits::default(), Some(PluginCache::open(&data).unwrap())).unwrap();
+    let cached =
+        Runtime::new_with_cache(Limits::default(), Some(std::sync::Arc::new(PluginCache::open(&data).unwrap())))
+            .unwrap();
     let entry = cached.cache_entry(solo).unwrap();
     g.bench_function("cache_miss_and_write", |b| {
         b.iter_batched(

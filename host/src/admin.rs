@@ -18,7 +18,7 @@ use axum::routing::get;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use crate::node::{ChannelInfo, Node, NodeError};
+use crate::node::{ChannelInfo, ConsenterInfo, Node, NodeError};
 use crate::proto::common::Block;
 
 /// Path prefix of the channel participation API.
@@ -43,7 +43,8 @@ pub struct ChannelList {
     pub channels: Vec<ChannelRef>,
 }
 
-/// Fabric's ChannelInfo, plus why a failed channel failed.
+/// Fabric's ChannelInfo, plus why a failed channel failed and its plugin
+/// instance's crash counters (fields osnadmin ignores).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ChannelView {
@@ -54,6 +55,8 @@ pub struct ChannelView {
     pub height: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consenter: Option<ConsenterInfo>,
 }
 
 /// Fabric's ErrorResponse.
@@ -75,6 +78,7 @@ impl From<ChannelInfo> for ChannelView {
             status: i.status.to_string(),
             height: i.height,
             error: i.error,
+            consenter: i.consenter,
         }
     }
 }

@@ -285,7 +285,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bytes = solo();
         let cache = || Some(PluginCache::open(dir.path()).unwrap());
-        let rt = Runtime::new_with_cache(Limits::default(), cache()).unwrap();
+        let rt = Runtime::new_with_cache(Limits::default(), cache().map(std::sync::Arc::new)).unwrap();
         let (_, src) = rt.load_with_source("solo", &bytes).unwrap();
         assert_eq!(src, LoadSource::Compiled);
         let entry = rt.cache_entry(&bytes).unwrap();
@@ -297,7 +297,7 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         // A new runtime (a restart) finds it, and it orders.
-        let rt = Runtime::new_with_cache(Limits::default(), cache()).unwrap();
+        let rt = Runtime::new_with_cache(Limits::default(), cache().map(std::sync::Arc::new)).unwrap();
         let (plugin, src) = rt.load_with_source("solo", &bytes).unwrap();
         assert_eq!(src, LoadSource::Cached);
         let id = crate::signer::ensure_dev_identity(&dir.path().join("id")).unwrap();

@@ -4,23 +4,174 @@
 //! one fsync for every block that queued up meanwhile). The [`ChainCore`]
 //! inside is the deterministic part (the test host drives it directly with
 //! its own clock). May touch the plugin instance, its ledger and its status.
+//!
+//! When the plugin crashes (a trap, a `fail`, too many refused calls) the
+//! actor discards its Store, lets the ledger writer finish every block the
+//! instance wrote, and applies the channel's [`RestartPolicy`]: stay errored
+//! (`fail-closed`) or start a new instance from the last written block
+//! (`reload`) after an exponential backoff, up to a crash-loop cap.
+//! Envelopes the crashed instance accepted but did not write are reported
+//! as lost (counted in [`ChainStatus::lost_envelopes`] and logged), not
+//! re-enqueued: a poison envelope would crash the new instance too, and a
+//! Fabric client learns that a transaction was ordered from Deliver, not
+//! from Broadcast's SUCCESS.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::block::{self, Hash};
 use crate::channel::ChannelConfig;
 use crate::envelope::Envelope;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, LedgerError};
 use crate::runtime::{Instance, Plugin, RuntimeError};
-use crate::support::{BlockSink, Support};
+use crate::support::{BlockSink, ChainPosition, Support};
 
-/// Shared view of a chain's health (Fabric's `Errored()` channel).
+/// Where a chain is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainState {
+    /// The plugin instance is running.
+    Running,
+    /// The instance crashed; a new one starts after a backoff (`reload`).
+    Restarting,
+    /// The chain stays errored (fail-closed, crash-loop cap, host failure).
+    Errored,
+    /// The chain was halted.
+    Halted,
+}
+
+impl ChainState {
+    fn from_u8(v: u8) -> ChainState {
+        match v {
+            0 => ChainState::Running,
+            1 => ChainState::Restarting,
+            2 => ChainState::Errored,
+            _ => ChainState::Halted,
+        }
+    }
+}
+
+impl std::fmt::Display for ChainState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChainState::Running => "running",
+            ChainState::Restarting => "restarting",
+            ChainState::Errored => "errored",
+            ChainState::Halted => "halted",
+        })
+    }
+}
+
+/// What a chain does when its plugin instance crashes (after Envoy's
+/// proxy-wasm failure policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// The chain stays errored until the node restarts.
+    FailClosed,
+    /// A new instance from the last written block, with backoff and a
+    /// crash-loop cap.
+    Reload,
+}
+
+impl FromStr for RestartPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "reload" => Ok(RestartPolicy::Reload),
+            "fail-closed" => Ok(RestartPolicy::FailClosed),
+            other => Err(format!("restart policy {other:?}: expected reload or fail-closed")),
+        }
+    }
+}
+
+impl std::fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RestartPolicy::FailClosed => "fail-closed",
+            RestartPolicy::Reload => "reload",
+        })
+    }
+}
+
+/// A chain's restart policy and its backoff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartConfig {
+    /// Reload or fail closed.
+    pub policy: RestartPolicy,
+    /// Delay before the first restart; doubled for each further crash
+    /// within `crash_window`.
+    pub initial_backoff: Duration,
+    /// Longest delay between a crash and the restart.
+    pub max_backoff: Duration,
+    /// This many crashes within `crash_window` leave the chain errored.
+    pub max_crashes: u32,
+    /// The crash-loop window.
+    pub crash_window: Duration,
+}
+
+impl RestartConfig {
+    /// `policy` with the default backoff: 100 ms doubling to 10 s, at most
+    /// 5 crashes within 60 s.
+    pub fn new(policy: RestartPolicy) -> RestartConfig {
+        RestartConfig {
+            policy,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            max_crashes: 5,
+            crash_window: Duration::from_secs(60),
+        }
+    }
+
+    /// The delay before restarting after the `n`-th crash in the window
+    /// (n >= 1): initial × 2^(n-1), at most `max_backoff`.
+    pub fn backoff(&self, n: u32) -> Duration {
+        let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+/// Restart policies of a node's chains: per channel, else per plugin type,
+/// else the default (`reload` for the plugins shipped in the binary,
+/// `fail-closed` for plugins loaded from files), with one backoff.
+#[derive(Debug, Clone)]
+pub struct RestartPolicies {
+    /// Policy of a channel (wins over its plugin's).
+    pub by_channel: std::collections::BTreeMap<String, RestartPolicy>,
+    /// Policy of every channel ordered by a plugin type.
+    pub by_plugin: std::collections::BTreeMap<String, RestartPolicy>,
+    /// Backoff and crash-loop cap (its `policy` is not used).
+    pub backoff: RestartConfig,
+}
+
+impl Default for RestartPolicies {
+    fn default() -> Self {
+        RestartPolicies {
+            by_channel: Default::default(),
+            by_plugin: Default::default(),
+            backoff: RestartConfig::new(RestartPolicy::Reload),
+        }
+    }
+}
+
+impl RestartPolicies {
+    /// The restart configuration of `channel`, ordered by `plugin`
+    /// (`shipped`: embedded in the binary).
+    pub fn for_chain(&self, channel: &str, plugin: &str, shipped: bool) -> RestartConfig {
+        let default = if shipped { RestartPolicy::Reload } else { RestartPolicy::FailClosed };
+        let policy = self.by_channel.get(channel).or_else(|| self.by_plugin.get(plugin)).copied().unwrap_or(default);
+        RestartConfig { policy, ..self.backoff.clone() }
+    }
+}
+
+/// Shared view of a chain's health (Fabric's `Errored()` channel) and its
+/// crash counters.
 #[derive(Debug)]
 pub struct ChainStatus {
     errored: watch::Sender<Option<String>>,
@@ -30,6 +181,13 @@ pub struct ChainStatus {
     sequence: AtomicU64,
     /// The channel's config bundle now (policies, MSPs, orderer values).
     config: RwLock<Option<Arc<ChannelConfig>>>,
+    state: AtomicU8,
+    /// A host failure (ledger): no restart helps.
+    fatal: AtomicBool,
+    crashes: AtomicU64,
+    restarts: AtomicU64,
+    lost_envelopes: AtomicU64,
+    last_crash: Mutex<Option<String>>,
 }
 
 impl Default for ChainStatus {
@@ -39,11 +197,63 @@ impl Default for ChainStatus {
             absolute_max_bytes: AtomicU32::new(u32::MAX),
             sequence: AtomicU64::new(0),
             config: RwLock::new(None),
+            state: AtomicU8::new(ChainState::Running as u8),
+            fatal: AtomicBool::new(false),
+            crashes: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            lost_envelopes: AtomicU64::new(0),
+            last_crash: Mutex::new(None),
         }
     }
 }
 
 impl ChainStatus {
+    /// Running, restarting, errored or halted.
+    pub fn state(&self) -> ChainState {
+        ChainState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    fn set_state(&self, s: ChainState) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    /// Plugin instance crashes so far (traps, `fail`, refusal cap).
+    pub fn crashes(&self) -> u64 {
+        self.crashes.load(Ordering::Relaxed)
+    }
+
+    /// New instances started after a crash.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Envelopes accepted by crashed instances but never written.
+    pub fn lost_envelopes(&self) -> u64 {
+        self.lost_envelopes.load(Ordering::Relaxed)
+    }
+
+    /// Why the plugin last crashed.
+    pub fn last_crash_reason(&self) -> Option<String> {
+        self.last_crash.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Marks the chain errored for good by a host failure (no restart).
+    pub fn set_fatal(&self, reason: String) {
+        self.fatal.store(true, Ordering::Relaxed);
+        self.set_state(ChainState::Errored);
+        self.set_errored(reason);
+    }
+
+    /// Replaces the error reason (Deliver streams waiting see a change).
+    fn replace_errored(&self, reason: String) {
+        self.errored.send_replace(Some(reason));
+    }
+
+    /// The chain runs again (after a restart).
+    fn clear_errored(&self) {
+        self.errored.send_replace(None);
+    }
+
     /// The channel's config sequence as of its latest config.
     pub fn sequence(&self) -> u64 {
         self.sequence.load(Ordering::Relaxed)
@@ -109,6 +319,10 @@ pub struct ChainCore {
     instance: Instance,
     status: Arc<ChainStatus>,
     channel: String,
+    /// Why the instance ended (a trap), if it did.
+    ended: Option<String>,
+    /// Envelopes the plugin accepted.
+    accepted: u64,
 }
 
 impl ChainCore {
@@ -122,7 +336,7 @@ impl ChainCore {
         let channel = support.chain_id().to_string();
         status.set_config(support.config());
         let instance = plugin.instantiate(support)?;
-        let mut core = ChainCore { instance, status, channel };
+        let mut core = ChainCore { instance, status, channel, ended: None, accepted: 0 };
         match core.instance.handle_chain(metadata)? {
             Ok(()) => {}
             Err(reason) => {
@@ -148,6 +362,21 @@ impl ChainCore {
         self.instance.support()
     }
 
+    /// Envelopes the plugin accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted
+    }
+
+    /// Whether the plugin crashed: why, and whether a restart may help
+    /// (false for a host failure such as the ledger).
+    pub fn crashed(&self) -> Option<(String, bool)> {
+        if let Some(r) = &self.ended {
+            return Some((r.clone(), true));
+        }
+        let s = self.instance.support()?;
+        s.failure().map(|f| (f.to_string(), !s.host_fault()))
+    }
+
     fn sync_status(&mut self) {
         if let Some(s) = self.instance.support() {
             if let Some(reason) = s.failure() {
@@ -165,6 +394,7 @@ impl ChainCore {
             }
             Err(e) => {
                 tracing::error!(channel = %self.channel, error = %e, "plugin instance ended");
+                self.ended = Some(e.to_string());
                 self.status.set_errored(e.to_string());
                 Err(EnqueueError::Errored { channel: self.channel.clone(), reason: e.to_string() })
             }
@@ -186,10 +416,13 @@ impl ChainCore {
         }
         let r = self.instance.enqueue(envs);
         match self.on_call_result(r) {
-            Ok(answers) => answers
-                .into_iter()
-                .map(|ok| if ok { Ok(()) } else { Err(EnqueueError::Refused { channel: self.channel.clone() }) })
-                .collect(),
+            Ok(answers) => {
+                self.accepted += answers.iter().filter(|a| **a).count() as u64;
+                answers
+                    .into_iter()
+                    .map(|ok| if ok { Ok(()) } else { Err(EnqueueError::Refused { channel: self.channel.clone() }) })
+                    .collect()
+            }
             Err(e) => vec![Err(e); n],
         }
     }
@@ -231,9 +464,58 @@ impl ChainCore {
 /// An envelope offered to the chain and where its answer goes.
 struct Offer(Envelope, oneshot::Sender<Result<(), EnqueueError>>);
 
-/// A running chain: its actor thread, its ledger writer and its status.
+/// Where a chain resumes: its position, its configuration (from the last
+/// config block) and the consenter metadata of its last block.
+pub struct ResumePoint {
+    /// Height, last header hash, last config block.
+    pub pos: ChainPosition,
+    /// The configuration in force.
+    pub config: Arc<ChannelConfig>,
+    /// The consenter metadata of the last block (handed to `handle-chain`).
+    pub metadata: Vec<u8>,
+}
+
+/// Why a chain's resume point cannot be read from its ledger.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("channel {channel}: {what}")]
+    Missing { channel: String, what: String },
+    #[error("channel {channel}: {source}")]
+    Config { channel: String, source: crate::channel::ConfigError },
+}
+
+impl ResumePoint {
+    /// Reads the resume point of `channel` from its (non-empty) ledger.
+    pub fn read(channel: &str, ledger: &Ledger) -> Result<ResumePoint, ResumeError> {
+        let missing = |what: String| ResumeError::Missing { channel: channel.into(), what };
+        let height = ledger.height();
+        if height == 0 {
+            return Err(missing("ledger is empty (no genesis block)".into()));
+        }
+        let last = ledger.block(height - 1)?.ok_or_else(|| missing(format!("block {} is missing", height - 1)))?;
+        let last_hash: Hash =
+            last.header.as_ref().map(block::header_hash).ok_or_else(|| missing("last block has no header".into()))?;
+        let (last_config, metadata) = crate::node::last_config_and_metadata(&last);
+        let config_block =
+            ledger.block(last_config)?.ok_or_else(|| missing(format!("config block {last_config} is missing")))?;
+        let config = ChannelConfig::from_config_block(&config_block)
+            .map_err(|source| ResumeError::Config { channel: channel.into(), source })?;
+        Ok(ResumePoint { pos: ChainPosition { height, last_hash, last_config }, config: Arc::new(config), metadata })
+    }
+}
+
+/// Builds a chain's support around a block sink, at a position, under a
+/// configuration (called again for every restarted instance).
+pub type SupportFactory = Box<dyn Fn(Box<dyn BlockSink>, ChainPosition, Arc<ChannelConfig>) -> Support + Send>;
+
+/// A running chain: its actor thread (which owns the ledger writer) and
+/// its status.
 pub struct Chain {
     channel: String,
+    plugin: String,
+    policy: RestartPolicy,
     halt: watch::Sender<bool>,
     tx: mpsc::Sender<Offer>,
     status: Arc<ChainStatus>,
@@ -249,34 +531,44 @@ const MAX_GROUP: usize = 1024;
 const QUEUE: usize = 4096;
 
 impl Chain {
-    /// Starts a chain: a ledger writer thread, then the actor thread, which
-    /// instantiates the plugin and runs `handle-chain` and `start`. Returns
-    /// once the plugin started (or failed to).
+    /// Starts a chain on the actor thread: a ledger writer, the support
+    /// made by `make_support` at the ledger's last block, then the plugin's
+    /// `handle-chain` (with that block's consenter metadata) and `start`.
+    /// Returns once the plugin started (or failed to: a chain that cannot
+    /// start is refused, whatever its restart policy).
     pub fn spawn(
         channel: &str,
         plugin: Plugin,
-        make_support: impl FnOnce(Box<dyn BlockSink>) -> Support + Send + 'static,
-        metadata: Vec<u8>,
+        make_support: SupportFactory,
         ledger: Ledger,
+        restart: RestartConfig,
     ) -> Result<Arc<Chain>, RuntimeError> {
         let status = Arc::new(ChainStatus::default());
-        let (sink, writer) = ledger_sink(channel, ledger.clone(), status.clone())?;
+        let plugin_name = plugin.name().to_string();
+        let policy = restart.policy;
         let (tx, rx) = mpsc::channel(QUEUE);
         let (halt_tx, halt_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = std_mpsc::channel();
-        let actor_status = status.clone();
+        let mut runner = Runner {
+            channel: channel.to_string(),
+            plugin,
+            ledger: ledger.clone(),
+            status: status.clone(),
+            make_support,
+            restart,
+            writer: None,
+            start_height: 0,
+            crash_times: VecDeque::new(),
+        };
         let actor = std::thread::Builder::new()
             .name(format!("chain-{channel}"))
-            .spawn(move || {
-                let support = make_support(sink);
-                match ChainCore::start(&plugin, support, &metadata, actor_status) {
-                    Ok(core) => {
-                        let _ = ready_tx.send(Ok(()));
-                        run_actor(core, rx, halt_rx);
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
+            .spawn(move || match runner.start_instance() {
+                Ok(core) => {
+                    let _ = ready_tx.send(Ok(()));
+                    run_actor(runner, core, rx, halt_rx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
                 }
             })
             .map_err(|e| RuntimeError::Engine(format!("starting a chain thread: {e}")))?;
@@ -285,16 +577,17 @@ impl Chain {
             .unwrap_or_else(|_| Err(RuntimeError::Engine("the chain thread ended before starting the plugin".into())));
         if let Err(e) = started {
             let _ = actor.join();
-            let _ = writer.join();
             return Err(e);
         }
         Ok(Arc::new(Chain {
             channel: channel.to_string(),
+            plugin: plugin_name,
+            policy,
             halt: halt_tx,
             tx,
             status,
             ledger,
-            threads: Mutex::new(vec![actor, writer]),
+            threads: Mutex::new(vec![actor]),
         }))
     }
 
@@ -303,7 +596,17 @@ impl Chain {
         &self.channel
     }
 
-    /// Status (errored or not).
+    /// The consenter plugin ordering this chain (its consensus type).
+    pub fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
+    /// What the chain does when its plugin crashes.
+    pub fn restart_policy(&self) -> RestartPolicy {
+        self.policy
+    }
+
+    /// Status (errored or not, crash counters).
     pub fn status(&self) -> &Arc<ChainStatus> {
         &self.status
     }
@@ -341,7 +644,7 @@ impl Chain {
     }
 
     /// Halts the plugin, waits for queued blocks to be durable, and stops
-    /// both threads.
+    /// the chain's threads.
     pub fn halt(&self) {
         self.halt.send_replace(true);
         // Waiting Deliver streams end (SERVICE_UNAVAILABLE) and new
@@ -351,6 +654,7 @@ impl Chain {
         for t in threads {
             let _ = t.join();
         }
+        self.status.set_state(ChainState::Halted);
     }
 }
 
@@ -362,7 +666,7 @@ impl Drop for Chain {
 
 /// A sink that hands blocks to a new ledger writer thread for `ledger`
 /// (group commit). The thread ends, after writing everything queued, when
-/// the sink is dropped; a write error marks `status` errored.
+/// the sink is dropped; a write error marks `status` errored for good.
 pub fn ledger_sink(
     channel: &str,
     ledger: Ledger,
@@ -401,25 +705,155 @@ fn ledger_writer(ledger: Ledger, rx: std_mpsc::Receiver<Bytes>, status: Arc<Chai
         }
         if let Err(e) = ledger.append(&group) {
             tracing::error!(error = %e, "ledger write failed; the chain stops");
-            status.set_errored(format!("ledger write failed: {e}"));
+            status.set_fatal(format!("ledger write failed: {e}"));
             return;
         }
     }
 }
 
+/// What the actor needs to (re)start plugin instances of one chain.
+struct Runner {
+    channel: String,
+    plugin: Plugin,
+    ledger: Ledger,
+    status: Arc<ChainStatus>,
+    make_support: SupportFactory,
+    restart: RestartConfig,
+    /// The ledger writer of the current instance.
+    writer: Option<JoinHandle<()>>,
+    /// The height the current instance started at.
+    start_height: u64,
+    /// When the plugin crashed within the crash window.
+    crash_times: VecDeque<Instant>,
+}
+
+/// The actor's phase.
+enum Phase {
+    Running(Box<ChainCore>),
+    /// Waiting to restart at this instant.
+    Backoff(Instant),
+    /// Errored for good (or halted).
+    Down,
+}
+
+impl Runner {
+    /// A new instance at the ledger's last durable block: a fresh ledger
+    /// writer and support, `handle-chain(metadata)`, `start`.
+    fn start_instance(&mut self) -> Result<ChainCore, RuntimeError> {
+        let instantiate = |reason: String| RuntimeError::Instantiate {
+            plugin: self.plugin.name().to_string(),
+            channel: self.channel.clone(),
+            reason,
+        };
+        let rp = ResumePoint::read(&self.channel, &self.ledger).map_err(|e| instantiate(e.to_string()))?;
+        let (sink, writer) = ledger_sink(&self.channel, self.ledger.clone(), self.status.clone())?;
+        self.start_height = rp.pos.height;
+        self.status.absolute_max_bytes.store(rp.config.batch_size.absolute_max_bytes, Ordering::Relaxed);
+        self.status.sequence.store(rp.config.sequence, Ordering::Relaxed);
+        let support = (self.make_support)(sink, rp.pos, rp.config);
+        match ChainCore::start(&self.plugin, support, &rp.metadata, self.status.clone()) {
+            Ok(core) => {
+                self.writer = Some(writer);
+                Ok(core)
+            }
+            Err(e) => {
+                // The support (and its sink) went with the failed instance.
+                let _ = writer.join();
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends an instance: every block it wrote becomes durable; returns how
+    /// many envelopes it accepted but did not write.
+    fn tear_down(&mut self, mut core: ChainCore) -> u64 {
+        // A plugin that reported a failure still gets `halt` (its Store is
+        // alive); a trapped one has no Store left.
+        core.halt();
+        let accepted = core.accepted();
+        drop(core);
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        let mut written = 0u64;
+        for n in self.start_height..self.ledger.height() {
+            if let Ok(Some(b)) = self.ledger.block(n) {
+                written += b.data.as_ref().map(|d| d.data.len() as u64).unwrap_or(0);
+            }
+        }
+        accepted.saturating_sub(written)
+    }
+
+    /// Records a crash and decides what follows: a restart after a backoff,
+    /// or errored for good.
+    fn on_crash(&mut self, reason: String, restartable: bool, lost: u64) -> Phase {
+        let st = &self.status;
+        let crashes = st.crashes.fetch_add(1, Ordering::Relaxed) + 1;
+        st.lost_envelopes.fetch_add(lost, Ordering::Relaxed);
+        *st.last_crash.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+        let ch = &self.channel;
+        tracing::error!(channel = %ch, crashes, lost_envelopes = lost, %reason, policy = %self.restart.policy, "plugin instance crashed");
+        if !restartable || st.fatal.load(Ordering::Relaxed) || self.restart.policy == RestartPolicy::FailClosed {
+            st.set_state(ChainState::Errored);
+            st.set_errored(reason);
+            return Phase::Down;
+        }
+        let now = Instant::now();
+        while self.crash_times.front().is_some_and(|t| now.duration_since(*t) > self.restart.crash_window) {
+            self.crash_times.pop_front();
+        }
+        self.crash_times.push_back(now);
+        let recent = self.crash_times.len() as u32;
+        if recent >= self.restart.max_crashes {
+            tracing::error!(channel = %ch, crashes = recent, window_s = self.restart.crash_window.as_secs(), "crash loop: the chain stays errored");
+            st.set_state(ChainState::Errored);
+            st.replace_errored(format!(
+                "crash loop: {recent} plugin crashes within {:?}, the chain stays errored; last: {reason}",
+                self.restart.crash_window
+            ));
+            return Phase::Down;
+        }
+        let delay = self.restart.backoff(recent);
+        tracing::warn!(channel = %ch, delay_ms = delay.as_millis() as u64, attempt = recent, "plugin instance restart scheduled");
+        st.set_state(ChainState::Restarting);
+        st.replace_errored(format!("restarting the plugin instance in {delay:?} after a crash: {reason}"));
+        Phase::Backoff(now + delay)
+    }
+
+    /// Starts a new instance after a backoff.
+    fn restart(&mut self) -> Phase {
+        match self.start_instance() {
+            Ok(core) => {
+                let restarts = self.status.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::info!(channel = %self.channel, restarts, height = self.start_height, "plugin instance restarted from the last written block");
+                self.status.set_state(ChainState::Running);
+                self.status.clear_errored();
+                Phase::Running(Box::new(core))
+            }
+            Err(e) => self.on_crash(e.to_string(), true, 0),
+        }
+    }
+}
+
 /// The actor loop on the chain's own thread: a current-thread runtime that
-/// waits for the next event or the next timer.
-fn run_actor(mut core: ChainCore, mut rx: mpsc::Receiver<Offer>, mut halt: watch::Receiver<bool>) {
+/// waits for the next event, the next timer or the end of a backoff.
+fn run_actor(mut runner: Runner, core: ChainCore, mut rx: mpsc::Receiver<Offer>, mut halt: watch::Receiver<bool>) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
         Ok(rt) => rt,
         Err(e) => {
-            core.status.set_errored(format!("starting the chain's event loop: {e}"));
+            runner.status.set_fatal(format!("starting the chain's event loop: {e}"));
             return;
         }
     };
-    rt.block_on(async move {
+    let phase = rt.block_on(async {
+        let mut phase = Phase::Running(Box::new(core));
         loop {
-            let deadline = core.next_deadline();
+            phase = settle(phase, &mut runner);
+            let deadline = match &phase {
+                Phase::Running(core) => core.next_deadline(),
+                Phase::Backoff(at) => Some(*at),
+                Phase::Down => None,
+            };
             let first = tokio::select! {
                 biased;
                 _ = halt.changed() => break,
@@ -428,9 +862,17 @@ fn run_actor(mut core: ChainCore, mut rx: mpsc::Receiver<Offer>, mut halt: watch
                     None => break,
                 },
                 _ = sleep_until_opt(deadline) => {
-                    core.fire_timers(Instant::now());
+                    if let Phase::Running(core) = &mut phase {
+                        core.fire_timers(Instant::now());
+                    }
                     continue;
                 }
+            };
+            let Phase::Running(core) = &mut phase else {
+                // Restarting or errored: answer at once.
+                let reason = runner.status.errored().unwrap_or_else(|| runner.status.state().to_string());
+                let _ = first.1.send(Err(EnqueueError::Errored { channel: runner.channel.clone(), reason }));
+                continue;
             };
             // Deliver what queued up meanwhile in one call (in order).
             let mut envs = vec![first.0];
@@ -440,15 +882,38 @@ fn run_actor(mut core: ChainCore, mut rx: mpsc::Receiver<Offer>, mut halt: watch
                 envs.push(env);
                 replies.push(reply);
             }
-            for (r, reply) in core.enqueue_many(envs).into_iter().zip(replies) {
-                let _ = reply.send(r);
-            }
+            let results = core.enqueue_many(envs);
             if core.next_deadline().is_some_and(|d| d <= Instant::now()) {
                 core.fire_timers(Instant::now());
             }
+            // A crash is handled before the answers go out, so a client
+            // that sends again sees the chain restarting or errored.
+            phase = settle(phase, &mut runner);
+            for (r, reply) in results.into_iter().zip(replies) {
+                let _ = reply.send(r);
+            }
         }
-        core.halt();
+        phase
     });
+    if let Phase::Running(core) = phase {
+        runner.tear_down(*core);
+    }
+}
+
+/// The next phase: a crashed instance is torn down and the restart policy
+/// applied; a backoff that ran out starts a new instance.
+fn settle(phase: Phase, runner: &mut Runner) -> Phase {
+    match phase {
+        Phase::Running(core) => match core.crashed() {
+            Some((reason, restartable)) => {
+                let lost = runner.tear_down(*core);
+                runner.on_crash(reason, restartable, lost)
+            }
+            None => Phase::Running(core),
+        },
+        Phase::Backoff(at) if at <= Instant::now() => runner.restart(),
+        other => other,
+    }
 }
 
 /// Sleeps until `deadline`, or forever when there is none.
@@ -456,5 +921,31 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_max() {
+        let c = RestartConfig::new(RestartPolicy::Reload);
+        let ms: Vec<u128> = (1..=9).map(|n| c.backoff(n).as_millis()).collect();
+        assert_eq!(ms, vec![100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+        assert_eq!(c.backoff(200), Duration::from_secs(10), "no overflow");
+    }
+
+    #[test]
+    fn restart_policy_defaults_and_overrides() {
+        let mut p = RestartPolicies::default();
+        assert_eq!(p.for_chain("ch", "solo", true).policy, RestartPolicy::Reload);
+        assert_eq!(p.for_chain("ch", "mine", false).policy, RestartPolicy::FailClosed);
+        p.by_plugin.insert("mine".into(), RestartPolicy::Reload);
+        p.by_channel.insert("strict".into(), RestartPolicy::FailClosed);
+        assert_eq!(p.for_chain("ch", "mine", false).policy, RestartPolicy::Reload);
+        assert_eq!(p.for_chain("strict", "mine", false).policy, RestartPolicy::FailClosed, "channel wins");
+        assert_eq!("fail-closed".parse::<RestartPolicy>(), Ok(RestartPolicy::FailClosed));
+        assert!("sometimes".parse::<RestartPolicy>().is_err());
     }
 }

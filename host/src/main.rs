@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use prost::Message;
 
 use consenter_host::block::{self, hex};
+use consenter_host::chain::{RestartPolicies, RestartPolicy};
 use consenter_host::channel::ChannelTemplate;
 use consenter_host::envelope::Envelope;
 use consenter_host::ledger;
@@ -36,7 +37,7 @@ enum Cmd {
     /// development identity (its client MSP is printed, for clients to sign
     /// with), and a development channel `devchannel` ordered by the solo
     /// plugin, served over gRPC (AtomicBroadcast) on 127.0.0.1:7050.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Check and read ledgers.
     #[command(subcommand)]
     Ledger(LedgerCmd),
@@ -257,6 +258,32 @@ struct StartArgs {
     /// key that does not verify is still refused.
     #[arg(long)]
     allow_unsigned_plugins: bool,
+    /// Limits of one plugin type, over the defaults above:
+    /// TYPE:KEY=VALUE,... with keys memory-mib, table-elements, instances,
+    /// tables, memories, call-deadline-ms, stack-kib, max-list-len,
+    /// max-call-kib, max-handles. Repeatable.
+    #[arg(long = "plugin-limits", value_name = "TYPE:KEY=VALUE,...")]
+    plugin_limits: Vec<String>,
+    /// What a channel does when its plugin crashes: NAME=reload|fail-closed,
+    /// NAME being a channel or a plugin type (a channel's own entry wins).
+    /// Default: reload for the plugins shipped in the binary, fail-closed
+    /// for plugins loaded with --plugin. Repeatable.
+    #[arg(long = "restart-policy", value_name = "NAME=POLICY")]
+    restart_policy: Vec<String>,
+    /// Delay before restarting a crashed plugin (doubled for each further
+    /// crash within --restart-crash-window).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    restart_backoff_initial: Duration,
+    /// Longest delay before a restart.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    restart_backoff_max: Duration,
+    /// This many crashes within --restart-crash-window leave the chain
+    /// errored (crash loop).
+    #[arg(long, default_value_t = 5)]
+    restart_max_crashes: u32,
+    /// The crash-loop window.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    restart_crash_window: Duration,
 }
 
 #[derive(Subcommand)]
@@ -293,7 +320,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Start(a) => start(a),
+        Cmd::Start(a) => start(*a),
         Cmd::Ledger(LedgerCmd::Verify { data_dir, channel }) => verify(&data_dir, channel.as_deref()),
         Cmd::Ledger(LedgerCmd::Inspect { data_dir, channel, block }) => inspect(&data_dir, &channel, block),
         Cmd::Bench(a) => bench(a),
@@ -348,10 +375,34 @@ fn start(a: StartArgs) -> Result<()> {
             a.admin_listen
         );
     }
+    let mut plugin_limits = std::collections::BTreeMap::new();
+    for spec in &a.plugin_limits {
+        let Some((name, kv)) = spec.split_once(':') else {
+            bail!("--plugin-limits {spec:?}: expected TYPE:KEY=VALUE,...")
+        };
+        let base = plugin_limits.get(name).unwrap_or(&limits);
+        let l = base.with_overrides(kv)?;
+        plugin_limits.insert(name.to_string(), l);
+    }
+    let mut restart = RestartPolicies::default();
+    restart.backoff.initial_backoff = a.restart_backoff_initial;
+    restart.backoff.max_backoff = a.restart_backoff_max;
+    restart.backoff.max_crashes = a.restart_max_crashes.max(1);
+    restart.backoff.crash_window = a.restart_crash_window;
+    for spec in &a.restart_policy {
+        let Some((name, policy)) = spec.split_once('=') else {
+            bail!("--restart-policy {spec:?}: expected NAME=reload|fail-closed")
+        };
+        let policy: RestartPolicy = policy.parse().map_err(|e| anyhow::anyhow!("--restart-policy {spec:?}: {e}"))?;
+        restart.by_channel.insert(name.to_string(), policy);
+        restart.by_plugin.insert(name.to_string(), policy);
+    }
     let node = Node::open(NodeConfig {
         data_dir: a.data_dir.clone(),
         signer: Arc::new(signer),
         limits,
+        plugin_limits,
+        restart,
         support_limits: SupportLimits::default(),
         extra_plugins: extra,
     })?;

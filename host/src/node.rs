@@ -11,14 +11,14 @@ use std::sync::{Arc, RwLock, Weak};
 use bytes::Bytes;
 use prost::Message;
 
-use crate::block::{self, Hash};
-use crate::chain::Chain;
+use crate::block;
+use crate::chain::{Chain, RestartPolicies, ResumeError, ResumePoint};
 use crate::channel::ChannelConfig;
 use crate::ledger::{Ledger, LedgerError};
 use crate::proto::common::{Block, BlockMetadataIndex, LastConfig, Metadata};
 use crate::runtime::{Limits, Plugin, Runtime, RuntimeError};
 use crate::signer::Signer;
-use crate::support::{ChainPosition, Support, SupportLimits, SystemClock};
+use crate::support::{Support, SupportLimits, SystemClock};
 
 /// Plugins shipped inside the binary.
 pub mod embedded {
@@ -57,6 +57,10 @@ pub enum NodeError {
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Canary(#[from] crate::canary::CanaryError),
+    #[error(transparent)]
+    Resume(#[from] ResumeError),
+    #[error("plugin limits given for {name:?}, which is not a plugin of this node (available: {available})")]
+    LimitsForUnknownPlugin { name: String, available: String },
 }
 
 /// What a node is made of.
@@ -65,8 +69,12 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The node's signing identity.
     pub signer: Arc<Signer>,
-    /// Limits of every plugin instance.
+    /// Limits of every plugin instance, unless `plugin_limits` has its type.
     pub limits: Limits,
+    /// Limits of the instances of a plugin type.
+    pub plugin_limits: BTreeMap<String, Limits>,
+    /// What a chain does when its plugin crashes.
+    pub restart: RestartPolicies,
     /// Limits on plugin calls into the host.
     pub support_limits: SupportLimits,
     /// Extra plugins (consensus type, component bytes), besides the
@@ -81,6 +89,9 @@ pub struct Node {
     signer: Arc<Signer>,
     support_limits: SupportLimits,
     plugins: BTreeMap<String, Plugin>,
+    /// Plugin types shipped in the binary (not replaced by a file).
+    shipped: std::collections::BTreeSet<String>,
+    restart: RestartPolicies,
     chains: RwLock<HashMap<String, Arc<Chain>>>,
     /// Channels that could not start, with the reason.
     broken: RwLock<HashMap<String, String>>,
@@ -95,17 +106,36 @@ impl Node {
         // without a usable cache the node compiles every start.
         let cache = crate::cache::PluginCache::open(&cfg.data_dir)
             .inspect_err(|e| tracing::warn!(error = %e, "plugin cache unavailable; compiling plugins"))
-            .ok();
-        let runtime = Runtime::new_with_cache(cfg.limits, cache)?;
+            .ok()
+            .map(Arc::new);
+        // One engine per wasm stack size (an engine-wide setting).
+        let mut runtimes = BTreeMap::new();
+        runtimes.insert(cfg.limits.stack_bytes, Runtime::new_with_cache(cfg.limits.clone(), cache.clone())?);
         let mut plugins = BTreeMap::new();
         let mut sources: BTreeMap<String, Vec<u8>> =
             embedded::EMBEDDED.iter().map(|(n, b)| (n.to_string(), b.to_vec())).collect();
+        let mut shipped: std::collections::BTreeSet<String> = sources.keys().cloned().collect();
         for (n, b) in cfg.extra_plugins {
+            shipped.remove(&n);
             sources.insert(n, b);
+        }
+        if let Some(name) = cfg.plugin_limits.keys().find(|n| !sources.contains_key(*n)) {
+            let available = sources.keys().cloned().collect::<Vec<_>>().join(", ");
+            return Err(NodeError::LimitsForUnknownPlugin { name: name.clone(), available });
         }
         for (name, bytes) in sources {
             let t = std::time::Instant::now();
+            let limits = cfg.plugin_limits.get(&name).unwrap_or(&cfg.limits).clone();
+            let runtime = match runtimes.get(&limits.stack_bytes) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = Runtime::new_with_cache(limits.clone(), cache.clone())?;
+                    runtimes.insert(limits.stack_bytes, r.clone());
+                    r
+                }
+            };
             let (p, source) = runtime.load_with_source(&name, &bytes)?;
+            let p = p.with_limits(limits);
             tracing::info!(plugin = %name, bytes = bytes.len(), ms = t.elapsed().as_millis() as u64, ?source, "plugin loaded");
             // Before it serves any channel: a throw-away chain must start.
             crate::canary::run(&p, cfg.signer.clone())?;
@@ -117,6 +147,8 @@ impl Node {
             signer: cfg.signer,
             support_limits: cfg.support_limits,
             plugins,
+            shipped,
+            restart: cfg.restart,
             chains: RwLock::new(HashMap::new()),
             broken: RwLock::new(HashMap::new()),
         });
@@ -197,6 +229,15 @@ impl Node {
                 height: c.ledger().height(),
                 system: c.status().config().is_some_and(|c| c.system),
                 error: c.status().errored(),
+                consenter: Some(ConsenterInfo {
+                    plugin: c.plugin().to_string(),
+                    state: c.status().state().to_string(),
+                    restart_policy: c.restart_policy().to_string(),
+                    crashes: c.status().crashes(),
+                    restarts: c.status().restarts(),
+                    lost_envelopes: c.status().lost_envelopes(),
+                    last_crash: c.status().last_crash_reason(),
+                }),
             });
         }
         let reason = self.broken(channel)?;
@@ -208,6 +249,7 @@ impl Node {
             height,
             system: false,
             error: Some(reason),
+            consenter: None,
         })
     }
 
@@ -306,12 +348,6 @@ impl Node {
 
     fn resume(&self, channel: &str) -> Result<(), NodeError> {
         let ledger = Ledger::open(&self.chains_dir().join(channel))?;
-        if ledger.height() == 0 {
-            return Err(NodeError::Channel {
-                channel: channel.into(),
-                what: "ledger is empty (no genesis block)".into(),
-            });
-        }
         self.start_chain(channel, ledger)?;
         Ok(())
     }
@@ -326,38 +362,29 @@ impl Node {
 
     fn start_chain(&self, channel: &str, ledger: Ledger) -> Result<Arc<Chain>, NodeError> {
         let height = ledger.height();
-        let missing = |what: String| NodeError::Channel { channel: channel.into(), what };
-        let last = ledger.block(height - 1)?.ok_or_else(|| missing(format!("block {} is missing", height - 1)))?;
-        let last_hash: Hash =
-            last.header.as_ref().map(block::header_hash).ok_or_else(|| missing("last block has no header".into()))?;
-        let (last_config, metadata) = last_config_and_metadata(&last);
-        let config_block =
-            ledger.block(last_config)?.ok_or_else(|| missing(format!("config block {last_config} is missing")))?;
-        let cfg = ChannelConfig::from_config_block(&config_block)
-            .map_err(|source| NodeError::Config { channel: channel.into(), source })?;
-        let plugin = self.plugin_for(channel, &cfg)?;
-        let pos = ChainPosition { height, last_hash, last_config };
+        let plugin = self.plugin_for(channel, &ResumePoint::read(channel, &ledger)?.config)?;
+        let restart = self.restart.for_chain(channel, plugin.name(), self.shipped.contains(plugin.name()));
         let signer = self.signer.clone();
         let limits = self.support_limits.clone();
         let ch = channel.to_string();
-        let cfg = Arc::new(cfg);
         let me = self.me.clone();
         let chain = Chain::spawn(
             channel,
             plugin,
-            move |sink| {
+            Box::new(move |sink, pos, cfg| {
                 let system = cfg.system;
-                let mut s = Support::new(&ch, cfg, signer, sink, Arc::new(SystemClock), pos, limits);
+                let mut s = Support::new(&ch, cfg, signer.clone(), sink, Arc::new(SystemClock), pos, limits.clone());
                 if system {
+                    let me = me.clone();
                     s.set_channel_creator(Arc::new(move |genesis| {
                         let node = me.upgrade().ok_or("the node is shutting down")?;
                         node.create_channel(&genesis).map(|_| ()).map_err(|e| e.to_string())
                     }));
                 }
                 s
-            },
-            metadata,
+            }),
             ledger,
+            restart,
         )?;
         tracing::info!(channel, height, "chain started");
         write(&self.chains).insert(channel.to_string(), chain.clone());
@@ -387,6 +414,28 @@ pub struct ChannelInfo {
     pub system: bool,
     /// Why the channel failed, if it did.
     pub error: Option<String>,
+    /// The consenter plugin instance and its crash counters (running
+    /// chains only).
+    pub consenter: Option<ConsenterInfo>,
+}
+
+/// A chain's plugin instance as the participation API shows it (the
+/// `consenter` object of a channel).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsenterInfo {
+    /// The plugin (consensus type).
+    pub plugin: String,
+    /// running, restarting, errored or halted.
+    pub state: String,
+    /// reload or fail-closed.
+    pub restart_policy: String,
+    pub crashes: u64,
+    pub restarts: u64,
+    /// Envelopes accepted by crashed instances but never written.
+    pub lost_envelopes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_crash: Option<String>,
 }
 
 /// The last-config index and consenter metadata of a block: from the

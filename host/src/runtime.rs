@@ -42,17 +42,41 @@ const PROVIDED: &[&str] = &[
     "fabric:consenter/log@0.1.0",
 ];
 
-/// Resource limits of one plugin instance.
-#[derive(Debug, Clone)]
+/// Resource limits of one plugin instance, set per plugin type (see
+/// [`Limits::with_overrides`]). Where each is enforced:
+/// - `memory_bytes`, `table_elements`, `instances`, `tables`, `memories`:
+///   the Store's limiter (a grow past the cap traps);
+/// - `stack_bytes`: the engine (`max_wasm_stack`; a plugin with its own
+///   value gets its own engine);
+/// - `call_deadline`: epoch interruption, re-armed before every call;
+/// - `max_list_len`, `max_call_bytes`, `max_handles`: the import functions
+///   in `support.rs`, before the host does any work with the argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Cap on the instance's linear memory, in bytes.
     pub memory_bytes: usize,
     /// Cap on table elements.
     pub table_elements: usize,
-    /// Wall-clock deadline of one call into the plugin.
+    /// Cap on core and component instances in the Store.
+    pub instances: usize,
+    /// Cap on tables in the Store.
+    pub tables: usize,
+    /// Cap on linear memories in the Store.
+    pub memories: usize,
+    /// Wall-clock deadline of one call into the plugin. `Duration::MAX`
+    /// means none (the engine is then built without epoch interruption).
     pub call_deadline: Duration,
     /// Wasm stack size, in bytes.
     pub stack_bytes: usize,
+    /// Most handles (envelopes, batches) in one list a plugin passes to
+    /// the host (`ordered-many`, the `batch` constructor).
+    pub max_list_len: usize,
+    /// Most bytes in one `list<u8>` or `string` a plugin passes to the host
+    /// (`write-block` metadata, `sign`, `log`, `fail`).
+    pub max_call_bytes: usize,
+    /// Most envelope, batch and block handles a plugin instance holds at
+    /// once (host memory the wasm memory cap does not cover).
+    pub max_handles: usize,
 }
 
 impl Default for Limits {
@@ -60,9 +84,105 @@ impl Default for Limits {
         Limits {
             memory_bytes: 64 << 20,
             table_elements: 20_000,
+            instances: 32,
+            tables: 32,
+            memories: 8,
             call_deadline: Duration::from_secs(1),
             stack_bytes: 512 << 10,
+            max_list_len: 65_536,
+            max_call_bytes: 4 << 20,
+            max_handles: 1 << 20,
         }
+    }
+}
+
+/// A `--plugin-limits` specification that cannot be applied.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LimitsError {
+    #[error("plugin limits {spec:?}: expected KEY=VALUE, got {item:?}")]
+    Syntax { spec: String, item: String },
+    #[error("plugin limits {spec:?}: unknown key {key:?} (known: {known})")]
+    UnknownKey { spec: String, key: String, known: &'static str },
+    #[error("plugin limits {spec:?}: {key}={value:?} is not a positive whole number")]
+    Value { spec: String, key: String, value: String },
+}
+
+const LIMIT_KEYS: &str = "memory-mib, table-elements, instances, tables, memories, call-deadline-ms, stack-kib, \
+                          max-list-len, max-call-kib, max-handles";
+
+impl Limits {
+    /// No limits at all (benchmarks: the cost of the limits is the
+    /// difference with [`Limits::default`]). Never use it for a plugin you
+    /// do not trust.
+    pub fn unlimited() -> Limits {
+        Limits {
+            memory_bytes: usize::MAX,
+            table_elements: usize::MAX,
+            instances: usize::MAX,
+            tables: usize::MAX,
+            memories: usize::MAX,
+            call_deadline: Duration::MAX,
+            stack_bytes: 512 << 10,
+            max_list_len: usize::MAX,
+            max_call_bytes: usize::MAX,
+            max_handles: usize::MAX,
+        }
+    }
+
+    /// These limits with the overrides of `spec`, a comma-separated list of
+    /// `KEY=VALUE` (e.g. `memory-mib=64,call-deadline-ms=1000`; keys in
+    /// [`LIMIT_KEYS`]).
+    pub fn with_overrides(&self, spec: &str) -> Result<Limits, LimitsError> {
+        let mut l = self.clone();
+        for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let Some((key, value)) = item.split_once('=') else {
+                return Err(LimitsError::Syntax { spec: spec.into(), item: item.into() });
+            };
+            let (key, value) = (key.trim(), value.trim());
+            let n: usize = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| LimitsError::Value {
+                spec: spec.into(),
+                key: key.into(),
+                value: value.into(),
+            })?;
+            let bytes = |shift: u32| n.saturating_mul(1 << shift);
+            match key {
+                "memory-mib" => l.memory_bytes = bytes(20),
+                "table-elements" => l.table_elements = n,
+                "instances" => l.instances = n,
+                "tables" => l.tables = n,
+                "memories" => l.memories = n,
+                "call-deadline-ms" => l.call_deadline = Duration::from_millis(n as u64),
+                "stack-kib" => l.stack_bytes = bytes(10),
+                "max-list-len" => l.max_list_len = n,
+                "max-call-kib" => l.max_call_bytes = bytes(10),
+                "max-handles" => l.max_handles = n,
+                _ => {
+                    return Err(LimitsError::UnknownKey { spec: spec.into(), key: key.into(), known: LIMIT_KEYS });
+                }
+            }
+        }
+        Ok(l)
+    }
+
+    fn has_deadline(&self) -> bool {
+        self.call_deadline != Duration::MAX
+    }
+}
+
+/// The caps the import functions check (a copy of the plugin's [`Limits`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CallLimits {
+    /// See [`Limits::max_list_len`].
+    pub max_list_len: usize,
+    /// See [`Limits::max_call_bytes`].
+    pub max_call_bytes: usize,
+    /// See [`Limits::max_handles`].
+    pub max_handles: usize,
+}
+
+impl From<&Limits> for CallLimits {
+    fn from(l: &Limits) -> Self {
+        CallLimits { max_list_len: l.max_list_len, max_call_bytes: l.max_call_bytes, max_handles: l.max_handles }
     }
 }
 
@@ -106,7 +226,7 @@ struct RuntimeInner {
     limits: Limits,
     stop_ticker: Arc<AtomicBool>,
     /// Compiled-artifact cache (None: always compile).
-    cache: Option<PluginCache>,
+    cache: Option<Arc<PluginCache>>,
 }
 
 impl Drop for RuntimeInner {
@@ -123,10 +243,10 @@ impl Runtime {
     }
 
     /// As [`Runtime::new`], loading compiled plugins through `cache`.
-    pub fn new_with_cache(limits: Limits, cache: Option<PluginCache>) -> Result<Runtime, RuntimeError> {
+    pub fn new_with_cache(limits: Limits, cache: Option<Arc<PluginCache>>) -> Result<Runtime, RuntimeError> {
         let mut cfg = Config::new();
         cfg.concurrency_support(false);
-        cfg.epoch_interruption(true);
+        cfg.epoch_interruption(limits.has_deadline());
         cfg.max_wasm_stack(limits.stack_bytes);
         cfg.wasm_component_model(true);
         let engine = Engine::new(&cfg).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
@@ -152,7 +272,8 @@ impl Runtime {
         Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, limits, stop_ticker, cache }) })
     }
 
-    /// The limits every instance gets.
+    /// The default limits of the plugins this runtime loads (the engine's
+    /// stack size is `stack_bytes` of these).
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
     }
@@ -201,7 +322,7 @@ impl Runtime {
             .map_err(|e| RuntimeError::Link { plugin: name.to_string(), reason: format!("{e:#}") })?;
         let pre = ConsenterPre::new(pre)
             .map_err(|e| RuntimeError::Link { plugin: name.to_string(), reason: format!("{e:#}") })?;
-        Ok((Plugin { name: name.to_string(), pre, runtime: self.clone() }, source))
+        Ok((Plugin { name: name.to_string(), pre, runtime: self.clone(), limits: self.inner.limits.clone() }, source))
     }
 }
 
@@ -211,6 +332,7 @@ pub struct Plugin {
     name: String,
     pre: ConsenterPre<PluginState>,
     runtime: Runtime,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -225,9 +347,21 @@ impl Plugin {
         &self.name
     }
 
+    /// The limits each instance of this plugin gets.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// This plugin with other instance limits. The stack size is the
+    /// engine's: a different `stack_bytes` needs a [`Runtime`] built with
+    /// it (the node keeps one per stack size).
+    pub fn with_limits(&self, limits: Limits) -> Plugin {
+        Plugin { limits, ..self.clone() }
+    }
+
     /// A new instance for one chain, with its own Store around `support`.
     pub fn instantiate(&self, support: Support) -> Result<Instance, RuntimeError> {
-        let limits = &self.runtime.inner.limits;
+        let limits = &self.limits;
         let channel = support.chain_id().to_string();
         let state = PluginState {
             table: ResourceTable::new(),
@@ -235,29 +369,30 @@ impl Plugin {
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes)
                 .table_elements(limits.table_elements)
-                .instances(32)
-                .tables(32)
-                .memories(8)
+                .instances(limits.instances)
+                .tables(limits.tables)
+                .memories(limits.memories)
                 .trap_on_grow_failure(true)
                 .build(),
+            call_limits: CallLimits::from(limits),
+            handles: 0,
             support,
         };
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(deadline_ticks(limits.call_deadline));
+        let deadline = if limits.has_deadline() && self.runtime.inner.limits.has_deadline() {
+            store.epoch_deadline_trap();
+            store.set_epoch_deadline(deadline_ticks(limits.call_deadline));
+            Some(limits.call_deadline)
+        } else {
+            None
+        };
         let bindings = self.pre.instantiate(&mut store).map_err(|e| RuntimeError::Instantiate {
             plugin: self.name.clone(),
             channel: channel.clone(),
             reason: format!("{e:#}"),
         })?;
-        Ok(Instance {
-            plugin: self.name.clone(),
-            channel,
-            store: Some(store),
-            bindings,
-            deadline: limits.call_deadline,
-        })
+        Ok(Instance { plugin: self.name.clone(), channel, store: Some(store), bindings, deadline })
     }
 }
 
@@ -305,6 +440,10 @@ pub struct PluginState {
     /// Envelope handles given to the plugin.
     pub envelopes: crate::support::EnvelopeSlab,
     limits: StoreLimits,
+    /// Caps checked by the import functions.
+    pub call_limits: CallLimits,
+    /// Envelope, batch and block handles the plugin holds now.
+    pub handles: usize,
     /// Native ConsenterSupport of the chain.
     pub support: Support,
 }
@@ -318,6 +457,8 @@ impl PluginState {
             table: ResourceTable::new(),
             envelopes: Default::default(),
             limits: StoreLimitsBuilder::new().build(),
+            call_limits: CallLimits::from(&Limits::default()),
+            handles: 0,
             support,
         }
     }
@@ -330,7 +471,7 @@ pub struct Instance {
     channel: String,
     store: Option<Store<PluginState>>,
     bindings: Consenter,
-    deadline: Duration,
+    deadline: Option<Duration>,
 }
 
 impl Instance {
@@ -357,7 +498,9 @@ impl Instance {
         let Some(store) = self.store.as_mut() else {
             return Err(RuntimeError::Dead { plugin: self.plugin.clone(), channel: self.channel.clone() });
         };
-        store.set_epoch_deadline(deadline_ticks(self.deadline));
+        if let Some(d) = self.deadline {
+            store.set_epoch_deadline(deadline_ticks(d));
+        }
         match f(&self.bindings, store) {
             Ok(r) => Ok(r),
             Err(e) => {
@@ -399,7 +542,7 @@ impl Instance {
                     size: env.size,
                     config_sequence: env.config_seq,
                 };
-                offered.push((s.data_mut().envelopes.insert(env)?, info));
+                offered.push((s.data_mut().insert_envelope(env)?, info));
             }
             b.fabric_consenter_chain().call_enqueue(s, &offered)
         })?;
@@ -436,6 +579,36 @@ fn trap_reason(e: &wasmtime::Error) -> String {
         };
         return what;
     }
-    let s = format!("{e:#}");
-    if s.contains("memory") && s.contains("limit") { format!("memory cap reached: {s}") } else { s }
+    // The innermost error, without the wasm backtrace wasmtime wraps it in.
+    let s = e.root_cause().to_string();
+    if s.contains("growing memory") || (s.contains("memory") && s.contains("limit")) {
+        format!("memory cap reached ({s})")
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_overrides() {
+        let l = Limits::default()
+            .with_overrides("memory-mib=16, call-deadline-ms=250,max-list-len=4,max-call-kib=8")
+            .unwrap();
+        assert_eq!(l.memory_bytes, 16 << 20);
+        assert_eq!(l.call_deadline, Duration::from_millis(250));
+        assert_eq!(l.max_list_len, 4);
+        assert_eq!(l.max_call_bytes, 8 << 10);
+        assert_eq!(l.stack_bytes, Limits::default().stack_bytes, "untouched keys keep their value");
+        let e = Limits::default().with_overrides("memory=1").unwrap_err();
+        assert!(e.to_string().contains("unknown key \"memory\""), "{e}");
+        let e = Limits::default().with_overrides("memory-mib=0").unwrap_err();
+        assert!(matches!(e, LimitsError::Value { .. }), "{e}");
+        let e = Limits::default().with_overrides("memory-mib").unwrap_err();
+        assert!(matches!(e, LimitsError::Syntax { .. }), "{e}");
+        assert!(!Limits::unlimited().has_deadline());
+        assert!(Limits::default().has_deadline());
+    }
 }

@@ -4,6 +4,25 @@
 //! checked here (next block only, size caps, timer caps). A pure state
 //! machine apart from the [`BlockSink`] it writes blocks to and the
 //! [`Clock`] it reads; may touch nothing else.
+//!
+//! What a plugin passes to the host, and how it is capped:
+//! - handles (envelope, batch, block): the component model checks every
+//!   handle when the call is lifted (a forged index, a handle of another
+//!   type or one already consumed traps before the host runs); each Store
+//!   has its own handle tables, so another chain's handles do not exist
+//!   here. The number a plugin holds at once is capped (`max-handles`;
+//!   trap).
+//! - `list<envelope>` (`ordered-many`, `batch` constructor): wasmtime lifts
+//!   it into a `Vec` from the plugin's memory (so it is already bounded by
+//!   the memory cap, 4 bytes per handle); its length is checked first
+//!   thing (`max-list-len`; trap: these functions have no error result).
+//! - `list<u8>` and `string` (`write-block` metadata, `sign`, `log`,
+//!   `fail`): lifted by a copy bounded by the plugin's memory; the length
+//!   is checked before any other work: `write-block`/`write-config-block`
+//!   metadata over `max_metadata_bytes` and `sign` messages over
+//!   `max-call-bytes` are refused with `limit-exceeded` (a refusal, counted);
+//!   `log`/`fail` text over `max-call-bytes` traps, shorter log lines are
+//!   truncated to `max_log_bytes`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -73,6 +92,70 @@ impl EnvelopeSlab {
         Ok(env)
     }
 }
+impl PluginState {
+    /// Hands the plugin an envelope: counts the handle against `max-handles`.
+    pub fn insert_envelope(&mut self, env: Envelope) -> wasmtime::Result<Resource<EnvelopeRes>> {
+        self.count_handle()?;
+        self.envelopes.insert(env)
+    }
+
+    fn count_handle(&mut self) -> wasmtime::Result<()> {
+        if self.handles >= self.call_limits.max_handles {
+            wasmtime::bail!(
+                "the plugin holds {} envelope, batch and block handles, the cap (max-handles); it must drop some",
+                self.handles
+            );
+        }
+        self.handles += 1;
+        Ok(())
+    }
+
+    fn take_envelope(&mut self, r: Resource<EnvelopeRes>) -> wasmtime::Result<Envelope> {
+        let e = self.envelopes.take(r)?;
+        self.handles = self.handles.saturating_sub(1);
+        Ok(e)
+    }
+
+    fn push<T: Send + 'static>(&mut self, v: T) -> wasmtime::Result<Resource<T>> {
+        self.count_handle()?;
+        Ok(self.table.push(v)?)
+    }
+
+    fn delete<T: 'static>(&mut self, r: Resource<T>) -> wasmtime::Result<T> {
+        let v = self.table.delete(r)?;
+        self.handles = self.handles.saturating_sub(1);
+        Ok(v)
+    }
+
+    /// Traps if a plugin passed more handles in one list than `max-list-len`.
+    fn check_list(&self, call: &str, len: usize) -> wasmtime::Result<()> {
+        let max = self.call_limits.max_list_len;
+        if len > max {
+            wasmtime::bail!("the plugin passed {len} handles to {call}, over the cap of {max} per call (max-list-len)");
+        }
+        Ok(())
+    }
+
+    /// Traps if a plugin passed more bytes in one argument than `max-call-bytes`.
+    /// Passes a call's answer on, unless the plugin has reached the refusal
+    /// cap: then the call traps (the chain has failed; the plugin must not
+    /// keep the chain's thread busy with more refused calls).
+    fn answer<T>(&mut self, r: Result<T, types::SupportError>) -> wasmtime::Result<Result<T, types::SupportError>> {
+        if r.is_err() && self.support.refusals >= self.support.limits.max_refusals {
+            wasmtime::bail!("the plugin made {} refused calls (the cap); its chain has failed", self.support.refusals);
+        }
+        Ok(r)
+    }
+
+    fn check_bytes(&self, call: &str, len: usize) -> wasmtime::Result<()> {
+        let max = self.call_limits.max_call_bytes;
+        if len > max {
+            wasmtime::bail!("the plugin passed {len} bytes to {call}, over the cap of {max} per call (max-call-bytes)");
+        }
+        Ok(())
+    }
+}
+
 /// A batch handle's host value.
 pub struct BatchRes(pub Vec<Envelope>);
 /// A block handle's host value.
@@ -104,6 +187,9 @@ impl Clock for SystemClock {
         Instant::now()
     }
 }
+
+/// The shortest timer delay (shorter delays are raised to it).
+pub const MIN_TIMER_DELAY: Duration = Duration::from_millis(1);
 
 /// Caps on what a plugin may ask of the host.
 #[derive(Debug, Clone)]
@@ -155,7 +241,11 @@ pub struct Support {
     last_config: u64,
     timers: BTreeMap<u32, Instant>,
     failed: Option<String>,
+    /// Whether the failure is the host's (ledger, signer), not the plugin's.
+    host_fault: bool,
     refusals: u32,
+    /// Envelopes in the blocks written so far by this Support.
+    written_envelopes: u64,
     /// Log rate limit: tokens left, when they were last refilled, and how
     /// many lines were dropped since the last one written.
     log_tokens: f64,
@@ -200,7 +290,9 @@ impl Support {
             last_config: pos.last_config,
             timers: BTreeMap::new(),
             failed: None,
+            host_fault: false,
             refusals: 0,
+            written_envelopes: 0,
             log_tokens,
             log_refilled,
             log_dropped: 0,
@@ -228,12 +320,31 @@ impl Support {
         self.failed.as_deref()
     }
 
-    /// Marks the chain failed (first reason wins).
+    /// Whether the failure (if any) is the host's (ledger or signer), not
+    /// the plugin's: a restart policy does not apply to it.
+    pub fn host_fault(&self) -> bool {
+        self.host_fault
+    }
+
+    /// Envelopes in the blocks written through this Support.
+    pub fn written_envelopes(&self) -> u64 {
+        self.written_envelopes
+    }
+
+    /// Marks the chain failed because of the plugin (first reason wins).
     pub fn fail(&mut self, reason: String) {
         if self.failed.is_none() {
             tracing::error!(channel = %self.chain_id, %reason, "chain failed");
             self.failed = Some(reason);
         }
+    }
+
+    /// Marks the chain failed because of the host (first reason wins).
+    fn fail_host(&mut self, reason: String) {
+        if self.failed.is_none() {
+            self.host_fault = true;
+        }
+        self.fail(reason);
     }
 
     /// The earliest armed timer deadline.
@@ -328,17 +439,19 @@ impl Support {
             }
         }
         let last_config = if new_config.is_some() { blk.number } else { self.last_config };
+        let env_count = b.data.as_ref().map(|d| d.data.len() as u64).unwrap_or(0);
         if let Err(e) = block::sign_block(&mut b, last_config, metadata, &self.signer) {
             let msg = e.to_string();
-            self.fail(msg.clone());
+            self.fail_host(msg.clone());
             return Err(E::Internal(msg));
         }
         if let Err(e) = self.sink.write(blk.number, b.encode_to_vec().into()) {
             let msg = format!("writing block {} to the ledger: {e}", blk.number);
-            self.fail(msg.clone());
+            self.fail_host(msg.clone());
             return Err(E::Internal(msg));
         }
         self.height += 1;
+        self.written_envelopes += env_count;
         self.last_hash = blk.hash;
         if self.created.0 < self.height {
             // Written past what was created (after a refusal reset it).
@@ -417,18 +530,19 @@ impl types::HostEnvelope for PluginState {
         Ok(self.envelopes.get(&e)?.bytes.to_vec())
     }
     fn drop(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<()> {
-        self.envelopes.take(e)?;
+        self.take_envelope(e)?;
         Ok(())
     }
 }
 
 impl types::HostBatch for PluginState {
     fn new(&mut self, envelopes: Vec<Resource<EnvelopeRes>>) -> wasmtime::Result<Resource<BatchRes>> {
+        self.check_list("the batch constructor", envelopes.len())?;
         let mut v = Vec::with_capacity(envelopes.len());
         for e in envelopes {
-            v.push(self.envelopes.take(e)?);
+            v.push(self.take_envelope(e)?);
         }
-        Ok(self.table.push(BatchRes(v))?)
+        self.push(BatchRes(v))
     }
     fn len(&mut self, b: Resource<BatchRes>) -> wasmtime::Result<u32> {
         Ok(self.table.get(&b)?.0.len() as u32)
@@ -437,7 +551,7 @@ impl types::HostBatch for PluginState {
         Ok(self.table.get(&b)?.0.iter().map(|e| u64::from(e.size)).sum())
     }
     fn drop(&mut self, b: Resource<BatchRes>) -> wasmtime::Result<()> {
-        self.table.delete(b)?;
+        self.delete(b)?;
         Ok(())
     }
 }
@@ -456,32 +570,33 @@ impl types::HostBlock for PluginState {
         Ok(self.table.get(&b)?.block.encode_to_vec())
     }
     fn drop(&mut self, b: Resource<BlockRes>) -> wasmtime::Result<()> {
-        self.table.delete(b)?;
+        self.delete(b)?;
         Ok(())
     }
 }
 
 impl support::Host for PluginState {
     fn ordered(&mut self, env: Resource<EnvelopeRes>) -> wasmtime::Result<support::OrderedResult> {
-        let env = self.envelopes.take(env)?;
+        let env = self.take_envelope(env)?;
         let bs = self.support.config.batch_size;
         let r = self.support.cutter.ordered(env, &bs);
         let mut batches = Vec::with_capacity(r.batches.len());
         for b in r.batches {
-            batches.push(self.table.push(BatchRes(b))?);
+            batches.push(self.push(BatchRes(b))?);
         }
         Ok(support::OrderedResult { batches, pending: r.pending })
     }
 
     fn ordered_many(&mut self, envs: Vec<Resource<EnvelopeRes>>) -> wasmtime::Result<support::OrderedManyResult> {
+        self.check_list("ordered-many", envs.len())?;
         let bs = self.support.config.batch_size;
         let mut batches = Vec::new();
         let mut pending = Vec::with_capacity(envs.len());
         for env in envs {
-            let env = self.envelopes.take(env)?;
+            let env = self.take_envelope(env)?;
             let r = self.support.cutter.ordered(env, &bs);
             for b in r.batches {
-                batches.push(self.table.push(BatchRes(b))?);
+                batches.push(self.push(BatchRes(b))?);
             }
             pending.push(r.pending);
         }
@@ -490,7 +605,7 @@ impl support::Host for PluginState {
 
     fn cut(&mut self) -> wasmtime::Result<Resource<BatchRes>> {
         let b = self.support.cutter.cut();
-        Ok(self.table.push(BatchRes(b))?)
+        self.push(BatchRes(b))
     }
 
     fn pending_count(&mut self) -> wasmtime::Result<u32> {
@@ -501,13 +616,13 @@ impl support::Host for PluginState {
         &mut self,
         batch: Resource<BatchRes>,
     ) -> wasmtime::Result<Result<Resource<BlockRes>, types::SupportError>> {
-        let envs = self.table.delete(batch)?.0;
+        let envs = self.delete(batch)?.0;
         let (number, prev) = self.support.created;
         let data: Vec<Bytes> = envs.into_iter().map(|e| e.bytes).collect();
         let block = block::new_block(number, if number == 0 { &[] } else { &prev }, data);
         let hash = block.header.as_ref().map(block::header_hash).unwrap_or_default();
         self.support.created = (number + 1, hash);
-        Ok(Ok(self.table.push(BlockRes { block, number, hash })?))
+        Ok(Ok(self.push(BlockRes { block, number, hash })?))
     }
 
     fn write_block(
@@ -515,8 +630,9 @@ impl support::Host for PluginState {
         b: Resource<BlockRes>,
         consenter_metadata: Vec<u8>,
     ) -> wasmtime::Result<Result<(), types::SupportError>> {
-        let blk = self.table.delete(b)?;
-        Ok(self.support.write(blk, &consenter_metadata, false))
+        let blk = self.delete(b)?;
+        let r = self.support.write(blk, &consenter_metadata, false);
+        self.answer(r)
     }
 
     fn write_config_block(
@@ -524,8 +640,9 @@ impl support::Host for PluginState {
         b: Resource<BlockRes>,
         consenter_metadata: Vec<u8>,
     ) -> wasmtime::Result<Result<(), types::SupportError>> {
-        let blk = self.table.delete(b)?;
-        Ok(self.support.write(blk, &consenter_metadata, true))
+        let blk = self.delete(b)?;
+        let r = self.support.write(blk, &consenter_metadata, true);
+        self.answer(r)
     }
 
     fn revalidate(&mut self, env: Resource<EnvelopeRes>) -> wasmtime::Result<Result<(), String>> {
@@ -556,6 +673,15 @@ impl support::Host for PluginState {
     }
 
     fn sign(&mut self, message: Vec<u8>) -> wasmtime::Result<Result<Vec<u8>, types::SupportError>> {
+        let max = self.call_limits.max_call_bytes;
+        if message.len() > max {
+            let e = types::SupportError::LimitExceeded(format!(
+                "sign: a message of {} bytes is over the cap of {max} (max-call-bytes)",
+                message.len()
+            ));
+            let e = self.support.refuse(e);
+            return self.answer(Err(e));
+        }
         Ok(self.support.signer.sign(&message).map_err(|e| types::SupportError::LimitExceeded(e.to_string())))
     }
 
@@ -564,6 +690,7 @@ impl support::Host for PluginState {
     }
 
     fn fail(&mut self, reason: String) -> wasmtime::Result<()> {
+        self.check_bytes("fail", reason.len())?;
         let reason: String = reason.chars().take(self.support.limits.max_log_bytes).collect();
         self.support.fail(format!("plugin reported a fatal error: {reason}"));
         Ok(())
@@ -579,14 +706,18 @@ impl timers::Host for PluginState {
                 "timer {id}: delay of {delay_ms} ms is over the maximum of {} ms",
                 s.limits.max_timer_delay.as_millis()
             ));
-            return Ok(Err(s.refuse(e)));
+            let e = s.refuse(e);
+            return self.answer(Err(e));
         }
         if !s.timers.contains_key(&id) && s.timers.len() >= s.limits.max_timers {
             let e =
                 types::SupportError::LimitExceeded(format!("timer {id}: {} timers are already armed", s.timers.len()));
-            return Ok(Err(s.refuse(e)));
+            let e = s.refuse(e);
+            return self.answer(Err(e));
         }
-        let at = s.clock.now() + delay;
+        // A zero delay re-armed from `on-timer` would spin the chain's
+        // thread: every timer waits at least MIN_TIMER_DELAY.
+        let at = s.clock.now() + delay.max(MIN_TIMER_DELAY);
         s.timers.insert(id, at);
         Ok(Ok(()))
     }
@@ -621,6 +752,7 @@ impl Support {
 
 impl log::Host for PluginState {
     fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
+        self.check_bytes("log", message.len())?;
         if !self.support.log_allowed() {
             return Ok(());
         }
@@ -730,13 +862,38 @@ mod tests {
     fn repeated_refusals_fail_the_chain() {
         let limits = SupportLimits { max_refusals: 3, ..SupportLimits::default() };
         let (mut st, _, _) = state(limits);
-        for _ in 0..3 {
+        for _ in 0..2 {
             let _ = st.set(1, u64::MAX).unwrap().unwrap_err();
         }
+        assert!(st.support.failure().is_none());
+        // The refusal that reaches the cap fails the chain and traps.
+        let trap = st.set(1, u64::MAX).unwrap_err().to_string();
+        assert!(trap.contains("3 refused calls"), "{trap}");
         assert!(st.support.failure().unwrap().contains("3 refused calls"));
+        assert!(!st.support.host_fault(), "the plugin's fault");
         // A failed chain writes nothing more.
         let b = block_of(&mut st, "a");
-        assert!(matches!(st.write_block(b, vec![]).unwrap(), Err(types::SupportError::Internal(_))));
+        assert!(st.write_block(b, vec![]).is_err());
+    }
+
+    #[test]
+    fn list_byte_and_handle_caps_trap() {
+        let (mut st, _, _) = state(SupportLimits::default());
+        st.call_limits.max_list_len = 2;
+        st.call_limits.max_call_bytes = 16;
+        let envs: Vec<_> = (0..3).map(|i| envelope(&mut st, &format!("e{i}"))).collect();
+        let e = st.ordered_many(envs).unwrap_err().to_string();
+        assert!(e.contains("passed 3 handles to ordered-many, over the cap of 2"), "{e}");
+        let e = log::Host::log(&mut st, types::Level::Info, "x".repeat(17)).unwrap_err().to_string();
+        assert!(e.contains("17 bytes to log"), "{e}");
+        let r = st.sign(vec![0; 17]).unwrap();
+        assert!(matches!(r, Err(types::SupportError::LimitExceeded(_))), "{r:?}");
+        // Handles: the cap counts envelopes, batches and blocks held.
+        let (mut st, _, _) = state(SupportLimits::default());
+        st.call_limits.max_handles = 3;
+        let _held: Vec<_> = (0..3).map(|_| st.cut().unwrap()).collect();
+        let e = st.cut().unwrap_err().to_string();
+        assert!(e.contains("holds 3 envelope, batch and block handles"), "{e}");
     }
 
     #[test]

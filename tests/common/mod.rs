@@ -47,7 +47,18 @@ impl NodeProc {
         Self::spawn(cmd)
     }
 
-    fn spawn(mut cmd: Command) -> NodeProc {
+    /// As [`NodeProc::start`], with the node's log (stderr) written to `log`.
+    pub fn start_logged(data_dir: &Path, args: &[&str], log: &Path) -> NodeProc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_consenter-host"));
+        cmd.arg("start").arg("--data-dir").arg(data_dir).args(args);
+        Self::spawn_with(cmd, std::fs::File::create(log).expect("creating the node's log file").into())
+    }
+
+    fn spawn(cmd: Command) -> NodeProc {
+        Self::spawn_with(cmd, Stdio::null())
+    }
+
+    fn spawn_with(mut cmd: Command, stderr: Stdio) -> NodeProc {
         let given: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         if !given.iter().any(|a| a == "--no-admin" || a == "--admin-listen") {
             cmd.args(["--admin-listen", "127.0.0.1:0"]);
@@ -55,7 +66,7 @@ impl NodeProc {
         let mut child = cmd
             .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("starting consenter-host");
         let stdout = child.stdout.take().unwrap();

@@ -1,23 +1,54 @@
-//! A hostile consenter for the fault-containment tests. It behaves like a
-//! tiny solo (every envelope its own block) until the event named by its
-//! mode, read from ConsensusType.metadata as text, e.g. `loop:enqueue`:
+//! A hostile consenter for the fault-containment tests; never shipped. It
+//! behaves like a tiny solo (every envelope its own block, its tx id as the
+//! block's consenter metadata) until the event named by its mode, read from
+//! ConsensusType.metadata as text, e.g. `loop:enqueue`:
 //! - `trap:<event>`: executes `unreachable`;
 //! - `panic:<event>`: panics;
 //! - `loop:<event>`: spins forever (the epoch deadline must stop it);
 //! - `oom:<event>`: grows memory without bound (the memory cap must stop it);
-//! - `recurse:<event>`: unbounded recursion (the stack limit must stop it).
+//! - `recurse:<event>`: unbounded recursion (the stack limit must stop it);
+//! - `wasi-fs`, `wasi-net`, `wasi-env`, `wasi-clock`, `wasi-random`
+//!   `:<event>`: std::fs, std::net, std::env::var, SystemTime::now, a raw
+//!   `wasi:random` import (each must trap; if one returns, the plugin
+//!   reports what it got with `fail`);
+//! - `huge-log:<event>`: an 8 MiB log line (over the per-call byte cap);
+//! - `reuse-handle:<event>`: passes a batch handle again after
+//!   `create-next-block` consumed it;
+//! - `forge-handle:<event>`: passes a made-up block handle;
+//! - `hoard:<event>`: keeps every envelope, and offers them all to
+//!   `ordered-many` once it holds 5 (over a `max-list-len` of 4);
+//! - `handle-flood:<event>`: keeps empty batches from `cut` without end
+//!   (the `max-handles` cap must stop it);
+//! - `timer-flood:<event>`: arms timers without end (the timer cap refuses
+//!   them; the refusal cap must fail the chain);
+//! - `log-flood:<event>`: 50,000 log lines, then orders the envelope.
 //!
-//! - `refuse:enqueue`: answers false to every envelope (not a fault).
+//! `abuse:enqueue` tries every refused import call once per envelope
+//! (out-of-order, double and oversized-metadata block writes, an oversized
+//! `sign`, absurd and too many timers), checks that each was refused with
+//! the right error, then writes the envelope properly; if the host accepted
+//! any of them it calls `fail` saying which.
+//! `poison:<tx-id>` traps on the envelope with that tx id (for restart
+//! tests) and logs the consenter metadata it was started with.
+//! `refuse:enqueue` answers false to every envelope (not a fault).
 //!
 //! `<event>` is one of `handle-chain`, `start`, `enqueue`, `timer`, `halt`.
 
-use consenter_sdk::{Batch, Consenter, Envelope, EnvelopeInfo, support, timers, write_batch};
+use consenter_sdk::{Batch, Block, Consenter, Envelope, EnvelopeInfo, Level, SupportError, host_log, support, timers};
 
 struct Hostile {
     mode: String,
+    hoard: Vec<Envelope>,
+    batches: Vec<Batch>,
 }
 
-fn misbehave(mode: &str, event: &str) {
+#[link(wasm_import_module = "wasi:random/random@0.2.0")]
+unsafe extern "C" {
+    #[link_name = "get-random-u64"]
+    fn wasi_get_random_u64() -> i64;
+}
+
+fn misbehave(mode: &str, event: &str, state: Option<&mut Hostile>) {
     let Some((what, when)) = mode.split_once(':') else { return };
     if when != event {
         return;
@@ -41,6 +72,72 @@ fn misbehave(mode: &str, event: &str) {
         "recurse" => {
             core::hint::black_box(recurse(core::hint::black_box(1)));
         }
+        "wasi-fs" => {
+            let r = std::fs::read("/etc/passwd");
+            support::fail(&format!("std::fs::read returned {:?}", r.map(|b| b.len())));
+        }
+        "wasi-net" => {
+            let r = std::net::TcpStream::connect("127.0.0.1:7050");
+            support::fail(&format!("std::net::TcpStream::connect returned {:?}", r.map(|_| ())));
+        }
+        "wasi-env" => {
+            let r = std::env::var("HOME");
+            support::fail(&format!("std::env::var returned {r:?}"));
+        }
+        "wasi-clock" => {
+            let r = std::time::SystemTime::now();
+            support::fail(&format!("SystemTime::now returned {r:?}"));
+        }
+        "wasi-random" => {
+            // SAFETY: a plain import taking no arguments.
+            let r = unsafe { wasi_get_random_u64() };
+            support::fail(&format!("wasi:random/random#get-random-u64 returned {r}"));
+        }
+        "huge-log" => {
+            host_log::log(Level::Info, &"x".repeat(8 << 20));
+            support::fail("an 8 MiB log line was accepted");
+        }
+        "reuse-handle" => {
+            let b = support::cut();
+            let raw = b.handle();
+            let _ = support::create_next_block(b);
+            // SAFETY (for the guest): the handle is stale on purpose; the
+            // host must trap rather than act on it.
+            let again = unsafe { Batch::from_handle(raw) };
+            let r = support::create_next_block(again);
+            support::fail(&format!("a consumed batch handle was accepted again: {:?}", r.map(|b| b.number())));
+        }
+        "forge-handle" => {
+            let forged = unsafe { Block::from_handle(4242) };
+            let r = support::write_block(forged, &[]);
+            support::fail(&format!("a made-up block handle was accepted: {r:?}"));
+        }
+        "handle-flood" => {
+            if let Some(s) = state {
+                loop {
+                    s.batches.push(support::cut());
+                }
+            }
+        }
+        "timer-flood" => {
+            let mut refused = 0u32;
+            for id in 0..u32::MAX {
+                match timers::set(id, 3_600_000) {
+                    Ok(()) => {}
+                    Err(SupportError::LimitExceeded(_)) => refused += 1,
+                    Err(e) => support::fail(&format!("timer {id} refused with the wrong error: {e:?}")),
+                }
+                if refused > 100_000 {
+                    support::fail("100000 refused timers and the chain still runs");
+                    return;
+                }
+            }
+        }
+        "log-flood" => {
+            for i in 0..50_000 {
+                host_log::log(Level::Info, &format!("hostile log flood line {i}"));
+            }
+        }
         _ => {}
     }
 }
@@ -52,29 +149,119 @@ fn recurse(n: u64) -> u64 {
     recurse(buf[3] + 1) + buf[7]
 }
 
+/// Every refused import call once; Err(what the host wrongly accepted).
+fn abuse(env: Envelope) -> Result<(), String> {
+    let expect = |what: &str, r: Result<(), SupportError>, ok: fn(&SupportError) -> bool| match r {
+        Err(e) if ok(&e) => Ok(()),
+        other => Err(format!("{what}: expected a refusal, got {other:?}")),
+    };
+    let out_of_order = |e: &SupportError| matches!(e, SupportError::OutOfOrder(_));
+    let limit = |e: &SupportError| matches!(e, SupportError::LimitExceeded(_));
+    let h = support::height();
+    // Out of order: block h+1 before block h.
+    let a = support::create_next_block(support::cut()).map_err(|e| format!("{e:?}"))?;
+    let b = support::create_next_block(support::cut()).map_err(|e| format!("{e:?}"))?;
+    if a.number() != h || b.number() != h + 1 {
+        return Err(format!("created blocks {} and {} at height {h}", a.number(), b.number()));
+    }
+    expect("writing block h+1 before h", support::write_block(b, &[]), out_of_order)?;
+    // Oversized consenter metadata (the host's cap is 1 MiB).
+    expect("2 MiB of consenter metadata", support::write_block(a, &vec![0u8; 2 << 20]), limit)?;
+    // Double write: two blocks numbered h; the second must be refused.
+    let first = support::create_next_block(Batch::new(vec![env])).map_err(|e| format!("{e:?}"))?;
+    let stale = support::create_next_block(support::cut()).map_err(|e| format!("{e:?}"))?;
+    expect("writing h+1 first", support::write_block(stale, &[]), out_of_order)?;
+    let twin = support::create_next_block(support::cut()).map_err(|e| format!("{e:?}"))?;
+    if first.number() != h || twin.number() != h {
+        return Err(format!("expected two blocks numbered {h}, got {} and {}", first.number(), twin.number()));
+    }
+    support::write_block(first, b"abuse").map_err(|e| format!("writing the real block: {e:?}"))?;
+    expect("writing a second block numbered h", support::write_block(twin, &[]), out_of_order)?;
+    // A message over the per-call byte cap to sign.
+    match support::sign(&vec![1u8; 8 << 20]) {
+        Err(SupportError::LimitExceeded(_)) => {}
+        other => return Err(format!("an 8 MiB sign: expected limit-exceeded, got {:?}", other.map(|s| s.len()))),
+    }
+    // Absurd timers: a delay of 584 million years, and more than the cap.
+    expect("a timer of u64::MAX ms", timers::set(7, u64::MAX), limit)?;
+    let mut refused = None;
+    for id in 1000..1100 {
+        if let Err(e) = timers::set(id, 3_600_000) {
+            refused = Some(e);
+            break;
+        }
+    }
+    for id in 1000..1100 {
+        timers::cancel(id);
+    }
+    expect("100 armed timers", refused.map_or(Ok(()), Err), limit)?;
+    Ok(())
+}
+
 impl Consenter for Hostile {
-    fn handle_chain(_metadata: Vec<u8>) -> Result<Self, String> {
+    fn handle_chain(metadata: Vec<u8>) -> Result<Self, String> {
         let cfg = support::shared_config();
         let mode = String::from_utf8_lossy(&cfg.consensus_metadata).into_owned();
-        misbehave(&mode, "handle-chain");
-        Ok(Hostile { mode })
+        host_log::log(
+            Level::Info,
+            &format!(
+                "hostile plugin ({mode}) started with consenter metadata {:?}",
+                String::from_utf8_lossy(&metadata)
+            ),
+        );
+        misbehave(&mode, "handle-chain", None);
+        Ok(Hostile { mode, hoard: Vec::new(), batches: Vec::new() })
     }
     fn start(&mut self) {
-        misbehave(&self.mode, "start");
+        let mode = self.mode.clone();
+        misbehave(&mode, "start", Some(self));
         let _ = timers::set(1, 10);
     }
     fn enqueue(&mut self, env: Envelope, _info: EnvelopeInfo) -> bool {
-        if self.mode == "refuse:enqueue" {
+        let mode = self.mode.clone();
+        if mode == "refuse:enqueue" {
             return false;
         }
-        misbehave(&self.mode, "enqueue");
-        write_batch(Batch::new(vec![env]), &[])
+        if mode == "abuse:enqueue" {
+            return match abuse(env) {
+                Ok(()) => true,
+                Err(what) => {
+                    support::fail(&format!("the host accepted an abusive call: {what}"));
+                    false
+                }
+            };
+        }
+        if mode == "hoard:enqueue" {
+            self.hoard.push(env);
+            if self.hoard.len() >= 5 {
+                let r = support::ordered_many(std::mem::take(&mut self.hoard));
+                support::fail(&format!("ordered-many took {} envelopes past the list cap", r.pending.len()));
+            }
+            return true;
+        }
+        let tx = env.tx_id();
+        if let Some(poison) = mode.strip_prefix("poison:")
+            && tx == poison
+        {
+            core::arch::wasm32::unreachable();
+        }
+        misbehave(&mode, "enqueue", Some(self));
+        let r = support::create_next_block(Batch::new(vec![env])).and_then(|b| support::write_block(b, tx.as_bytes()));
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                support::fail(&format!("writing block: {e}"));
+                false
+            }
+        }
     }
     fn on_timer(&mut self, _id: u32) {
-        misbehave(&self.mode, "timer");
+        let mode = self.mode.clone();
+        misbehave(&mode, "timer", Some(self));
     }
     fn halt(&mut self) {
-        misbehave(&self.mode, "halt");
+        let mode = self.mode.clone();
+        misbehave(&mode, "halt", Some(self));
     }
 }
 

@@ -1,0 +1,454 @@
+//! The hostile suite: real node processes serving hostile plugins (the
+//! `plugins/hostile` modes, chosen by each channel's consensus metadata)
+//! next to a healthy solo channel, which must keep ordering (Broadcast and
+//! Deliver) through every attack; at the end `consenter-host ledger verify`
+//! must pass on every ledger. The README's "Security: hostile plugins"
+//! table lists what each test shows.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use consenter_host::channel::ChannelTemplate;
+use consenter_host::ledger::Ledger;
+use consenter_host::node::{channel_dir, embedded, last_config_and_metadata};
+use consenter_host::proto::orderer::atomic_broadcast_client::AtomicBroadcastClient;
+use consenter_host::proto::orderer::seek_info::SeekBehavior::{BlockUntilReady, FailIfNotReady};
+use consenter_host::proto::orderer::seek_position::Type as Pos;
+use consenter_host::proto::orderer::{SeekNewest, SeekSpecified};
+use prost::Message;
+use tonic::transport::Channel;
+
+use common::*;
+
+const SUCCESS: i32 = 200;
+const SERVICE_UNAVAILABLE: i32 = 503;
+const NOT_FOUND: i32 = 404;
+const HEALTHY: &str = "healthy";
+/// Envelopes per healthy block (MaxMessageCount).
+const PER_BLOCK: usize = 5;
+
+fn plugin_path(file: &str) -> PathBuf {
+    Path::new(embedded::PLUGIN_DIR).join(file)
+}
+
+/// Writes the genesis block of each channel (name, consensus type, mode)
+/// and of the healthy solo channel into a fresh data directory.
+fn prepare(data: &Path, channels: &[(&str, &str, &str)]) {
+    let mut all = vec![(HEALTHY, "solo", "")];
+    all.extend_from_slice(channels);
+    for (name, consensus, mode) in all {
+        let mut t = ChannelTemplate::solo(name);
+        t.consensus_type = consensus.into();
+        t.consensus_metadata = Bytes::from(mode.as_bytes().to_vec());
+        t.batch_size.max_message_count = PER_BLOCK as u32;
+        t.batch_timeout = Duration::from_secs(30);
+        let l = Ledger::open(&channel_dir(data, name)).unwrap();
+        l.append(&[t.genesis_block().encode_to_vec().into()]).unwrap();
+    }
+}
+
+/// A node serving the prepared channels, the hostile plugin loaded as
+/// `hostile` (call deadline 300 ms) plus `extra` arguments; its log goes to
+/// `<dir>/node.log`.
+fn start(dir: &Path, extra: &[&str]) -> NodeProc {
+    let hostile = format!("hostile={}", plugin_path("consenter_hostile.wasm").display());
+    let mut args = vec![
+        "--no-dev-channel",
+        "--allow-unsigned-plugins",
+        "--plugin",
+        &hostile,
+        "--plugin-limits",
+        "hostile:call-deadline-ms=300",
+    ];
+    args.extend_from_slice(extra);
+    NodeProc::start_logged(&dir.join("data"), &args, &dir.join("node.log"))
+}
+
+/// The healthy channel: one more block of PER_BLOCK envelopes, each
+/// acknowledged SUCCESS, then read back with Deliver.
+struct Healthy {
+    blocks: u64,
+}
+
+impl Healthy {
+    async fn round(&mut self, c: &mut AtomicBroadcastClient<Channel>) {
+        let n = self.blocks;
+        let envs = (0..PER_BLOCK).map(|i| message(HEALTHY, &format!("h{n}-{i}"), 100)).collect();
+        for (st, info) in broadcast_all(c, envs).await {
+            assert_eq!(st, SUCCESS, "healthy channel refused an envelope: {info}");
+        }
+        self.blocks += 1;
+        let blocks = tokio::time::timeout(Duration::from_secs(10), deliver(c, HEALTHY, self.blocks, self.blocks))
+            .await
+            .expect("the healthy channel wrote its block");
+        assert_eq!(blocks[0].data.as_ref().unwrap().data.len(), PER_BLOCK);
+    }
+}
+
+/// Broadcasts one envelope and returns its (status, info).
+async fn send(c: &mut AtomicBroadcastClient<Channel>, channel: &str, tx: &str) -> (i32, String) {
+    broadcast_all(c, vec![message(channel, tx, 50)]).await.remove(0)
+}
+
+/// Waits (up to 10 s) until `channel` errs: a strict Deliver of the blocks
+/// to come ends with SERVICE_UNAVAILABLE.
+async fn wait_errored(c: &mut AtomicBroadcastClient<Channel>, channel: &str) {
+    let req = seek_request(channel, Pos::Newest(SeekNewest {}), spec(u64::MAX), BlockUntilReady, false);
+    let r = tokio::time::timeout(Duration::from_secs(10), deliver_raw(c, req)).await.expect("the chain errs");
+    assert_eq!(r.1, Some(SERVICE_UNAVAILABLE), "{channel}: {r:?}");
+}
+
+fn spec(n: u64) -> Pos {
+    Pos::Specified(SeekSpecified { number: n })
+}
+
+fn log_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
+}
+
+/// Waits (up to 10 s) for a log line containing every one of `needles`.
+fn wait_log(dir: &Path, needles: &[&str]) -> String {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(l) = log_of(dir).lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+            return l.to_string();
+        }
+        assert!(Instant::now() < end, "no log line with {needles:?} in:\n{}", log_of(dir));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops the node with SIGINT (halting every chain), waits for it to exit,
+/// then checks every ledger with `consenter-host ledger verify`; returns
+/// the verify output.
+fn stop_and_verify(mut node: NodeProc, dir: &Path) -> String {
+    let pid = node.child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = node.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "the node did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "node exit: {status}\n{}", log_of(dir));
+    let out = Command::new(env!("CARGO_BIN_EXE_consenter-host"))
+        .args(["ledger", "verify", "--data-dir"])
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "ledger verify failed:\n{text}");
+    text
+}
+
+fn height_line(verify: &str, channel: &str) -> String {
+    verify.lines().find(|l| l.starts_with(&format!("{channel}: "))).unwrap_or_default().to_string()
+}
+
+/// An infinite loop in each export, unbounded memory, deep recursion, a
+/// panic and `unreachable`: each errs its own chain only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_in_every_export_err_only_their_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let enqueue_faults = [
+        ("loop-enqueue", "loop:enqueue", "trapped in enqueue: call deadline exceeded"),
+        ("oom", "oom:enqueue", "memory cap"),
+        ("recurse", "recurse:enqueue", "trapped in enqueue"),
+        ("panic", "panic:enqueue", "unreachable"),
+        ("trap", "trap:enqueue", "unreachable"),
+    ];
+    let mut channels: Vec<(&str, &str, &str)> = enqueue_faults.iter().map(|(c, m, _)| (*c, "hostile", *m)).collect();
+    channels.extend([
+        ("loop-handle-chain", "hostile", "loop:handle-chain"),
+        ("loop-start", "hostile", "loop:start"),
+        ("loop-timer", "hostile", "loop:timer"),
+        ("loop-halt", "hostile", "loop:halt"),
+    ]);
+    prepare(&d.join("data"), &channels);
+    let node = start(d, &[]);
+    let mut c = node.client().await;
+    let mut healthy = Healthy { blocks: 0 };
+    healthy.round(&mut c).await;
+
+    // handle-chain and start: the channel is refused when the node starts.
+    for (ch, call) in [("loop-handle-chain", "handle-chain"), ("loop-start", "start")] {
+        let (st, info) = send(&mut c, ch, "x").await;
+        assert_eq!(st, SERVICE_UNAVAILABLE, "{ch}: {info}");
+        assert!(info.contains("not running") && info.contains(&format!("trapped in {call}: call deadline")), "{info}");
+        healthy.round(&mut c).await;
+    }
+    // on-timer: the timer armed by start fires 10 ms later.
+    wait_errored(&mut c, "loop-timer").await;
+    let (st, info) = send(&mut c, "loop-timer", "x").await;
+    assert_eq!(st, SERVICE_UNAVAILABLE);
+    assert!(info.contains("trapped in on-timer: call deadline exceeded"), "{info}");
+    healthy.round(&mut c).await;
+
+    // enqueue: the envelope that triggers the fault gets SERVICE_UNAVAILABLE
+    // with the reason; the chain stays errored.
+    for (ch, _, expect) in &enqueue_faults {
+        let (st, info) = send(&mut c, ch, "boom").await;
+        assert_eq!(st, SERVICE_UNAVAILABLE, "{ch}: {info}");
+        assert!(info.contains(expect), "{ch}: {info:?} should say {expect:?}");
+        let (st, info) = send(&mut c, ch, "again").await;
+        assert_eq!(st, SERVICE_UNAVAILABLE);
+        assert!(info.contains("errored"), "{ch}: {info}");
+        healthy.round(&mut c).await;
+    }
+    // halt: loop-halt orders normally until the node stops; its halt is cut
+    // off by the deadline and the node still exits cleanly.
+    assert_eq!(send(&mut c, "loop-halt", "fine").await.0, SUCCESS);
+    healthy.round(&mut c).await;
+    let verify = stop_and_verify(node, d);
+    wait_log(d, &["loop-halt", "trapped in halt: call deadline exceeded"]);
+    assert!(height_line(&verify, HEALTHY).contains("OK height 11"), "{verify}");
+    assert!(height_line(&verify, "loop-halt").contains("OK height 2"), "{verify}");
+    for (ch, _, _) in &enqueue_faults {
+        assert!(height_line(&verify, ch).contains("OK height 1"), "{ch}: only genesis: {verify}");
+    }
+}
+
+/// WASI filesystem, sockets, environment, clocks and random: every call
+/// traps, naming the WASI function.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasi_calls_trap_naming_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases = [
+        ("wasi-fs", "wasi:filesystem/"),
+        ("wasi-net", "wasi:sockets/"),
+        ("wasi-env", "wasi:cli/environment"),
+        ("wasi-clock", "wasi:clocks/wall-clock"),
+        ("wasi-random", "wasi:random/random"),
+    ];
+    let modes: Vec<String> = cases.iter().map(|(c, _)| format!("{c}:enqueue")).collect();
+    let channels: Vec<(&str, &str, &str)> =
+        cases.iter().zip(&modes).map(|((c, _), m)| (*c, "hostile", m.as_str())).collect();
+    prepare(&d.join("data"), &channels);
+    let node = start(d, &[]);
+    let mut c = node.client().await;
+    let mut healthy = Healthy { blocks: 0 };
+    for (ch, import) in cases {
+        let (st, info) = send(&mut c, ch, "peek").await;
+        assert_eq!(st, SERVICE_UNAVAILABLE, "{ch}: {info}");
+        assert!(info.contains(import) && info.contains("no WASI capability"), "{ch}: {info:?} should name {import}");
+        healthy.round(&mut c).await;
+    }
+    let verify = stop_and_verify(node, d);
+    assert!(height_line(&verify, HEALTHY).contains("OK height 6"), "{verify}");
+}
+
+/// Forged, out-of-order and double block writes, oversized metadata and
+/// signing requests, absurd and too many timers are refused with an error
+/// the plugin sees; handle reuse, forged handles, oversized lists and text,
+/// handle hoarding trap; a timer flood trips the refusal cap; a log flood
+/// is rate-limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_abuse_is_refused_or_traps() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    prepare(
+        &d.join("data"),
+        &[
+            ("abuse", "hostile", "abuse:enqueue"),
+            ("reuse-handle", "hostile", "reuse-handle:enqueue"),
+            ("forge-handle", "hostile", "forge-handle:enqueue"),
+            ("huge-log", "hostile", "huge-log:enqueue"),
+            ("timer-flood", "hostile", "timer-flood:enqueue"),
+            ("log-flood", "hostile", "log-flood:enqueue"),
+            ("hoard", "hostile-tight", "hoard:enqueue"),
+            ("handle-flood", "hostile-tight", "handle-flood:enqueue"),
+        ],
+    );
+    let tight = format!("hostile-tight={}", plugin_path("consenter_hostile.wasm").display());
+    let node = start(d, &["--plugin", &tight, "--plugin-limits", "hostile-tight:max-list-len=4,max-handles=1000"]);
+    let mut c = node.client().await;
+    let mut healthy = Healthy { blocks: 0 };
+
+    // Every refused call, three times: the plugin saw each refusal (else it
+    // fails its chain) and wrote exactly one block per envelope.
+    for i in 0..3 {
+        let (st, info) = send(&mut c, "abuse", &format!("a{i}")).await;
+        assert_eq!(st, SUCCESS, "{info}");
+    }
+    let blocks = deliver(&mut c, "abuse", 1, 3).await;
+    for (i, b) in blocks.iter().enumerate() {
+        assert_eq!(b.data.as_ref().unwrap().data.len(), 1);
+        assert_eq!(last_config_and_metadata(b).1, b"abuse");
+        assert_eq!(b.header.as_ref().unwrap().number, i as u64 + 1);
+    }
+    let r = deliver_raw(&mut c, seek_request("abuse", spec(4), spec(4), FailIfNotReady, false)).await;
+    assert_eq!(r, (vec![], Some(NOT_FOUND)), "no block beyond the three real ones");
+    healthy.round(&mut c).await;
+
+    for (ch, expect) in [
+        ("reuse-handle", "unknown handle index"),
+        ("forge-handle", "unknown handle index"),
+        ("huge-log", "bytes to log, over the cap"),
+        ("timer-flood", "1000 refused calls"),
+    ] {
+        let (st, info) = send(&mut c, ch, "x").await;
+        assert_eq!(st, SERVICE_UNAVAILABLE, "{ch}: {info}");
+        assert!(info.contains(expect), "{ch}: {info:?} should say {expect:?}");
+        healthy.round(&mut c).await;
+    }
+    // Hoarding: four envelopes accepted and kept; the fifth makes a list of
+    // 5 handles, over max-list-len=4: a trap, and four envelopes lost.
+    for i in 0..4 {
+        assert_eq!(send(&mut c, "hoard", &format!("k{i}")).await.0, SUCCESS);
+    }
+    let (st, info) = send(&mut c, "hoard", "k4").await;
+    assert_eq!(st, SERVICE_UNAVAILABLE);
+    assert!(info.contains("passed 5 handles to ordered-many, over the cap of 4"), "{info}");
+    wait_log(d, &["channel=hoard", "plugin instance crashed", "lost_envelopes=4"]);
+    let (st, info) = send(&mut c, "handle-flood", "x").await;
+    assert_eq!(st, SERVICE_UNAVAILABLE);
+    assert!(info.contains("1000 envelope, batch and block handles"), "{info}");
+    healthy.round(&mut c).await;
+
+    // A log flood: 100,000 lines asked for, a few hundred written.
+    for i in 0..2 {
+        assert_eq!(send(&mut c, "log-flood", &format!("f{i}")).await.0, SUCCESS);
+    }
+    healthy.round(&mut c).await;
+    let verify = stop_and_verify(node, d);
+    let flood = log_of(d).lines().filter(|l| l.contains("hostile log flood line")).count();
+    assert!(flood > 0 && flood < 1_000, "{flood} flood lines reached the log");
+    assert!(height_line(&verify, HEALTHY).contains("OK height 8"), "{verify}");
+    assert!(height_line(&verify, "abuse").contains("OK height 4"), "{verify}");
+    assert!(height_line(&verify, "log-flood").contains("OK height 3"), "{verify}");
+}
+
+/// `reload`: a crashed instance is replaced by one started from the last
+/// written block (its consenter metadata), Broadcast answers
+/// SERVICE_UNAVAILABLE meanwhile; a plugin that crashes after every start
+/// is restarted with doubling delays until the crash-loop cap, then its
+/// chain stays errored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_restarts_from_the_last_block_and_caps_crash_loops() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    prepare(&d.join("data"), &[("poison", "hostile", "poison:boom"), ("crashloop", "hostile", "trap:timer")]);
+    let node = start(
+        d,
+        &[
+            "--restart-policy",
+            "poison=reload",
+            "--restart-policy",
+            "crashloop=reload",
+            "--restart-backoff-initial",
+            "300ms",
+            "--restart-max-crashes",
+            "4",
+        ],
+    );
+    let mut c = node.client().await;
+    let mut healthy = Healthy { blocks: 0 };
+
+    for tx in ["a", "b"] {
+        assert_eq!(send(&mut c, "poison", tx).await.0, SUCCESS);
+    }
+    let (st, info) = send(&mut c, "poison", "boom").await;
+    assert_eq!(st, SERVICE_UNAVAILABLE);
+    assert!(info.contains("unreachable"), "{info}");
+    let (st, info) = send(&mut c, "poison", "during").await;
+    assert_eq!(st, SERVICE_UNAVAILABLE);
+    assert!(info.contains("restarting"), "while restarting: {info}");
+    healthy.round(&mut c).await;
+    // Back after the backoff (polled with a deadline).
+    let end = Instant::now() + Duration::from_secs(10);
+    while send(&mut c, "poison", "c").await.0 != SUCCESS {
+        assert!(Instant::now() < end, "the poison channel did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_log(d, &["channel=poison", "restarted from the last written block", "restarts=1"]);
+    // The new instance got the last written block's consenter metadata.
+    wait_log(d, &["poison:boom) started with consenter metadata \"b\""]);
+    let blocks = deliver(&mut c, "poison", 1, 3).await;
+    let md: Vec<Vec<u8>> = blocks.iter().map(|b| last_config_and_metadata(b).1).collect();
+    assert_eq!(md, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+    healthy.round(&mut c).await;
+
+    // The crash loop: crashes 1..3 are restarted after 300, 600, 1200 ms;
+    // the 4th leaves the chain errored.
+    let line = wait_log(d, &["channel=crashloop", "crash loop: the chain stays errored"]);
+    assert!(line.contains("crashes=4"), "{line}");
+    let delays: Vec<u64> = log_of(d)
+        .lines()
+        .filter(|l| l.contains("channel=crashloop") && l.contains("restart scheduled"))
+        .filter_map(|l| l.split("delay_ms=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(delays, vec![300, 600, 1200], "growing delays");
+    let restarts =
+        log_of(d).lines().filter(|l| l.contains("channel=crashloop") && l.contains("restarted from")).count();
+    assert_eq!(restarts, 3);
+    let (st, info) = send(&mut c, "crashloop", "x").await;
+    assert_eq!(st, SERVICE_UNAVAILABLE);
+    assert!(info.contains("crash loop"), "{info}");
+    healthy.round(&mut c).await;
+    // It stays errored: no restart is scheduled after the cap.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (st, info) = send(&mut c, "crashloop", "y").await;
+    assert_eq!(st, SERVICE_UNAVAILABLE);
+    assert!(info.contains("crash loop"), "{info}");
+    // The counters, as the participation API shows them.
+    let poison = consenter_view(&node, "poison");
+    assert_eq!(
+        (&poison["state"], &poison["restartPolicy"], &poison["crashes"], &poison["restarts"]),
+        (&"running".into(), &"reload".into(), &1.into(), &1.into()),
+        "{poison}"
+    );
+    assert!(poison["lastCrash"].as_str().is_some_and(|r| r.contains("unreachable")), "{poison}");
+    let looped = consenter_view(&node, "crashloop");
+    assert_eq!((&looped["state"], &looped["crashes"], &looped["restarts"]), (&"errored".into(), &4.into(), &3.into()));
+    let fine = consenter_view(&node, HEALTHY);
+    assert_eq!((&fine["state"], &fine["crashes"], &fine["plugin"]), (&"running".into(), &0.into(), &"solo".into()));
+    let verify = stop_and_verify(node, d);
+    assert!(height_line(&verify, HEALTHY).contains("OK height 4"), "{verify}");
+    assert!(height_line(&verify, "poison").contains("OK height 4"), "{verify}");
+}
+
+/// The `consenter` object of `channel show` (the participation API).
+fn consenter_view(node: &NodeProc, channel: &str) -> serde_json::Value {
+    let admin = node.admin.as_deref().expect("the admin endpoint");
+    let (ok, out) = common::cli(&["channel", "show", "-o", admin, "-c", channel]);
+    assert!(ok && out.starts_with("Status: 200"), "{out}");
+    let json = out.split_once('\n').map(|(_, j)| j).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v["consenter"].clone()
+}
+
+/// A plugin importing an interface the host does not provide is refused at
+/// load, naming the import; the node then runs without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_import_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    prepare(&d.join("data"), &[]);
+    let sneaky = format!("sneaky={}", plugin_path("consenter_hostile_import.wasm").display());
+    let out = Command::new(env!("CARGO_BIN_EXE_consenter-host"))
+        .args(["start", "--no-dev-channel", "--allow-unsigned-plugins", "--listen", "127.0.0.1:0", "--plugin", &sneaky])
+        .arg("--data-dir")
+        .arg(d.join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("plugin sneaky: imports evil:exfil/net@0.1.0, which this host does not provide"),
+        "stderr: {err}"
+    );
+    let node = start(d, &[]);
+    let mut c = node.client().await;
+    let mut healthy = Healthy { blocks: 0 };
+    healthy.round(&mut c).await;
+    let verify = stop_and_verify(node, d);
+    assert!(height_line(&verify, HEALTHY).contains("OK height 2"), "{verify}");
+}
