@@ -232,6 +232,41 @@ async fn solochannel_joined_over_rest_enforces_fabric_policies() {
     let acks = broadcast_all(&mut c, vec![config_update_envelope(&update, &[&orderer_admin], &orderer_admin)]).await;
     assert_eq!(acks[0].0, BAD_REQUEST);
     assert!(acks[0].1.contains("to version 1, but key is at version 1"), "{}", acks[0].1);
+    // Two updates of different values sent together: both are validated
+    // under sequence 1, and the second, if stale when the plugin orders it,
+    // is recomputed on top of the first. Both take effect.
+    let (blocks, _) = deliver_as(&node, "solochannel", 2, 2, &user1).await;
+    let current = config_of(&blocks[0]).config.unwrap();
+    let timeout = consenter_host::proto::orderer::BatchTimeout { timeout: "1s".into() };
+    let mut bs =
+        BatchSize::decode(current.channel_group.as_ref().unwrap().groups["Orderer"].values["BatchSize"].value.clone())
+            .unwrap();
+    bs.max_message_count = 3;
+    let two = vec![
+        config_update_envelope(
+            &orderer_value_update(&current, "BatchTimeout", timeout.encode_to_vec()),
+            &[&orderer_admin],
+            &orderer_admin,
+        ),
+        config_update_envelope(
+            &orderer_value_update(&current, "BatchSize", bs.encode_to_vec()),
+            &[&orderer_admin],
+            &orderer_admin,
+        ),
+    ];
+    let acks = broadcast_all(&mut c, two).await;
+    assert!(acks.iter().all(|a| a.0 == SUCCESS), "{acks:?}");
+    // Block 4 holds "c" (cut before the first config message), 5 and 6 the
+    // two config blocks.
+    let (blocks, st) = deliver_as(&node, "solochannel", 4, 6, &user1).await;
+    assert_eq!((blocks.len(), st), (3, SUCCESS));
+    let last = ChannelConfig::from_config_block(&blocks[2]).expect("block 6 is a config block");
+    assert_eq!(last.sequence, 3);
+    assert_eq!(
+        (last.batch_timeout, last.batch_size.max_message_count),
+        (Duration::from_secs(1), 3),
+        "both updates applied"
+    );
 
     // Show, then remove through the API; the channel is gone.
     let (ok, out) = cli(&["channel", "show", "-o", &admin, "-c", "solochannel"]);
@@ -361,4 +396,81 @@ fn participation_api_errors_are_clear() {
         "127.0.0.1:0",
     ]);
     assert!(!ok && out.contains("loopback"), "{out}");
+}
+
+/// A CONFIG_UPDATE of `solochannel` that sets the orderer value `key`.
+fn orderer_value_update(current: &consenter_host::proto::common::Config, key: &str, value: Vec<u8>) -> ConfigUpdate {
+    let root = current.channel_group.as_ref().unwrap();
+    let orderer = &root.groups["Orderer"];
+    let mut v = orderer.values[key].clone();
+    v.value = value.into();
+    v.version += 1;
+    let stub = |v: u64| ConfigGroup { version: v, ..Default::default() };
+    let mut read = stub(root.version);
+    read.groups.insert("Orderer".into(), stub(orderer.version));
+    let mut write = read.clone();
+    write.groups.get_mut("Orderer").unwrap().values.insert(key.into(), v);
+    ConfigUpdate {
+        channel_id: "solochannel".into(),
+        read_set: Some(read),
+        write_set: Some(write),
+        ..Default::default()
+    }
+}
+
+/// Fabric's ProcessConfigMsg: a CONFIG envelope made from an older config
+/// is recomputed from the update it carries when the plugin revalidates
+/// it, so two updates validated under the same sequence both take effect;
+/// an update that read what the other changed is refused.
+#[test]
+fn stale_config_message_is_recomputed_on_revalidation() {
+    use consenter_host::processor::{config_update, revalidate};
+    use consenter_host::proto::orderer::BatchTimeout;
+    let genesis =
+        Block::decode(std::fs::read(fixtures().join("blocks/solochannel.genesis.block")).unwrap().as_slice()).unwrap();
+    let cfg0 = ChannelConfig::from_config_block(&genesis).unwrap();
+    let current = config_of(&genesis).config.unwrap();
+    let node = identity("orderer", "orderer0");
+    let admin = identity("orderer", "Admin");
+    let as_update = |u: &ConfigUpdate| {
+        let pb = config_update_envelope(u, &[&admin], &admin);
+        let env = consenter_host::envelope::Envelope::from_message(pb.clone()).unwrap();
+        (pb, env)
+    };
+    let mut bs = cfg0.batch_size.clone();
+    bs.max_message_count = 2;
+    let (pa, ea) = as_update(&orderer_value_update(&current, "BatchSize", bs.encode_to_vec()));
+    let timeout = BatchTimeout { timeout: "1s".into() };
+    let (pb, eb) = as_update(&orderer_value_update(&current, "BatchTimeout", timeout.encode_to_vec()));
+
+    // Both validated under sequence 0; A is ordered first.
+    let a = config_update(&cfg0, &node, &pa, &ea).unwrap();
+    let b = config_update(&cfg0, &node, &pb, &eb).unwrap();
+    assert!(revalidate(&cfg0, &node, &a).unwrap().is_none(), "made from the current config: ordered as is");
+    let cfg1 = ChannelConfig::from_config(
+        "solochannel",
+        ConfigEnvelope::decode(Payload::decode(a.payload.clone()).unwrap().data).unwrap().config.as_ref().unwrap(),
+    )
+    .unwrap();
+    assert_eq!((cfg1.sequence, cfg1.batch_size.max_message_count), (1, 2));
+
+    // B is stale: recomputed on top of A, it carries both changes.
+    let b2 = revalidate(&cfg1, &node, &b).unwrap().expect("recomputed");
+    let ce = ConfigEnvelope::decode(Payload::decode(b2.payload.clone()).unwrap().data).unwrap();
+    let cfg2 = ChannelConfig::from_config("solochannel", ce.config.as_ref().unwrap()).unwrap();
+    assert_eq!(cfg2.sequence, 2);
+    assert_eq!(cfg2.batch_size.max_message_count, 2, "A's change kept");
+    assert_eq!(cfg2.batch_timeout, Duration::from_secs(1), "B's change applied");
+    assert_eq!(b2.config_seq, 1);
+    assert_eq!(ce.last_update.unwrap(), pb, "the client's update is carried on");
+
+    // A second BatchSize update read version 0 of the value A changed: it
+    // no longer applies, and the plugin drops it with Fabric's reason.
+    let mut bs = cfg0.batch_size.clone();
+    bs.max_message_count = 3;
+    let (pc, ec) = as_update(&orderer_value_update(&current, "BatchSize", bs.encode_to_vec()));
+    let c = config_update(&cfg0, &node, &pc, &ec).unwrap();
+    let err = revalidate(&cfg1, &node, &c).unwrap_err();
+    assert!(err.contains("error applying config update to existing channel 'solochannel'"), "{err}");
+    assert!(err.contains("to version 1, but key is at version 1"), "{err}");
 }

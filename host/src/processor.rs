@@ -18,7 +18,7 @@ use crate::configtx::{self, SignedData as TxSigned};
 use crate::envelope::{self, Envelope};
 use crate::msp::Identity;
 use crate::policy::SignedData;
-use crate::proto::common::{Envelope as PbEnvelope, HeaderType};
+use crate::proto::common::{ConfigEnvelope, Envelope as PbEnvelope, HeaderType, Payload};
 use crate::signer::Signer;
 
 /// Why a message is refused, with the Broadcast status it maps to.
@@ -147,34 +147,45 @@ pub fn channel_creation(
 }
 
 /// Re-checks a message validated under an older config sequence (what a
-/// plugin asks through `support.revalidate`). Normal messages are checked
-/// against the current Writers policy. A config message is valid only if
-/// it was made from the current config (its config sequence is the next
-/// one); otherwise the client must send its update again.
-pub fn revalidate(cfg: &ChannelConfig, env: &Envelope) -> Result<(), String> {
+/// plugin asks through `support.revalidate`), as Fabric's consenters do.
+/// Normal messages are checked against the current Writers policy. A
+/// config message made from an older config is recomputed, as Fabric's
+/// `ProcessConfigMsg`: the CONFIG_UPDATE it carries (its `last_update`) is
+/// applied again to the current config, and the result is the CONFIG
+/// envelope to order instead (`Ok(Some)`, signed by this node); an update
+/// that no longer applies (a conflicting change was ordered first) is
+/// refused with the reason. An ORDERER_TRANSACTION is recomputed the same
+/// way from the system channel's current config.
+pub fn revalidate(cfg: &ChannelConfig, signer: &Signer, env: &Envelope) -> Result<Option<Envelope>, String> {
     if env.channel_id != cfg.channel_id {
         return Err(format!("envelope is for channel {}, not {}", env.channel_id, cfg.channel_id));
     }
     if env.header_type == HeaderType::Config as i32 {
-        let seq = config_sequence_of(&env.payload)?;
-        if seq != cfg.sequence + 1 {
-            return Err(format!(
-                "config envelope for sequence {seq} is stale: the channel is at sequence {}; send the \
-                 CONFIG_UPDATE again",
-                cfg.sequence
-            ));
+        if config_envelope(&env.payload)?.config.map(|c| c.sequence).unwrap_or_default() == cfg.sequence + 1 {
+            return Ok(None);
         }
-        return Ok(());
+        let (pb, update) = last_update(&env.payload)?;
+        return config_update(cfg, signer, &pb, &update).map(Some).map_err(|e| e.to_string());
     }
     if env.header_type == HeaderType::OrdererTransaction as i32 {
-        return Ok(());
+        let inner = Payload::decode(env.payload.clone()).map_err(|e| format!("payload: {e}"))?;
+        let inner = PbEnvelope::decode(inner.data).map_err(|e| format!("ORDERER_TRANSACTION's envelope: {e}"))?;
+        let (pb, update) = last_update(&inner.payload)?;
+        return channel_creation(cfg, signer, &pb, &update).map(Some).map_err(|e| e.to_string());
     }
-    authorize(cfg, WRITERS, &env.payload, &env.creator, &env.signature)
+    authorize(cfg, WRITERS, &env.payload, &env.creator, &env.signature).map(|()| None)
 }
 
-fn config_sequence_of(payload: &Bytes) -> Result<u64, String> {
-    use crate::proto::common::{ConfigEnvelope, Payload};
+fn config_envelope(payload: &Bytes) -> Result<ConfigEnvelope, String> {
     let p = Payload::decode(payload.clone()).map_err(|e| format!("payload: {e}"))?;
-    let ce = ConfigEnvelope::decode(p.data).map_err(|e| format!("ConfigEnvelope: {e}"))?;
-    Ok(ce.config.map(|c| c.sequence).unwrap_or_default())
+    ConfigEnvelope::decode(p.data).map_err(|e| format!("ConfigEnvelope: {e}"))
+}
+
+/// The CONFIG_UPDATE envelope a CONFIG envelope's payload was made from.
+fn last_update(payload: &Bytes) -> Result<(PbEnvelope, Envelope), String> {
+    let pb = config_envelope(payload)?
+        .last_update
+        .ok_or("the config envelope carries no last_update (CONFIG_UPDATE) to apply again")?;
+    let env = Envelope::from_message(pb.clone()).map_err(|e| format!("its last_update: {e}"))?;
+    Ok((pb, env))
 }

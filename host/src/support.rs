@@ -81,6 +81,16 @@ impl EnvelopeSlab {
             .ok_or_else(|| wasmtime::format_err!("envelope handle {} is not live", r.rep()))
     }
 
+    fn replace(&mut self, r: &Resource<EnvelopeRes>, env: Envelope) -> wasmtime::Result<()> {
+        let slot = self
+            .slots
+            .get_mut(r.rep() as usize)
+            .and_then(|s| s.as_mut())
+            .ok_or_else(|| wasmtime::format_err!("envelope handle {} is not live", r.rep()))?;
+        *slot = env;
+        Ok(())
+    }
+
     fn take(&mut self, r: Resource<EnvelopeRes>) -> wasmtime::Result<Envelope> {
         let rep = r.rep();
         let env = self
@@ -647,7 +657,21 @@ impl support::Host for PluginState {
 
     fn revalidate(&mut self, env: Resource<EnvelopeRes>) -> wasmtime::Result<Result<(), String>> {
         let e = self.envelopes.get(&env)?;
-        Ok(crate::processor::revalidate(&self.support.config, e))
+        match crate::processor::revalidate(&self.support.config, &self.support.signer, e) {
+            Ok(None) => Ok(Ok(())),
+            // A config message recomputed against the current config: the
+            // handle now names the new CONFIG envelope.
+            Ok(Some(recomputed)) => {
+                tracing::info!(
+                    channel = %self.support.chain_id,
+                    sequence = self.support.config.sequence,
+                    "config message made from an older config recomputed against the current one"
+                );
+                self.envelopes.replace(&env, recomputed)?;
+                Ok(Ok(()))
+            }
+            Err(reason) => Ok(Err(reason)),
+        }
     }
 
     fn shared_config(&mut self) -> wasmtime::Result<types::OrdererConfig> {
