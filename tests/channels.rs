@@ -437,7 +437,7 @@ fn stale_config_message_is_recomputed_on_revalidation() {
         let env = consenter_host::envelope::Envelope::from_message(pb.clone()).unwrap();
         (pb, env)
     };
-    let mut bs = cfg0.batch_size.clone();
+    let mut bs = cfg0.batch_size;
     bs.max_message_count = 2;
     let (pa, ea) = as_update(&orderer_value_update(&current, "BatchSize", bs.encode_to_vec()));
     let timeout = BatchTimeout { timeout: "1s".into() };
@@ -466,7 +466,7 @@ fn stale_config_message_is_recomputed_on_revalidation() {
 
     // A second BatchSize update read version 0 of the value A changed: it
     // no longer applies, and the plugin drops it with Fabric's reason.
-    let mut bs = cfg0.batch_size.clone();
+    let mut bs = cfg0.batch_size;
     bs.max_message_count = 3;
     let (pc, ec) = as_update(&orderer_value_update(&current, "BatchSize", bs.encode_to_vec()));
     let c = config_update(&cfg0, &node, &pc, &ec).unwrap();
