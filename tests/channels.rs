@@ -396,6 +396,10 @@ fn participation_api_errors_are_clear() {
         "127.0.0.1:0",
     ]);
     assert!(!ok && out.contains("loopback"), "{out}");
+    // TLS to the plain endpoint: the CLI says what is wrong.
+    let ca = fixtures().join("crypto/ordererOrganizations/example.com/tlsca/tlsca.example.com-cert.pem");
+    let (ok, out) = cli(&["channel", "list", "-o", &admin, "--ca-file", ca.to_str().unwrap()]);
+    assert!(!ok && out.contains("does the endpoint speak TLS?"), "{out}");
 }
 
 /// A CONFIG_UPDATE of `solochannel` that sets the orderer value `key`.

@@ -1,11 +1,18 @@
 //! The admin endpoint: Fabric's channel participation API (the REST shape
 //! `osnadmin` speaks) over the node's registrar, and the small HTTP client
-//! the `consenter-host channel` commands use. Without TLS the endpoint
-//! serves loopback clients only. May touch the node (join, list, show,
-//! remove channels) and its own sockets.
+//! the `consenter-host channel` commands use.
+//!
+//! Access: without TLS the endpoint listens on loopback and serves loopback
+//! clients only. With TLS ([`tls`]) clients must present a certificate that
+//! chains to the client root CAs (mutual TLS, as Fabric's osnadmin
+//! endpoint); with an admin CN list, only certificates with one of those
+//! subject CNs are admins, others get 403. May touch the node (join, list,
+//! show, remove channels) and its own sockets.
+
+pub mod tls;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::node::{ChannelInfo, ConsenterInfo, Node, NodeError};
 use crate::proto::common::Block;
+use tls::{AdminPeer, ServerTls, TlsError, TlsListener};
 
 /// Path prefix of the channel participation API.
 pub const CHANNELS: &str = "/participation/v1/channels";
@@ -84,12 +92,43 @@ impl From<ChannelInfo> for ChannelView {
 }
 
 /// Who may use the endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
     /// Plain HTTP: loopback clients only.
     LoopbackOnly,
-    /// Clients were authenticated by mutual TLS before reaching a handler.
-    Authenticated,
+    /// Mutual TLS authenticated the client before it got here (its
+    /// certificate chains to a client root CA). When `admin_cns` is not
+    /// empty, the certificate's subject CN must also be one of them.
+    Authenticated { admin_cns: Vec<String> },
+}
+
+impl Access {
+    /// Whether `peer` may use the endpoint; why not otherwise.
+    pub fn admit(&self, peer: &AdminPeer) -> Result<(), String> {
+        match self {
+            Access::LoopbackOnly if peer.addr.ip().is_loopback() => Ok(()),
+            Access::LoopbackOnly => {
+                Err(format!("the admin endpoint without TLS serves loopback clients only, not {}", peer.addr))
+            }
+            Access::Authenticated { admin_cns } => {
+                let Some(cert) = &peer.cert else {
+                    return Err("no client certificate: the admin endpoint requires mutual TLS".into());
+                };
+                if admin_cns.is_empty() {
+                    return Ok(());
+                }
+                match tls::subject_cn(cert) {
+                    Ok(Some(cn)) if admin_cns.contains(&cn) => Ok(()),
+                    Ok(Some(cn)) => Err(format!(
+                        "client certificate CN {cn:?} is not an admin of this node (admins: {})",
+                        admin_cns.join(", ")
+                    )),
+                    Ok(None) => Err("client certificate has no subject CN, so it is not an admin of this node".into()),
+                    Err(e) => Err(format!("client certificate: {e}")),
+                }
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -97,27 +136,42 @@ struct AppState {
     node: Arc<Node>,
 }
 
-/// The channel participation router over `node`.
+/// The channel participation router over `node`. Serve it with
+/// `into_make_service_with_connect_info::<AdminPeer>()`.
 pub fn router(node: Arc<Node>, access: Access) -> Router {
     Router::new()
         .route(CHANNELS, get(list).post(join))
         .route(&format!("{CHANNELS}/{{channel}}"), get(show).delete(remove))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn_with_state(access, check_access))
+        .layer(axum::middleware::from_fn_with_state(Arc::new(access), check_access))
         .with_state(AppState { node })
 }
 
-/// Serves the admin endpoint on `listener` until `shutdown` resolves.
+/// Serves the admin endpoint on `listener` until `shutdown` resolves:
+/// plain HTTP for loopback clients, or HTTPS with client certificates
+/// when `tls` is given.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     node: Arc<Node>,
+    tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(node, Access::LoopbackOnly);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    match tls {
+        None => {
+            let app = router(node, Access::LoopbackOnly);
+            axum::serve(listener, app.into_make_service_with_connect_info::<AdminPeer>())
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => {
+            let app = router(node, Access::Authenticated { admin_cns: tls.admin_cns });
+            let listener = TlsListener::new(listener, tls.config, tls::HANDSHAKE_TIMEOUT)?;
+            axum::serve(listener, app.into_make_service_with_connect_info::<AdminPeer>())
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -135,18 +189,16 @@ fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
     }
 }
 
-/// Every request passes here first: without TLS, only loopback clients.
+/// Every request passes here first: see [`Access::admit`].
 async fn check_access(
-    State(access): State<Access>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    State(access): State<Arc<Access>>,
+    ConnectInfo(peer): ConnectInfo<AdminPeer>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if access == Access::LoopbackOnly && !peer.ip().is_loopback() {
-        return error(
-            StatusCode::FORBIDDEN,
-            format!("the admin endpoint without TLS serves loopback clients only, not {peer}"),
-        );
+    if let Err(why) = access.admit(&peer) {
+        tracing::warn!(peer = %peer.addr, method = %req.method(), path = %req.uri().path(), "admin endpoint: {why}");
+        return error(StatusCode::FORBIDDEN, why);
     }
     next.run(req).await
 }
@@ -289,28 +341,84 @@ impl HttpAnswer {
     }
 }
 
+/// What went wrong talking to the admin endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting to the admin endpoint {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS with the admin endpoint {addr} failed: {source}{hint}")]
+    Tls {
+        addr: String,
+        #[source]
+        source: rustls::Error,
+        /// What the failure most likely means, for the person at the CLI.
+        hint: &'static str,
+    },
+    #[error("talking to the admin endpoint {addr}: {source}")]
+    Io {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("answer from the admin endpoint {addr}: {reason}")]
+    BadAnswer { addr: String, reason: &'static str },
+    #[error(transparent)]
+    Config(#[from] TlsError),
+}
+
+/// How the `channel` commands reach the endpoint: plain HTTP, or TLS with
+/// this client config (see [`tls::client_config`]).
+#[derive(Clone, Default)]
+pub struct ClientTls {
+    pub config: Option<Arc<rustls::ClientConfig>>,
+    /// Whether the config presents a client certificate (for error hints).
+    pub has_client_cert: bool,
+}
+
 /// A one-shot HTTP/1.1 request to the admin endpoint (plain HTTP).
-pub fn request(
+pub fn request(addr: &str, method: &str, path: &str, body: Option<(&str, &[u8])>) -> Result<HttpAnswer, ClientError> {
+    request_with(addr, &ClientTls::default(), method, path, body)
+}
+
+/// A one-shot HTTP/1.1 request to the admin endpoint, over TLS when
+/// `tls` has a config (the server name is the host of `addr`).
+pub fn request_with(
     addr: &str,
+    tls: &ClientTls,
     method: &str,
     path: &str,
     body: Option<(&str, &[u8])>,
-) -> Result<HttpAnswer, std::io::Error> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n");
-    if let Some((ct, b)) = body {
-        req.push_str(&format!("Content-Type: {ct}\r\nContent-Length: {}\r\n", b.len()));
+) -> Result<HttpAnswer, ClientError> {
+    let tcp = TcpStream::connect(addr).map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
+    let io_err = |source| ClientError::Io { addr: addr.to_string(), source };
+    tcp.set_read_timeout(Some(Duration::from_secs(60))).map_err(io_err)?;
+    tcp.set_write_timeout(Some(Duration::from_secs(60))).map_err(io_err)?;
+    let raw = match &tls.config {
+        None => exchange(tcp, addr, method, path, body).map_err(io_err)?,
+        Some(config) => {
+            let conn = rustls::ClientConnection::new(config.clone(), tls::server_name(addr)?)
+                .map_err(|source| tls_error(addr, tls, source))?;
+            let mut s = rustls::StreamOwned::new(conn, tcp);
+            // Finish the handshake first, so a refusal reads as one.
+            while s.conn.is_handshaking() {
+                s.conn.complete_io(&mut s.sock).map_err(|e| io_or_tls(addr, tls, e))?;
+            }
+            exchange(s, addr, method, path, body).map_err(|e| io_or_tls(addr, tls, e))?
+        }
+    };
+    let bad = |reason| ClientError::BadAnswer { addr: addr.to_string(), reason };
+    if !raw.starts_with(b"HTTP/") {
+        return Err(bad(match (raw.is_empty(), tls.config.is_some()) {
+            (true, true) => "the connection closed without an answer",
+            (true, false) => "the connection closed without an answer (does the endpoint speak TLS? pass --ca-file)",
+            (false, true) => "not an HTTP answer",
+            (false, false) => "not an HTTP answer (does the endpoint speak TLS? pass --ca-file)",
+        }));
     }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    if let Some((_, b)) = body {
-        s.write_all(b)?;
-    }
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("answer from {addr}: {m}"));
     let head_end = find(&raw, b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
     let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
     let status: u16 = head
@@ -327,6 +435,70 @@ pub fn request(
         body = dechunk(&body).ok_or_else(|| bad("malformed chunked body"))?;
     }
     Ok(HttpAnswer { status, body })
+}
+
+/// Sends the request and reads the answer until the server closes. If
+/// sending fails, the answer (a TLS alert, say) still explains it better.
+fn exchange<S: Read + Write>(
+    mut s: S,
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &[u8])>,
+) -> std::io::Result<Vec<u8>> {
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n");
+    if let Some((ct, b)) = body {
+        req.push_str(&format!("Content-Type: {ct}\r\nContent-Length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    let sent = s.write_all(req.as_bytes()).and_then(|()| match body {
+        Some((_, b)) => s.write_all(b),
+        None => Ok(()),
+    });
+    let sent = sent.and_then(|()| s.flush());
+    let mut raw = Vec::new();
+    let read = s.read_to_end(&mut raw);
+    match (sent, read) {
+        (_, Err(e)) if is_tls(&e) => Err(e),
+        // An answer before the server stopped reading (a 413, say).
+        (Err(_), Ok(_)) if raw.starts_with(b"HTTP/") => Ok(raw),
+        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(_)) => Ok(raw),
+    }
+}
+
+fn is_tls(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<rustls::Error>())
+}
+
+/// A rustls error inside an I/O error (how `StreamOwned` reports one) as
+/// [`ClientError::Tls`].
+fn io_or_tls(addr: &str, tls: &ClientTls, e: std::io::Error) -> ClientError {
+    let io = |source| ClientError::Io { addr: addr.to_string(), source };
+    if !is_tls(&e) {
+        return io(e);
+    }
+    let kind = e.kind();
+    match e.into_inner().map(|i| i.downcast::<rustls::Error>()) {
+        Some(Ok(source)) => tls_error(addr, tls, *source),
+        Some(Err(other)) => io(std::io::Error::new(kind, other)),
+        None => io(kind.into()),
+    }
+}
+
+fn tls_error(addr: &str, tls: &ClientTls, source: rustls::Error) -> ClientError {
+    use rustls::Error as E;
+    let hint = match &source {
+        E::AlertReceived(_) if !tls.has_client_cert => {
+            "; the endpoint requires a client certificate (pass --client-cert and --client-key)"
+        }
+        E::AlertReceived(_) => "; the endpoint refused the client certificate (is it issued by a client CA it trusts?)",
+        E::InvalidCertificate(_) => "; the endpoint's certificate does not verify against --ca-file for this address",
+        E::InvalidMessage(_) => "; does the endpoint speak TLS? (without TLS, leave out --ca-file)",
+        _ => "",
+    };
+    ClientError::Tls { addr: addr.to_string(), source, hint }
 }
 
 fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
@@ -380,6 +552,43 @@ mod tests {
         assert_eq!(&got[..], b"YY");
         let truncated = Bytes::from_static(b"--B\r\nContent-Disposition: form-data; name=\"config-block\"\r\n\r\nYY");
         assert!(multipart_field("multipart/form-data; boundary=B", &truncated, "config-block").is_err());
+    }
+
+    #[test]
+    fn access_rules() {
+        let org = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/fabric/crypto/ordererOrganizations/example.com");
+        let cert = |p: &str| {
+            let c = tls::load_certs("test", &org.join(p)).unwrap().remove(0);
+            Some(Arc::new(c))
+        };
+        let admin = cert("users/Admin@example.com/tls/client.crt");
+        let orderer1 = cert("orderers/orderer1.example.com/tls/server.crt");
+        let peer = |addr: &str, cert: &Option<Arc<_>>| AdminPeer { addr: addr.parse().unwrap(), cert: cert.clone() };
+
+        // Plain HTTP: loopback only.
+        assert!(Access::LoopbackOnly.admit(&peer("127.0.0.1:5000", &None)).is_ok());
+        assert!(Access::LoopbackOnly.admit(&peer("[::1]:5000", &None)).is_ok());
+        let e = Access::LoopbackOnly.admit(&peer("10.1.2.3:5000", &admin)).unwrap_err();
+        assert!(e.contains("loopback clients only, not 10.1.2.3:5000"), "{e}");
+
+        // Mutual TLS: any address; without a CN list, any verified cert.
+        let any = Access::Authenticated { admin_cns: vec![] };
+        assert!(any.admit(&peer("10.1.2.3:5000", &admin)).is_ok());
+        assert!(any.admit(&peer("10.1.2.3:5000", &orderer1)).is_ok());
+        assert!(any.admit(&peer("127.0.0.1:5000", &None)).unwrap_err().contains("no client certificate"));
+
+        // With a CN list, only those CNs.
+        let listed = Access::Authenticated { admin_cns: vec!["Admin@example.com".into(), "Other".into()] };
+        assert!(listed.admit(&peer("10.1.2.3:5000", &admin)).is_ok());
+        let e = listed.admit(&peer("10.1.2.3:5000", &orderer1)).unwrap_err();
+        assert_eq!(
+            e,
+            "client certificate CN \"orderer1.example.com\" is not an admin of this node (admins: Admin@example.com, \
+             Other)"
+        );
+        let garbage = Some(Arc::new(rustls::pki_types::CertificateDer::from(vec![0x30, 0x00])));
+        assert!(listed.admit(&peer("127.0.0.1:1", &garbage)).unwrap_err().contains("not an X.509 certificate"));
     }
 
     #[test]

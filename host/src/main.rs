@@ -10,6 +10,7 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use prost::Message;
 
+use consenter_host::admin;
 use consenter_host::block::{self, hex};
 use consenter_host::chain::{RestartPolicies, RestartPolicy};
 use consenter_host::channel::ChannelTemplate;
@@ -98,6 +99,27 @@ struct AdminArgs {
     /// Admin endpoint of the node (host:port).
     #[arg(long = "orderer-address", short = 'o', default_value = "127.0.0.1:7053")]
     address: String,
+    /// CA certificate (PEM) of the endpoint's TLS certificate; with it the
+    /// command speaks TLS, the server name being the host of the address.
+    #[arg(long = "ca-file", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long = "client-cert", value_name = "FILE", requires_all = ["client_key", "ca_file"])]
+    client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(long = "client-key", value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    fn tls(&self) -> Result<admin::ClientTls> {
+        let Some(ca) = &self.ca_file else { return Ok(Default::default()) };
+        let identity = self.client_cert.as_deref().zip(self.client_key.as_deref());
+        Ok(admin::ClientTls {
+            config: Some(admin::tls::client_config(ca, identity)?),
+            has_client_cert: identity.is_some(),
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -201,6 +223,22 @@ struct StartArgs {
     /// TLS it must be a loopback address and serves loopback clients only.
     #[arg(long, default_value = "127.0.0.1:7053")]
     admin_listen: SocketAddr,
+    /// TLS certificate (PEM) of the admin endpoint (Fabric's
+    /// Admin.TLS.Certificate). Turns on mutual TLS: clients must present a
+    /// certificate issued by a client root CA; any address may be used.
+    #[arg(long, value_name = "FILE", requires = "admin_tls_key")]
+    admin_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --admin-tls-cert (Admin.TLS.PrivateKey).
+    #[arg(long, value_name = "FILE", requires = "admin_tls_cert")]
+    admin_tls_key: Option<PathBuf>,
+    /// Root CA (PEM) of admin client certificates (Admin.TLS.ClientRootCAs).
+    /// Repeatable. Default: the local MSP's tlscacerts/*.pem.
+    #[arg(long = "admin-tls-client-ca", value_name = "FILE", requires = "admin_tls_cert")]
+    admin_tls_client_cas: Vec<PathBuf>,
+    /// Only client certificates with this subject CN are admins (others get
+    /// 403). Repeatable. Default: any certificate from a client root CA.
+    #[arg(long = "admin-client-cn", value_name = "CN", requires = "admin_tls_cert")]
+    admin_client_cns: Vec<String>,
     /// Do not serve the admin endpoint.
     #[arg(long)]
     no_admin: bool,
@@ -369,9 +407,38 @@ fn start(a: StartArgs) -> Result<()> {
     }
     let limits =
         Limits { memory_bytes: a.plugin_memory_mib << 20, call_deadline: a.plugin_call_deadline, ..Limits::default() };
-    if !a.no_admin && !a.admin_listen.ip().is_loopback() {
+    let admin_tls = match (&a.admin_tls_cert, &a.admin_tls_key) {
+        (Some(cert), Some(key)) if !a.no_admin => {
+            let client_cas = if a.admin_tls_client_cas.is_empty() {
+                let msp = a.msp_dir.clone().or_else(|| dev.as_ref().map(|d| d.orderer_msp.clone()));
+                match msp {
+                    Some(msp) => admin::tls::msp_tls_cas(&msp)?,
+                    None => bail!("the admin endpoint's TLS needs client root CAs: pass --admin-tls-client-ca"),
+                }
+            } else {
+                a.admin_tls_client_cas.clone()
+            };
+            let files = admin::tls::ServerFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_cas,
+                admin_cns: a.admin_client_cns.clone(),
+            };
+            let tls = admin::tls::ServerTls::load(&files).context("admin endpoint TLS")?;
+            tracing::info!(
+                cert = %files.cert.display(),
+                client_cas = ?files.client_cas,
+                admin_cns = ?files.admin_cns,
+                "admin endpoint: mutual TLS"
+            );
+            Some(tls)
+        }
+        _ => None,
+    };
+    if !a.no_admin && admin_tls.is_none() && !a.admin_listen.ip().is_loopback() {
         bail!(
-            "--admin-listen {}: without TLS the admin endpoint may only listen on a loopback address",
+            "--admin-listen {}: without TLS (--admin-tls-cert, --admin-tls-key) the admin endpoint may only listen \
+             on a loopback address",
             a.admin_listen
         );
     }
@@ -432,7 +499,7 @@ fn start(a: StartArgs) -> Result<()> {
         node.create_channel(&t.genesis_block()).with_context(|| format!("creating channel {}", a.dev_channel))?;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    let admin = if a.no_admin { None } else { Some(a.admin_listen) };
+    let admin = if a.no_admin { None } else { Some((a.admin_listen, admin_tls)) };
     rt.block_on(serve(node.clone(), a.listen, admin, dev))?;
     node.shutdown();
     tracing::info!("stopped");
@@ -442,22 +509,23 @@ fn start(a: StartArgs) -> Result<()> {
 async fn serve(
     node: Arc<Node>,
     listen: SocketAddr,
-    admin: Option<SocketAddr>,
+    admin: Option<(SocketAddr, Option<admin::tls::ServerTls>)>,
     dev: Option<signer::DevIdentity>,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     println!("consenter-host listening on {addr} (orderer.AtomicBroadcast)");
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    if let Some(admin) = admin {
+    if let Some((admin, tls)) = admin {
         let l = tokio::net::TcpListener::bind(admin).await.with_context(|| format!("admin endpoint on {admin}"))?;
-        println!("admin endpoint on http://{} (channel participation API)", l.local_addr()?);
+        let (scheme, how) = if tls.is_some() { ("https", ", mutual TLS") } else { ("http", ", loopback clients") };
+        println!("admin endpoint on {scheme}://{} (channel participation API{how})", l.local_addr()?);
         let n = node.clone();
         tokio::spawn(async move {
             let stop = async {
                 let _ = admin_stop_rx.await;
             };
-            if let Err(e) = consenter_host::admin::serve(l, n, stop).await {
+            if let Err(e) = admin::serve(l, n, tls, stop).await {
                 tracing::error!(error = %e, "admin endpoint stopped");
             }
         });
@@ -541,23 +609,24 @@ fn bench(a: BenchArgs) -> Result<()> {
 }
 
 fn channel_cmd(c: ChannelCmd) -> Result<()> {
-    use consenter_host::admin::{self, CHANNELS};
-    let (addr, answer) = match &c {
-        ChannelCmd::Join { admin: a, config_block } => {
+    use admin::CHANNELS;
+    let (ChannelCmd::Join { admin: a, .. }
+    | ChannelCmd::List { admin: a }
+    | ChannelCmd::Show { admin: a, .. }
+    | ChannelCmd::Remove { admin: a, .. }) = &c;
+    let tls = a.tls()?;
+    let send = |method, path: &str, body| admin::request_with(&a.address, &tls, method, path, body);
+    let answer = match &c {
+        ChannelCmd::Join { config_block, .. } => {
             let bytes = std::fs::read(config_block).with_context(|| format!("reading {}", config_block.display()))?;
             let name = config_block.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let (ct, body) = admin::multipart_body("config-block", &name, &bytes);
-            (a.address.clone(), admin::request(&a.address, "POST", CHANNELS, Some((&ct, &body))))
+            send("POST", CHANNELS, Some((&ct, &body)))
         }
-        ChannelCmd::List { admin: a } => (a.address.clone(), admin::request(&a.address, "GET", CHANNELS, None)),
-        ChannelCmd::Show { admin: a, channel } => {
-            (a.address.clone(), admin::request(&a.address, "GET", &format!("{CHANNELS}/{channel}"), None))
-        }
-        ChannelCmd::Remove { admin: a, channel } => {
-            (a.address.clone(), admin::request(&a.address, "DELETE", &format!("{CHANNELS}/{channel}"), None))
-        }
-    };
-    let answer = answer.with_context(|| format!("admin endpoint {addr}"))?;
+        ChannelCmd::List { .. } => send("GET", CHANNELS, None),
+        ChannelCmd::Show { channel, .. } => send("GET", &format!("{CHANNELS}/{channel}"), None),
+        ChannelCmd::Remove { channel, .. } => send("DELETE", &format!("{CHANNELS}/{channel}"), None),
+    }?;
     // Print what osnadmin prints: the status code and the JSON body.
     println!("Status: {}", answer.status);
     if !answer.body.is_empty() {

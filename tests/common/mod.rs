@@ -86,7 +86,10 @@ impl NodeProc {
         if !given.iter().any(|a| a == "--no-admin") {
             let line = lines.next().expect("node exited before the admin line").expect("reading node stdout");
             banner.push(line.clone());
-            let a = line.strip_prefix("admin endpoint on http://").expect("the admin endpoint line");
+            let a = line
+                .strip_prefix("admin endpoint on http://")
+                .or_else(|| line.strip_prefix("admin endpoint on https://"))
+                .expect("the admin endpoint line");
             admin = Some(a.split_whitespace().next().unwrap().to_string());
         }
         std::thread::spawn(move || {
