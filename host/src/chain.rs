@@ -362,6 +362,11 @@ impl ChainCore {
         self.instance.support()
     }
 
+    /// Envelopes written in blocks so far (also after a trap).
+    pub fn written_envelopes(&self) -> u64 {
+        self.instance.written_envelopes()
+    }
+
     /// Envelopes the plugin accepted so far.
     pub fn accepted(&self) -> u64 {
         self.accepted
@@ -532,8 +537,9 @@ const QUEUE: usize = 4096;
 
 impl Chain {
     /// Starts a chain on the actor thread: a ledger writer, the support
-    /// made by `make_support` at the ledger's last block, then the plugin's
-    /// `handle-chain` (with that block's consenter metadata) and `start`.
+    /// made by `make_support` at `resume` (the ledger's last block, read
+    /// by the caller), then the plugin's `handle-chain` (with that block's
+    /// consenter metadata) and `start`.
     /// Returns once the plugin started (or failed to: a chain that cannot
     /// start is refused, whatever its restart policy).
     pub fn spawn(
@@ -541,6 +547,7 @@ impl Chain {
         plugin: Plugin,
         make_support: SupportFactory,
         ledger: Ledger,
+        resume: ResumePoint,
         restart: RestartConfig,
     ) -> Result<Arc<Chain>, RuntimeError> {
         let status = Arc::new(ChainStatus::default());
@@ -562,7 +569,7 @@ impl Chain {
         };
         let actor = std::thread::Builder::new()
             .name(format!("chain-{channel}"))
-            .spawn(move || match runner.start_instance() {
+            .spawn(move || match runner.start_instance(resume) {
                 Ok(core) => {
                     let _ = ready_tx.send(Ok(()));
                     run_actor(runner, core, rx, halt_rx);
@@ -739,13 +746,7 @@ enum Phase {
 impl Runner {
     /// A new instance at the ledger's last durable block: a fresh ledger
     /// writer and support, `handle-chain(metadata)`, `start`.
-    fn start_instance(&mut self) -> Result<ChainCore, RuntimeError> {
-        let instantiate = |reason: String| RuntimeError::Instantiate {
-            plugin: self.plugin.name().to_string(),
-            channel: self.channel.clone(),
-            reason,
-        };
-        let rp = ResumePoint::read(&self.channel, &self.ledger).map_err(|e| instantiate(e.to_string()))?;
+    fn start_instance(&mut self, rp: ResumePoint) -> Result<ChainCore, RuntimeError> {
         let (sink, writer) = ledger_sink(&self.channel, self.ledger.clone(), self.status.clone())?;
         self.start_height = rp.pos.height;
         self.status.absolute_max_bytes.store(rp.config.batch_size.absolute_max_bytes, Ordering::Relaxed);
@@ -770,18 +771,14 @@ impl Runner {
         // A plugin that reported a failure still gets `halt` (its Store is
         // alive); a trapped one has no Store left.
         core.halt();
-        let accepted = core.accepted();
+        // Written: handed to the ledger writer, which makes them durable
+        // below (a write that fails makes the chain fail for good).
+        let lost = core.accepted().saturating_sub(core.written_envelopes());
         drop(core);
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
-        let mut written = 0u64;
-        for n in self.start_height..self.ledger.height() {
-            if let Ok(Some(b)) = self.ledger.block(n) {
-                written += b.data.as_ref().map(|d| d.data.len() as u64).unwrap_or(0);
-            }
-        }
-        accepted.saturating_sub(written)
+        lost
     }
 
     /// Records a crash and decides what follows: a restart after a backoff,
@@ -822,7 +819,12 @@ impl Runner {
 
     /// Starts a new instance after a backoff.
     fn restart(&mut self) -> Phase {
-        match self.start_instance() {
+        let resume = ResumePoint::read(&self.channel, &self.ledger).map_err(|e| RuntimeError::Instantiate {
+            plugin: self.plugin.name().to_string(),
+            channel: self.channel.clone(),
+            reason: e.to_string(),
+        });
+        match resume.and_then(|rp| self.start_instance(rp)) {
             Ok(core) => {
                 let restarts = self.status.restarts.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::info!(channel = %self.channel, restarts, height = self.start_height, "plugin instance restarted from the last written block");

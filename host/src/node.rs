@@ -362,7 +362,8 @@ impl Node {
 
     fn start_chain(&self, channel: &str, ledger: Ledger) -> Result<Arc<Chain>, NodeError> {
         let height = ledger.height();
-        let plugin = self.plugin_for(channel, &ResumePoint::read(channel, &ledger)?.config)?;
+        let resume = ResumePoint::read(channel, &ledger)?;
+        let plugin = self.plugin_for(channel, &resume.config)?;
         let restart = self.restart.for_chain(channel, plugin.name(), self.shipped.contains(plugin.name()));
         let signer = self.signer.clone();
         let limits = self.support_limits.clone();
@@ -384,6 +385,7 @@ impl Node {
                 s
             }),
             ledger,
+            resume,
             restart,
         )?;
         tracing::info!(channel, height, "chain started");

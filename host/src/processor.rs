@@ -161,16 +161,17 @@ pub fn revalidate(cfg: &ChannelConfig, signer: &Signer, env: &Envelope) -> Resul
         return Err(format!("envelope is for channel {}, not {}", env.channel_id, cfg.channel_id));
     }
     if env.header_type == HeaderType::Config as i32 {
-        if config_envelope(&env.payload)?.config.map(|c| c.sequence).unwrap_or_default() == cfg.sequence + 1 {
+        let ce = config_envelope(&env.payload)?;
+        if ce.config.as_ref().map(|c| c.sequence).unwrap_or_default() == cfg.sequence + 1 {
             return Ok(None);
         }
-        let (pb, update) = last_update(&env.payload)?;
+        let (pb, update) = last_update(ce)?;
         return config_update(cfg, signer, &pb, &update).map(Some).map_err(|e| e.to_string());
     }
     if env.header_type == HeaderType::OrdererTransaction as i32 {
         let inner = Payload::decode(env.payload.clone()).map_err(|e| format!("payload: {e}"))?;
         let inner = PbEnvelope::decode(inner.data).map_err(|e| format!("ORDERER_TRANSACTION's envelope: {e}"))?;
-        let (pb, update) = last_update(&inner.payload)?;
+        let (pb, update) = last_update(config_envelope(&inner.payload)?)?;
         return channel_creation(cfg, signer, &pb, &update).map(Some).map_err(|e| e.to_string());
     }
     authorize(cfg, WRITERS, &env.payload, &env.creator, &env.signature).map(|()| None)
@@ -181,11 +182,9 @@ fn config_envelope(payload: &Bytes) -> Result<ConfigEnvelope, String> {
     ConfigEnvelope::decode(p.data).map_err(|e| format!("ConfigEnvelope: {e}"))
 }
 
-/// The CONFIG_UPDATE envelope a CONFIG envelope's payload was made from.
-fn last_update(payload: &Bytes) -> Result<(PbEnvelope, Envelope), String> {
-    let pb = config_envelope(payload)?
-        .last_update
-        .ok_or("the config envelope carries no last_update (CONFIG_UPDATE) to apply again")?;
+/// The CONFIG_UPDATE envelope a config was made from.
+fn last_update(ce: ConfigEnvelope) -> Result<(PbEnvelope, Envelope), String> {
+    let pb = ce.last_update.ok_or("the config envelope carries no last_update (CONFIG_UPDATE) to apply again")?;
     let env = Envelope::from_message(pb.clone()).map_err(|e| format!("its last_update: {e}"))?;
     Ok((pb, env))
 }

@@ -392,7 +392,14 @@ impl Plugin {
             channel: channel.clone(),
             reason: format!("{e:#}"),
         })?;
-        Ok(Instance { plugin: self.name.clone(), channel, store: Some(store), bindings, deadline })
+        Ok(Instance {
+            plugin: self.name.clone(),
+            channel,
+            store: Some(store),
+            bindings,
+            deadline,
+            written_before_trap: 0,
+        })
     }
 }
 
@@ -472,6 +479,8 @@ pub struct Instance {
     store: Option<Store<PluginState>>,
     bindings: Consenter,
     deadline: Option<Duration>,
+    /// Envelopes written in blocks by the support of a dropped Store.
+    written_before_trap: u64,
 }
 
 impl Instance {
@@ -483,6 +492,12 @@ impl Instance {
     /// Mutable support.
     pub fn support_mut(&mut self) -> Option<&mut Support> {
         self.store.as_mut().map(|s| &mut s.data_mut().support)
+    }
+
+    /// Envelopes this instance's support wrote in blocks, also after a
+    /// trap dropped the Store.
+    pub fn written_envelopes(&self) -> u64 {
+        self.support().map_or(self.written_before_trap, Support::written_envelopes)
     }
 
     /// Whether the Store is still alive.
@@ -505,7 +520,9 @@ impl Instance {
             Ok(r) => Ok(r),
             Err(e) => {
                 // A trap ends this Store; the node and other chains go on.
-                self.store = None;
+                if let Some(store) = self.store.take() {
+                    self.written_before_trap = store.data().support.written_envelopes();
+                }
                 Err(RuntimeError::Trap {
                     plugin: self.plugin.clone(),
                     channel: self.channel.clone(),
