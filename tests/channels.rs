@@ -433,6 +433,7 @@ fn stale_config_message_is_recomputed_on_revalidation() {
     let genesis =
         Block::decode(std::fs::read(fixtures().join("blocks/solochannel.genesis.block")).unwrap().as_slice()).unwrap();
     let cfg0 = ChannelConfig::from_config_block(&genesis).unwrap();
+    let types = vec![cfg0.consensus_type.clone()];
     let current = config_of(&genesis).config.unwrap();
     let node = identity("orderer", "orderer0");
     let admin = identity("orderer", "Admin");
@@ -448,9 +449,9 @@ fn stale_config_message_is_recomputed_on_revalidation() {
     let (pb, eb) = as_update(&orderer_value_update(&current, "BatchTimeout", timeout.encode_to_vec()));
 
     // Both validated under sequence 0; A is ordered first.
-    let a = config_update(&cfg0, &node, &pa, &ea).unwrap();
-    let b = config_update(&cfg0, &node, &pb, &eb).unwrap();
-    assert!(revalidate(&cfg0, &node, &a).unwrap().is_none(), "made from the current config: ordered as is");
+    let a = config_update(&cfg0, &node, &pa, &ea, &types).unwrap();
+    let b = config_update(&cfg0, &node, &pb, &eb, &types).unwrap();
+    assert!(revalidate(&cfg0, &node, &a, &types).unwrap().is_none(), "made from the current config: ordered as is");
     let cfg1 = ChannelConfig::from_config(
         "solochannel",
         ConfigEnvelope::decode(Payload::decode(a.payload.clone()).unwrap().data).unwrap().config.as_ref().unwrap(),
@@ -459,7 +460,7 @@ fn stale_config_message_is_recomputed_on_revalidation() {
     assert_eq!((cfg1.sequence, cfg1.batch_size.max_message_count), (1, 2));
 
     // B is stale: recomputed on top of A, it carries both changes.
-    let b2 = revalidate(&cfg1, &node, &b).unwrap().expect("recomputed");
+    let b2 = revalidate(&cfg1, &node, &b, &types).unwrap().expect("recomputed");
     let ce = ConfigEnvelope::decode(Payload::decode(b2.payload.clone()).unwrap().data).unwrap();
     let cfg2 = ChannelConfig::from_config("solochannel", ce.config.as_ref().unwrap()).unwrap();
     assert_eq!(cfg2.sequence, 2);
@@ -473,8 +474,8 @@ fn stale_config_message_is_recomputed_on_revalidation() {
     let mut bs = cfg0.batch_size;
     bs.max_message_count = 3;
     let (pc, ec) = as_update(&orderer_value_update(&current, "BatchSize", bs.encode_to_vec()));
-    let c = config_update(&cfg0, &node, &pc, &ec).unwrap();
-    let err = revalidate(&cfg1, &node, &c).unwrap_err();
+    let c = config_update(&cfg0, &node, &pc, &ec, &types).unwrap();
+    let err = revalidate(&cfg1, &node, &c, &types).unwrap_err();
     assert!(err.contains("error applying config update to existing channel 'solochannel'"), "{err}");
     assert!(err.contains("to version 1, but key is at version 1"), "{err}");
 }

@@ -31,6 +31,7 @@ fn node(dir: &std::path::Path) -> Arc<Node> {
         plugin_limits: Default::default(),
         restart: Default::default(),
         support_limits: SupportLimits::default(),
+        disk_reserve: 0,
         extra_plugins: vec![("hostile".into(), hostile)],
     })
     .unwrap()

@@ -32,6 +32,7 @@ async fn blocks_we_write_decode_with_fabric_block_decoder() {
         signer: orderer,
         limits: Limits::default(),
         support_limits: SupportLimits::default(),
+        disk_reserve: 0,
         plugin_limits: Default::default(),
         restart: Default::default(),
         extra_plugins: vec![],

@@ -125,15 +125,20 @@ fn wait_log(dir: &Path, needles: &[&str]) -> String {
 /// Stops the node with SIGINT (halting every chain), waits for it to exit,
 /// then checks every ledger with `consenter-host ledger verify`; returns
 /// the verify output.
-fn stop_and_verify(mut node: NodeProc, dir: &Path) -> String {
+fn stop_and_verify(node: NodeProc, dir: &Path) -> String {
+    stop_with(node, dir, "-INT")
+}
+
+/// As [`stop_and_verify`], stopping the node with `signal` (e.g. "-TERM").
+fn stop_with(mut node: NodeProc, dir: &Path, signal: &str) -> String {
     let pid = node.child.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
     let end = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(s) = node.child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < end, "the node did not stop on SIGINT");
+        assert!(Instant::now() < end, "the node did not stop on {signal}");
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "node exit: {status}\n{}", log_of(dir));
@@ -340,9 +345,9 @@ async fn reload_restarts_from_the_last_block_and_caps_crash_loops() {
         d,
         &[
             "--restart-policy",
-            "poison=reload",
+            "channel:poison=reload",
             "--restart-policy",
-            "crashloop=reload",
+            "channel:crashloop=reload",
             "--restart-backoff-initial",
             "300ms",
             "--restart-max-crashes",
@@ -451,4 +456,285 @@ async fn unknown_import_is_refused_at_load() {
     healthy.round(&mut c).await;
     let verify = stop_and_verify(node, d);
     assert!(height_line(&verify, HEALTHY).contains("OK height 2"), "{verify}");
+}
+
+/// The channel's config in force, read from its ledger (node stopped).
+fn ledger_config(dir: &Path, channel: &str) -> consenter_host::channel::ChannelConfig {
+    let l = Ledger::open(&channel_dir(&dir.join("data"), channel)).unwrap();
+    let rp = consenter_host::chain::ResumePoint::read(channel, &l).unwrap();
+    (*rp.config).clone()
+}
+
+fn template_config(channel: &str) -> consenter_host::proto::common::Config {
+    let mut t = ChannelTemplate::solo(channel);
+    t.batch_size.max_message_count = PER_BLOCK as u32;
+    t.batch_timeout = Duration::from_secs(30);
+    config_in(&t.genesis_block())
+}
+
+fn timeout_update(channel: &str, timeout: &str) -> consenter_host::proto::common::Envelope {
+    use consenter_host::proto::orderer::BatchTimeout;
+    let v = BatchTimeout { timeout: timeout.into() }.encode_to_vec();
+    orderer_update(channel, &template_config(channel), "BatchTimeout", v)
+}
+
+fn count_update(channel: &str, max: u32) -> consenter_host::proto::common::Envelope {
+    use consenter_host::proto::orderer::BatchSize;
+    let bs = BatchSize { max_message_count: max, absolute_max_bytes: 10 << 20, preferred_max_bytes: 2 << 20 };
+    orderer_update(channel, &template_config(channel), "BatchSize", bs.encode_to_vec())
+}
+
+async fn send_env(
+    c: &mut AtomicBroadcastClient<Channel>,
+    env: consenter_host::proto::common::Envelope,
+) -> (i32, String) {
+    broadcast_all(c, vec![env]).await.remove(0)
+}
+
+/// Fabric's block writer and message processor checks, made by the host on
+/// every plugin write: a config kept from an older config (a replay) is
+/// refused; config messages never go in normal blocks, nor normal messages
+/// in config blocks; an envelope validated under an older config sequence
+/// is refused until revalidated; bloated metadata and empty blocks are
+/// refused (an empty-block flood reaches the refusal cap and errs its
+/// channel). Config updates that would brick a channel (an unknown or
+/// changed consensus type, an absurd BatchTimeout) are refused at
+/// Broadcast. The config sequence and values change only by the updates
+/// the host validated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordering_invariants_are_the_hosts() {
+    const BAD_REQUEST: i32 = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    prepare(
+        &d.join("data"),
+        &[
+            ("replay", "hostile", "replay-config:enqueue"),
+            ("classes", "hostile", "config-in-normal:enqueue"),
+            ("stale", "hostile", "stale:enqueue"),
+            ("bloat", "hostile", "bloat:enqueue"),
+            ("empty", "hostile", "empty-blocks:enqueue"),
+        ],
+    );
+    let node = start(d, &[]);
+    let mut c = node.client().await;
+    let mut healthy = Healthy { blocks: 0 };
+    healthy.round(&mut c).await;
+
+    // Replay: the first update is kept, the second written, then the kept
+    // one (made from sequence 0) is written after sequence 1: refused.
+    assert_eq!(send_env(&mut c, timeout_update("replay", "5s")).await.0, SUCCESS);
+    assert_eq!(send_env(&mut c, count_update("replay", 7)).await.0, SUCCESS);
+    assert_eq!(send(&mut c, "replay", "after").await.0, SUCCESS, "the plugin saw the refusal and goes on");
+    // Message classes: nothing is written.
+    assert_eq!(send_env(&mut c, timeout_update("classes", "5s")).await.0, SUCCESS);
+    assert_eq!(send(&mut c, "classes", "normal").await.0, SUCCESS);
+    // Stale: two envelopes kept, a config written, the first kept one
+    // refused (not revalidated), the second written after revalidation.
+    for tx in ["s0", "s1"] {
+        assert_eq!(send(&mut c, "stale", tx).await.0, SUCCESS);
+    }
+    assert_eq!(send_env(&mut c, timeout_update("stale", "5s")).await.0, SUCCESS);
+    assert_eq!(send(&mut c, "stale", "s2").await.0, SUCCESS);
+    // Bloated metadata: refused twice, then a proper write.
+    for tx in ["b-huge", "b-ratio", "b-ok"] {
+        assert_eq!(send(&mut c, "bloat", tx).await.0, SUCCESS, "{tx}");
+    }
+    healthy.round(&mut c).await;
+    // Empty blocks: 100 refused per envelope; the 1,000th refusal errs.
+    for i in 0..9 {
+        assert_eq!(send(&mut c, "empty", &format!("e{i}")).await.0, SUCCESS);
+    }
+    let (st, info) = send(&mut c, "empty", "e9").await;
+    assert_eq!(st, SERVICE_UNAVAILABLE, "{info}");
+    assert!(info.contains("1000 refused calls"), "{info}");
+    healthy.round(&mut c).await;
+
+    // Config updates that would brick a channel are refused up front.
+    use consenter_host::proto::orderer::ConsensusType;
+    let cfg = template_config(HEALTHY);
+    for (ty, expect) in [
+        ("etcdraft", "ConsensusType.type \"etcdraft\" has no plugin on this node (available: hostile, solo)"),
+        ("hostile", "cannot change from \"solo\" to \"hostile\" on a running channel"),
+    ] {
+        let v = ConsensusType { r#type: ty.into(), metadata: Default::default(), state: 0 }.encode_to_vec();
+        let (st, info) = send_env(&mut c, orderer_update(HEALTHY, &cfg, "ConsensusType", v)).await;
+        assert_eq!(st, BAD_REQUEST, "{info}");
+        assert!(info.contains(expect), "{info:?} should say {expect:?}");
+    }
+    for (t, expect) in [
+        (
+            "99999999999999999999h",
+            "BatchTimeout \"99999999999999999999h\" is not a valid timeout: time: invalid duration",
+        ),
+        ("25h", "over the longest this host supports (24h)"),
+        ("-1s", "it must be positive"),
+    ] {
+        let (st, info) = send_env(&mut c, timeout_update(HEALTHY, t)).await;
+        assert_eq!(st, BAD_REQUEST, "{t}: {info}");
+        assert!(info.contains(expect), "{t}: {info:?} should say {expect:?}");
+    }
+    healthy.round(&mut c).await;
+    for ch in ["replay", "classes", "stale", "bloat"] {
+        let v = consenter_view(&node, ch);
+        assert_eq!((&v["state"], &v["crashes"]), (&"running".into(), &0.into()), "{ch}: {v}");
+    }
+    let empty = consenter_view(&node, "empty");
+    assert_eq!((&empty["state"], &empty["crashes"]), (&"errored".into(), &1.into()), "{empty}");
+
+    let verify = stop_and_verify(node, d);
+    assert!(height_line(&verify, HEALTHY).contains("OK height 5"), "{verify}");
+    // replay: genesis, the second update's config block, "after".
+    assert!(height_line(&verify, "replay").contains("OK height 3"), "{verify}");
+    let replay = ledger_config(d, "replay");
+    assert_eq!(replay.sequence, 1, "only the update the host validated last applied");
+    assert_eq!(replay.batch_size.max_message_count, 7);
+    assert_eq!(replay.batch_timeout, Duration::from_secs(30), "the replayed update did not apply");
+    assert!(height_line(&verify, "classes").contains("OK height 1"), "{verify}");
+    assert_eq!(ledger_config(d, "classes").sequence, 0);
+    // stale: genesis, config, s1 (revalidated), s2.
+    assert!(height_line(&verify, "stale").contains("OK height 4"), "{verify}");
+    let stale = Ledger::open(&channel_dir(&d.join("data"), "stale")).unwrap();
+    let b2 = stale.block(2).unwrap().unwrap();
+    assert_eq!(last_config_and_metadata(&b2), (1, b"revalidated".to_vec()));
+    drop(stale);
+    assert_eq!(ledger_config(d, "stale").batch_timeout, Duration::from_secs(5));
+    let bloat = Ledger::open(&channel_dir(&d.join("data"), "bloat")).unwrap();
+    assert_eq!(bloat.height(), 2);
+    assert_eq!(last_config_and_metadata(&bloat.block(1).unwrap().unwrap()).1, b"b-ok");
+    drop(bloat);
+    assert!(height_line(&verify, "empty").contains("OK height 11"), "{verify}");
+    assert_eq!(ledger_config(d, HEALTHY).sequence, 0, "no refused update applied");
+}
+
+/// Host memory held for a plugin is budgeted in bytes (envelopes kept, or
+/// blocks created and never written, past `max-held-mib` err the channel
+/// while the node's memory stays bounded), and so is the disk a channel
+/// writes (per minute and in total).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_memory_and_disk_are_budgeted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    prepare(
+        &d.join("data"),
+        &[
+            ("hoard-bytes", "hostile-small", "hoard-bytes:enqueue"),
+            ("hoard-blocks", "hostile-small", "hoard-blocks:enqueue"),
+            ("disk-rate", "hostile-rate", ""),
+            ("disk-total", "hostile-total", ""),
+        ],
+    );
+    let file = plugin_path("consenter_hostile.wasm").display().to_string();
+    let (small, rate, total) =
+        (format!("hostile-small={file}"), format!("hostile-rate={file}"), format!("hostile-total={file}"));
+    let node = start(
+        d,
+        &[
+            "--plugin",
+            &small,
+            "--plugin-limits",
+            "hostile-small:max-held-mib=4",
+            "--plugin",
+            &rate,
+            "--plugin-limits",
+            "hostile-rate:disk-mib-per-minute=1",
+            "--plugin",
+            &total,
+            "--plugin-limits",
+            "hostile-total:disk-mib-total=1",
+        ],
+    );
+    let mut c = node.client().await;
+    let mut healthy = Healthy { blocks: 0 };
+    healthy.round(&mut c).await;
+    let before = rss_bytes(node.child.id());
+
+    for ch in ["hoard-bytes", "hoard-blocks"] {
+        let mut accepted = 0;
+        let info = loop {
+            let (st, info) =
+                broadcast_all(&mut c, vec![message(ch, &format!("k{accepted}"), 512 << 10)]).await.remove(0);
+            if st != SUCCESS {
+                break info;
+            }
+            accepted += 1;
+            assert!(accepted <= 8, "{ch}: 8 x 512 KiB held and no budget reached");
+        };
+        assert!(info.contains("max-held-mib"), "{ch}: {info}");
+        assert!(accepted >= 6, "{ch}: only {accepted} envelopes before the budget");
+        healthy.round(&mut c).await;
+    }
+    // 200 MiB more offered to the errored channels: refused, not held.
+    for i in 0..100 {
+        let envs =
+            vec![message("hoard-bytes", &format!("m{i}"), 1 << 20), message("hoard-blocks", &format!("m{i}"), 1 << 20)];
+        for (st, _) in broadcast_all(&mut c, envs).await {
+            assert_eq!(st, SERVICE_UNAVAILABLE);
+        }
+    }
+    let after = rss_bytes(node.child.id());
+    assert!(before > 0 && after < before + (96 << 20), "the node's memory grew from {before} to {after} bytes");
+    healthy.round(&mut c).await;
+
+    // Disk: 1 MiB per minute, then 1 MiB in all.
+    for (ch, expect) in [("disk-rate", "disk-mib-per-minute"), ("disk-total", "disk-mib-total")] {
+        let mut answers = Vec::new();
+        for i in 0..4 {
+            answers.push(broadcast_all(&mut c, vec![message(ch, &format!("w{i}"), 400 << 10)]).await.remove(0));
+        }
+        assert_eq!(answers[0].0, SUCCESS, "{ch}: {answers:?}");
+        assert!(answers.iter().any(|(st, _)| *st == SERVICE_UNAVAILABLE), "{ch}: {answers:?}");
+        let v = consenter_view(&node, ch);
+        assert_eq!(v["state"], "errored", "{ch}: {v}");
+        assert!(v["lastCrash"].as_str().is_some_and(|r| r.contains(expect)), "{ch}: {v}");
+        healthy.round(&mut c).await;
+    }
+    let verify = stop_and_verify(node, d);
+    assert!(height_line(&verify, HEALTHY).contains("OK height 7"), "{verify}");
+    assert!(height_line(&verify, "disk-rate").contains("OK height 3"), "{verify}");
+    assert!(height_line(&verify, "disk-total").contains("OK height 3"), "{verify}");
+}
+
+/// A ledger disk that is nearly full (here: a reserve larger than the free
+/// space) errs the channels that write, with the reason; the node keeps
+/// serving what is written, the participation API's status and consenter
+/// object agree, SIGTERM stops the node cleanly, and every ledger verifies.
+/// A `--restart-policy` entry must say whether it names a channel or a
+/// plugin type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_errs_the_writing_channels_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    prepare(&d.join("data"), &[]);
+    let (ok, out) = common::cli(&[
+        "start",
+        "--data-dir",
+        d.join("data").to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--restart-policy",
+        "healthy=reload",
+    ]);
+    assert!(!ok && out.contains("say whether \"healthy\" is a channel or a plugin type"), "{out}");
+
+    let node = start(d, &["--disk-reserve-mib", "1000000000000"]);
+    let mut c = node.client().await;
+    let envs = (0..PER_BLOCK).map(|i| message(HEALTHY, &format!("f{i}"), 100)).collect();
+    for (st, info) in broadcast_all(&mut c, envs).await {
+        assert_eq!(st, SUCCESS, "{info}");
+    }
+    wait_errored(&mut c, HEALTHY).await;
+    let (st, info) = send(&mut c, HEALTHY, "more").await;
+    assert_eq!(st, SERVICE_UNAVAILABLE);
+    assert!(info.contains("under the reserve"), "{info}");
+    // Still serving: Broadcast and Deliver answer (SERVICE_UNAVAILABLE for
+    // the errored chain, as Fabric's), and so does the participation API.
+    let admin = node.admin.clone().unwrap();
+    let (ok, out) = common::cli(&["channel", "show", "-o", &admin, "-c", HEALTHY]);
+    assert!(ok && out.contains("\"status\": \"failed\""), "{out}");
+    let v = consenter_view(&node, HEALTHY);
+    assert_eq!((&v["state"], &v["crashes"]), (&"errored".into(), &1.into()), "{v}");
+    assert!(v["lastCrash"].as_str().is_some_and(|r| r.contains("--disk-reserve-mib")), "{v}");
+    let verify = stop_with(node, d, "-TERM");
+    assert!(height_line(&verify, HEALTHY).contains("OK height 1"), "{verify}");
 }

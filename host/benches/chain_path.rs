@@ -88,7 +88,7 @@ fn bench(c: &mut Criterion) {
         let rt = Runtime::new(limits).unwrap();
         let solo = rt.load("solo", embedded::get("solo").unwrap()).unwrap();
         let status = Arc::new(ChainStatus::default());
-        let (sink, _writer) = ledger_sink("bench", s.ledger.clone(), status.clone()).unwrap();
+        let (sink, _writer) = ledger_sink("bench", s.ledger.clone(), status.clone(), 0).unwrap();
         let cfg = Arc::new(ChannelConfig::from_config_block(&s.template.genesis_block()).unwrap());
         let support = Support::new(
             "bench",
@@ -121,7 +121,7 @@ fn bench(c: &mut Criterion) {
     {
         let s = setup();
         let status = Arc::new(ChainStatus::default());
-        let (mut sink, _writer) = ledger_sink("bench-native", s.ledger.clone(), status).unwrap();
+        let (mut sink, _writer) = ledger_sink("bench-native", s.ledger.clone(), status, 0).unwrap();
         let cfg = ChannelConfig::from_config_block(&s.template.genesis_block()).unwrap();
         let mut cutter = BlockCutter::default();
         let mut pos = position(&s.ledger);
@@ -196,7 +196,7 @@ fn native_order(
             let mut blk = block::new_block(pos.height, &pos.last_hash, data);
             let hash = block::header_hash(blk.header.as_ref().unwrap());
             block::sign_block(&mut blk, 0, &[], signer).unwrap();
-            sink.write(pos.height, blk.encode_to_vec().into()).unwrap();
+            sink.write(pos.height, blk.encode_to_vec().into(), None).unwrap();
             pos.height += 1;
             pos.last_hash = hash;
         }
@@ -205,7 +205,12 @@ fn native_order(
 
 struct NullSink;
 impl BlockSink for NullSink {
-    fn write(&mut self, _number: u64, block: Bytes) -> Result<(), String> {
+    fn write(
+        &mut self,
+        _number: u64,
+        block: Bytes,
+        _on_durable: Option<consenter_host::support::OnDurable>,
+    ) -> Result<(), String> {
         std::hint::black_box(block);
         Ok(())
     }

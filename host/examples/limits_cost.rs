@@ -30,7 +30,12 @@ use consenter_host::support::{BlockSink, ChainPosition, Support, SupportLimits, 
 
 struct NullSink;
 impl BlockSink for NullSink {
-    fn write(&mut self, _number: u64, block: Bytes) -> Result<(), String> {
+    fn write(
+        &mut self,
+        _number: u64,
+        block: Bytes,
+        _on_durable: Option<consenter_host::support::OnDurable>,
+    ) -> Result<(), String> {
         std::hint::black_box(block);
         Ok(())
     }

@@ -32,7 +32,7 @@ use crate::channel::ChannelConfig;
 use crate::envelope::Envelope;
 use crate::ledger::{Ledger, LedgerError};
 use crate::runtime::{Instance, Plugin, RuntimeError};
-use crate::support::{BlockSink, ChainPosition, Support};
+use crate::support::{BlockSink, ChainPosition, OnDurable, Support};
 
 /// Where a chain is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -378,6 +378,10 @@ impl ChainCore {
         if let Some(r) = &self.ended {
             return Some((r.clone(), true));
         }
+        // The ledger writer failed (disk full, I/O error): a host failure.
+        if self.status.fatal.load(Ordering::Relaxed) {
+            return Some((self.status.errored().unwrap_or_else(|| "the ledger writer failed".into()), false));
+        }
         let s = self.instance.support()?;
         s.failure().map(|f| (f.to_string(), !s.host_fault()))
     }
@@ -430,6 +434,11 @@ impl ChainCore {
             }
             Err(e) => vec![Err(e); n],
         }
+    }
+
+    /// The most envelope bytes handed to the plugin in one `enqueue`.
+    pub fn max_group_bytes(&self) -> usize {
+        self.instance.max_group_bytes()
     }
 
     /// The earliest armed timer.
@@ -549,6 +558,7 @@ impl Chain {
         ledger: Ledger,
         resume: ResumePoint,
         restart: RestartConfig,
+        disk_reserve: u64,
     ) -> Result<Arc<Chain>, RuntimeError> {
         let status = Arc::new(ChainStatus::default());
         let plugin_name = plugin.name().to_string();
@@ -563,6 +573,7 @@ impl Chain {
             status: status.clone(),
             make_support,
             restart,
+            disk_reserve,
             writer: None,
             start_height: 0,
             crash_times: VecDeque::new(),
@@ -633,15 +644,18 @@ impl Chain {
     /// back-pressure) and returns the plugin's answer to come, so a
     /// Broadcast stream can have many envelopes in flight and still answer
     /// in order.
+    ///
+    /// The envelope keeps the config sequence it was validated under
+    /// (`config_seq`, stamped by Broadcast's checks): if a config block
+    /// commits meanwhile, the plugin sees an older sequence and must
+    /// revalidate it, and the host refuses to write it otherwise.
     pub async fn submit(
         &self,
-        mut env: Envelope,
+        env: Envelope,
     ) -> Result<impl Future<Output = Result<(), EnqueueError>> + Send + 'static, EnqueueError> {
         if let Some(reason) = self.status.errored() {
             return Err(EnqueueError::Errored { channel: self.channel.clone(), reason });
         }
-        // The envelope was checked by Broadcast under the current config.
-        env.config_seq = self.status.sequence();
         let (rtx, rrx) = oneshot::channel();
         if self.tx.send(Offer(env, rtx)).await.is_err() {
             return Err(EnqueueError::Halted { channel: self.channel.clone() });
@@ -674,46 +688,96 @@ impl Drop for Chain {
 /// A sink that hands blocks to a new ledger writer thread for `ledger`
 /// (group commit). The thread ends, after writing everything queued, when
 /// the sink is dropped; a write error marks `status` errored for good.
+/// Before each group the writer checks that the ledger's filesystem keeps
+/// `disk_reserve` bytes free after it; if not, the chain errs (nothing is
+/// written, so nothing is torn) and the node and its other chains go on.
 pub fn ledger_sink(
     channel: &str,
     ledger: Ledger,
     status: Arc<ChainStatus>,
+    disk_reserve: u64,
 ) -> Result<(Box<dyn BlockSink>, JoinHandle<()>), RuntimeError> {
-    let (wtx, wrx) = std_mpsc::channel::<Bytes>();
+    let (wtx, wrx) = std_mpsc::channel::<Queued>();
+    let ch = channel.to_string();
     let writer = std::thread::Builder::new()
         .name(format!("ledger-{channel}"))
-        .spawn(move || ledger_writer(ledger, wrx, status))
+        .spawn(move || ledger_writer(&ch, ledger, wrx, status, disk_reserve))
         .map_err(|e| RuntimeError::Engine(format!("starting a ledger writer thread: {e}")))?;
     Ok((Box::new(ChannelSink(wtx)), writer))
 }
 
-struct ChannelSink(std_mpsc::Sender<Bytes>);
+/// A block queued for the ledger and what runs once it is durable.
+struct Queued(Bytes, Option<OnDurable>);
+
+struct ChannelSink(std_mpsc::Sender<Queued>);
 
 impl BlockSink for ChannelSink {
-    fn write(&mut self, number: u64, block: Bytes) -> Result<(), String> {
-        self.0.send(block).map_err(|_| format!("the ledger writer stopped before block {number}"))
+    fn write(&mut self, number: u64, block: Bytes, on_durable: Option<OnDurable>) -> Result<(), String> {
+        self.0.send(Queued(block, on_durable)).map_err(|_| format!("the ledger writer stopped before block {number}"))
     }
 }
 
-/// Appends blocks as they come, grouping whatever queued up into one fsync.
-fn ledger_writer(ledger: Ledger, rx: std_mpsc::Receiver<Bytes>, status: Arc<ChainStatus>) {
+/// Free bytes for an unprivileged writer on the filesystem holding `dir`.
+pub fn free_disk_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(dir).map_err(std::io::Error::from)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Appends blocks as they come, grouping whatever queued up into one fsync;
+/// then runs what waited for them to be durable.
+fn ledger_writer(
+    channel: &str,
+    ledger: Ledger,
+    rx: std_mpsc::Receiver<Queued>,
+    status: Arc<ChainStatus>,
+    reserve: u64,
+) {
     const GROUP_BYTES: usize = 64 << 20;
     while let Ok(first) = rx.recv() {
-        let mut size = first.len();
-        let mut group = vec![first];
+        let mut size = first.0.len();
+        let mut group = vec![first.0];
+        let mut after: Vec<OnDurable> = first.1.into_iter().collect();
         while size < GROUP_BYTES {
             match rx.try_recv() {
-                Ok(b) => {
+                Ok(Queued(b, f)) => {
                     size += b.len();
                     group.push(b);
+                    after.extend(f);
                 }
                 Err(_) => break,
             }
         }
+        if reserve > 0 {
+            match free_disk_bytes(ledger.dir()) {
+                Ok(free) if free < reserve.saturating_add(size as u64) => {
+                    let reason = format!(
+                        "the ledger's disk ({}) has {} MiB free, under the reserve of {} MiB (--disk-reserve-mib) \
+                         after {} more bytes: channel {channel} stops writing; free space and restart the node",
+                        ledger.dir().display(),
+                        free >> 20,
+                        reserve >> 20,
+                        size
+                    );
+                    tracing::error!(
+                        channel,
+                        free_mib = free >> 20,
+                        reserve_mib = reserve >> 20,
+                        "ledger disk nearly full; the chain stops"
+                    );
+                    status.set_fatal(reason);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(channel, error = %e, "cannot read the ledger disk's free space"),
+            }
+        }
         if let Err(e) = ledger.append(&group) {
-            tracing::error!(error = %e, "ledger write failed; the chain stops");
+            tracing::error!(channel, error = %e, "ledger write failed; the chain stops");
             status.set_fatal(format!("ledger write failed: {e}"));
             return;
+        }
+        for f in after {
+            f();
         }
     }
 }
@@ -726,6 +790,8 @@ struct Runner {
     status: Arc<ChainStatus>,
     make_support: SupportFactory,
     restart: RestartConfig,
+    /// Free bytes the ledger writer keeps on the ledger's disk.
+    disk_reserve: u64,
     /// The ledger writer of the current instance.
     writer: Option<JoinHandle<()>>,
     /// The height the current instance started at.
@@ -747,7 +813,7 @@ impl Runner {
     /// A new instance at the ledger's last durable block: a fresh ledger
     /// writer and support, `handle-chain(metadata)`, `start`.
     fn start_instance(&mut self, rp: ResumePoint) -> Result<ChainCore, RuntimeError> {
-        let (sink, writer) = ledger_sink(&self.channel, self.ledger.clone(), self.status.clone())?;
+        let (sink, writer) = ledger_sink(&self.channel, self.ledger.clone(), self.status.clone(), self.disk_reserve)?;
         self.start_height = rp.pos.height;
         self.status.absolute_max_bytes.store(rp.config.batch_size.absolute_max_bytes, Ordering::Relaxed);
         self.status.sequence.store(rp.config.sequence, Ordering::Relaxed);
@@ -847,6 +913,9 @@ fn run_actor(mut runner: Runner, core: ChainCore, mut rx: mpsc::Receiver<Offer>,
             return;
         }
     };
+    // A host failure (the ledger writer) is handled as a crash at once, so
+    // the chain's state and counters agree with its status.
+    let mut errored = runner.status.subscribe();
     let phase = rt.block_on(async {
         let mut phase = Phase::Running(Box::new(core));
         loop {
@@ -859,6 +928,7 @@ fn run_actor(mut runner: Runner, core: ChainCore, mut rx: mpsc::Receiver<Offer>,
             let first = tokio::select! {
                 biased;
                 _ = halt.changed() => break,
+                Ok(()) = errored.changed() => continue,
                 ev = rx.recv() => match ev {
                     Some(ev) => ev,
                     None => break,
@@ -877,10 +947,15 @@ fn run_actor(mut runner: Runner, core: ChainCore, mut rx: mpsc::Receiver<Offer>,
                 continue;
             };
             // Deliver what queued up meanwhile in one call (in order).
+            // At most MAX_GROUP envelopes and a quarter of the plugin's
+            // held-bytes budget (so grouping never makes it pass it).
+            let max_bytes = core.max_group_bytes();
+            let mut bytes = first.0.bytes.len();
             let mut envs = vec![first.0];
             let mut replies = vec![first.1];
-            while envs.len() < MAX_GROUP {
+            while envs.len() < MAX_GROUP && bytes < max_bytes {
                 let Ok(Offer(env, reply)) = rx.try_recv() else { break };
+                bytes += env.bytes.len();
                 envs.push(env);
                 replies.push(reply);
             }

@@ -28,8 +28,8 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("config value {name} does not decode: {reason}")]
     Value { name: &'static str, reason: String },
-    #[error("BatchTimeout {0:?} is not a duration (e.g. \"2s\", \"500ms\")")]
-    Timeout(String),
+    #[error("BatchTimeout {value:?} is not a valid timeout: {reason}")]
+    Timeout { value: String, reason: String },
     #[error("BatchSize {0}")]
     BatchSize(String),
     #[error("MSP: {0}")]
@@ -145,10 +145,7 @@ impl ChannelConfig {
         }
         let bt = BatchTimeout::decode(value("BatchTimeout")?.value.clone())
             .map_err(|e| ConfigError::Value { name: "BatchTimeout", reason: e.to_string() })?;
-        let batch_timeout = parse_go_duration(&bt.timeout).ok_or_else(|| ConfigError::Timeout(bt.timeout.clone()))?;
-        if batch_timeout.is_zero() {
-            return Err(ConfigError::Timeout(bt.timeout));
-        }
+        let batch_timeout = parse_batch_timeout(&bt.timeout)?;
         let consortium = match root.values.get("Consortium") {
             Some(v) => Some(
                 Consortium::decode(v.value.clone())
@@ -212,34 +209,140 @@ fn implicit_policies(g: &mut ConfigGroup) {
     g.policies.insert("Admins".into(), implicit("Admins", Rule::Majority));
 }
 
-/// Parses Go's `time.Duration` text ("2s", "500ms", "1m30s", "1.5s").
-pub fn parse_go_duration(s: &str) -> Option<Duration> {
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return None;
+/// Parses Go's `time.Duration` text exactly as Go's `time.ParseDuration`
+/// does ("2s", "500ms", "1m30s", "1.5h", "-1s", "0"): the value in
+/// nanoseconds, which may be negative or zero; Go's error text otherwise
+/// (unknown unit, missing unit, overflow past 2^63-1 ns). Integer
+/// arithmetic, as Go's: no input can make it panic.
+pub fn parse_go_duration_nanos(s: &str) -> Result<i64, String> {
+    let invalid = || format!("time: invalid duration {s:?}");
+    const LIMIT: u64 = 1 << 63;
+    let mut rest = s;
+    let mut neg = false;
+    if let Some(r) = rest.strip_prefix('-') {
+        neg = true;
+        rest = r;
+    } else if let Some(r) = rest.strip_prefix('+') {
+        rest = r;
     }
     if rest == "0" {
-        return Some(Duration::ZERO);
+        return Ok(0);
     }
-    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(invalid());
+    }
+    let mut total: u64 = 0;
     while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let n: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let scale = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
+        if !rest.starts_with(|c: char| c == '.' || c.is_ascii_digit()) {
+            return Err(invalid());
+        }
+        // [0-9]*
+        let int_len = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let mut v: u64 = 0;
+        for d in rest[..int_len].bytes() {
+            if v > LIMIT / 10 {
+                return Err(invalid());
+            }
+            v = v * 10 + u64::from(d - b'0');
+            if v > LIMIT {
+                return Err(invalid());
+            }
+        }
+        let pre = int_len > 0;
+        rest = &rest[int_len..];
+        // (\.[0-9]*)?: digits past what fits are ignored, as in Go.
+        let (mut f, mut scale, mut post) = (0u64, 1f64, false);
+        if let Some(r) = rest.strip_prefix('.') {
+            let frac_len = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
+            let mut overflow = false;
+            for d in r[..frac_len].bytes() {
+                if overflow {
+                    continue;
+                }
+                if f > (LIMIT - 1) / 10 {
+                    overflow = true;
+                    continue;
+                }
+                let y = f * 10 + u64::from(d - b'0');
+                if y > LIMIT {
+                    overflow = true;
+                    continue;
+                }
+                f = y;
+                scale *= 10.0;
+            }
+            post = frac_len > 0;
+            rest = &r[frac_len..];
+        }
+        if !pre && !post {
+            return Err(invalid());
+        }
+        let unit_len = rest.find(|c: char| c == '.' || c.is_ascii_digit()).unwrap_or(rest.len());
+        if unit_len == 0 {
+            return Err(format!("time: missing unit in duration {s:?}"));
+        }
+        let unit: u64 = match &rest[..unit_len] {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            u => return Err(format!("time: unknown unit {u:?} in duration {s:?}")),
         };
-        total += n * scale;
-        rest = &rest[unit_end..];
+        rest = &rest[unit_len..];
+        if v > LIMIT / unit {
+            return Err(invalid());
+        }
+        v *= unit;
+        if f > 0 {
+            // As Go: float64 keeps fractions of hours nanosecond-exact.
+            v += (f as f64 * (unit as f64 / scale)) as u64;
+            if v > LIMIT {
+                return Err(invalid());
+            }
+        }
+        total += v;
+        if total > LIMIT {
+            return Err(invalid());
+        }
     }
-    Some(Duration::from_secs_f64(total))
+    if neg {
+        return Ok((total as i64).wrapping_neg());
+    }
+    i64::try_from(total).map_err(|_| invalid())
+}
+
+/// Parses a Go duration that must be positive (a flag, a timeout): None
+/// for text Go refuses and for zero or negative values.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let ns = parse_go_duration_nanos(s).ok()?;
+    (ns > 0).then(|| Duration::from_nanos(ns as u64))
+}
+
+/// The longest BatchTimeout a channel may have: the longest timer the host
+/// arms for a plugin ([`crate::support::SupportLimits::max_timer_delay`]'s
+/// default), so a config cannot leave a plugin unable to arm its batch
+/// timer.
+pub const MAX_BATCH_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// Fabric's BatchTimeout check (`validateBatchTimeout`): Go's
+/// ParseDuration, a positive value, and (ours) at most
+/// [`MAX_BATCH_TIMEOUT`].
+pub fn parse_batch_timeout(s: &str) -> Result<Duration, ConfigError> {
+    let timeout = |reason: String| ConfigError::Timeout { value: s.to_string(), reason };
+    let ns = parse_go_duration_nanos(s).map_err(timeout)?;
+    if ns <= 0 {
+        return Err(timeout("it must be positive".into()));
+    }
+    let d = Duration::from_nanos(ns as u64);
+    if d > MAX_BATCH_TIMEOUT {
+        return Err(timeout(format!(
+            "it is over the longest this host supports ({}h)",
+            MAX_BATCH_TIMEOUT.as_secs() / 3600
+        )));
+    }
+    Ok(d)
 }
 
 /// Settings of a channel created by the node itself (the dev channel).
@@ -320,6 +423,41 @@ mod tests {
         assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_go_duration("2x"), None);
         assert_eq!(parse_go_duration(""), None);
+        assert_eq!(parse_go_duration("0"), None, "a flag or timeout must be positive");
+        assert_eq!(parse_go_duration("-1s"), None);
+    }
+
+    #[test]
+    fn go_duration_rules_and_texts() {
+        // Go's own results (time.ParseDuration).
+        assert_eq!(parse_go_duration_nanos("1h2m3.5s"), Ok(3_723_500_000_000));
+        assert_eq!(parse_go_duration_nanos("-1.5h"), Ok(-5_400_000_000_000));
+        assert_eq!(parse_go_duration_nanos("+.5s"), Ok(500_000_000));
+        assert_eq!(parse_go_duration_nanos("1\u{b5}s"), Ok(1_000));
+        assert_eq!(parse_go_duration_nanos("2562047h47m16.854775807s"), Ok(i64::MAX));
+        assert_eq!(parse_go_duration_nanos("-2562047h47m16.854775808s"), Ok(i64::MIN));
+        assert_eq!(parse_go_duration_nanos("0.000000000000000000000001s"), Ok(0));
+        for (bad, text) in [
+            ("99999999999999999999h", "time: invalid duration \"99999999999999999999h\""),
+            ("2562047h47m16.854775808s", "time: invalid duration"),
+            ("9223372036854775807000ns", "time: invalid duration"),
+            ("1", "time: missing unit in duration \"1\""),
+            ("1d", "time: unknown unit \"d\" in duration \"1d\""),
+            (".s", "time: invalid duration"),
+            ("-", "time: invalid duration"),
+            ("1s ", "time: unknown unit \"s \""),
+            ("", "time: invalid duration"),
+        ] {
+            let e = parse_go_duration_nanos(bad).unwrap_err();
+            assert!(e.contains(text), "{bad:?}: {e}");
+        }
+        assert!(parse_batch_timeout("2s").is_ok());
+        let e = parse_batch_timeout("99999999999999999999h").unwrap_err().to_string();
+        assert!(e.contains("99999999999999999999h") && e.contains("invalid duration"), "{e}");
+        let e = parse_batch_timeout("-1s").unwrap_err().to_string();
+        assert!(e.contains("must be positive"), "{e}");
+        let e = parse_batch_timeout("25h").unwrap_err().to_string();
+        assert!(e.contains("over the longest this host supports (24h)"), "{e}");
     }
 
     #[test]

@@ -136,10 +136,11 @@ fn check_one(node: &Arc<Node>, pb: common::Envelope) -> Check {
     if is_update {
         let node = node.clone();
         return Check::Verifying(tokio::spawn(async move {
+            let types = node.plugin_names();
             let made = if chain.channel() == env.channel_id {
-                processor::config_update(&cfg, node.signer(), &pb, &env)
+                processor::config_update(&cfg, node.signer(), &pb, &env, &types)
             } else {
-                processor::channel_creation(&cfg, node.signer(), &pb, &env)
+                processor::channel_creation(&cfg, node.signer(), &pb, &env, &types)
             };
             made.map(|e| (chain, e)).map_err(refusal)
         }));

@@ -260,6 +260,11 @@ impl Ledger {
         &self.inner.dir
     }
 
+    /// Bytes of durable blocks in the ledger (its disk use).
+    pub fn size_bytes(&self) -> u64 {
+        self.inner.read_index().end
+    }
+
     /// Number of durable blocks.
     pub fn height(&self) -> u64 {
         self.inner.read_index().offsets.len() as u64

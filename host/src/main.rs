@@ -299,15 +299,26 @@ struct StartArgs {
     /// Limits of one plugin type, over the defaults above:
     /// TYPE:KEY=VALUE,... with keys memory-mib, table-elements, instances,
     /// tables, memories, call-deadline-ms, stack-kib, max-list-len,
-    /// max-call-kib, max-handles. Repeatable.
+    /// max-call-kib, max-handles, max-held-mib (host memory held for the
+    /// plugin; default from the channel's batch settings, at least 64),
+    /// max-metadata-kib (consenter metadata per block; default 16),
+    /// disk-mib-per-minute (ledger bytes per channel; default 4096),
+    /// disk-mib-total (default: no cap). Repeatable.
     #[arg(long = "plugin-limits", value_name = "TYPE:KEY=VALUE,...")]
     plugin_limits: Vec<String>,
-    /// What a channel does when its plugin crashes: NAME=reload|fail-closed,
-    /// NAME being a channel or a plugin type (a channel's own entry wins).
-    /// Default: reload for the plugins shipped in the binary, fail-closed
-    /// for plugins loaded with --plugin. Repeatable.
-    #[arg(long = "restart-policy", value_name = "NAME=POLICY")]
+    /// What a channel does when its plugin crashes:
+    /// channel:NAME=reload|fail-closed for one channel, or
+    /// plugin:TYPE=reload|fail-closed for every channel of a plugin type (a
+    /// channel's own entry wins). Default: reload for the plugins shipped
+    /// in the binary, fail-closed for plugins loaded with --plugin.
+    /// Repeatable.
+    #[arg(long = "restart-policy", value_name = "channel:NAME=POLICY|plugin:TYPE=POLICY")]
     restart_policy: Vec<String>,
+    /// Free space, in MiB, that every ledger writer keeps on the ledger's
+    /// disk: a channel whose next blocks would go below errs (nothing is
+    /// written or torn) and the node keeps serving. 0 turns the check off.
+    #[arg(long, default_value_t = 128)]
+    disk_reserve_mib: u64,
     /// Delay before restarting a crashed plugin (doubled for each further
     /// crash within --restart-crash-window).
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
@@ -349,6 +360,31 @@ enum LedgerCmd {
         #[arg(long)]
         block: Option<u64>,
     },
+}
+
+/// What a `--restart-policy` entry names.
+enum PolicyTarget {
+    Channel,
+    Plugin,
+}
+
+/// `channel:NAME=POLICY` or `plugin:TYPE=POLICY`.
+fn parse_restart_policy(spec: &str) -> Result<(PolicyTarget, String, RestartPolicy)> {
+    let usage = "expected channel:NAME=reload|fail-closed or plugin:TYPE=reload|fail-closed";
+    let Some((target, policy)) = spec.split_once('=') else { bail!("--restart-policy {spec:?}: {usage}") };
+    let (kind, name) = match target.split_once(':') {
+        Some(("channel", n)) => (PolicyTarget::Channel, n),
+        Some(("plugin", n)) => (PolicyTarget::Plugin, n),
+        _ => bail!(
+            "--restart-policy {spec:?}: say whether {target:?} is a channel or a plugin type ({usage}, e.g. \
+             channel:{target}={policy})"
+        ),
+    };
+    if name.is_empty() {
+        bail!("--restart-policy {spec:?}: the name is empty ({usage})");
+    }
+    let policy: RestartPolicy = policy.parse().map_err(|e| anyhow::anyhow!("--restart-policy {spec:?}: {e}"))?;
+    Ok((kind, name.to_string(), policy))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -457,12 +493,11 @@ fn start(a: StartArgs) -> Result<()> {
     restart.backoff.max_crashes = a.restart_max_crashes.max(1);
     restart.backoff.crash_window = a.restart_crash_window;
     for spec in &a.restart_policy {
-        let Some((name, policy)) = spec.split_once('=') else {
-            bail!("--restart-policy {spec:?}: expected NAME=reload|fail-closed")
+        let (kind, name, policy) = parse_restart_policy(spec)?;
+        match kind {
+            PolicyTarget::Channel => restart.by_channel.insert(name, policy),
+            PolicyTarget::Plugin => restart.by_plugin.insert(name, policy),
         };
-        let policy: RestartPolicy = policy.parse().map_err(|e| anyhow::anyhow!("--restart-policy {spec:?}: {e}"))?;
-        restart.by_channel.insert(name.to_string(), policy);
-        restart.by_plugin.insert(name.to_string(), policy);
     }
     let node = Node::open(NodeConfig {
         data_dir: a.data_dir.clone(),
@@ -471,6 +506,7 @@ fn start(a: StartArgs) -> Result<()> {
         plugin_limits,
         restart,
         support_limits: SupportLimits::default(),
+        disk_reserve: a.disk_reserve_mib.saturating_mul(1 << 20),
         extra_plugins: extra,
     })?;
     if let Some(path) = &a.genesis_block {
@@ -534,7 +570,7 @@ async fn serve(
     if let Some(d) = &dev {
         println!("client identity: --mspid {} --msp-dir {}", d.mspid, d.client_msp.display());
     }
-    println!("point a Fabric client at grpc://{addr}; Ctrl-C stops the node");
+    println!("point a Fabric client at grpc://{addr}; Ctrl-C or SIGTERM stops the node");
     // Small Broadcast acks must not wait for Nagle's algorithm.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -546,8 +582,8 @@ async fn serve(
     tokio::pin!(server);
     tokio::select! {
         r = &mut server => r.context("serving gRPC")?,
-        _ = tokio::signal::ctrl_c() => {
-            tracing::info!("shutting down: no new connections; halting chains");
+        signal = stop_signal() => {
+            tracing::info!(signal, "shutting down: no new connections; halting chains");
             let _ = stop_tx.send(());
             let _ = admin_stop_tx.send(());
             // Halting makes queued blocks durable, answers in-flight
@@ -561,6 +597,24 @@ async fn serve(
         }
     }
     Ok(())
+}
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM (what systemd and container
+/// engines send): both stop the node cleanly. Returns the signal's name.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node cleanly");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
 }
 
 fn bench(a: BenchArgs) -> Result<()> {

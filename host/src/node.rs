@@ -77,6 +77,9 @@ pub struct NodeConfig {
     pub restart: RestartPolicies,
     /// Limits on plugin calls into the host.
     pub support_limits: SupportLimits,
+    /// Free bytes every ledger writer keeps on the ledger's disk (0: no
+    /// check): a chain that would go below errs instead.
+    pub disk_reserve: u64,
     /// Extra plugins (consensus type, component bytes), besides the
     /// embedded ones; a name given here replaces an embedded plugin.
     pub extra_plugins: Vec<(String, Vec<u8>)>,
@@ -88,13 +91,15 @@ pub struct Node {
     data_dir: PathBuf,
     signer: Arc<Signer>,
     support_limits: SupportLimits,
+    disk_reserve: u64,
     plugins: BTreeMap<String, Plugin>,
     /// Plugin types shipped in the binary (not replaced by a file).
     shipped: std::collections::BTreeSet<String>,
     restart: RestartPolicies,
     chains: RwLock<HashMap<String, Arc<Chain>>>,
-    /// Channels that could not start, with the reason.
-    broken: RwLock<HashMap<String, String>>,
+    /// Channels that could not start: the reason and the ledger's height
+    /// (read when it failed, so showing it reads no ledger).
+    broken: RwLock<HashMap<String, (String, u64)>>,
 }
 
 impl Node {
@@ -146,6 +151,7 @@ impl Node {
             data_dir: cfg.data_dir,
             signer: cfg.signer,
             support_limits: cfg.support_limits,
+            disk_reserve: cfg.disk_reserve,
             plugins,
             shipped,
             restart: cfg.restart,
@@ -162,11 +168,12 @@ impl Node {
             .collect();
         names.sort();
         for name in names {
-            match node.resume(&name) {
+            let mut height = 0;
+            match node.resume(&name, &mut height) {
                 Ok(()) => {}
                 Err(e) => {
                     tracing::error!(channel = %name, error = %e, "channel did not start");
-                    write(&node.broken).insert(name, e.to_string());
+                    write(&node.broken).insert(name, (e.to_string(), height));
                 }
             }
         }
@@ -194,7 +201,7 @@ impl Node {
 
     /// Why a channel is not running, if it failed to start.
     pub fn broken(&self, channel: &str) -> Option<String> {
-        read(&self.broken).get(channel).cloned()
+        read(&self.broken).get(channel).map(|(r, _)| r.clone())
     }
 
     /// Ids of the running channels, sorted.
@@ -240,8 +247,7 @@ impl Node {
                 }),
             });
         }
-        let reason = self.broken(channel)?;
-        let height = Ledger::open(&self.chains_dir().join(channel)).map(|l| l.height()).unwrap_or(0);
+        let (reason, height) = read(&self.broken).get(channel).cloned()?;
         Some(ChannelInfo {
             name: channel.to_string(),
             status: "failed",
@@ -341,13 +347,17 @@ impl Node {
         }
         ledger.append(&[Bytes::from(g.encode_to_vec())])?;
         tracing::info!(channel = %channel, consensus = %cfg.consensus_type, "channel created");
+        let height = ledger.height();
         self.start_chain(&channel, ledger).inspect_err(|e| {
-            write(&self.broken).insert(channel.clone(), e.to_string());
+            write(&self.broken).insert(channel.clone(), (e.to_string(), height));
         })
     }
 
-    fn resume(&self, channel: &str) -> Result<(), NodeError> {
+    /// Restarts a channel from its ledger; `height` is set once the ledger
+    /// is open (for the report if the chain does not start).
+    fn resume(&self, channel: &str, height: &mut u64) -> Result<(), NodeError> {
         let ledger = Ledger::open(&self.chains_dir().join(channel))?;
+        *height = ledger.height();
         self.start_chain(channel, ledger)?;
         Ok(())
     }
@@ -366,15 +376,19 @@ impl Node {
         let plugin = self.plugin_for(channel, &resume.config)?;
         let restart = self.restart.for_chain(channel, plugin.name(), self.shipped.contains(plugin.name()));
         let signer = self.signer.clone();
-        let limits = self.support_limits.clone();
+        let limits = plugin.limits().support_limits(&self.support_limits);
         let ch = channel.to_string();
         let me = self.me.clone();
+        let types = self.plugin_names();
+        let disk = ledger.clone();
         let chain = Chain::spawn(
             channel,
             plugin,
             Box::new(move |sink, pos, cfg| {
                 let system = cfg.system;
                 let mut s = Support::new(&ch, cfg, signer.clone(), sink, Arc::new(SystemClock), pos, limits.clone());
+                s.set_consensus_types(types.clone());
+                s.set_disk_used(disk.size_bytes());
                 if system {
                     let me = me.clone();
                     s.set_channel_creator(Arc::new(move |genesis| {
@@ -387,6 +401,7 @@ impl Node {
             ledger,
             resume,
             restart,
+            self.disk_reserve,
         )?;
         tracing::info!(channel, height, "chain started");
         write(&self.chains).insert(channel.to_string(), chain.clone());

@@ -88,11 +88,17 @@ fn authorize_signed(cfg: &ChannelConfig, path: &str, signed: &[TxSigned]) -> Res
 /// A CONFIG_UPDATE for an existing channel (Fabric's
 /// ProcessConfigUpdateMsg): the CONFIG envelope to order, signed by this
 /// node, validated under the channel's current sequence.
+///
+/// `types` are the consensus types this node has plugins for: an update
+/// that changes `ConsensusType.type` is refused (naming the type and
+/// them), since a channel's plugin is not swapped live yet and a type
+/// with no plugin would leave the channel unable to start.
 pub fn config_update(
     cfg: &ChannelConfig,
     signer: &Signer,
     pb: &PbEnvelope,
     env: &Envelope,
+    types: &[String],
 ) -> Result<Envelope, Refusal> {
     check_writers(cfg, env)?;
     let channel = &cfg.channel_id;
@@ -103,12 +109,34 @@ pub fn config_update(
     let ce = configtx::propose_update(&cfg.config, &req, pb, &auth)
         .map_err(|e| applying(format!("error authorizing update: {e}")))?;
     let next = ce.config.as_ref().ok_or_else(|| applying("the update gives no config".into()))?;
-    ChannelConfig::from_config(channel, next).map_err(|e| applying(format!("the new config is not valid: {e}")))?;
+    let new =
+        ChannelConfig::from_config(channel, next).map_err(|e| applying(format!("the new config is not valid: {e}")))?;
+    check_consensus_type(&cfg.consensus_type, &new.consensus_type, types).map_err(applying)?;
     let bytes = envelope::build(channel, HeaderType::Config, "", ce.encode_to_vec().into(), Some(signer))
         .map_err(|e| Refusal::Internal(format!("signing the config envelope: {e}")))?;
     let mut out = Envelope::parse(bytes).map_err(|e| Refusal::Internal(e.to_string()))?;
     out.config_seq = cfg.sequence;
     Ok(out)
+}
+
+/// Refuses a change of the consensus type: to a type with no plugin here
+/// (the channel would not start again), and, until plugins are swapped on
+/// a live channel, to any other type.
+pub fn check_consensus_type(current: &str, new: &str, types: &[String]) -> Result<(), String> {
+    if current == new {
+        return Ok(());
+    }
+    let available = types.join(", ");
+    if !types.iter().any(|t| t == new) {
+        return Err(format!(
+            "ConsensusType.type {new:?} has no plugin on this node (available: {available}); the channel keeps \
+             {current:?}"
+        ));
+    }
+    Err(format!(
+        "ConsensusType.type cannot change from {current:?} to {new:?} on a running channel: this node does not swap \
+         consensus plugins live yet (available: {available})"
+    ))
 }
 
 /// A CONFIG_UPDATE creating a channel, sent to an ordering system channel
@@ -117,11 +145,14 @@ pub fn config_update(
 /// authorized by the consortium's channel creation policy; the result is
 /// an ORDERER_TRANSACTION on the system channel that carries the new
 /// channel's CONFIG envelope.
+///
+/// The new channel's consensus type must have a plugin among `types`.
 pub fn channel_creation(
     sys: &ChannelConfig,
     signer: &Signer,
     pb: &PbEnvelope,
     env: &Envelope,
+    types: &[String],
 ) -> Result<Envelope, Refusal> {
     let channel = &env.channel_id;
     let creating = |e: String| {
@@ -135,7 +166,15 @@ pub fn channel_creation(
     let ce = configtx::propose_update(&template, &req, pb, &auth)
         .map_err(|e| creating(format!("could not successfully apply update to template configuration: {e}")))?;
     let next = ce.config.as_ref().ok_or_else(|| creating("the update gives no config".into()))?;
-    ChannelConfig::from_config(channel, next).map_err(|e| creating(format!("the new config is not valid: {e}")))?;
+    let new =
+        ChannelConfig::from_config(channel, next).map_err(|e| creating(format!("the new config is not valid: {e}")))?;
+    if !types.contains(&new.consensus_type) {
+        return Err(creating(format!(
+            "ConsensusType.type {:?} has no plugin on this node (available: {})",
+            new.consensus_type,
+            types.join(", ")
+        )));
+    }
     let sign_err = |e: crate::signer::SignerError| Refusal::Internal(format!("signing: {e}"));
     let inner =
         envelope::build(channel, HeaderType::Config, "", ce.encode_to_vec().into(), Some(signer)).map_err(sign_err)?;
@@ -156,7 +195,12 @@ pub fn channel_creation(
 /// that no longer applies (a conflicting change was ordered first) is
 /// refused with the reason. An ORDERER_TRANSACTION is recomputed the same
 /// way from the system channel's current config.
-pub fn revalidate(cfg: &ChannelConfig, signer: &Signer, env: &Envelope) -> Result<Option<Envelope>, String> {
+pub fn revalidate(
+    cfg: &ChannelConfig,
+    signer: &Signer,
+    env: &Envelope,
+    types: &[String],
+) -> Result<Option<Envelope>, String> {
     if env.channel_id != cfg.channel_id {
         return Err(format!("envelope is for channel {}, not {}", env.channel_id, cfg.channel_id));
     }
@@ -166,13 +210,13 @@ pub fn revalidate(cfg: &ChannelConfig, signer: &Signer, env: &Envelope) -> Resul
             return Ok(None);
         }
         let (pb, update) = last_update(ce)?;
-        return config_update(cfg, signer, &pb, &update).map(Some).map_err(|e| e.to_string());
+        return config_update(cfg, signer, &pb, &update, types).map(Some).map_err(|e| e.to_string());
     }
     if env.header_type == HeaderType::OrdererTransaction as i32 {
         let inner = Payload::decode(env.payload.clone()).map_err(|e| format!("payload: {e}"))?;
         let inner = PbEnvelope::decode(inner.data).map_err(|e| format!("ORDERER_TRANSACTION's envelope: {e}"))?;
         let (pb, update) = last_update(config_envelope(&inner.payload)?)?;
-        return channel_creation(cfg, signer, &pb, &update).map(Some).map_err(|e| e.to_string());
+        return channel_creation(cfg, signer, &pb, &update, types).map(Some).map_err(|e| e.to_string());
     }
     authorize(cfg, WRITERS, &env.payload, &env.creator, &env.signature).map(|()| None)
 }

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
@@ -49,8 +49,12 @@ const PROVIDED: &[&str] = &[
 /// - `stack_bytes`: the engine (`max_wasm_stack`; a plugin with its own
 ///   value gets its own engine);
 /// - `call_deadline`: epoch interruption, re-armed before every call;
-/// - `max_list_len`, `max_call_bytes`, `max_handles`: the import functions
-///   in `support.rs`, before the host does any work with the argument.
+/// - `max_list_len`, `max_call_bytes`, `max_handles`, `max_held_bytes`:
+///   the import functions in `support.rs`, before the host does any work
+///   with the argument;
+/// - `max_metadata_bytes`, `disk_bytes_per_minute`, `disk_bytes_total`: the
+///   chain's support when a block is written (they are copied into its
+///   [`crate::support::SupportLimits`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Cap on the instance's linear memory, in bytes.
@@ -77,6 +81,16 @@ pub struct Limits {
     /// Most envelope, batch and block handles a plugin instance holds at
     /// once (host memory the wasm memory cap does not cover).
     pub max_handles: usize,
+    /// Most bytes of envelopes, batches and blocks a plugin instance makes
+    /// the host hold at once; None: sized from the channel's batch
+    /// settings ([`crate::support::default_held_budget`]).
+    pub max_held_bytes: Option<usize>,
+    /// Largest consenter metadata of one block.
+    pub max_metadata_bytes: usize,
+    /// Ledger bytes a chain may write per minute.
+    pub disk_bytes_per_minute: u64,
+    /// Ledger bytes a chain may hold in all (`u64::MAX`: no cap).
+    pub disk_bytes_total: u64,
 }
 
 impl Default for Limits {
@@ -92,6 +106,10 @@ impl Default for Limits {
             max_list_len: 65_536,
             max_call_bytes: 4 << 20,
             max_handles: 1 << 20,
+            max_held_bytes: None,
+            max_metadata_bytes: crate::support::SupportLimits::default().max_metadata_bytes,
+            disk_bytes_per_minute: crate::support::SupportLimits::default().disk_bytes_per_minute,
+            disk_bytes_total: u64::MAX,
         }
     }
 }
@@ -108,7 +126,8 @@ pub enum LimitsError {
 }
 
 const LIMIT_KEYS: &str = "memory-mib, table-elements, instances, tables, memories, call-deadline-ms, stack-kib, \
-                          max-list-len, max-call-kib, max-handles";
+                          max-list-len, max-call-kib, max-handles, max-held-mib, max-metadata-kib, \
+                          disk-mib-per-minute, disk-mib-total";
 
 impl Limits {
     /// No limits at all (benchmarks: the cost of the limits is the
@@ -126,6 +145,10 @@ impl Limits {
             max_list_len: usize::MAX,
             max_call_bytes: usize::MAX,
             max_handles: usize::MAX,
+            max_held_bytes: Some(usize::MAX),
+            max_metadata_bytes: usize::MAX,
+            disk_bytes_per_minute: u64::MAX,
+            disk_bytes_total: u64::MAX,
         }
     }
 
@@ -156,6 +179,10 @@ impl Limits {
                 "max-list-len" => l.max_list_len = n,
                 "max-call-kib" => l.max_call_bytes = bytes(10),
                 "max-handles" => l.max_handles = n,
+                "max-held-mib" => l.max_held_bytes = Some(bytes(20)),
+                "max-metadata-kib" => l.max_metadata_bytes = bytes(10),
+                "disk-mib-per-minute" => l.disk_bytes_per_minute = (n as u64).saturating_mul(1 << 20),
+                "disk-mib-total" => l.disk_bytes_total = (n as u64).saturating_mul(1 << 20),
                 _ => {
                     return Err(LimitsError::UnknownKey { spec: spec.into(), key: key.into(), known: LIMIT_KEYS });
                 }
@@ -178,11 +205,30 @@ pub struct CallLimits {
     pub max_call_bytes: usize,
     /// See [`Limits::max_handles`].
     pub max_handles: usize,
+    /// See [`Limits::max_held_bytes`].
+    pub max_held_bytes: Option<usize>,
 }
 
 impl From<&Limits> for CallLimits {
     fn from(l: &Limits) -> Self {
-        CallLimits { max_list_len: l.max_list_len, max_call_bytes: l.max_call_bytes, max_handles: l.max_handles }
+        CallLimits {
+            max_list_len: l.max_list_len,
+            max_call_bytes: l.max_call_bytes,
+            max_handles: l.max_handles,
+            max_held_bytes: l.max_held_bytes,
+        }
+    }
+}
+
+impl Limits {
+    /// `base` with this plugin's per-block and disk caps.
+    pub fn support_limits(&self, base: &crate::support::SupportLimits) -> crate::support::SupportLimits {
+        crate::support::SupportLimits {
+            max_metadata_bytes: self.max_metadata_bytes,
+            disk_bytes_per_minute: self.disk_bytes_per_minute,
+            disk_bytes_total: self.disk_bytes_total,
+            ..base.clone()
+        }
     }
 }
 
@@ -376,12 +422,27 @@ impl Plugin {
                 .build(),
             call_limits: CallLimits::from(limits),
             handles: 0,
+            held_bytes: 0,
+            call_started: Instant::now(),
+            host_time: Duration::ZERO,
             support,
         };
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|s| &mut s.limits);
         let deadline = if limits.has_deadline() && self.runtime.inner.limits.has_deadline() {
-            store.epoch_deadline_trap();
+            // At the deadline, time the host spent on the plugin's behalf
+            // (signature checks in `revalidate`) is given back: only the
+            // plugin's own time counts.
+            let d = limits.call_deadline;
+            store.epoch_deadline_callback(move |ctx| {
+                let s = ctx.data();
+                let own = s.call_started.elapsed().saturating_sub(s.host_time);
+                if own >= d {
+                    Ok(wasmtime::UpdateDeadline::Interrupt)
+                } else {
+                    Ok(wasmtime::UpdateDeadline::Continue(deadline_ticks(d - own)))
+                }
+            });
             store.set_epoch_deadline(deadline_ticks(limits.call_deadline));
             Some(limits.call_deadline)
         } else {
@@ -451,6 +512,13 @@ pub struct PluginState {
     pub call_limits: CallLimits,
     /// Envelope, batch and block handles the plugin holds now.
     pub handles: usize,
+    /// Bytes of envelopes, batches and blocks held for the plugin now.
+    pub held_bytes: usize,
+    /// When the current call into the plugin started.
+    pub call_started: Instant,
+    /// Time the host spent on the plugin's behalf during the current call
+    /// (not counted against its deadline).
+    pub host_time: Duration,
     /// Native ConsenterSupport of the chain.
     pub support: Support,
 }
@@ -466,6 +534,9 @@ impl PluginState {
             limits: StoreLimitsBuilder::new().build(),
             call_limits: CallLimits::from(&Limits::default()),
             handles: 0,
+            held_bytes: 0,
+            call_started: Instant::now(),
+            host_time: Duration::ZERO,
             support,
         }
     }
@@ -500,6 +571,13 @@ impl Instance {
         self.support().map_or(self.written_before_trap, Support::written_envelopes)
     }
 
+    /// The most bytes of envelopes this instance may be handed in one
+    /// `enqueue` call: a quarter of its held-bytes budget, so the host's
+    /// own grouping never makes an honest plugin pass it.
+    pub fn max_group_bytes(&self) -> usize {
+        self.store.as_ref().map_or(usize::MAX, |s| s.data().held_budget() / 4)
+    }
+
     /// Whether the Store is still alive.
     pub fn is_alive(&self) -> bool {
         self.store.is_some()
@@ -514,6 +592,9 @@ impl Instance {
             return Err(RuntimeError::Dead { plugin: self.plugin.clone(), channel: self.channel.clone() });
         };
         if let Some(d) = self.deadline {
+            let s = store.data_mut();
+            s.call_started = Instant::now();
+            s.host_time = Duration::ZERO;
             store.set_epoch_deadline(deadline_ticks(d));
         }
         match f(&self.bindings, store) {

@@ -81,6 +81,13 @@ impl EnvelopeSlab {
             .ok_or_else(|| wasmtime::format_err!("envelope handle {} is not live", r.rep()))
     }
 
+    fn get_mut(&mut self, r: &Resource<EnvelopeRes>) -> wasmtime::Result<&mut Envelope> {
+        self.slots
+            .get_mut(r.rep() as usize)
+            .and_then(|s| s.as_mut())
+            .ok_or_else(|| wasmtime::format_err!("envelope handle {} is not live", r.rep()))
+    }
+
     fn replace(&mut self, r: &Resource<EnvelopeRes>, env: Envelope) -> wasmtime::Result<()> {
         let slot = self
             .slots
@@ -103,9 +110,11 @@ impl EnvelopeSlab {
     }
 }
 impl PluginState {
-    /// Hands the plugin an envelope: counts the handle against `max-handles`.
+    /// Hands the plugin an envelope: counts the handle against `max-handles`
+    /// and its bytes against the held-bytes budget.
     pub fn insert_envelope(&mut self, env: Envelope) -> wasmtime::Result<Resource<EnvelopeRes>> {
         self.count_handle()?;
+        self.hold(env.bytes.len())?;
         self.envelopes.insert(env)
     }
 
@@ -120,20 +129,53 @@ impl PluginState {
         Ok(())
     }
 
+    /// The most bytes of envelopes, batches and blocks the plugin may make
+    /// the host hold at once (`max-held-mib`, else sized from the channel's
+    /// batch settings: [`default_held_budget`]).
+    pub fn held_budget(&self) -> usize {
+        self.call_limits.max_held_bytes.unwrap_or_else(|| default_held_budget(&self.support.config.batch_size))
+    }
+
+    /// Counts `n` more bytes held for the plugin; traps past the budget
+    /// (the host's memory is not the plugin's to fill).
+    fn hold(&mut self, n: usize) -> wasmtime::Result<()> {
+        let budget = self.held_budget();
+        let held = self.held_bytes.saturating_add(n);
+        if held > budget {
+            wasmtime::bail!(
+                "the plugin holds {} bytes of envelopes, batches and blocks in host memory; {n} more would pass its \
+                 budget of {budget} bytes (max-held-mib); it must write or drop what it holds",
+                self.held_bytes
+            );
+        }
+        self.held_bytes = held;
+        Ok(())
+    }
+
+    fn release(&mut self, n: usize) {
+        self.held_bytes = self.held_bytes.saturating_sub(n);
+    }
+
     fn take_envelope(&mut self, r: Resource<EnvelopeRes>) -> wasmtime::Result<Envelope> {
         let e = self.envelopes.take(r)?;
         self.handles = self.handles.saturating_sub(1);
+        self.release(e.bytes.len());
         Ok(e)
     }
 
-    fn push<T: Send + 'static>(&mut self, v: T) -> wasmtime::Result<Resource<T>> {
+    fn push<T: Held + Send + 'static>(&mut self, v: T) -> wasmtime::Result<Resource<T>> {
         self.count_handle()?;
+        if let Err(e) = self.hold(v.held_bytes()) {
+            self.handles = self.handles.saturating_sub(1);
+            return Err(e);
+        }
         Ok(self.table.push(v)?)
     }
 
-    fn delete<T: 'static>(&mut self, r: Resource<T>) -> wasmtime::Result<T> {
+    fn delete<T: Held + 'static>(&mut self, r: Resource<T>) -> wasmtime::Result<T> {
         let v = self.table.delete(r)?;
         self.handles = self.handles.saturating_sub(1);
+        self.release(v.held_bytes());
         Ok(v)
     }
 
@@ -166,21 +208,91 @@ impl PluginState {
     }
 }
 
+/// A host value a handle keeps in host memory, counted against the
+/// plugin's held-bytes budget.
+pub trait Held {
+    /// Bytes held (the envelopes' marshalled bytes).
+    fn held_bytes(&self) -> usize;
+}
+
 /// A batch handle's host value.
 pub struct BatchRes(pub Vec<Envelope>);
+
+impl Held for BatchRes {
+    fn held_bytes(&self) -> usize {
+        self.0.iter().map(|e| e.bytes.len()).sum()
+    }
+}
+
 /// A block handle's host value.
 pub struct BlockRes {
     block: Block,
     number: u64,
     hash: Hash,
+    contents: Contents,
 }
+
+impl Held for BlockRes {
+    fn held_bytes(&self) -> usize {
+        self.contents.bytes as usize
+    }
+}
+
+/// What the host knows of the envelopes in a block it created: enough to
+/// enforce Fabric's message-class and revalidation rules when the plugin
+/// writes it, whatever the plugin says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Contents {
+    /// Envelopes in the block.
+    count: usize,
+    /// Their marshalled bytes.
+    bytes: u64,
+    /// The lowest config sequence they were validated under.
+    min_seq: u64,
+    /// The header type of the first envelope that is not a normal message
+    /// (CONFIG, ORDERER_TRANSACTION, CONFIG_UPDATE), and its index.
+    special: Option<(usize, i32)>,
+}
+
+impl Contents {
+    fn of(envs: &[Envelope]) -> Contents {
+        use crate::proto::common::HeaderType as H;
+        let special = envs.iter().position(|e| {
+            e.header_type == H::Config as i32
+                || e.header_type == H::OrdererTransaction as i32
+                || e.header_type == H::ConfigUpdate as i32
+        });
+        Contents {
+            count: envs.len(),
+            bytes: envs.iter().map(|e| e.bytes.len() as u64).sum(),
+            min_seq: envs.iter().map(|e| e.config_seq).min().unwrap_or(u64::MAX),
+            special: special.map(|i| (i, envs[i].header_type)),
+        }
+    }
+}
+
+/// The name of a header type, for messages.
+fn header_type_name(t: i32) -> String {
+    crate::proto::common::HeaderType::try_from(t).map(|h| h.as_str_name().to_string()).unwrap_or(format!("type {t}"))
+}
+
+/// The default held-bytes budget of a chain: 64 MiB, or four of the
+/// channel's largest messages and batches if that is more.
+pub fn default_held_budget(bs: &crate::proto::orderer::BatchSize) -> usize {
+    let per = u64::from(bs.absolute_max_bytes).max(u64::from(bs.preferred_max_bytes));
+    (64usize << 20).max(usize::try_from(per.saturating_mul(4)).unwrap_or(usize::MAX))
+}
+
+/// Called on the ledger writer's thread once a block is durable (fsync).
+pub type OnDurable = Box<dyn FnOnce() + Send>;
 
 /// Where written blocks go: the chain's ledger writer in a node, a vector
 /// in the deterministic test host.
 pub trait BlockSink: Send {
     /// Queue a signed, marshalled block for the ledger. Err means the chain
-    /// can no longer write (it is marked errored).
-    fn write(&mut self, number: u64, block: Bytes) -> Result<(), String>;
+    /// can no longer write (it is marked errored). `on_durable`, if any,
+    /// runs once the block is durable (never if it is not written).
+    fn write(&mut self, number: u64, block: Bytes, on_durable: Option<OnDurable>) -> Result<(), String>;
 }
 
 /// The time source of timers: the wall clock in a node, a hand-moved clock
@@ -208,8 +320,16 @@ pub struct SupportLimits {
     pub max_timers: usize,
     /// Longest timer delay.
     pub max_timer_delay: Duration,
-    /// Largest consenter metadata stored with a block.
+    /// Largest consenter metadata stored with a block (per plugin type:
+    /// `max-metadata-kib`). A block's metadata may also be at most its
+    /// envelopes' bytes plus [`METADATA_SLACK`].
     pub max_metadata_bytes: usize,
+    /// Most ledger bytes the chain may write per minute (a token bucket
+    /// holding one minute's worth; per plugin type: `disk-mib-per-minute`).
+    pub disk_bytes_per_minute: u64,
+    /// Most bytes the chain's ledger may hold in all (per plugin type:
+    /// `disk-mib-total`; `u64::MAX`: no cap).
+    pub disk_bytes_total: u64,
     /// Longest log line (longer lines are truncated).
     pub max_log_bytes: usize,
     /// Log lines a plugin may write per second (burst: twice that); the
@@ -219,12 +339,19 @@ pub struct SupportLimits {
     pub max_refusals: u32,
 }
 
+/// Consenter metadata a block may carry beyond its envelopes' own bytes
+/// (raft's is tens of bytes): a plugin cannot amplify small envelopes into
+/// large blocks.
+pub const METADATA_SLACK: usize = 1024;
+
 impl Default for SupportLimits {
     fn default() -> Self {
         SupportLimits {
             max_timers: 64,
-            max_timer_delay: Duration::from_secs(24 * 3600),
-            max_metadata_bytes: 1 << 20,
+            max_timer_delay: crate::channel::MAX_BATCH_TIMEOUT,
+            max_metadata_bytes: 16 << 10,
+            disk_bytes_per_minute: 4 << 30,
+            disk_bytes_total: u64::MAX,
             max_log_bytes: 4096,
             max_log_lines_per_sec: 100,
             max_refusals: 1000,
@@ -262,6 +389,15 @@ pub struct Support {
     log_refilled: Instant,
     log_dropped: u64,
     channel_creator: Option<ChannelCreator>,
+    /// Bytes in the chain's ledger (including what was queued).
+    disk_used: u64,
+    /// The consensus types this node has plugins for (what a config update
+    /// may name).
+    types: Vec<String>,
+    /// Disk budget: bytes that may still be written in the current minute
+    /// (a token bucket) and when it was last refilled.
+    disk_tokens: f64,
+    disk_refilled: Instant,
 }
 
 /// Where a chain resumes: its height, last header hash and last config
@@ -286,6 +422,7 @@ impl Support {
     ) -> Support {
         let log_tokens = f64::from(limits.max_log_lines_per_sec) * 2.0;
         let log_refilled = clock.now();
+        let types = vec![config.consensus_type.clone()];
         Support {
             chain_id: chain_id.to_string(),
             config,
@@ -293,7 +430,6 @@ impl Support {
             signer,
             sink,
             clock,
-            limits,
             height: pos.height,
             last_hash: pos.last_hash,
             created: (pos.height, pos.last_hash),
@@ -307,7 +443,25 @@ impl Support {
             log_refilled,
             log_dropped: 0,
             channel_creator: None,
+            disk_used: 0,
+            types,
+            disk_tokens: limits_disk_tokens(&limits),
+            disk_refilled: log_refilled,
+            limits,
         }
+    }
+
+    /// The consensus types this node has plugins for (named in the refusal
+    /// of a config update that changes the type). Default: the channel's
+    /// own type only.
+    pub fn set_consensus_types(&mut self, types: Vec<String>) {
+        self.types = types;
+    }
+
+    /// Tells the support how many bytes the chain's ledger holds already
+    /// (for the total disk budget).
+    pub fn set_disk_used(&mut self, bytes: u64) {
+        self.disk_used = bytes;
     }
 
     /// The channel id.
@@ -397,66 +551,71 @@ impl Support {
         if self.failed.is_some() {
             return Err(E::Internal(format!("channel {} has failed; no more blocks are written", self.chain_id)));
         }
+        let n = blk.number;
         if metadata.len() > self.limits.max_metadata_bytes {
             return Err(self.refuse(E::LimitExceeded(format!(
-                "consenter metadata of {} bytes is over the limit of {}",
+                "block {n}: consenter metadata of {} bytes is over the limit of {} (max-metadata-kib)",
                 metadata.len(),
                 self.limits.max_metadata_bytes
             ))));
         }
+        if metadata.len() as u64 > blk.contents.bytes + METADATA_SLACK as u64 {
+            return Err(self.refuse(E::LimitExceeded(format!(
+                "block {n}: consenter metadata of {} bytes is more than the block's {} bytes of envelopes plus \
+                 {METADATA_SLACK}",
+                metadata.len(),
+                blk.contents.bytes
+            ))));
+        }
         let prev = blk.block.header.as_ref().map(|h| h.previous_hash.clone()).unwrap_or_default();
-        if blk.number != self.height || (self.height > 0 && prev.as_ref() != self.last_hash) {
+        if n != self.height || (self.height > 0 && prev.as_ref() != self.last_hash) {
             return Err(self.refuse(E::OutOfOrder(format!(
-                "block {} is not the next block: height is {}, expected previous hash {}",
-                blk.number,
+                "block {n} is not the next block: height is {}, expected previous hash {}",
                 self.height,
                 block::hex(&self.last_hash)
             ))));
         }
+        let applied = if is_config {
+            match self.check_config_block(&blk) {
+                Ok(a) => a,
+                Err(e) => return Err(self.refuse(e)),
+            }
+        } else {
+            if let Err(e) = self.check_normal_block(&blk) {
+                return Err(self.refuse(e));
+            }
+            Applied::Nothing
+        };
         let mut b = blk.block;
-        let mut new_config = None;
-        let mut new_channel = None;
-        if is_config {
-            let env_count = b.data.as_ref().map(|d| d.data.len()).unwrap_or(0);
-            if env_count != 1 {
-                return Err(
-                    self.refuse(E::Invalid(format!("a config block holds exactly one envelope, not {env_count}")))
-                );
-            }
-            match orderer_transaction(&b) {
-                // The system channel creating a channel: its own config
-                // does not change; the new channel starts from the inner
-                // CONFIG envelope once this block is written.
-                Ok(Some(genesis)) => {
-                    if self.channel_creator.is_none() || !self.config.system {
-                        return Err(self.refuse(E::Invalid(format!(
-                            "block {}: an ORDERER_TRANSACTION can only be written on an ordering system channel",
-                            blk.number
-                        ))));
-                    }
-                    if let Err(e) = ChannelConfig::from_config_block(&genesis) {
-                        return Err(self.refuse(E::Invalid(format!("block {}: new channel: {e}", blk.number))));
-                    }
-                    new_channel = Some(genesis);
-                }
-                Ok(None) => match ChannelConfig::from_config_block(&b) {
-                    Ok(c) => new_config = Some(c),
-                    Err(e) => {
-                        return Err(self.refuse(E::Invalid(format!("config block {}: {e}", blk.number))));
-                    }
-                },
-                Err(e) => return Err(self.refuse(E::Invalid(format!("config block {}: {e}", blk.number)))),
-            }
-        }
-        let last_config = if new_config.is_some() { blk.number } else { self.last_config };
-        let env_count = b.data.as_ref().map(|d| d.data.len() as u64).unwrap_or(0);
+        let last_config = if matches!(applied, Applied::Config(_)) { n } else { self.last_config };
+        let env_count = blk.contents.count as u64;
         if let Err(e) = block::sign_block(&mut b, last_config, metadata, &self.signer) {
             let msg = e.to_string();
             self.fail_host(msg.clone());
             return Err(E::Internal(msg));
         }
-        if let Err(e) = self.sink.write(blk.number, b.encode_to_vec().into()) {
-            let msg = format!("writing block {} to the ledger: {e}", blk.number);
+        let bytes: Bytes = b.encode_to_vec().into();
+        if let Err(reason) = self.spend_disk(n, bytes.len() as u64) {
+            // The plugin's writes, not the host: the restart policy applies.
+            self.fail(reason.clone());
+            return Err(E::LimitExceeded(reason));
+        }
+        // A channel made by this block is created once the block is
+        // durable, on the ledger writer's thread (not on the plugin's
+        // call, and never from a block that was lost).
+        let on_durable: Option<OnDurable> = match (&applied, &self.channel_creator) {
+            (Applied::Channel(genesis), Some(create)) => {
+                let (create, genesis, channel, number) = (create.clone(), genesis.clone(), self.chain_id.clone(), n);
+                Some(Box::new(move || {
+                    if let Err(e) = create(genesis) {
+                        tracing::error!(channel = %channel, block = number, error = %e, "creating a channel");
+                    }
+                }))
+            }
+            _ => None,
+        };
+        if let Err(e) = self.sink.write(n, bytes, on_durable) {
+            let msg = format!("writing block {n} to the ledger: {e}");
             self.fail_host(msg.clone());
             return Err(E::Internal(msg));
         }
@@ -468,15 +627,135 @@ impl Support {
             self.created = (self.height, self.last_hash);
         }
         self.last_config = last_config;
-        if let Some(c) = new_config {
-            tracing::info!(channel = %self.chain_id, block = blk.number, sequence = c.sequence, "config applied");
-            self.config = Arc::new(c);
+        if let Applied::Config(c) = applied {
+            tracing::info!(channel = %self.chain_id, block = n, sequence = c.sequence, "config applied");
+            self.config = Arc::new(*c);
         }
-        if let (Some(genesis), Some(create)) = (new_channel, &self.channel_creator)
-            && let Err(e) = create(genesis)
-        {
-            tracing::error!(channel = %self.chain_id, block = blk.number, error = %e, "creating a channel");
+        Ok(())
+    }
+
+    /// Fabric's message classes for a normal block: at least one envelope
+    /// (Fabric's consenters never write an empty block), no config message
+    /// (CONFIG, ORDERER_TRANSACTION, CONFIG_UPDATE), and every envelope
+    /// validated under the current config sequence (revalidated since, if
+    /// it was validated under an older one).
+    fn check_normal_block(&self, blk: &BlockRes) -> Result<(), types::SupportError> {
+        use types::SupportError as E;
+        let (n, c) = (blk.number, &blk.contents);
+        if c.count == 0 {
+            return Err(E::Invalid(format!(
+                "block {n} has no envelopes: a normal block holds at least one (Fabric's consenters never write \
+                 an empty block)"
+            )));
         }
+        if let Some((i, t)) = c.special {
+            return Err(E::Invalid(format!(
+                "block {n}: envelope {i} is a {} message, which is never ordered in a normal block (a config \
+                 message goes alone, with write-config-block)",
+                header_type_name(t)
+            )));
+        }
+        let seq = self.config.sequence;
+        if c.min_seq < seq {
+            return Err(E::Invalid(format!(
+                "block {n} holds an envelope validated under config sequence {}, and the channel is at sequence \
+                 {seq}: revalidate it first (support.revalidate)",
+                c.min_seq
+            )));
+        }
+        Ok(())
+    }
+
+    /// Fabric's `WriteConfigBlock` checks: one envelope, a config message
+    /// the host made (or recomputed) under the current config sequence,
+    /// whose config is the next one (sequence + 1) and valid; or, on an
+    /// ordering system channel, an ORDERER_TRANSACTION creating a channel.
+    /// A config envelope kept from an older config (a replay) is refused.
+    fn check_config_block(&self, blk: &BlockRes) -> Result<Applied, types::SupportError> {
+        use crate::proto::common::HeaderType as H;
+        use types::SupportError as E;
+        let (n, c) = (blk.number, &blk.contents);
+        if c.count != 1 {
+            return Err(E::Invalid(format!("block {n}: a config block holds exactly one envelope, not {}", c.count)));
+        }
+        let t = match c.special {
+            Some((_, t)) if t == H::Config as i32 || t == H::OrdererTransaction as i32 => t,
+            Some((_, t)) => {
+                return Err(E::Invalid(format!(
+                    "block {n}: a {} envelope is not a config message",
+                    header_type_name(t)
+                )));
+            }
+            None => {
+                return Err(E::Invalid(format!(
+                    "block {n}: a config block holds a config message, not a normal one (write it with write-block)"
+                )));
+            }
+        };
+        let seq = self.config.sequence;
+        if c.min_seq != seq {
+            return Err(E::Invalid(format!(
+                "block {n}: its config message was validated under config sequence {}, and the channel is at \
+                 sequence {seq}: a config made from an older config is refused (revalidate recomputes it)",
+                c.min_seq
+            )));
+        }
+        if t == H::OrdererTransaction as i32 {
+            if self.channel_creator.is_none() || !self.config.system {
+                return Err(E::Invalid(format!(
+                    "block {n}: an ORDERER_TRANSACTION can only be written on an ordering system channel"
+                )));
+            }
+            let genesis = match orderer_transaction(&blk.block) {
+                Ok(Some(g)) => g,
+                Ok(None) => return Err(E::Invalid(format!("block {n}: not an ORDERER_TRANSACTION"))),
+                Err(e) => return Err(E::Invalid(format!("block {n}: {e}"))),
+            };
+            if let Err(e) = ChannelConfig::from_config_block(&genesis) {
+                return Err(E::Invalid(format!("block {n}: new channel: {e}")));
+            }
+            return Ok(Applied::Channel(genesis));
+        }
+        let next =
+            ChannelConfig::from_config_block(&blk.block).map_err(|e| E::Invalid(format!("config block {n}: {e}")))?;
+        if next.sequence != seq + 1 {
+            return Err(E::Invalid(format!(
+                "config block {n}: its config has sequence {}, and the next config of the channel has sequence {}",
+                next.sequence,
+                seq + 1
+            )));
+        }
+        if next.channel_id != self.chain_id {
+            return Err(E::Invalid(format!("config block {n}: the config is for channel {}", next.channel_id)));
+        }
+        Ok(Applied::Config(Box::new(next)))
+    }
+
+    /// Counts a block's bytes against the chain's disk budget (per minute
+    /// and in all); Err says which was passed.
+    fn spend_disk(&mut self, number: u64, bytes: u64) -> Result<(), String> {
+        let l = &self.limits;
+        if self.disk_used.saturating_add(bytes) > l.disk_bytes_total {
+            return Err(format!(
+                "block {number} of {bytes} bytes would take the channel's ledger past its disk budget of {} bytes \
+                 (disk-mib-total; it holds {})",
+                l.disk_bytes_total, self.disk_used
+            ));
+        }
+        let now = self.clock.now();
+        let rate = l.disk_bytes_per_minute as f64 / 60.0;
+        let elapsed = now.saturating_duration_since(self.disk_refilled).as_secs_f64();
+        self.disk_refilled = now;
+        self.disk_tokens = (self.disk_tokens + elapsed * rate).min(limits_disk_tokens(l));
+        if (bytes as f64) > self.disk_tokens {
+            return Err(format!(
+                "block {number}: the plugin wrote more than the channel's disk budget of {} bytes per minute \
+                 (disk-mib-per-minute)",
+                l.disk_bytes_per_minute
+            ));
+        }
+        self.disk_tokens -= bytes as f64;
+        self.disk_used += bytes;
         Ok(())
     }
 
@@ -487,6 +766,20 @@ impl Support {
     pub fn set_channel_creator(&mut self, create: ChannelCreator) {
         self.channel_creator = Some(create);
     }
+}
+
+/// What writing a config block changes.
+enum Applied {
+    Nothing,
+    /// The channel's new config.
+    Config(Box<ChannelConfig>),
+    /// A channel to create (its genesis block), from a system channel.
+    Channel(Block),
+}
+
+/// A full minute of the disk budget (the token bucket's size).
+fn limits_disk_tokens(l: &SupportLimits) -> f64 {
+    l.disk_bytes_per_minute as f64
 }
 
 /// Creates a channel from its genesis block (the registrar).
@@ -628,11 +921,12 @@ impl support::Host for PluginState {
     ) -> wasmtime::Result<Result<Resource<BlockRes>, types::SupportError>> {
         let envs = self.delete(batch)?.0;
         let (number, prev) = self.support.created;
+        let contents = Contents::of(&envs);
         let data: Vec<Bytes> = envs.into_iter().map(|e| e.bytes).collect();
         let block = block::new_block(number, if number == 0 { &[] } else { &prev }, data);
         let hash = block.header.as_ref().map(block::header_hash).unwrap_or_default();
         self.support.created = (number + 1, hash);
-        Ok(Ok(self.push(BlockRes { block, number, hash })?))
+        Ok(Ok(self.push(BlockRes { block, number, hash, contents })?))
     }
 
     fn write_block(
@@ -656,9 +950,18 @@ impl support::Host for PluginState {
     }
 
     fn revalidate(&mut self, env: Resource<EnvelopeRes>) -> wasmtime::Result<Result<(), String>> {
+        // Signature and policy checks are the host's work: their time is
+        // not counted against the plugin's call deadline.
+        let started = Instant::now();
         let e = self.envelopes.get(&env)?;
-        match crate::processor::revalidate(&self.support.config, &self.support.signer, e) {
-            Ok(None) => Ok(Ok(())),
+        let r = crate::processor::revalidate(&self.support.config, &self.support.signer, e, &self.support.types);
+        self.host_time += started.elapsed();
+        match r {
+            Ok(None) => {
+                // It passes under the current config: stamped so.
+                self.envelopes.get_mut(&env)?.config_seq = self.support.config.sequence;
+                Ok(Ok(()))
+            }
             // A config message recomputed against the current config: the
             // handle now names the new CONFIG envelope.
             Ok(Some(recomputed)) => {
@@ -667,6 +970,9 @@ impl support::Host for PluginState {
                     sequence = self.support.config.sequence,
                     "config message made from an older config recomputed against the current one"
                 );
+                let before = self.envelopes.get(&env)?.bytes.len();
+                self.release(before);
+                self.hold(recomputed.bytes.len())?;
                 self.envelopes.replace(&env, recomputed)?;
                 Ok(Ok(()))
             }

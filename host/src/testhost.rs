@@ -17,7 +17,7 @@ use crate::envelope::Envelope;
 use crate::proto::common::Block;
 use crate::runtime::{Plugin, RuntimeError};
 use crate::signer::Signer;
-use crate::support::{BlockSink, ChainPosition, Clock, Support, SupportLimits};
+use crate::support::{BlockSink, ChainPosition, Clock, OnDurable, Support, SupportLimits};
 
 /// A clock moved only by the test.
 #[derive(Debug)]
@@ -49,8 +49,12 @@ impl Clock for ManualClock {
 pub struct MemorySink(pub Arc<Mutex<Vec<Bytes>>>);
 
 impl BlockSink for MemorySink {
-    fn write(&mut self, _number: u64, block: Bytes) -> Result<(), String> {
+    fn write(&mut self, _number: u64, block: Bytes, on_durable: Option<OnDurable>) -> Result<(), String> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).push(block);
+        // In memory, a block is "durable" once stored.
+        if let Some(f) = on_durable {
+            f();
+        }
         Ok(())
     }
 }

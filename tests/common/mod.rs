@@ -237,3 +237,47 @@ pub fn npm_ci() {
         .expect("running npm: Node.js and npm are needed for the Fabric interop tests");
     assert!(st.success(), "npm ci in {} failed", dir.display());
 }
+
+/// An unsigned CONFIG_UPDATE envelope for `channel` that sets the orderer
+/// value `key` (e.g. "BatchTimeout") of `current` to `value` (enough for
+/// the org-less channels of `ChannelTemplate`, whose policies need no
+/// signature).
+pub fn orderer_update(
+    channel: &str,
+    current: &consenter_host::proto::common::Config,
+    key: &str,
+    value: Vec<u8>,
+) -> Envelope {
+    use consenter_host::proto::common::{ConfigGroup, ConfigUpdate, ConfigUpdateEnvelope};
+    let root = current.channel_group.as_ref().expect("a channel group");
+    let orderer = &root.groups["Orderer"];
+    let mut v = orderer.values[key].clone();
+    v.value = value.into();
+    v.version += 1;
+    let stub = |v: u64| ConfigGroup { version: v, ..Default::default() };
+    let mut read = stub(root.version);
+    read.groups.insert("Orderer".into(), stub(orderer.version));
+    let mut write = read.clone();
+    write.groups.get_mut("Orderer").expect("the Orderer group").values.insert(key.into(), v);
+    let update =
+        ConfigUpdate { channel_id: channel.into(), read_set: Some(read), write_set: Some(write), ..Default::default() };
+    let cue = ConfigUpdateEnvelope { config_update: update.encode_to_vec().into(), signatures: vec![] };
+    let b = envelope::build(channel, HeaderType::ConfigUpdate, "", cue.encode_to_vec().into(), None).unwrap();
+    Envelope::decode(b).unwrap()
+}
+
+/// The `Config` inside a config block.
+pub fn config_in(block: &Block) -> consenter_host::proto::common::Config {
+    use consenter_host::proto::common::{ConfigEnvelope, Payload};
+    let env = Envelope::decode(block.data.as_ref().expect("block data").data[0].clone()).unwrap();
+    ConfigEnvelope::decode(Payload::decode(env.payload).unwrap().data).unwrap().config.expect("a config")
+}
+
+/// Resident memory of process `pid`, in bytes (Linux /proc).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}

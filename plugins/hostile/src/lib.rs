@@ -32,15 +32,153 @@
 //! tests) and logs the consenter metadata it was started with.
 //! `refuse:enqueue` answers false to every envelope (not a fault).
 //!
+//! Ordering invariants (each mode answers every envelope true and calls
+//! `fail` saying what the host wrongly accepted):
+//! - `replay-config:enqueue`: keeps the first config envelope, writes the
+//!   second, then writes the kept one (a config made from an older config:
+//!   must be refused);
+//! - `config-in-normal:enqueue`: writes a config envelope with
+//!   `write-block` and every normal envelope with `write-config-block`
+//!   (both must be refused; nothing is written);
+//! - `stale:enqueue`: keeps the first two normal envelopes; on a config
+//!   envelope writes the config block, then the first kept envelope without
+//!   revalidating it (must be refused), then the second after `revalidate`;
+//! - `hoard-bytes:enqueue`: keeps every envelope (the held-bytes budget
+//!   must stop it);
+//! - `hoard-blocks:enqueue`: makes a block of every envelope and keeps it
+//!   unwritten (likewise);
+//! - `bloat:enqueue`: writes an envelope whose tx id ends in `-huge` with
+//!   1 MiB of consenter metadata, one ending in `-ratio` with its own size
+//!   plus 2 KiB (both must be refused), others with their tx id;
+//! - `empty-blocks:enqueue`: writes 100 empty blocks after each envelope
+//!   (each must be refused; the refusal cap then errs the chain);
+//! - `revalidate-storm:enqueue`: revalidates each envelope 2,000 times
+//!   (host work, not counted against the call deadline), then writes it.
+//!
 //! `<event>` is one of `handle-chain`, `start`, `enqueue`, `timer`, `halt`.
 
-use consenter_sdk::{Batch, Block, Consenter, Envelope, EnvelopeInfo, Level, SupportError, host_log, support, timers};
+use consenter_sdk::{
+    Batch, Block, Consenter, Envelope, EnvelopeInfo, Level, MessageClass, SupportError, host_log, support, timers,
+};
 
 struct Hostile {
     mode: String,
     hoard: Vec<Envelope>,
     batches: Vec<Batch>,
+    blocks: Vec<Block>,
 }
+
+/// Writes `env` alone in a block with `metadata`; false (after `fail`) if
+/// the host refused.
+fn write_alone(env: Envelope, metadata: &[u8], config: bool) -> bool {
+    let r = support::create_next_block(Batch::new(vec![env])).and_then(|b| {
+        if config { support::write_config_block(b, metadata) } else { support::write_block(b, metadata) }
+    });
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            support::fail(&format!("writing block: {e}"));
+            false
+        }
+    }
+}
+
+/// Expects the host to refuse `r` as invalid; Err(what it accepted).
+fn refused(what: &str, r: Result<(), SupportError>) -> Result<(), String> {
+    match r {
+        Err(SupportError::Invalid(_)) | Err(SupportError::LimitExceeded(_)) => Ok(()),
+        other => Err(format!("{what}: expected a refusal, got {other:?}")),
+    }
+}
+
+fn write_refused(what: &str, env: Envelope, metadata: &[u8], config: bool) -> Result<(), String> {
+    let b = support::create_next_block(Batch::new(vec![env])).map_err(|e| format!("{what}: creating: {e:?}"))?;
+    let r = if config { support::write_config_block(b, metadata) } else { support::write_block(b, metadata) };
+    refused(what, r)
+}
+
+/// The invariant modes: Ok(accepted) or Err(what the host wrongly allowed).
+fn invariants(s: &mut Hostile, env: Envelope, info: EnvelopeInfo) -> Result<bool, String> {
+    let config = info.class == MessageClass::Config;
+    let tx = env.tx_id();
+    match s.mode.as_str() {
+        "replay-config:enqueue" if config => {
+            if s.hoard.is_empty() {
+                s.hoard.push(env);
+                return Ok(true);
+            }
+            if !write_alone(env, &[], true) {
+                return Ok(false);
+            }
+            let old = s.hoard.remove(0);
+            write_refused("a config envelope made from an older config, written after a newer one", old, &[], true)?;
+            Ok(true)
+        }
+        "config-in-normal:enqueue" => {
+            if config {
+                write_refused("a config envelope in a normal block", env, &[], false)?;
+                return Ok(true);
+            }
+            // A normal envelope as a config block.
+            let b = support::create_next_block(Batch::new(vec![env])).map_err(|e| format!("{e:?}"))?;
+            refused("a normal envelope in a config block", support::write_config_block(b, &[]))?;
+            Ok(true)
+        }
+        "stale:enqueue" => {
+            if !config {
+                if s.hoard.len() < 2 && support::sequence() == 0 {
+                    s.hoard.push(env);
+                    return Ok(true);
+                }
+                return Ok(write_alone(env, tx.as_bytes(), false));
+            }
+            if !write_alone(env, &[], true) {
+                return Ok(false);
+            }
+            let second = s.hoard.pop().ok_or("no kept envelope")?;
+            let first = s.hoard.pop().ok_or("no kept envelope")?;
+            write_refused("an envelope validated under an older config, not revalidated", first, &[], false)?;
+            support::revalidate(&second).map_err(|e| format!("revalidating: {e}"))?;
+            Ok(write_alone(second, b"revalidated", false))
+        }
+        "hoard-bytes:enqueue" => {
+            s.hoard.push(env);
+            Ok(true)
+        }
+        "hoard-blocks:enqueue" => {
+            let b = support::create_next_block(Batch::new(vec![env])).map_err(|e| format!("{e:?}"))?;
+            s.blocks.push(b);
+            Ok(true)
+        }
+        "empty-blocks:enqueue" => {
+            if !write_alone(env, tx.as_bytes(), false) {
+                return Ok(false);
+            }
+            for i in 0..100 {
+                let b = support::create_next_block(support::cut()).map_err(|e| format!("{e:?}"))?;
+                refused(&format!("empty block {i}"), support::write_block(b, &[]))?;
+            }
+            Ok(true)
+        }
+        "revalidate-storm:enqueue" => {
+            for _ in 0..2000 {
+                let _ = support::revalidate(&env);
+            }
+            Ok(write_alone(env, tx.as_bytes(), false))
+        }
+        _ => Ok(write_alone(env, tx.as_bytes(), config)),
+    }
+}
+
+const INVARIANT_MODES: &[&str] = &[
+    "replay-config:enqueue",
+    "config-in-normal:enqueue",
+    "stale:enqueue",
+    "hoard-bytes:enqueue",
+    "hoard-blocks:enqueue",
+    "empty-blocks:enqueue",
+    "revalidate-storm:enqueue",
+];
 
 #[link(wasm_import_module = "wasi:random/random@0.2.0")]
 unsafe extern "C" {
@@ -210,17 +348,46 @@ impl Consenter for Hostile {
             ),
         );
         misbehave(&mode, "handle-chain", None);
-        Ok(Hostile { mode, hoard: Vec::new(), batches: Vec::new() })
+        Ok(Hostile { mode, hoard: Vec::new(), batches: Vec::new(), blocks: Vec::new() })
     }
     fn start(&mut self) {
         let mode = self.mode.clone();
         misbehave(&mode, "start", Some(self));
         let _ = timers::set(1, 10);
     }
-    fn enqueue(&mut self, env: Envelope, _info: EnvelopeInfo) -> bool {
+    fn enqueue(&mut self, env: Envelope, info: EnvelopeInfo) -> bool {
         let mode = self.mode.clone();
         if mode == "refuse:enqueue" {
             return false;
+        }
+        if INVARIANT_MODES.contains(&mode.as_str()) {
+            return match invariants(self, env, info) {
+                Ok(accepted) => accepted,
+                Err(what) => {
+                    support::fail(&format!("the host accepted an invalid write: {what}"));
+                    false
+                }
+            };
+        }
+        if mode == "bloat:enqueue" {
+            // A refused write consumes the envelope's block, so the test
+            // names the attempt in the tx id.
+            let tx = env.tx_id();
+            let size = env.to_bytes().len();
+            let r = if tx.ends_with("-huge") {
+                write_refused("1 MiB of consenter metadata", env, &vec![7u8; 1 << 20], false)
+            } else if tx.ends_with("-ratio") {
+                write_refused("metadata of the envelope's size plus 2 KiB", env, &vec![7u8; size + 2048], false)
+            } else {
+                return write_alone(env, tx.as_bytes(), false);
+            };
+            return match r {
+                Ok(()) => true,
+                Err(what) => {
+                    support::fail(&format!("the host accepted an invalid write: {what}"));
+                    false
+                }
+            };
         }
         if mode == "abuse:enqueue" {
             return match abuse(env) {
