@@ -72,15 +72,22 @@ impl TestHost {
     /// Starts `plugin` on a new chain made from `template` (its genesis
     /// block is block 0 in memory; the plugin starts at height 1).
     pub fn start(plugin: &Plugin, template: &ChannelTemplate, signer: Arc<Signer>) -> Result<TestHost, RuntimeError> {
-        let genesis = template.genesis_block();
+        Self::start_from_genesis(plugin, template.genesis_block(), signer)
+    }
+
+    /// Starts `plugin` on a new chain whose block 0 is `genesis` (e.g. a
+    /// configtxgen genesis block of a channel with organizations and
+    /// policies).
+    pub fn start_from_genesis(plugin: &Plugin, genesis: Block, signer: Arc<Signer>) -> Result<TestHost, RuntimeError> {
         let config = ChannelConfig::from_config_block(&genesis)
             .map_err(|e| RuntimeError::Engine(format!("test host: bad template: {e}")))?;
         let hash = genesis.header.as_ref().map(block::header_hash).unwrap_or_default();
         let clock = ManualClock::new();
         let blocks = MemorySink::default();
         blocks.0.lock().unwrap_or_else(|p| p.into_inner()).push(genesis.encode_to_vec().into());
+        let channel = config.channel_id.clone();
         let support = Support::new(
-            &template.channel_id,
+            &channel,
             Arc::new(config),
             signer,
             Box::new(blocks.clone()),
@@ -93,11 +100,25 @@ impl TestHost {
         Ok(TestHost { core, clock, blocks, status, seen: 1 })
     }
 
-    /// Offers an envelope (parsed from its bytes).
+    /// Offers an envelope (parsed from its bytes), validated under the
+    /// current config sequence, as Broadcast would have.
     pub fn enqueue(&mut self, env: Bytes) -> Result<(), EnqueueError> {
-        let e = Envelope::parse(env)
+        let mut e = Envelope::parse(env)
             .map_err(|e| EnqueueError::Errored { channel: self.core.channel().into(), reason: e.to_string() })?;
+        e.config_seq = self.status.sequence();
         self.core.enqueue(e)
+    }
+
+    /// Offers an envelope as Broadcast's checks left it: with the config
+    /// sequence it was validated under (`config_seq`), which the host
+    /// never changes.
+    pub fn enqueue_validated(&mut self, env: Envelope) -> Result<(), EnqueueError> {
+        self.core.enqueue(env)
+    }
+
+    /// The channel's config now (after the config blocks written so far).
+    pub fn config(&self) -> Option<Arc<ChannelConfig>> {
+        self.status.config()
     }
 
     /// Offers several envelopes in one plugin call (as the node does with
@@ -106,7 +127,10 @@ impl TestHost {
         let mut parsed = Vec::with_capacity(envs.len());
         for e in envs {
             match Envelope::parse(e) {
-                Ok(e) => parsed.push(e),
+                Ok(mut e) => {
+                    e.config_seq = self.status.sequence();
+                    parsed.push(e)
+                }
                 Err(e) => {
                     return vec![Err(EnqueueError::Errored {
                         channel: self.core.channel().into(),
