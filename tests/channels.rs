@@ -320,9 +320,19 @@ async fn system_channel_creates_appchannel_like_fabric() {
     assert_eq!(st, SUCCESS);
     assert_eq!(consenter_host::node::last_config_and_metadata(&blocks[0]).0, 0, "as Fabric: LAST_CONFIG stays 0");
 
-    // appchannel's genesis block carries the config Fabric's orderer made.
-    let (blocks, st) = deliver_as(&node, "appchannel", 0, 0, &user1).await;
+    // appchannel is created once the system channel's block is durable (on
+    // the ledger writer's thread, just after Deliver could see block 1): a
+    // client retries a NOT_FOUND for a moment, as `peer channel create` does.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let (blocks, st) = loop {
+        let (blocks, st) = deliver_as(&node, "appchannel", 0, 0, &user1).await;
+        if st != 404 || std::time::Instant::now() > end {
+            break (blocks, st);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(st, SUCCESS);
+    // appchannel's genesis block carries the config Fabric's orderer made.
     let fabric =
         Block::decode(Bytes::from(std::fs::read(fixtures().join("ledger/appchannel/0.block")).unwrap())).unwrap();
     assert_eq!(config_of(&blocks[0]).config, config_of(&fabric).config, "same config content as Fabric's block 0");

@@ -54,7 +54,7 @@ async fn blocks_we_write_decode_with_fabric_block_decoder() {
     }
     // A config block: the last-config index moves to it (block 3).
     t.batch_size.max_message_count = 2;
-    chain.enqueue(Envelope::parse(t.config_envelope()).unwrap()).await.unwrap();
+    chain.enqueue(Envelope::parse(t.config_envelope_at(1)).unwrap()).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), chain.ledger().wait_for(3)).await.unwrap();
     node.shutdown();
     drop(chain);

@@ -125,7 +125,7 @@ fn config_envelope_goes_alone_after_pending() {
     h.enqueue(env_of_size("b", 100)).unwrap();
     let mut next = template(2, 1 << 20);
     next.batch_timeout = Duration::from_millis(500);
-    h.enqueue(next.config_envelope()).unwrap();
+    h.enqueue(next.config_envelope_at(1)).unwrap();
     let blocks = h.new_blocks();
     assert_eq!(blocks.len(), 2);
     assert_eq!(tx_ids(&blocks[0]), vec!["a", "b"]);
@@ -170,7 +170,7 @@ fn grouped_enqueue_orders_like_one_by_one() {
         env_of_size("b", 100),
         env_of_size("c", 100),
         env_of_size("d", 100),
-        next.config_envelope(),
+        next.config_envelope_at(1),
         env_of_size("e", 100),
     ];
     let answers = h.enqueue_many(group);

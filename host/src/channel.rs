@@ -378,6 +378,13 @@ impl ChannelTemplate {
     /// MAJORITY) and no organizations: by Fabric's zero-children rule these
     /// policies are satisfied by anyone (an open development channel).
     pub fn config_envelope(&self) -> Bytes {
+        self.config_envelope_at(0)
+    }
+
+    /// As [`ChannelTemplate::config_envelope`], for a config of `sequence`
+    /// (1 for the first config block after the genesis block: the host
+    /// writes a config block only if its config is the next one).
+    pub fn config_envelope_at(&self, sequence: u64) -> Bytes {
         let v = |value: Vec<u8>| ConfigValue { version: 0, value: value.into(), mod_policy: "Admins".into() };
         let mut orderer = ConfigGroup { mod_policy: "Admins".into(), ..Default::default() };
         orderer.values.insert(
@@ -399,7 +406,7 @@ impl ChannelTemplate {
         orderer.policies.insert("BlockValidation".into(), implicit("Writers", Rule::Any));
         implicit_policies(&mut root);
         root.groups.insert("Orderer".into(), orderer);
-        let ce = ConfigEnvelope { config: Some(Config { sequence: 0, channel_group: Some(root) }), last_update: None };
+        let ce = ConfigEnvelope { config: Some(Config { sequence, channel_group: Some(root) }), last_update: None };
         // Infallible without a signer.
         crate::envelope::build(&self.channel_id, HeaderType::Config, "", ce.encode_to_vec().into(), None)
             .unwrap_or_default()

@@ -1227,6 +1227,113 @@ mod tests {
     }
 
     #[test]
+    fn held_bytes_are_budgeted_and_released() {
+        let (mut st, _, _) = state(SupportLimits::default());
+        let one = {
+            let e = insert(&mut st, "k9");
+            let n = st.held_bytes;
+            assert!(n > 0, "an envelope handed over is held");
+            types::HostEnvelope::drop(&mut st, e).unwrap();
+            assert_eq!(st.held_bytes, 0, "dropping releases");
+            n
+        };
+        st.call_limits.max_held_bytes = Some(3 * one);
+        let mut held: Vec<_> = (0..3).map(|i| insert(&mut st, &format!("k{i}"))).collect();
+        let e = insert_err(&mut st, "k3");
+        assert!(e.contains("budget of") && e.contains("max-held-mib"), "{e}");
+        // A batch holds what its envelopes held; a block likewise.
+        let batch = st.new(held.drain(..2).collect()).unwrap();
+        assert_eq!(st.held_bytes, 3 * one);
+        let blk = st.create_next_block(batch).unwrap().unwrap();
+        assert_eq!(st.held_bytes, 3 * one);
+        st.write_block(blk, vec![]).unwrap().unwrap();
+        assert_eq!(st.held_bytes, one, "a written block is no longer held");
+        let _more = insert(&mut st, "k4");
+    }
+
+    fn insert(st: &mut PluginState, tx: &str) -> Resource<EnvelopeRes> {
+        let b = crate::envelope::build(
+            "unit",
+            crate::proto::common::HeaderType::Message,
+            tx,
+            Bytes::from_static(b"x"),
+            None,
+        )
+        .unwrap();
+        st.insert_envelope(Envelope::parse(b).unwrap()).unwrap()
+    }
+
+    fn insert_err(st: &mut PluginState, tx: &str) -> String {
+        let b = crate::envelope::build(
+            "unit",
+            crate::proto::common::HeaderType::Message,
+            tx,
+            Bytes::from_static(b"x"),
+            None,
+        )
+        .unwrap();
+        st.insert_envelope(Envelope::parse(b).unwrap()).map(|_| ()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_stale_and_config_class_blocks_are_refused() {
+        let (mut st, _, sink) = state(SupportLimits::default());
+        let empty = st.cut().unwrap();
+        let b = st.create_next_block(empty).unwrap().unwrap();
+        let e = st.write_block(b, vec![]).unwrap().unwrap_err();
+        assert!(matches!(&e, types::SupportError::Invalid(m) if m.contains("no envelopes")), "{e:?}");
+        // Validated under an older sequence than the channel's (here the
+        // channel is made to be at sequence 1).
+        let mut cfg = (**st.support.config()).clone();
+        cfg.sequence = 1;
+        st.support.config = Arc::new(cfg);
+        let b = block_of(&mut st, "old");
+        let e = st.write_block(b, vec![]).unwrap().unwrap_err();
+        assert!(matches!(&e, types::SupportError::Invalid(m) if m.contains("revalidate it first")), "{e:?}");
+        // A CONFIG envelope in a normal block.
+        let c =
+            crate::envelope::build("unit", crate::proto::common::HeaderType::Config, "", Bytes::new(), None).unwrap();
+        let mut env = Envelope::parse(c).unwrap();
+        env.config_seq = 1;
+        let h = st.envelopes.insert(env).unwrap();
+        let batch = st.new(vec![h]).unwrap();
+        let b = st.create_next_block(batch).unwrap().unwrap();
+        let e = st.write_block(b, vec![]).unwrap().unwrap_err();
+        assert!(matches!(&e, types::SupportError::Invalid(m) if m.contains("CONFIG message")), "{e:?}");
+        assert!(sink.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn metadata_is_bounded_by_the_blocks_data() {
+        let (mut st, _, _) = state(SupportLimits::default());
+        let b = block_of(&mut st, "a");
+        let e = st.write_block(b, vec![0; METADATA_SLACK + 200]).unwrap().unwrap_err();
+        assert!(matches!(&e, types::SupportError::LimitExceeded(m) if m.contains("plus 1024")), "{e:?}");
+        let b = block_of(&mut st, "a");
+        st.write_block(b, vec![0; METADATA_SLACK]).unwrap().unwrap();
+    }
+
+    #[test]
+    fn disk_budget_per_minute_refills_with_time() {
+        let limits = SupportLimits { disk_bytes_per_minute: 6000, ..SupportLimits::default() };
+        let (mut st, clock, sink) = state(limits);
+        let mut written = 0;
+        let reason = loop {
+            let b = block_of(&mut st, &format!("w{written}"));
+            match st.write_block(b, vec![]).unwrap() {
+                Ok(()) => written += 1,
+                Err(e) => break format!("{e:?}"),
+            }
+            assert!(written < 100, "no budget");
+        };
+        assert!(reason.contains("disk-mib-per-minute"), "{reason}");
+        assert!(written >= 2, "{written}");
+        assert!(st.support.failure().is_some_and(|f| f.contains("disk budget")), "the chain errs");
+        assert_eq!(sink.0.lock().unwrap().len(), written);
+        let _ = clock;
+    }
+
+    #[test]
     fn timer_caps() {
         let (mut st, clock, _) = state(SupportLimits { max_timers: 4, ..SupportLimits::default() });
         for id in 0..4 {
