@@ -1,30 +1,25 @@
 //! consenter-host: a Hyperledger Fabric ordering node that runs every
-//! consensus algorithm as a sandboxed WebAssembly component.
+//! consensus algorithm as a sandboxed WebAssembly component. This crate is
+//! the node (binary `consenter-host`): the registrar (`node`), the chain
+//! actor (`chain`), the ledger, the gRPC AtomicBroadcast service (`grpc`),
+//! the admin API (`admin`) and the load generator (`loadgen`). The Fabric
+//! data model, the plugin runtime and the test host are crates of their
+//! own, re-exported here under the names they always had.
 //!
 //! Follow a Broadcast top to bottom: `grpc` (AtomicBroadcast) → `chain`
-//! (the chain actor: one task, one plugin instance) → `runtime` (wasmtime) →
-//! the plugin → `support` (native ConsenterSupport: `cutter`, `block`,
-//! `signer`) → `ledger` (fsync) → Deliver reads the `ledger`.
+//! (the chain actor: one thread, one plugin instance) → `runtime`
+//! (wasmtime) → the plugin → `support` (native ConsenterSupport: `cutter`,
+//! `block`, `signer`) → `ledger` (fsync) → Deliver reads the `ledger`.
+
+pub use consenter_fabric::{block, channel, configtx, cutter, envelope, msp, policy, processor, signer};
+pub use consenter_runtime as runtime;
+pub use consenter_runtime::{cache, package, support};
+pub use consenter_testkit::{canary, testhost};
 
 pub mod admin;
-pub mod block;
-pub mod cache;
-pub mod canary;
 pub mod chain;
-pub mod channel;
-pub mod configtx;
-pub mod cutter;
-pub mod envelope;
 pub mod grpc;
 pub mod ledger;
 pub mod loadgen;
-pub mod msp;
 pub mod node;
-pub mod package;
-pub mod policy;
-pub mod processor;
 pub mod proto;
-pub mod runtime;
-pub mod signer;
-pub mod support;
-pub mod testhost;

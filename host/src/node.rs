@@ -15,7 +15,8 @@ use crate::block;
 use crate::chain::{Chain, RestartPolicies, ResumeError, ResumePoint};
 use crate::channel::ChannelConfig;
 use crate::ledger::{Ledger, LedgerError};
-use crate::proto::common::{Block, BlockMetadataIndex, LastConfig, Metadata};
+use crate::proto::common::Block;
+pub use crate::block::last_config_and_metadata;
 use crate::runtime::{Limits, Plugin, Runtime, RuntimeError};
 use crate::signer::Signer;
 use crate::support::{Support, SupportLimits, SystemClock};
@@ -453,25 +454,6 @@ pub struct ConsenterInfo {
     pub lost_envelopes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_crash: Option<String>,
-}
-
-/// The last-config index and consenter metadata of a block: from the
-/// SIGNATURES slot's OrdererBlockMetadata (v2), else the LAST_CONFIG slot,
-/// else (a genesis block) 0 and no metadata.
-pub fn last_config_and_metadata(b: &Block) -> (u64, Vec<u8>) {
-    if let Ok(m) = block::orderer_metadata(b)
-        && let Some(lc) = m.last_config
-    {
-        return (lc.index, m.consenter_metadata.to_vec());
-    }
-    let slot = b.metadata.as_ref().and_then(|m| m.metadata.get(BlockMetadataIndex::LastConfig as usize)).cloned();
-    if let Some(slot) = slot
-        && let Ok(md) = Metadata::decode(slot)
-        && let Ok(lc) = LastConfig::decode(md.value)
-    {
-        return (lc.index, Vec::new());
-    }
-    (0, Vec::new())
 }
 
 fn valid_channel_name(name: &str) -> Result<(), NodeError> {

@@ -835,10 +835,10 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::WIT_PACKAGE;
+    use crate::WIT_PACKAGE;
 
     fn solo() -> Vec<u8> {
-        std::fs::read(Path::new(crate::node::embedded::PLUGIN_DIR).join("consenter_solo.wasm")).unwrap()
+        std::fs::read(consenter_test_plugins::path("consenter_solo.wasm")).unwrap()
     }
 
     fn manifest(ctype: &str) -> Manifest {
@@ -900,7 +900,7 @@ mod tests {
 
     #[test]
     fn embedded_solo_carries_a_manifest() {
-        let bytes = crate::node::embedded::get("solo").unwrap();
+        let bytes = consenter_test_plugins::SOLO;
         let pkg = check_contract("solo", bytes, WIT_PACKAGE).unwrap();
         let m = pkg.manifest.expect("build.rs appends a manifest");
         assert_eq!(m.consensus_type, "solo");
@@ -1027,7 +1027,7 @@ mod tests {
         assert!(msg.contains("fabric:consenter@0.2.0") && msg.contains("fabric:consenter@0.1.0"), "{msg}");
         // A component actually built for 0.2.0 (plugins/hostile-wit), no manifest.
         let hw =
-            std::fs::read(Path::new(crate::node::embedded::PLUGIN_DIR).join("consenter_hostile_wit.wasm")).unwrap();
+            std::fs::read(consenter_test_plugins::path("consenter_hostile_wit.wasm")).unwrap();
         let err = check_contract("hostile-wit", &hw, WIT_PACKAGE).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, PackageError::WitMismatch { .. }), "{msg}");
@@ -1043,7 +1043,7 @@ mod tests {
         // hostile-wit is built for 0.2.0; a manifest claiming 0.1.0 does
         // not make it pass: its imports say 0.2.0.
         let hw =
-            std::fs::read(Path::new(crate::node::embedded::PLUGIN_DIR).join("consenter_hostile_wit.wasm")).unwrap();
+            std::fs::read(consenter_test_plugins::path("consenter_hostile_wit.wasm")).unwrap();
         let bytes = with_manifest("hw.wasm", &hw, &manifest("solo")).unwrap();
         let err = check_contract("hw", &bytes, WIT_PACKAGE).unwrap_err();
         assert!(err.to_string().contains("fabric:consenter@0.2.0"), "{err}");

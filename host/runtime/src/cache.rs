@@ -267,10 +267,10 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::{Limits, Runtime};
+    use crate::{Limits, Runtime};
 
     fn solo() -> Vec<u8> {
-        std::fs::read(Path::new(crate::node::embedded::PLUGIN_DIR).join("consenter_solo.wasm")).unwrap()
+        std::fs::read(consenter_test_plugins::path("consenter_solo.wasm")).unwrap()
     }
 
     fn engine(epoch: bool) -> Engine {
@@ -304,7 +304,29 @@ mod tests {
         let signer = std::sync::Arc::new(crate::signer::Signer::from_msp_dir(&id.orderer_msp, &id.mspid).unwrap());
         let mut t = crate::channel::ChannelTemplate::solo("cached");
         t.batch_size.max_message_count = 1;
-        let mut host = crate::testhost::TestHost::start(&plugin, &t, signer).unwrap();
+        let genesis = t.genesis_block();
+        let cfg = std::sync::Arc::new(crate::channel::ChannelConfig::from_config_block(&genesis).unwrap());
+        let hash = crate::block::header_hash(genesis.header.as_ref().unwrap());
+        let pos = crate::support::ChainPosition { height: 1, last_hash: hash, last_config: 0 };
+        let written = std::sync::Arc::new(std::sync::Mutex::new(0usize));
+        struct Count(std::sync::Arc<std::sync::Mutex<usize>>);
+        impl crate::support::BlockSink for Count {
+            fn write(&mut self, _: u64, _: bytes::Bytes, _: Option<crate::support::OnDurable>) -> Result<(), String> {
+                *self.0.lock().unwrap() += 1;
+                Ok(())
+            }
+        }
+        let support = crate::support::Support::new(
+            "cached",
+            cfg,
+            signer,
+            Box::new(Count(written.clone())),
+            std::sync::Arc::new(crate::support::SystemClock),
+            pos,
+            crate::support::SupportLimits::default(),
+        );
+        let status = std::sync::Arc::new(crate::status::ChainStatus::default());
+        let mut core = crate::chain_core::ChainCore::start(&plugin, support, &[], status).unwrap();
         let env = crate::envelope::build(
             "cached",
             crate::proto::common::HeaderType::Message,
@@ -313,8 +335,8 @@ mod tests {
             None,
         )
         .unwrap();
-        host.enqueue(env).unwrap();
-        assert_eq!(host.new_blocks().len(), 1, "the cached plugin cut a block");
+        core.enqueue(crate::envelope::Envelope::parse(env).unwrap()).unwrap();
+        assert_eq!(*written.lock().unwrap(), 1, "the cached plugin cut a block");
     }
 
     #[test]

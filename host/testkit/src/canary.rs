@@ -14,7 +14,7 @@ use prost::Message;
 
 use crate::block;
 use crate::channel::{ChannelConfig, ChannelTemplate};
-use crate::runtime::{Plugin, RuntimeError};
+use consenter_runtime::{Plugin, RuntimeError};
 use crate::signer::Signer;
 use crate::support::{ChainPosition, Support, SupportLimits};
 use crate::testhost::{ManualClock, MemorySink};
@@ -60,7 +60,7 @@ pub fn run_on(plugin: &Plugin, signer: Arc<Signer>, template: &ChannelTemplate) 
         SupportLimits::default(),
     );
     let mut instance = plugin.instantiate(support).map_err(|e| reject(describe("instantiate", e)))?;
-    let failed = |instance: &crate::runtime::Instance, step: &str| {
+    let failed = |instance: &consenter_runtime::Instance, step: &str| {
         instance.support().and_then(|s| s.failure()).map(|f| format!("{step} failed the chain: {f}"))
     };
     match instance.handle_chain(&[]) {
@@ -92,7 +92,7 @@ fn describe(step: &str, e: RuntimeError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::{Limits, Runtime};
+    use consenter_runtime::{Limits, Runtime};
     use std::path::Path;
 
     fn signer(dir: &Path) -> Arc<Signer> {
@@ -104,13 +104,13 @@ mod tests {
     fn solo_passes() {
         let dir = tempfile::tempdir().unwrap();
         let rt = Runtime::new(Limits::default()).unwrap();
-        let solo = rt.load("solo", crate::node::embedded::get("solo").unwrap()).unwrap();
+        let solo = rt.load("solo", consenter_test_plugins::SOLO).unwrap();
         run(&solo, signer(dir.path())).unwrap();
     }
 
     fn hostile(mode: &str, deadline: Duration) -> Result<Duration, CanaryError> {
         let dir = tempfile::tempdir().unwrap();
-        let bytes = std::fs::read(Path::new(crate::node::embedded::PLUGIN_DIR).join("consenter_hostile.wasm")).unwrap();
+        let bytes = std::fs::read(consenter_test_plugins::path("consenter_hostile.wasm")).unwrap();
         let rt = Runtime::new(Limits { call_deadline: deadline, ..Limits::default() }).unwrap();
         let p = rt.load("hostile", &bytes).unwrap();
         let mut t = ChannelTemplate::solo(CANARY_CHANNEL);
@@ -138,7 +138,7 @@ mod tests {
     fn a_plugin_trapping_in_start_is_rejected_with_the_default_channel() {
         let dir = tempfile::tempdir().unwrap();
         let bytes =
-            std::fs::read(Path::new(crate::node::embedded::PLUGIN_DIR).join("consenter_hostile_canary.wasm")).unwrap();
+            std::fs::read(consenter_test_plugins::path("consenter_hostile_canary.wasm")).unwrap();
         let rt = Runtime::new(Limits::default()).unwrap();
         let p = rt.load("bad", &bytes).unwrap();
         let err = run(&p, signer(dir.path())).unwrap_err().to_string();

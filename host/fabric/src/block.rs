@@ -241,6 +241,26 @@ pub fn hex(b: &[u8]) -> String {
     s
 }
 
+/// The last-config index and consenter metadata of a block: from the
+/// SIGNATURES slot's OrdererBlockMetadata (v2), else the LAST_CONFIG slot,
+/// else (a genesis block) 0 and no metadata.
+pub fn last_config_and_metadata(b: &Block) -> (u64, Vec<u8>) {
+    if let Ok(m) = orderer_metadata(b)
+        && let Some(lc) = m.last_config
+    {
+        return (lc.index, m.consenter_metadata.to_vec());
+    }
+    let slot = b.metadata.as_ref().and_then(|m| m.metadata.get(crate::proto::common::BlockMetadataIndex::LastConfig as usize)).cloned();
+    if let Some(slot) = slot
+        && let Ok(md) = crate::proto::common::Metadata::decode(slot)
+        && let Ok(lc) = crate::proto::common::LastConfig::decode(md.value)
+    {
+        return (lc.index, Vec::new());
+    }
+    (0, Vec::new())
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -321,9 +321,8 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
 }
 
 /// The longest BatchTimeout a channel may have: the longest timer the host
-/// arms for a plugin ([`crate::support::SupportLimits::max_timer_delay`]'s
-/// default), so a config cannot leave a plugin unable to arm its batch
-/// timer.
+/// arms for a plugin (the default of the runtime's `max_timer_delay`), so a
+/// config cannot leave a plugin unable to arm its batch timer.
 pub const MAX_BATCH_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Fabric's BatchTimeout check (`validateBatchTimeout`): Go's

@@ -11,11 +11,12 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::block;
-use crate::chain::{ChainCore, ChainStatus, EnqueueError};
+use consenter_runtime::chain_core::{ChainCore, EnqueueError};
+use consenter_runtime::status::ChainStatus;
 use crate::channel::{ChannelConfig, ChannelTemplate};
 use crate::envelope::Envelope;
 use crate::proto::common::Block;
-use crate::runtime::{Plugin, RuntimeError};
+use consenter_runtime::{Plugin, RuntimeError};
 use crate::signer::Signer;
 use crate::support::{BlockSink, ChainPosition, Clock, OnDurable, Support, SupportLimits};
 

@@ -1,0 +1,188 @@
+//! The deterministic core of a chain: one plugin instance and its support,
+//! driven by explicit events (enqueue, timers, halt) and an explicit `now`.
+//! The node's chain actor drives it on a thread of its own; the testkit
+//! drives it directly with a hand-moved clock.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::engine::RuntimeError;
+use crate::envelope::Envelope;
+use crate::instance::Instance;
+use crate::plugin::Plugin;
+use crate::status::ChainStatus;
+use crate::support::Support;
+
+/// Why an envelope was not accepted.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum EnqueueError {
+    #[error("consenter for channel {channel} is errored: {reason}")]
+    Errored { channel: String, reason: String },
+    #[error("consenter for channel {channel} refused the envelope")]
+    Refused { channel: String },
+    #[error("channel {channel} is halted")]
+    Halted { channel: String },
+}
+
+/// The deterministic core of a chain: an instance and its support, driven
+/// by explicit events and an explicit `now`.
+pub struct ChainCore {
+    instance: Instance,
+    status: Arc<ChainStatus>,
+    channel: String,
+    /// Why the instance ended (a trap), if it did.
+    ended: Option<String>,
+    /// Envelopes the plugin accepted.
+    accepted: u64,
+}
+
+impl ChainCore {
+    /// Runs `handle-chain(metadata)` and `start` on a fresh instance.
+    pub fn start(
+        plugin: &Plugin,
+        support: Support,
+        metadata: &[u8],
+        status: Arc<ChainStatus>,
+    ) -> Result<ChainCore, RuntimeError> {
+        let channel = support.chain_id().to_string();
+        status.set_config(support.config());
+        let instance = plugin.instantiate(support)?;
+        let mut core = ChainCore { instance, status, channel, ended: None, accepted: 0 };
+        match core.instance.handle_chain(metadata)? {
+            Ok(()) => {}
+            Err(reason) => {
+                return Err(RuntimeError::Instantiate {
+                    plugin: plugin.name().to_string(),
+                    channel: core.channel.clone(),
+                    reason: format!("the plugin refused the chain: {reason}"),
+                });
+            }
+        }
+        core.instance.start()?;
+        core.sync_status();
+        Ok(core)
+    }
+
+    /// The channel id.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The instance's support (None once the instance trapped).
+    pub fn support(&self) -> Option<&Support> {
+        self.instance.support()
+    }
+
+    /// Envelopes written in blocks so far (also after a trap).
+    pub fn written_envelopes(&self) -> u64 {
+        self.instance.written_envelopes()
+    }
+
+    /// Envelopes the plugin accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted
+    }
+
+    /// Whether the plugin crashed: why, and whether a restart may help
+    /// (false for a host failure such as the ledger).
+    pub fn crashed(&self) -> Option<(String, bool)> {
+        if let Some(r) = &self.ended {
+            return Some((r.clone(), true));
+        }
+        // The ledger writer failed (disk full, I/O error): a host failure.
+        if self.status.is_fatal() {
+            return Some((self.status.errored().unwrap_or_else(|| "the ledger writer failed".into()), false));
+        }
+        let s = self.instance.support()?;
+        s.failure().map(|f| (f.to_string(), !s.host_fault()))
+    }
+
+    fn sync_status(&mut self) {
+        if let Some(s) = self.instance.support() {
+            if let Some(reason) = s.failure() {
+                self.status.set_errored(reason.to_string());
+            }
+            self.status.set_config(s.config());
+        }
+    }
+
+    fn on_call_result<R>(&mut self, r: Result<R, RuntimeError>) -> Result<R, EnqueueError> {
+        match r {
+            Ok(v) => {
+                self.sync_status();
+                Ok(v)
+            }
+            Err(e) => {
+                tracing::error!(channel = %self.channel, error = %e, "plugin instance ended");
+                self.ended = Some(e.to_string());
+                self.status.set_errored(e.to_string());
+                Err(EnqueueError::Errored { channel: self.channel.clone(), reason: e.to_string() })
+            }
+        }
+    }
+
+    /// Offers an envelope to the plugin.
+    pub fn enqueue(&mut self, env: Envelope) -> Result<(), EnqueueError> {
+        self.enqueue_many(vec![env])
+            .pop()
+            .unwrap_or_else(|| Err(EnqueueError::Refused { channel: self.channel.clone() }))
+    }
+
+    /// Offers envelopes to the plugin in one call; one answer each.
+    pub fn enqueue_many(&mut self, envs: Vec<Envelope>) -> Vec<Result<(), EnqueueError>> {
+        let n = envs.len();
+        if let Some(reason) = self.status.errored() {
+            return vec![Err(EnqueueError::Errored { channel: self.channel.clone(), reason }); n];
+        }
+        let r = self.instance.enqueue(envs);
+        match self.on_call_result(r) {
+            Ok(answers) => {
+                self.accepted += answers.iter().filter(|a| **a).count() as u64;
+                answers
+                    .into_iter()
+                    .map(|ok| if ok { Ok(()) } else { Err(EnqueueError::Refused { channel: self.channel.clone() }) })
+                    .collect()
+            }
+            Err(e) => vec![Err(e); n],
+        }
+    }
+
+    /// The most envelope bytes handed to the plugin in one `enqueue`.
+    pub fn max_group_bytes(&self) -> usize {
+        self.instance.max_group_bytes()
+    }
+
+    /// The earliest armed timer.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.status.errored().is_some() {
+            return None;
+        }
+        self.instance.support().and_then(|s| s.next_deadline())
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn fire_timers(&mut self, now: Instant) {
+        let due = match self.instance.support_mut() {
+            Some(s) => s.take_due_timers(now),
+            None => return,
+        };
+        for id in due {
+            if self.status.errored().is_some() {
+                return;
+            }
+            let r = self.instance.on_timer(id);
+            if self.on_call_result(r).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Halts the plugin.
+    pub fn halt(&mut self) {
+        if self.instance.is_alive() {
+            let r = self.instance.halt();
+            let _ = self.on_call_result(r);
+        }
+    }
+}
+

@@ -1,0 +1,205 @@
+//! The node's one wasm engine and linker ([`Runtime`]): compiles and
+//! pre-links plugins (with the compiled-artifact cache), ticks the epoch
+//! that call deadlines count in. Grants a plugin no WASI capability: any
+//! `wasi:*` import traps when called.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine};
+
+use crate::bindings::{Consenter, ConsenterPre};
+use crate::cache::{LoadSource, PluginCache};
+use crate::glue::PluginState;
+use crate::limits::Limits;
+use crate::plugin::Plugin;
+
+/// The contract version this host speaks.
+pub const WIT_PACKAGE: &str = "fabric:consenter@0.1.0";
+
+/// Interfaces a plugin may import from this host.
+const PROVIDED: &[&str] = &[
+    "fabric:consenter/types@0.1.0",
+    "fabric:consenter/support@0.1.0",
+    "fabric:consenter/timers@0.1.0",
+    "fabric:consenter/log@0.1.0",
+];
+
+/// How often the engine's epoch advances (the deadline granularity).
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Errors loading a plugin or running it.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("setting up the wasm engine: {0}")]
+    Engine(String),
+    /// The package (contract version, manifest) is refused before compiling.
+    #[error(transparent)]
+    Package(#[from] crate::package::PackageError),
+    #[error("plugin {plugin}: not a valid WebAssembly component: {reason}")]
+    Compile { plugin: String, reason: String },
+    #[error(
+        "plugin {plugin}: imports {import}, which this host does not provide (it provides {provided}; contract {WIT_PACKAGE})"
+    )]
+    UnknownImport { plugin: String, import: String, provided: String },
+    #[error("plugin {plugin}: does not fit the {WIT_PACKAGE} consenter world: {reason}")]
+    Link { plugin: String, reason: String },
+    #[error("plugin {plugin}: instantiating for channel {channel}: {reason}")]
+    Instantiate { plugin: String, channel: String, reason: String },
+    /// The plugin trapped (or ran out of time or memory): its Store is gone.
+    #[error("plugin {plugin} on channel {channel} trapped in {call}: {reason}")]
+    Trap { plugin: String, channel: String, call: &'static str, reason: String },
+    #[error("plugin {plugin} on channel {channel} is no longer running (it trapped earlier)")]
+    Dead { plugin: String, channel: String },
+}
+
+/// The node's one wasm engine and linker.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<RuntimeInner>,
+}
+
+pub(crate) struct RuntimeInner {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<PluginState>,
+    pub(crate) limits: Limits,
+    pub(crate) stop_ticker: Arc<AtomicBool>,
+    /// Compiled-artifact cache (None: always compile).
+    pub(crate) cache: Option<Arc<PluginCache>>,
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// An engine with cranelift, no async/concurrency support (3x cheaper
+    /// calls), epoch interruption, and the given limits.
+    pub fn new(limits: Limits) -> Result<Runtime, RuntimeError> {
+        Runtime::new_with_cache(limits, None)
+    }
+
+    /// As [`Runtime::new`], loading compiled plugins through `cache`.
+    pub fn new_with_cache(limits: Limits, cache: Option<Arc<PluginCache>>) -> Result<Runtime, RuntimeError> {
+        let mut cfg = Config::new();
+        cfg.concurrency_support(false);
+        cfg.epoch_interruption(limits.has_deadline());
+        cfg.max_wasm_stack(limits.stack_bytes);
+        cfg.wasm_component_model(true);
+        let engine = Engine::new(&cfg).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        Consenter::add_to_linker::<PluginState, wasmtime::component::HasSelf<PluginState>>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        // The epoch ticker: deadlines are counted in ticks of EPOCH_TICK.
+        let weak = engine.weak();
+        let stop = stop_ticker.clone();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })
+            .map_err(|e| RuntimeError::Engine(format!("starting the epoch thread: {e}")))?;
+        Ok(Runtime { inner: Arc::new(RuntimeInner { engine, linker, limits, stop_ticker, cache }) })
+    }
+
+    /// The default limits of the plugins this runtime loads (the engine's
+    /// stack size is `stack_bytes` of these).
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Compiles a plugin once and pre-links it. Imports outside this host's
+    /// contract are refused here, with their names; `wasi:*` imports are
+    /// linked to functions that trap (no WASI capability is granted).
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Plugin, RuntimeError> {
+        self.load_with_source(name, bytes).map(|(p, _)| p)
+    }
+
+    /// The cache entry `bytes` would have (None without a cache).
+    pub fn cache_entry(&self, bytes: &[u8]) -> Option<std::path::PathBuf> {
+        self.inner.cache.as_ref().map(|c| c.entry_path(&self.inner.engine, bytes))
+    }
+
+    /// As [`Runtime::load`], saying whether the component was compiled or
+    /// came from the compiled-artifact cache. The contract version (the
+    /// manifest's and the component's own import/export names) is checked
+    /// before anything is compiled.
+    pub fn load_with_source(&self, name: &str, bytes: &[u8]) -> Result<(Plugin, LoadSource), RuntimeError> {
+        let engine = &self.inner.engine;
+        crate::package::check_contract(name, bytes, WIT_PACKAGE)?;
+        let compiled = match &self.inner.cache {
+            Some(cache) => cache.load_or_compile(engine, name, bytes),
+            None => Component::new(engine, bytes).map(|c| (c, LoadSource::Compiled)),
+        };
+        let (component, source) =
+            compiled.map_err(|e| RuntimeError::Compile { plugin: name.to_string(), reason: format!("{e:#}") })?;
+        let ty = component.component_type();
+        for (import, _) in ty.imports(engine) {
+            if import.starts_with("wasi:") || PROVIDED.contains(&import) {
+                continue;
+            }
+            return Err(RuntimeError::UnknownImport {
+                plugin: name.to_string(),
+                import: import.to_string(),
+                provided: PROVIDED.join(", "),
+            });
+        }
+        let mut linker = self.inner.linker.clone();
+        stub_wasi_imports(&mut linker, &component, engine)
+            .map_err(|e| RuntimeError::Link { plugin: name.to_string(), reason: format!("{e:#}") })?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| RuntimeError::Link { plugin: name.to_string(), reason: format!("{e:#}") })?;
+        let pre = ConsenterPre::new(pre)
+            .map_err(|e| RuntimeError::Link { plugin: name.to_string(), reason: format!("{e:#}") })?;
+        Ok((Plugin { name: name.to_string(), pre, runtime: self.clone(), limits: self.inner.limits.clone() }, source))
+    }
+}
+
+/// Links every `wasi:*` import of `component` to a function that traps
+/// (naming the call), so a plugin built with Rust's std for wasm32-wasip2
+/// instantiates but gets no capability. (wasmtime's
+/// `define_unknown_imports_as_traps` would also stub the resource aliases
+/// of our own interfaces, with the wrong resource type.)
+fn stub_wasi_imports(linker: &mut Linker<PluginState>, component: &Component, engine: &Engine) -> wasmtime::Result<()> {
+    use wasmtime::component::ResourceType;
+    use wasmtime::component::types::ComponentItem;
+    for (import, item) in component.component_type().imports(engine) {
+        if !import.starts_with("wasi:") {
+            continue;
+        }
+        let ComponentItem::ComponentInstance(inst) = item.ty else { continue };
+        let mut li = linker.instance(import)?;
+        for (export, item) in inst.exports(engine) {
+            match item.ty {
+                ComponentItem::ComponentFunc(_) => {
+                    let what = format!("{import}#{export}");
+                    li.func_new(export, move |_, _, _, _| {
+                        wasmtime::bail!("the plugin called {what}: plugins are granted no WASI capability")
+                    })?;
+                }
+                ComponentItem::Resource(_) => {
+                    li.resource(export, ResourceType::host::<()>(), |_, _| Ok(()))?;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn deadline_ticks(d: Duration) -> u64 {
+    (d.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
+}
+

@@ -1,0 +1,60 @@
+//! The import glue: what a plugin's imports do, one module per interface
+//! (`types` for the resources, `support`, `timers`, `log`), over the
+//! chain's support state machine ([`crate::support::Support`]), which
+//! knows nothing of wasmtime. The glue depends on it, never the reverse.
+
+use std::time::{Duration, Instant};
+
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+
+use crate::limits::CallLimits;
+use crate::support::Support;
+
+pub mod log;
+pub mod support;
+pub mod timers;
+pub mod types;
+
+/// What a Store holds: the resource table, the limits and the chain's
+/// native support.
+pub struct PluginState {
+    /// Batch and block handles given to the plugin.
+    pub table: ResourceTable,
+    /// Envelope handles given to the plugin.
+    pub envelopes: types::EnvelopeSlab,
+    pub(crate) limits: StoreLimits,
+    /// Caps checked by the import functions.
+    pub call_limits: CallLimits,
+    /// Envelope, batch and block handles the plugin holds now.
+    pub handles: usize,
+    /// Bytes of envelopes, batches and blocks held for the plugin now.
+    pub held_bytes: usize,
+    /// When the current call into the plugin started.
+    pub call_started: Instant,
+    /// Time the host spent on the plugin's behalf during the current call
+    /// (not counted against its deadline).
+    pub host_time: Duration,
+    /// Native ConsenterSupport of the chain.
+    pub support: Support,
+}
+
+impl PluginState {
+    /// A Store's data around `support` with default limits (unit tests of
+    /// the import functions, without a plugin).
+    #[cfg(test)]
+    pub(crate) fn for_test(support: Support) -> PluginState {
+        PluginState {
+            table: ResourceTable::new(),
+            envelopes: Default::default(),
+            limits: StoreLimitsBuilder::new().build(),
+            call_limits: CallLimits::from(&crate::limits::Limits::default()),
+            handles: 0,
+            held_bytes: 0,
+            call_started: Instant::now(),
+            host_time: Duration::ZERO,
+            support,
+        }
+    }
+}
+

@@ -1,0 +1,107 @@
+//! A compiled, pre-linked plugin (wasmtime's `InstancePre`) and its
+//! instance limits; instantiates one [`Instance`] per chain.
+
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, StoreLimitsBuilder};
+
+use crate::bindings::ConsenterPre;
+use crate::engine::{Runtime, RuntimeError, deadline_ticks};
+use crate::glue::PluginState;
+use crate::instance::Instance;
+use crate::limits::{CallLimits, Limits};
+use crate::support::Support;
+
+/// A compiled, pre-linked consenter plugin.
+#[derive(Clone)]
+pub struct Plugin {
+    pub(crate) name: String,
+    pub(crate) pre: ConsenterPre<PluginState>,
+    pub(crate) runtime: Runtime,
+    pub(crate) limits: Limits,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("name", &self.name).finish()
+    }
+}
+
+impl Plugin {
+    /// The plugin's name (its consensus type).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The limits each instance of this plugin gets.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// This plugin with other instance limits. The stack size is the
+    /// engine's: a different `stack_bytes` needs a [`Runtime`] built with
+    /// it (the node keeps one per stack size).
+    pub fn with_limits(&self, limits: Limits) -> Plugin {
+        Plugin { limits, ..self.clone() }
+    }
+
+    /// A new instance for one chain, with its own Store around `support`.
+    pub fn instantiate(&self, support: Support) -> Result<Instance, RuntimeError> {
+        let limits = &self.limits;
+        let channel = support.chain_id().to_string();
+        let state = PluginState {
+            table: ResourceTable::new(),
+            envelopes: Default::default(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes)
+                .table_elements(limits.table_elements)
+                .instances(limits.instances)
+                .tables(limits.tables)
+                .memories(limits.memories)
+                .trap_on_grow_failure(true)
+                .build(),
+            call_limits: CallLimits::from(limits),
+            handles: 0,
+            held_bytes: 0,
+            call_started: Instant::now(),
+            host_time: Duration::ZERO,
+            support,
+        };
+        let mut store = Store::new(&self.runtime.inner.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let deadline = if limits.has_deadline() && self.runtime.inner.limits.has_deadline() {
+            // At the deadline, time the host spent on the plugin's behalf
+            // (signature checks in `revalidate`) is given back: only the
+            // plugin's own time counts.
+            let d = limits.call_deadline;
+            store.epoch_deadline_callback(move |ctx| {
+                let s = ctx.data();
+                let own = s.call_started.elapsed().saturating_sub(s.host_time);
+                if own >= d {
+                    Ok(wasmtime::UpdateDeadline::Interrupt)
+                } else {
+                    Ok(wasmtime::UpdateDeadline::Continue(deadline_ticks(d - own)))
+                }
+            });
+            store.set_epoch_deadline(deadline_ticks(limits.call_deadline));
+            Some(limits.call_deadline)
+        } else {
+            None
+        };
+        let bindings = self.pre.instantiate(&mut store).map_err(|e| RuntimeError::Instantiate {
+            plugin: self.name.clone(),
+            channel: channel.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        Ok(Instance {
+            plugin: self.name.clone(),
+            channel,
+            store: Some(store),
+            bindings,
+            deadline,
+            written_before_trap: 0,
+        })
+    }
+}
+

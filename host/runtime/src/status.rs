@@ -1,0 +1,203 @@
+//! A chain's shared status (Fabric's `Errored()` channel, the config in
+//! force for Broadcast's checks, crash counters), read by the node's
+//! Broadcast and Deliver while the chain's thread updates it.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::watch;
+
+use crate::channel::ChannelConfig;
+
+/// Where a chain is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainState {
+    /// The plugin instance is running.
+    Running,
+    /// The instance crashed; a new one starts after a backoff (`reload`).
+    Restarting,
+    /// The chain stays errored (fail-closed, crash-loop cap, host failure).
+    Errored,
+    /// The chain was halted.
+    Halted,
+}
+
+impl ChainState {
+    fn from_u8(v: u8) -> ChainState {
+        match v {
+            0 => ChainState::Running,
+            1 => ChainState::Restarting,
+            2 => ChainState::Errored,
+            _ => ChainState::Halted,
+        }
+    }
+}
+
+impl std::fmt::Display for ChainState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChainState::Running => "running",
+            ChainState::Restarting => "restarting",
+            ChainState::Errored => "errored",
+            ChainState::Halted => "halted",
+        })
+    }
+}
+
+/// Shared view of a chain's health (Fabric's `Errored()` channel) and its
+/// crash counters.
+#[derive(Debug)]
+pub struct ChainStatus {
+    errored: watch::Sender<Option<String>>,
+    /// The channel's AbsoluteMaxBytes now (Broadcast's size check).
+    absolute_max_bytes: AtomicU32,
+    /// The channel's config sequence now (what Broadcast validates under).
+    sequence: AtomicU64,
+    /// The channel's config bundle now (policies, MSPs, orderer values).
+    config: RwLock<Option<Arc<ChannelConfig>>>,
+    state: AtomicU8,
+    /// A host failure (ledger): no restart helps.
+    fatal: AtomicBool,
+    crashes: AtomicU64,
+    restarts: AtomicU64,
+    lost_envelopes: AtomicU64,
+    last_crash: Mutex<Option<String>>,
+}
+
+impl Default for ChainStatus {
+    fn default() -> Self {
+        ChainStatus {
+            errored: watch::channel(None).0,
+            absolute_max_bytes: AtomicU32::new(u32::MAX),
+            sequence: AtomicU64::new(0),
+            config: RwLock::new(None),
+            state: AtomicU8::new(ChainState::Running as u8),
+            fatal: AtomicBool::new(false),
+            crashes: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            lost_envelopes: AtomicU64::new(0),
+            last_crash: Mutex::new(None),
+        }
+    }
+}
+
+impl ChainStatus {
+    /// Running, restarting, errored or halted.
+    pub fn state(&self) -> ChainState {
+        ChainState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    pub fn set_state(&self, s: ChainState) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    /// Plugin instance crashes so far (traps, `fail`, refusal cap).
+    pub fn crashes(&self) -> u64 {
+        self.crashes.load(Ordering::Relaxed)
+    }
+
+    /// New instances started after a crash.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Envelopes accepted by crashed instances but never written.
+    pub fn lost_envelopes(&self) -> u64 {
+        self.lost_envelopes.load(Ordering::Relaxed)
+    }
+
+    /// Why the plugin last crashed.
+    pub fn last_crash_reason(&self) -> Option<String> {
+        self.last_crash.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether a host failure (the ledger writer) errored the chain for good.
+    pub fn is_fatal(&self) -> bool {
+        self.fatal.load(Ordering::Relaxed)
+    }
+
+    /// Counts a crash of the plugin instance (and the envelopes it accepted
+    /// but did not write); returns the crashes so far.
+    pub fn record_crash(&self, reason: &str, lost: u64) -> u64 {
+        self.lost_envelopes.fetch_add(lost, Ordering::Relaxed);
+        *self.last_crash.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
+        self.crashes.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Counts a restarted instance; returns the restarts so far.
+    pub fn record_restart(&self) -> u64 {
+        self.restarts.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Sets what Broadcast checks against before the config is known from
+    /// a running instance (at a chain's start or restart).
+    pub fn set_position_config(&self, c: &ChannelConfig) {
+        self.absolute_max_bytes.store(c.batch_size.absolute_max_bytes, Ordering::Relaxed);
+        self.sequence.store(c.sequence, Ordering::Relaxed);
+    }
+
+    /// Marks the chain errored for good by a host failure (no restart).
+    pub fn set_fatal(&self, reason: String) {
+        self.fatal.store(true, Ordering::Relaxed);
+        self.set_state(ChainState::Errored);
+        self.set_errored(reason);
+    }
+
+    /// Replaces the error reason (Deliver streams waiting see a change).
+    pub fn replace_errored(&self, reason: String) {
+        self.errored.send_replace(Some(reason));
+    }
+
+    /// The chain runs again (after a restart).
+    pub fn clear_errored(&self) {
+        self.errored.send_replace(None);
+    }
+
+    /// The channel's config sequence as of its latest config.
+    pub fn sequence(&self) -> u64 {
+        self.sequence.load(Ordering::Relaxed)
+    }
+
+    /// The channel's config bundle as of its latest config block (None
+    /// only before the chain started).
+    pub fn config(&self) -> Option<Arc<ChannelConfig>> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_config(&self, c: &Arc<ChannelConfig>) {
+        let same = self.config.read().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|x| Arc::ptr_eq(x, c));
+        if !same {
+            self.absolute_max_bytes.store(c.batch_size.absolute_max_bytes, Ordering::Relaxed);
+            self.sequence.store(c.sequence, Ordering::Relaxed);
+            *self.config.write().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+        }
+    }
+
+    /// The channel's AbsoluteMaxBytes as of its latest config.
+    pub fn absolute_max_bytes(&self) -> u32 {
+        self.absolute_max_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Marks the chain errored with `reason` (first reason wins).
+    pub fn set_errored(&self, reason: String) {
+        self.errored.send_if_modified(|e| {
+            if e.is_none() {
+                *e = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Why the chain is errored, if it is.
+    pub fn errored(&self) -> Option<String> {
+        self.errored.borrow().clone()
+    }
+
+    /// A receiver that changes when the chain errs (for Deliver streams).
+    pub fn subscribe(&self) -> watch::Receiver<Option<String>> {
+        self.errored.subscribe()
+    }
+}
+

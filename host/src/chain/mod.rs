@@ -1,0 +1,210 @@
+//! The chain actor: one thread per channel owns the plugin instance and
+//! delivers events to it one at a time (enqueue, timer, halt); a second
+//! thread writes the blocks the plugin produces to the ledger (group commit:
+//! one fsync for every block that queued up meanwhile). The [`ChainCore`]
+//! inside is the deterministic part (the test host drives it directly with
+//! its own clock). May touch the plugin instance, its ledger and its status.
+//!
+//! When the plugin crashes (a trap, a `fail`, too many refused calls) the
+//! actor discards its Store, lets the ledger writer finish every block the
+//! instance wrote, and applies the channel's [`RestartPolicy`]: stay errored
+//! (`fail-closed`) or start a new instance from the last written block
+//! (`reload`) after an exponential backoff, up to a crash-loop cap.
+//! Envelopes the crashed instance accepted but did not write are reported
+//! as lost (counted in [`ChainStatus::lost_envelopes`] and logged), not
+//! re-enqueued: a poison envelope would crash the new instance too, and a
+//! Fabric client learns that a transaction was ordered from Deliver, not
+//! from Broadcast's SUCCESS.
+
+
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::channel::ChannelConfig;
+use crate::envelope::Envelope;
+use crate::ledger::Ledger;
+use crate::runtime::{Plugin, RuntimeError};
+use crate::support::{BlockSink, ChainPosition, Support};
+
+mod actor;
+mod restart;
+mod resume;
+mod writer;
+
+pub use consenter_runtime::chain_core::{ChainCore, EnqueueError};
+pub use consenter_runtime::status::{ChainState, ChainStatus};
+pub use restart::{RestartConfig, RestartPolicies, RestartPolicy};
+pub use resume::{ResumeError, ResumePoint};
+pub use writer::{free_disk_bytes, ledger_sink};
+
+/// An envelope offered to the chain and where its answer goes.
+struct Offer(Envelope, oneshot::Sender<Result<(), EnqueueError>>);
+
+/// Builds a chain's support around a block sink, at a position, under a
+/// configuration (called again for every restarted instance).
+pub type SupportFactory = Box<dyn Fn(Box<dyn BlockSink>, ChainPosition, Arc<ChannelConfig>) -> Support + Send>;
+
+/// A running chain: its actor thread (which owns the ledger writer) and
+/// its status.
+pub struct Chain {
+    channel: String,
+    plugin: String,
+    policy: RestartPolicy,
+    halt: watch::Sender<bool>,
+    tx: mpsc::Sender<Offer>,
+    status: Arc<ChainStatus>,
+    ledger: Ledger,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Most envelopes handed to the plugin in one `enqueue` call.
+const MAX_GROUP: usize = 1024;
+
+/// Capacity of a chain's event queue: Broadcast waits (back-pressure)
+/// when it is full.
+const QUEUE: usize = 4096;
+
+impl Chain {
+    /// Starts a chain on the actor thread: a ledger writer, the support
+    /// made by `make_support` at `resume` (the ledger's last block, read
+    /// by the caller), then the plugin's `handle-chain` (with that block's
+    /// consenter metadata) and `start`.
+    /// Returns once the plugin started (or failed to: a chain that cannot
+    /// start is refused, whatever its restart policy).
+    pub fn spawn(
+        channel: &str,
+        plugin: Plugin,
+        make_support: SupportFactory,
+        ledger: Ledger,
+        resume: ResumePoint,
+        restart: RestartConfig,
+        disk_reserve: u64,
+    ) -> Result<Arc<Chain>, RuntimeError> {
+        let status = Arc::new(ChainStatus::default());
+        let plugin_name = plugin.name().to_string();
+        let policy = restart.policy;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (halt_tx, halt_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = std_mpsc::channel();
+        let mut runner = Runner {
+            channel: channel.to_string(),
+            plugin,
+            ledger: ledger.clone(),
+            status: status.clone(),
+            make_support,
+            restart,
+            disk_reserve,
+            writer: None,
+            start_height: 0,
+            crash_times: VecDeque::new(),
+        };
+        let actor = std::thread::Builder::new()
+            .name(format!("chain-{channel}"))
+            .spawn(move || match runner.start_instance(resume) {
+                Ok(core) => {
+                    let _ = ready_tx.send(Ok(()));
+                    run_actor(runner, core, rx, halt_rx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| RuntimeError::Engine(format!("starting a chain thread: {e}")))?;
+        let started = ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err(RuntimeError::Engine("the chain thread ended before starting the plugin".into())));
+        if let Err(e) = started {
+            let _ = actor.join();
+            return Err(e);
+        }
+        Ok(Arc::new(Chain {
+            channel: channel.to_string(),
+            plugin: plugin_name,
+            policy,
+            halt: halt_tx,
+            tx,
+            status,
+            ledger,
+            threads: Mutex::new(vec![actor]),
+        }))
+    }
+
+    /// The channel id.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The consenter plugin ordering this chain (its consensus type).
+    pub fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
+    /// What the chain does when its plugin crashes.
+    pub fn restart_policy(&self) -> RestartPolicy {
+        self.policy
+    }
+
+    /// Status (errored or not, crash counters).
+    pub fn status(&self) -> &Arc<ChainStatus> {
+        &self.status
+    }
+
+    /// The chain's ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Offers an envelope; waits for queue space (back-pressure) and for
+    /// the plugin's answer.
+    pub async fn enqueue(&self, env: Envelope) -> Result<(), EnqueueError> {
+        self.submit(env).await?.await
+    }
+
+    /// Queues an envelope for the plugin (waiting for queue space: the
+    /// back-pressure) and returns the plugin's answer to come, so a
+    /// Broadcast stream can have many envelopes in flight and still answer
+    /// in order.
+    ///
+    /// The envelope keeps the config sequence it was validated under
+    /// (`config_seq`, stamped by Broadcast's checks): if a config block
+    /// commits meanwhile, the plugin sees an older sequence and must
+    /// revalidate it, and the host refuses to write it otherwise.
+    pub async fn submit(
+        &self,
+        env: Envelope,
+    ) -> Result<impl Future<Output = Result<(), EnqueueError>> + Send + 'static, EnqueueError> {
+        if let Some(reason) = self.status.errored() {
+            return Err(EnqueueError::Errored { channel: self.channel.clone(), reason });
+        }
+        let (rtx, rrx) = oneshot::channel();
+        if self.tx.send(Offer(env, rtx)).await.is_err() {
+            return Err(EnqueueError::Halted { channel: self.channel.clone() });
+        }
+        let channel = self.channel.clone();
+        Ok(async move { rrx.await.unwrap_or(Err(EnqueueError::Halted { channel })) })
+    }
+
+    /// Halts the plugin, waits for queued blocks to be durable, and stops
+    /// the chain's threads.
+    pub fn halt(&self) {
+        self.halt.send_replace(true);
+        // Waiting Deliver streams end (SERVICE_UNAVAILABLE) and new
+        // Broadcasts are refused, as after any chain error.
+        self.status.set_errored(format!("channel {} is halted", self.channel));
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+        self.status.set_state(ChainState::Halted);
+    }
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        self.halt.send_replace(true);
+    }
+}
+
