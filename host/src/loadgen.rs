@@ -158,15 +158,25 @@ async fn open_deliver(
     Ok(r.into_inner())
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What a follow task forwards.
+type Follow = tokio::sync::mpsc::Receiver<Result<DeliverResponse, LoadError>>;
+
 /// Opens a Deliver stream in a task of its own and forwards what it
 /// answers, so that the caller never waits for the stream's response
-/// headers. The receiver ends when the stream does.
-fn follow_deliver(
-    mut client: AtomicBroadcastClient<Channel>,
-    req: Envelope,
-) -> tokio::sync::mpsc::Receiver<Result<DeliverResponse, LoadError>> {
+/// headers. The receiver ends when the stream does; abort the task to
+/// close the stream earlier.
+fn follow_deliver(mut client: AtomicBroadcastClient<Channel>, req: Envelope) -> (Follow, tokio::task::JoinHandle<()>) {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let what = "deliver (follow)";
         let mut s = match open_deliver(&mut client, req, what).await {
             Ok(s) => s,
@@ -187,7 +197,7 @@ fn follow_deliver(
             }
         }
     });
-    rx
+    (rx, task)
 }
 
 /// Runs the load; `progress` is called about once a second with
@@ -243,7 +253,9 @@ pub async fn run(
         SeekBehavior::BlockUntilReady,
         signer.as_deref(),
     )?;
-    let mut follow = follow_deliver(client.clone(), follow);
+    let (mut follow, follow_task) = follow_deliver(client.clone(), follow);
+    // However the run ends, the follow stream closes with it.
+    let follow_task = AbortOnDrop(follow_task);
 
     // Broadcast on `clients` streams.
     let per = spec.messages.div_ceil(spec.clients.max(1)).max(1);
@@ -333,6 +345,7 @@ pub async fn run(
             Some(deliver_response::Type::Status(_)) | None => break,
         }
     }
+    drop(follow_task);
     latencies.sort();
     let pct =
         |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied();
