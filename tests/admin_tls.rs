@@ -197,7 +197,7 @@ fn tls_admin_endpoint_listens_on_any_address() {
     let port = admin.strip_prefix("0.0.0.0:").unwrap_or_else(|| panic!("listening on {admin}"));
     let admin = format!("127.0.0.1:{port}");
     let (ok, out) = channel(&admin, org1_user(), &["channel", "list"]);
-    assert!(ok && out.contains("Status: 200") && out.contains("\"channels\": []"), "{out}");
+    assert!(ok && out.contains("Status: 200") && out.contains("\"channels\": null"), "{out}");
     let r = channel(&admin, admin_user(), &["channel", "list"]);
     assert!(refused(&r).contains("refused the client certificate"), "{}", r.1);
 }

@@ -139,9 +139,9 @@ async fn solochannel_joined_over_rest_enforces_fabric_policies() {
     assert!(ok, "{out}");
     assert!(out.contains("Status: 201"), "{out}");
     assert!(out.contains("\"name\": \"solochannel\"") && out.contains("\"height\": 1"), "{out}");
-    // Joining twice: 409 Conflict.
+    // Joining twice: Fabric's 405.
     let (ok, out) = cli(&["channel", "join", "-o", &admin, "-b", genesis.to_str().unwrap()]);
-    assert!(!ok && out.contains("Status: 409") && out.contains("already exists"), "{out}");
+    assert!(!ok && out.contains("Status: 405") && out.contains("cannot join: channel already exists"), "{out}");
     let (ok, out) = cli(&["channel", "list", "-o", &admin]);
     assert!(ok && out.contains("/participation/v1/channels/solochannel"), "{out}");
     assert!(out.contains("\"systemChannel\": null"), "{out}");
@@ -207,7 +207,7 @@ async fn solochannel_joined_over_rest_enforces_fabric_policies() {
     assert!(
         acks[0].1.starts_with(
             "error applying config update to existing channel 'solochannel': error authorizing update: error \
-             validating DeltaSet: policy for [Values] /Channel/Orderer/BatchSize not satisfied: implicit policy \
+             validating DeltaSet: policy for [Value]  /Channel/Orderer/BatchSize not satisfied: implicit policy \
              evaluation failed - 0 sub-policies were satisfied, but this policy requires 1 of the 'Admins' \
              sub-policies to be satisfied"
         ),
@@ -309,7 +309,14 @@ async fn system_channel_creates_appchannel_like_fabric() {
     let unsigned = sign_update_bytes("appchannel", cue.config_update.clone(), vec![], &[], &user1);
     let acks = broadcast_all(&mut c, vec![unsigned]).await;
     assert_eq!(acks[0].0, BAD_REQUEST, "{}", acks[0].1);
-    assert!(acks[0].1.contains("ChannelCreationPolicy") || acks[0].1.contains("not satisfied"), "{}", acks[0].1);
+    // Fabric's text, word for word (its Go error chain).
+    assert_eq!(
+        acks[0].1,
+        "error validating channel creation transaction for new channel 'appchannel', could not successfully apply \
+         update to template configuration: error authorizing update: error validating DeltaSet: policy for [Group]  \
+         /Channel/Application not satisfied: implicit policy evaluation failed - 0 sub-policies were satisfied, but \
+         this policy requires 1 of the 'Admins' sub-policies to be satisfied"
+    );
 
     // Signed by Org1's admin: the system channel orders an
     // ORDERER_TRANSACTION (its block 1) and the node creates appchannel.
@@ -336,6 +343,16 @@ async fn system_channel_creates_appchannel_like_fabric() {
     let fabric =
         Block::decode(Bytes::from(std::fs::read(fixtures().join("ledger/appchannel/0.block")).unwrap())).unwrap();
     assert_eq!(config_of(&blocks[0]).config, config_of(&fabric).config, "same config content as Fabric's block 0");
+    // Built by the orderer as Fabric builds it: unsigned, five empty
+    // metadata slots (Fabric's block 0 of appchannel has no signature).
+    assert_eq!(blocks[0].metadata, fabric.metadata, "metadata as Fabric's");
+    assert_eq!(blocks[0].header.as_ref().unwrap().previous_hash, fabric.header.as_ref().unwrap().previous_hash);
+    // The system channel's block 0 is the bootstrap file, byte for byte
+    // (Fabric's own ledger/system-channel/0.block is that file, too).
+    let (blocks, st) = deliver_as(&node, "system-channel", 0, 0, &orderer_admin).await;
+    assert_eq!(st, SUCCESS);
+    assert_eq!(blocks[0].encode_to_vec(), std::fs::read(&genesis).unwrap(), "bootstrap block served unchanged");
+    assert_eq!(blocks[0].encode_to_vec(), std::fs::read(fixtures().join("ledger/system-channel/0.block")).unwrap());
 
     // And it orders: Org1 and Org2 users write, an outsider may not.
     let user2 = identity("org2", "User1");
@@ -363,7 +380,26 @@ async fn system_channel_creates_appchannel_like_fabric() {
     assert_eq!(v["channels"][0]["name"], "appchannel", "{out}");
     let solo = fixtures().join("blocks/solochannel.genesis.block");
     let (ok, out) = cli(&["channel", "join", "-o", &admin, "-b", solo.to_str().unwrap()]);
-    assert!(!ok && out.contains("Status: 405") && out.contains("system channel"), "{out}");
+    assert!(!ok && out.contains("Status: 405") && out.contains("cannot join: system channel exists"), "{out}");
+    let (ct, body) = consenter_host::admin::multipart_body("config-block", "s.block", &std::fs::read(&solo).unwrap());
+    let r =
+        consenter_host::admin::request(&admin, "POST", consenter_host::admin::CHANNELS, Some((&ct, &body))).unwrap();
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET")), "{}", r.error_text());
+    // Removing an application channel: 405 too, as Fabric.
+    let r = consenter_host::admin::request(
+        &admin,
+        "DELETE",
+        &format!("{}/appchannel", consenter_host::admin::CHANNELS),
+        None,
+    )
+    .unwrap();
+    assert_eq!((r.status, r.error_text()), (405, "cannot remove: system channel exists".to_string()));
+    assert_eq!(r.header("allow"), Some("GET"));
+    // Solo in system-channel mode: Fabric's relation is "other".
+    for ch in ["appchannel", "system-channel"] {
+        let (ok, out) = cli(&["channel", "show", "-o", &admin, "-c", ch]);
+        assert!(ok && out.contains("\"consensusRelation\": \"other\""), "{ch}: {out}");
+    }
     // Creating the same channel again is refused.
     let again = sign_update_bytes("appchannel", cue.config_update, vec![], &[&org1_admin], &org1_admin);
     let acks = broadcast_all(&mut c, vec![again]).await;
@@ -392,9 +428,9 @@ fn participation_api_errors_are_clear() {
     assert_eq!(r.status, 400);
     assert!(r.error_text().contains("not a config block"), "{}", r.error_text());
     let r = request(&admin, "GET", &format!("{CHANNELS}/nope"), None).unwrap();
-    assert_eq!((r.status, r.error_text()), (404, "channel nope does not exist".to_string()));
+    assert_eq!((r.status, r.error_text()), (404, "channel does not exist".to_string()));
     let r = request(&admin, "DELETE", &format!("{CHANNELS}/nope"), None).unwrap();
-    assert_eq!(r.status, 404);
+    assert_eq!((r.status, r.error_text()), (404, "cannot remove: channel does not exist".to_string()));
     // A non-loopback admin address without TLS is refused at start.
     let (ok, out) = cli(&[
         "start",
@@ -488,4 +524,191 @@ fn stale_config_message_is_recomputed_on_revalidation() {
     let err = revalidate(&cfg1, &node, &c, &types).unwrap_err();
     assert!(err.contains("error applying config update to existing channel 'solochannel'"), "{err}");
     assert!(err.contains("to version 1, but key is at version 1"), "{err}");
+}
+
+/// One raw HTTP/1.1 exchange with the admin endpoint, with extra request
+/// headers (the admin client sends none of its own).
+fn raw_http(addr: &str, head: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "{head}Host: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Every row of issue 11's table: the participation API answers as Fabric
+/// v2.5.12 does (status, JSON body, headers).
+#[test]
+fn participation_api_answers_as_fabric() {
+    use consenter_host::admin::{CHANNELS, multipart_body, request};
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_as_orderer0(dir.path(), &["--no-dev-channel"]);
+    let admin = node.admin.clone().unwrap();
+    let is_uuid = |v: Option<&str>| {
+        let v = v.unwrap_or_default();
+        let parts: Vec<usize> = v.split('-').map(str::len).collect();
+        parts == [8, 4, 4, 4, 12] && v.chars().all(|c| c == '-' || c.is_ascii_hexdigit()) && v.as_bytes()[14] == b'4'
+    };
+
+    // No channels: "channels": null, Cache-Control: no-store, a request id.
+    let r = request(&admin, "GET", CHANNELS, None).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(String::from_utf8(r.body.clone()).unwrap(), "{\"systemChannel\":null,\"channels\":null}\n");
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert!(is_uuid(r.header("x-request-id")), "{:?}", r.headers);
+    let again = request(&admin, "GET", CHANNELS, None).unwrap();
+    assert_ne!(again.header("x-request-id"), r.header("x-request-id"), "a new id per request");
+    // A request's own X-Request-Id comes back.
+    let raw = raw_http(&admin, &format!("GET {CHANNELS} HTTP/1.1\r\nX-Request-Id: my-request-7\r\n"));
+    assert!(raw.to_ascii_lowercase().contains("\r\nx-request-id: my-request-7\r\n"), "{raw}");
+
+    // /participation/v1/ redirects to the list.
+    let r = request(&admin, "GET", "/participation/v1/", None).unwrap();
+    assert_eq!((r.status, r.header("location")), (302, Some(CHANNELS)));
+    assert!(r.header("x-request-id").is_some());
+
+    // Join, then join again: 405, Fabric's text, Allow: GET, DELETE.
+    let genesis = std::fs::read(fixtures().join("blocks/solochannel.genesis.block")).unwrap();
+    let (ct, body) = multipart_body("config-block", "solochannel.block", &genesis);
+    let r = request(&admin, "POST", CHANNELS, Some((&ct, &body))).unwrap();
+    assert_eq!(r.status, 201, "{}", r.error_text());
+    assert_eq!(r.header("location"), Some("/participation/v1/channels/solochannel"));
+    let r = request(&admin, "POST", CHANNELS, Some((&ct, &body))).unwrap();
+    assert_eq!(r.status, 405);
+    assert_eq!(String::from_utf8(r.body.clone()).unwrap(), "{\"error\":\"cannot join: channel already exists\"}\n");
+    assert_eq!(r.header("allow"), Some("GET, DELETE"));
+    assert_eq!(r.header("cache-control"), None, "only 200s carry Cache-Control");
+    assert!(is_uuid(r.header("x-request-id")));
+
+    // A listed channel; show it: 200, no-store, consensusRelation
+    // "consenter" (not system-channel mode).
+    let r = request(&admin, "GET", CHANNELS, None).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        v["channels"],
+        serde_json::json!([{"name": "solochannel", "url": "/participation/v1/channels/solochannel"}])
+    );
+    let r = request(&admin, "GET", &format!("{CHANNELS}/solochannel"), None).unwrap();
+    assert_eq!((r.status, r.header("cache-control")), (200, Some("no-store")));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        (v["consensusRelation"].as_str(), v["status"].as_str(), v["height"].as_u64()),
+        (Some("consenter"), Some("active"), Some(1))
+    );
+
+    // A name Fabric would never accept: 400 with its text.
+    let r = request(&admin, "GET", &format!("{CHANNELS}/BAD_Name"), None).unwrap();
+    assert_eq!((r.status, r.error_text()), (400, "invalid channel ID: 'BAD_Name' contains illegal characters".into()));
+    let r = request(&admin, "DELETE", &format!("{CHANNELS}/BAD_Name"), None).unwrap();
+    assert_eq!((r.status, r.error_text()), (400, "invalid channel ID: 'BAD_Name' contains illegal characters".into()));
+    let long = "a".repeat(250);
+    let r = request(&admin, "GET", &format!("{CHANNELS}/{long}"), None).unwrap();
+    assert_eq!(
+        (r.status, r.error_text()),
+        (400, "invalid channel ID: channel ID illegal, cannot be longer than 249".into())
+    );
+    // Unknown but valid: 404 with Fabric's text.
+    let r = request(&admin, "GET", &format!("{CHANNELS}/nope"), None).unwrap();
+    assert_eq!((r.status, r.error_text()), (404, "channel does not exist".into()));
+
+    // Wrong methods: 405, a JSON error, Allow.
+    let r = request(&admin, "PUT", &format!("{CHANNELS}/solochannel"), None).unwrap();
+    assert_eq!(String::from_utf8(r.body.clone()).unwrap(), "{\"error\":\"invalid request method: PUT\"}\n");
+    assert_eq!(
+        (r.status, r.header("allow"), r.header("content-type")),
+        (405, Some("GET, DELETE"), Some("application/json"))
+    );
+    let r = request(&admin, "PATCH", CHANNELS, None).unwrap();
+    assert_eq!(
+        (r.status, r.error_text(), r.header("allow")),
+        (405, "invalid request method: PATCH".into(), Some("GET, POST"))
+    );
+    assert!(is_uuid(r.header("x-request-id")));
+
+    // The system channel while application channels exist: 403.
+    let sys = std::fs::read(fixtures().join("blocks/system-channel.genesis.block")).unwrap();
+    let (ct, body) = multipart_body("config-block", "system-channel.block", &sys);
+    let r = request(&admin, "POST", CHANNELS, Some((&ct, &body))).unwrap();
+    assert_eq!((r.status, r.error_text()), (403, "cannot join: application channels already exist".into()));
+
+    // A join block whose channel name Fabric refuses.
+    let bad = consenter_host::channel::ChannelTemplate::solo("Bad_Channel").genesis_block();
+    let (ct, body) = multipart_body("config-block", "bad.block", &bad.encode_to_vec());
+    let r = request(&admin, "POST", CHANNELS, Some((&ct, &body))).unwrap();
+    assert_eq!(
+        (r.status, r.error_text()),
+        (400, "invalid join block: initializing configtx manager failed: bad channel ID: 'Bad_Channel' contains illegal characters".into())
+    );
+}
+
+/// Fabric's channel name rule applies to every name that comes in:
+/// Broadcast, Deliver and channel creation, with Fabric's texts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_names_are_checked_with_fabrics_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let genesis = fixtures().join("blocks/system-channel.genesis.block");
+    let node = node_as_orderer0(dir.path(), &["--genesis-block", genesis.to_str().unwrap()]);
+    let mut c = node.client().await;
+    let user1 = identity("org1", "User1");
+    let acks = broadcast_all(&mut c, vec![signed_message("BAD_Name", "x", 10, Some(&user1))]).await;
+    assert_eq!(acks[0], (BAD_REQUEST, "invalid channel ID: 'BAD_Name' contains illegal characters".to_string()));
+    let acks = broadcast_all(&mut c, vec![signed_message("", "x", 10, Some(&user1))]).await;
+    assert_eq!(acks[0], (BAD_REQUEST, "invalid channel ID: channel ID illegal, cannot be empty".to_string()));
+    let (blocks, st) = deliver_as(&node, "BAD_Name", 0, 0, &user1).await;
+    assert_eq!((blocks.len(), st), (0, BAD_REQUEST));
+    // A valid name that does not exist is still NOT_FOUND.
+    let (_, st) = deliver_as(&node, "nochannel", 0, 0, &user1).await;
+    assert_eq!(st, NOT_FOUND);
+
+    // Creating a channel through the system channel under a bad name.
+    let tx =
+        Envelope::decode(Bytes::from(std::fs::read(fixtures().join("blocks/appchannel.create.tx")).unwrap())).unwrap();
+    let cue = ConfigUpdateEnvelope::decode(Payload::decode(tx.payload).unwrap().data).unwrap();
+    let mut update = ConfigUpdate::decode(cue.config_update).unwrap();
+    update.channel_id = "App_Channel".into();
+    let org1_admin = identity("org1", "Admin");
+    let acks = broadcast_all(&mut c, vec![config_update_envelope(&update, &[&org1_admin], &org1_admin)]).await;
+    assert_eq!(
+        acks[0],
+        (
+            BAD_REQUEST,
+            "initializing configtx manager failed: bad channel ID: 'App_Channel' contains illegal characters".into()
+        )
+    );
+    assert!(!dir.path().join("chains/App_Channel").exists());
+}
+
+/// Golden: the block 0 a node serves is the genesis file it joined, byte
+/// for byte (Fabric serves the genesis block it was given unchanged), and
+/// `ledger verify` passes on that unsigned block 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_joined_genesis_block_is_served_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = node_as_orderer0(dir.path(), &["--no-dev-channel"]);
+    let admin = node.admin.clone().unwrap();
+    let path = fixtures().join("blocks/solochannel.genesis.block");
+    let file = std::fs::read(&path).unwrap();
+    let (ok, out) = cli(&["channel", "join", "-o", &admin, "-b", path.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let user1 = identity("org1", "User1");
+    let (blocks, st) = deliver_as(&node, "solochannel", 0, 0, &user1).await;
+    assert_eq!(st, SUCCESS);
+    assert_eq!(blocks[0].encode_to_vec().len(), file.len(), "no SIGNATURES entry added");
+    assert_eq!(blocks[0].encode_to_vec(), file, "block 0 is the joined file");
+    // One more block, signed by the node, so verify checks a signature.
+    let acks =
+        broadcast_all(&mut node.client().await, vec![signed_message("solochannel", "a", 100, Some(&user1))]).await;
+    assert_eq!(acks[0].0, SUCCESS);
+    let (blocks, _) = deliver_as(&node, "solochannel", 1, 1, &user1).await;
+    assert_eq!(blocks.len(), 1);
+    node.kill();
+    // The ledger holds the file's bytes as block 0.
+    let ledger = consenter_host::ledger::Ledger::open(&dir.path().join("chains/solochannel")).unwrap();
+    assert_eq!(ledger.block_bytes(0).unwrap().unwrap().to_vec(), file);
+    drop(ledger);
+    let (ok, out) = cli(&["ledger", "verify", "--data-dir", dir.path().to_str().unwrap()]);
+    assert!(ok && out.contains("solochannel: OK height 2") && out.contains("signatures by OrdererMSP"), "{out}");
 }

@@ -29,6 +29,10 @@ use crate::node::{ChannelInfo, ConsenterInfo, Node, NodeError};
 use crate::proto::common::Block;
 use tls::{AdminPeer, ServerTls, TlsError, TlsListener};
 
+/// The channel participation API's base (a GET is redirected to
+/// [`CHANNELS`], as Fabric does).
+pub const BASE: &str = "/participation/v1/";
+
 /// Path prefix of the channel participation API.
 pub const CHANNELS: &str = "/participation/v1/channels";
 
@@ -43,12 +47,22 @@ pub struct ChannelRef {
     pub url: String,
 }
 
-/// Fabric's ChannelList.
+/// Fabric's ChannelList. Like Fabric (a nil Go slice), no channels is
+/// `"channels": null`, not `[]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ChannelList {
     pub system_channel: Option<ChannelRef>,
+    #[serde(serialize_with = "empty_as_null", deserialize_with = "null_as_empty", default)]
     pub channels: Vec<ChannelRef>,
+}
+
+fn empty_as_null<S: serde::Serializer>(v: &[ChannelRef], s: S) -> Result<S::Ok, S::Error> {
+    if v.is_empty() { s.serialize_none() } else { s.collect_seq(v) }
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ChannelRef>, D::Error> {
+    Ok(Option::<Vec<ChannelRef>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Fabric's ChannelInfo, plus why a failed channel failed and its plugin
@@ -137,14 +151,19 @@ struct AppState {
 }
 
 /// The channel participation router over `node`. Serve it with
-/// `into_make_service_with_connect_info::<AdminPeer>()`.
+/// `into_make_service_with_connect_info::<AdminPeer>()`. Answers as
+/// Fabric v2.5's: a wrong method is 405 with a JSON error and `Allow`;
+/// every answer carries `X-Request-Id` (the request's own, else a new
+/// UUID); 200s carry `Cache-Control: no-store`.
 pub fn router(node: Arc<Node>, access: Access) -> Router {
     Router::new()
-        .route(CHANNELS, get(list).post(join))
-        .route(&format!("{CHANNELS}/{{channel}}"), get(show).delete(remove))
+        .route(CHANNELS, get(list).post(join).fallback(not_allowed_list))
+        .route(&format!("{CHANNELS}/{{channel}}"), get(show).delete(remove).fallback(not_allowed_channel))
+        .route(BASE, get(redirect_base).fallback(not_allowed_base))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(Arc::new(access), check_access))
+        .layer(axum::middleware::from_fn(request_id))
         .with_state(AppState { node })
 }
 
@@ -174,8 +193,15 @@ pub async fn serve(
     }
 }
 
+/// A JSON body as Go's json.Encoder writes it (compact, then a newline).
+fn json_body<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let mut body = serde_json::to_vec(v)?;
+    body.push(b'\n');
+    Ok(body)
+}
+
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, json_headers(), serde_json::to_vec(&ErrorBody { error: msg.into() }).unwrap_or_default()).into_response()
+    (status, json_headers(), json_body(&ErrorBody { error: msg.into() }).unwrap_or_default()).into_response()
 }
 
 fn json_headers() -> [(header::HeaderName, HeaderValue); 1] {
@@ -183,10 +209,82 @@ fn json_headers() -> [(header::HeaderName, HeaderValue); 1] {
 }
 
 fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
-    match serde_json::to_vec(v) {
+    match json_body(v) {
         Ok(body) => (status, json_headers(), body).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the answer: {e}")),
     }
+}
+
+/// A 200 that must not be cached (Fabric's list and show answers).
+fn ok_no_store<T: Serialize>(v: &T) -> Response {
+    let mut r = json(StatusCode::OK, v);
+    if r.status() == StatusCode::OK {
+        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    r
+}
+
+/// Fabric's 405: the JSON error and the methods the resource allows.
+fn not_allowed(msg: impl Into<String>, allow: &'static str) -> Response {
+    let mut r = error(StatusCode::METHOD_NOT_ALLOWED, msg);
+    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// The request header Fabric reads and answers with.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Fabric's request-id middleware: every answer carries `X-Request-Id`,
+/// the request's own if it sent one, else a new random (v4) UUID.
+async fn request_id(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let id = req.headers().get(REQUEST_ID).filter(|v| !v.is_empty()).cloned();
+    let id = id.unwrap_or_else(|| HeaderValue::from_str(&new_uuid()).unwrap_or(HeaderValue::from_static("0")));
+    let mut r = next.run(req).await;
+    r.headers_mut().append(REQUEST_ID, id);
+    r
+}
+
+/// A random (version 4) UUID in Fabric's form (`util.GenerateUUID`).
+fn new_uuid() -> String {
+    let mut u = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut u);
+    u[8] = (u[8] & !0xc0) | 0x80;
+    u[6] = (u[6] & !0xf0) | 0x40;
+    let h = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!("{}-{}-{}-{}-{}", h(&u[0..4]), h(&u[4..6]), h(&u[6..8]), h(&u[8..10]), h(&u[10..]))
+}
+
+async fn not_allowed_list(method: axum::http::Method) -> Response {
+    not_allowed(format!("invalid request method: {method}"), "GET, POST")
+}
+
+async fn not_allowed_channel(method: axum::http::Method) -> Response {
+    not_allowed(format!("invalid request method: {method}"), "GET, DELETE")
+}
+
+async fn not_allowed_base(method: axum::http::Method) -> Response {
+    not_allowed(format!("invalid request method: {method}"), "GET")
+}
+
+/// Fabric: `GET /participation/v1/` is a 302 to the channel list.
+async fn redirect_base() -> Response {
+    (
+        StatusCode::FOUND,
+        [
+            (header::LOCATION, HeaderValue::from_static(CHANNELS)),
+            (header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
+        ],
+        format!("<a href=\"{CHANNELS}\">Found</a>.\n\n"),
+    )
+        .into_response()
+}
+
+/// Fabric's check of a channel name in a URL: the 400 `invalid channel
+/// ID: …` (its ValidateChannelID text) if the name is not valid.
+fn bad_channel_id(channel: &str) -> Option<Response> {
+    crate::configtx::validate_channel_id(channel)
+        .err()
+        .map(|e| error(StatusCode::BAD_REQUEST, format!("invalid channel ID: {e}")))
 }
 
 /// Every request passes here first: see [`Access::admit`].
@@ -203,15 +301,40 @@ async fn check_access(
     next.run(req).await
 }
 
-fn node_error(e: NodeError) -> Response {
-    let status = match &e {
-        NodeError::Exists(_) => StatusCode::CONFLICT,
-        NodeError::NotFound(_) => StatusCode::NOT_FOUND,
-        NodeError::NotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-        NodeError::Config { .. } | NodeError::Channel { .. } | NodeError::NoPlugin { .. } => StatusCode::BAD_REQUEST,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    error(status, e.to_string())
+/// Whether a node error is the node's own failure (500) rather than
+/// something about the request (Fabric answers 400 for those).
+fn internal(e: &NodeError) -> bool {
+    matches!(
+        e,
+        NodeError::Runtime(_)
+            | NodeError::Ledger(_)
+            | NodeError::Io { .. }
+            | NodeError::Canary(_)
+            | NodeError::Resume(_)
+            | NodeError::LimitsForUnknownPlugin { .. }
+    )
+}
+
+/// Fabric's answers to a refused join (restapi.go sendJoinError).
+fn join_error(e: NodeError) -> Response {
+    match &e {
+        NodeError::InvalidJoinBlock(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        NodeError::SystemChannelExists { .. } => not_allowed(format!("cannot join: {e}"), "GET"),
+        NodeError::Exists(_) => not_allowed(format!("cannot join: {e}"), "GET, DELETE"),
+        NodeError::AppChannelsExist { .. } => error(StatusCode::FORBIDDEN, format!("cannot join: {e}")),
+        e if internal(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot join: {e}")),
+        _ => error(StatusCode::BAD_REQUEST, format!("cannot join: {e}")),
+    }
+}
+
+/// Fabric's answers to a refused removal.
+fn remove_error(e: NodeError) -> Response {
+    match &e {
+        NodeError::SystemChannelExists { .. } => not_allowed(format!("cannot remove: {e}"), "GET"),
+        NodeError::NotFound(_) => error(StatusCode::NOT_FOUND, format!("cannot remove: {e}")),
+        e if internal(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot remove: {e}")),
+        _ => error(StatusCode::BAD_REQUEST, format!("cannot remove: {e}")),
+    }
 }
 
 async fn not_found() -> Response {
@@ -227,24 +350,27 @@ async fn list(State(st): State<AppState>) -> Response {
         .filter(|c| Some(c) != system.as_ref())
         .map(|name| ChannelRef { url: url(&name), name })
         .collect();
-    json(
-        StatusCode::OK,
-        &ChannelList { system_channel: system.map(|name| ChannelRef { url: url(&name), name }), channels },
-    )
+    ok_no_store(&ChannelList { system_channel: system.map(|name| ChannelRef { url: url(&name), name }), channels })
 }
 
 async fn show(State(st): State<AppState>, Path(channel): Path<String>) -> Response {
+    if let Some(r) = bad_channel_id(&channel) {
+        return r;
+    }
     match st.node.info(&channel) {
-        Some(i) => json(StatusCode::OK, &ChannelView::from(i)),
-        None => error(StatusCode::NOT_FOUND, format!("channel {channel} does not exist")),
+        Some(i) => ok_no_store(&ChannelView::from(i)),
+        None => error(StatusCode::NOT_FOUND, NodeError::NotFound(channel).to_string()),
     }
 }
 
 async fn remove(State(st): State<AppState>, Path(channel): Path<String>) -> Response {
+    if let Some(r) = bad_channel_id(&channel) {
+        return r;
+    }
     let node = st.node.clone();
     match tokio::task::spawn_blocking(move || node.remove(&channel)).await {
         Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Err(e)) => node_error(e),
+        Ok(Err(e)) => remove_error(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("removing the channel: {e}")),
     }
 }
@@ -255,12 +381,12 @@ async fn join(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Re
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let block = match Block::decode(block_bytes) {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("config-block is not a common.Block: {e}")),
-    };
+    if let Err(e) = Block::decode(block_bytes.clone()) {
+        return error(StatusCode::BAD_REQUEST, format!("config-block is not a common.Block: {e}"));
+    }
     let node = st.node.clone();
-    match tokio::task::spawn_blocking(move || node.join(&block)).await {
+    // The bytes sent become block 0 unchanged.
+    match tokio::task::spawn_blocking(move || node.join(block_bytes)).await {
         Ok(Ok(info)) => {
             let view = ChannelView::from(info);
             let mut r = json(StatusCode::CREATED, &view);
@@ -269,7 +395,7 @@ async fn join(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Re
             }
             r
         }
-        Ok(Err(e)) => node_error(e),
+        Ok(Err(e)) => join_error(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("joining the channel: {e}")),
     }
 }
@@ -329,10 +455,17 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[derive(Debug)]
 pub struct HttpAnswer {
     pub status: u16,
+    /// Header names (lower-case) and values, in order.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
 impl HttpAnswer {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
     /// The `error` of an ErrorResponse body, else the body as text.
     pub fn error_text(&self) -> String {
         serde_json::from_slice::<ErrorBody>(&self.body)
@@ -426,6 +559,12 @@ pub fn request_with(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad("no status in the status line"))?;
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
     let mut body = raw[head_end + 4..].to_vec();
     let chunked = head.lines().any(|l| {
         let l = l.to_ascii_lowercase();
@@ -434,7 +573,7 @@ pub fn request_with(
     if chunked {
         body = dechunk(&body).ok_or_else(|| bad("malformed chunked body"))?;
     }
-    Ok(HttpAnswer { status, body })
+    Ok(HttpAnswer { status, headers, body })
 }
 
 /// Sends the request and reads the answer until the server closes. If

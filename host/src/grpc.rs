@@ -106,6 +106,16 @@ fn check_one(node: &Arc<Node>, pb: common::Envelope) -> Check {
         )));
     }
     let is_update = env.header_type == HeaderType::ConfigUpdate as i32;
+    // Fabric's channel name rule, with its texts: a channel creation says
+    // what Fabric's templator says, anything else is not a channel name.
+    if let Err(e) = crate::configtx::validate_channel_id(&env.channel_id) {
+        let info = if is_update && node.system_channel().is_some() {
+            format!("initializing configtx manager failed: bad channel ID: {e}")
+        } else {
+            format!("invalid channel ID: {e}")
+        };
+        return Check::Done(Err(resp(common::Status::BadRequest, info)));
+    }
     let chain = match node.chain(&env.channel_id) {
         Some(c) => c,
         None => {
@@ -328,6 +338,10 @@ async fn deliver_one(
             return Some(common::Status::BadRequest);
         }
     };
+    if let Err(e) = crate::configtx::validate_channel_id(&channel) {
+        tracing::warn!("deliver request refused: invalid channel ID: {e}");
+        return Some(common::Status::BadRequest);
+    }
     let Some(chain) = node.chain(&channel) else {
         return Some(if node.broken(&channel).is_some() {
             common::Status::ServiceUnavailable

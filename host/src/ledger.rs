@@ -7,7 +7,8 @@
 //!
 //! # On-disk format
 //!
-//! One directory per channel, holding one block file, `blocks.dat`:
+//! One directory per channel, holding one block file, `blocks.dat` (and its
+//! index and checkpoint, below):
 //!
 //! ```text
 //! "CHLEDG01"                                  8-byte file magic
@@ -21,13 +22,42 @@
 //! directory fsynced). An exclusive advisory lock on `blocks.dat` keeps two
 //! `Ledger`s off the same directory.
 //!
-//! The index (the offset of every record) is kept in memory only and rebuilt
-//! by scanning the whole file on open; a persisted index (and a checkpoint so
-//! that open need not re-hash every block) is future work.
+//! # Index and checkpoint
+//!
+//! Beside the block file, so that opening does not depend on the ledger's
+//! size:
+//!
+//! ```text
+//! blocks.idx:  "CHIDX001" | u64 LE offset of block 0 | of block 1 | ...
+//! checkpoint:  "CHCKPT01" | u64 LE height | u64 LE end | [32] header hash of block height-1
+//!              | u32 LE crc32c of the 56 bytes before | 4 zero bytes      (64 bytes)
+//! ```
+//!
+//! The index gets each group's offsets after the group is durable (written,
+//! not fsynced). The checkpoint says "the first `height` blocks, which end at
+//! offset `end`, were verified and are durable, and so are their index
+//! entries": it is written (index fsynced first, then the checkpoint as
+//! `checkpoint.tmp`, fsynced, renamed, directory fsynced) at least every
+//! [`CHECKPOINT_BYTES`] of blocks, after a full scan on open, and when the
+//! ledger is closed. A crash leaves the old or the new checkpoint, never a
+//! torn one.
+//!
+//! [`Ledger::open`] uses the checkpoint only after checking it against the
+//! tail it covers: its checksum, `end` within the file, an index entry per
+//! block (increasing, the first at the magic), and the record at the last
+//! indexed offset ending exactly at `end`, passing its checksum, and being
+//! block `height - 1` with the checkpoint's header hash. It then takes the
+//! index's first `height` offsets as they are and scans (with every check
+//! below) only what follows `end`. Anything wrong with the checkpoint or the
+//! index is logged and open scans the whole file as without them. Reads
+//! still check each record's length and checksum, and [`verify_dir`] (what
+//! `consenter-host ledger verify` runs) always scans everything and also
+//! checks the index and checkpoint against the blocks.
 //!
 //! # Recovery
 //!
-//! [`Ledger::open`] scans every record. A bad record (partial length prefix,
+//! [`Ledger::open`] scans every record after the checkpoint (all of them
+//! without one). A bad record (partial length prefix,
 //! length over the cap or past the end of the file, checksum mismatch, block
 //! that does not decode or has no header, zero length) is a *torn tail* when
 //! it is the last thing in the file (its extent reaches the end of the file)
@@ -87,6 +117,18 @@ const RECORD_HEADER: u64 = 8;
 const MAX_BLOCK_LEN: u64 = 1 << 30;
 /// Chunk size when checking that a tail is all zero bytes.
 const ZERO_SCAN_CHUNK: usize = 64 * 1024;
+/// The block index's name, magic and entry size.
+const INDEX_FILE: &str = "blocks.idx";
+const INDEX_MAGIC: &[u8; 8] = b"CHIDX001";
+const INDEX_ENTRY: u64 = 8;
+/// The checkpoint's name, its temporary name, magic and size.
+const CHECKPOINT_FILE: &str = "checkpoint";
+const CHECKPOINT_TMP: &str = "checkpoint.tmp";
+const CHECKPOINT_MAGIC: &[u8; 8] = b"CHCKPT01";
+const CHECKPOINT_LEN: usize = 64;
+/// A checkpoint is written at least every this many bytes of blocks, so
+/// that an open after a crash scans at most about this much.
+pub const CHECKPOINT_BYTES: u64 = 64 << 20;
 
 /// A block header hash.
 type Hash = [u8; 32];
@@ -169,6 +211,13 @@ struct Writer {
     last_hash: Option<Hash>,
     /// Set after an I/O error; appends are refused from then on.
     poisoned: Option<String>,
+    /// The block index, while it can be kept (None after an error on it:
+    /// no more checkpoints, and the next open scans from the last one).
+    index: Option<File>,
+    /// End of the blocks covered by the checkpoint on disk.
+    checkpointed_end: u64,
+    /// Write a checkpoint when this many bytes were appended since the last.
+    checkpoint_every: u64,
 }
 
 struct Index {
@@ -189,13 +238,21 @@ struct HeaderOnly {
 
 impl Ledger {
     /// Opens (creating if missing) the ledger in `dir`. Recovery: scans the
-    /// block file, truncates a torn or corrupt tail (partial length prefix,
-    /// partial record, checksum mismatch, undecodable block) and logs how many
-    /// bytes were dropped; then checks every block: number == index,
-    /// previous_hash == header hash of the block before, data hash matches
-    /// data. A break in the chain before the tail is [`LedgerError::Corrupt`],
-    /// never silently truncated.
+    /// block file after the checkpoint (all of it without a usable one; see
+    /// the module doc), truncates a torn or corrupt tail (partial length
+    /// prefix, partial record, checksum mismatch, undecodable block) and
+    /// logs how many bytes were dropped; every block scanned is checked:
+    /// number == index, previous_hash == header hash of the block before,
+    /// data hash matches data. A break in the chain before the tail is
+    /// [`LedgerError::Corrupt`], never silently truncated. Then the index and
+    /// checkpoint are brought up to the scanned height.
     pub fn open(dir: &Path) -> Result<Ledger, LedgerError> {
+        Self::open_with(dir, CHECKPOINT_BYTES)
+    }
+
+    /// [`Ledger::open`], writing a checkpoint every `checkpoint_every`
+    /// bytes of appended blocks.
+    pub fn open_with(dir: &Path, checkpoint_every: u64) -> Result<Ledger, LedgerError> {
         ensure_dir(dir)?;
         let path = dir.join(BLOCK_FILE);
         let exists = path.try_exists().map_err(|e| io_err(dir, format!("checking {}", path.display()), e))?;
@@ -213,7 +270,16 @@ impl Ledger {
             Err(fs::TryLockError::Error(e)) => return Err(io_err(dir, format!("locking {}", path.display()), e)),
         }
 
-        let scan = scan(dir, &file)?;
+        let file_len = file.metadata().map_err(|e| io_err(dir, format!("reading the size of {BLOCK_FILE}"), e))?.len();
+        let resume = match load_checkpoint(dir, &file, file_len) {
+            Ok(r) => r,
+            Err(why) => {
+                tracing::warn!(dir = %dir.display(), "ledger: not using the checkpoint ({why}); scanning all of {BLOCK_FILE}");
+                None
+            }
+        };
+        let from = resume.as_ref().map(|r| r.offsets.len() as u64).unwrap_or(0);
+        let scan = scan(dir, &file, resume)?;
         let mut end = scan.end;
         if let Some(tail) = &scan.tail {
             tracing::warn!(
@@ -243,12 +309,34 @@ impl Ledger {
 
         let height = scan.offsets.len() as u64;
         let (height_tx, _) = watch::channel(height);
-        tracing::debug!(dir = %dir.display(), height, end, "ledger: opened");
+        tracing::debug!(dir = %dir.display(), height, end, scanned_from_block = from, "ledger: opened");
+        let mut writer = Writer {
+            file,
+            height,
+            end,
+            last_hash: scan.last_hash,
+            poisoned: None,
+            index: None,
+            checkpointed_end: if from == height { end } else { 0 },
+            checkpoint_every: checkpoint_every.max(1),
+        };
+        // Bring the index up to what was scanned, and checkpoint it, so
+        // that the next open starts from here.
+        match write_index_tail(dir, &scan.offsets, from) {
+            Ok(index) => {
+                writer.index = Some(index);
+                if height > 0 && writer.checkpointed_end != end {
+                    writer.checkpoint(dir);
+                }
+            }
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "ledger: cannot keep {INDEX_FILE}; \
+                every open will scan all of {BLOCK_FILE}"),
+        }
         Ok(Ledger {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 reader,
-                writer: Mutex::new(Writer { file, height, end, last_hash: scan.last_hash, poisoned: None }),
+                writer: Mutex::new(writer),
                 index: RwLock::new(Index { offsets: scan.offsets, end, last_hash: scan.last_hash }),
                 height_tx,
             }),
@@ -364,6 +452,10 @@ impl Ledger {
         w.height = last + 1;
         w.end = end;
         w.last_hash = last_hash;
+        w.index_append(dir, first, &offsets);
+        if w.end - w.checkpointed_end >= w.checkpoint_every {
+            w.checkpoint(dir);
+        }
         {
             let mut index = inner.write_index();
             index.offsets.extend_from_slice(&offsets);
@@ -473,6 +565,215 @@ impl Inner {
     }
 }
 
+impl Writer {
+    /// Records the offsets of blocks `first..` in the index (not fsynced:
+    /// a checkpoint fsyncs it before it counts on it).
+    fn index_append(&mut self, dir: &Path, first: u64, offsets: &[u64]) {
+        let Some(index) = &self.index else { return };
+        let bytes: Vec<u8> = offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
+        let at = INDEX_MAGIC.len() as u64 + first * INDEX_ENTRY;
+        if let Err(e) = index.write_all_at(&bytes, at) {
+            tracing::warn!(dir = %dir.display(), error = %e, "ledger: writing {INDEX_FILE} at offset {at} failed; \
+                no more checkpoints until reopened");
+            self.index = None;
+        }
+    }
+
+    /// Makes the index durable, then writes a checkpoint of everything
+    /// durable so far. A failure is logged and stops checkpoints (the old
+    /// checkpoint stays valid).
+    fn checkpoint(&mut self, dir: &Path) {
+        let (Some(index), Some(last_hash)) = (&self.index, self.last_hash) else { return };
+        if self.poisoned.is_some() {
+            return;
+        }
+        let done = index
+            .sync_data()
+            .map_err(|e| format!("fsyncing {INDEX_FILE}: {e}"))
+            .and_then(|()| write_checkpoint(dir, self.height, self.end, &last_hash));
+        match done {
+            Ok(()) => self.checkpointed_end = self.end,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "ledger: checkpoint failed; no more checkpoints \
+                    until reopened");
+                self.index = None;
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    /// Closing: a checkpoint of everything written, so that the next open
+    /// scans nothing.
+    fn drop(&mut self) {
+        let w = self.writer.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if w.end != w.checkpointed_end && w.height > 0 {
+            w.checkpoint(&self.dir);
+        }
+    }
+}
+
+/// The checkpoint's encoding.
+fn encode_checkpoint(height: u64, end: u64, last_hash: &Hash) -> [u8; CHECKPOINT_LEN] {
+    let mut b = [0u8; CHECKPOINT_LEN];
+    b[..8].copy_from_slice(CHECKPOINT_MAGIC);
+    b[8..16].copy_from_slice(&height.to_le_bytes());
+    b[16..24].copy_from_slice(&end.to_le_bytes());
+    b[24..56].copy_from_slice(last_hash);
+    let crc = crc32c::crc32c(&b[..56]);
+    b[56..60].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// (height, end, last hash) of a checkpoint's bytes.
+fn decode_checkpoint(b: &[u8]) -> Result<(u64, u64, Hash), String> {
+    if b.len() != CHECKPOINT_LEN {
+        return Err(format!("{CHECKPOINT_FILE} is {} bytes, not {CHECKPOINT_LEN}", b.len()));
+    }
+    if &b[..8] != CHECKPOINT_MAGIC {
+        return Err(format!("{CHECKPOINT_FILE} does not start with {:?}", String::from_utf8_lossy(CHECKPOINT_MAGIC)));
+    }
+    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+    let stored = u32::from_le_bytes(b[56..60].try_into().unwrap_or_default());
+    let computed = crc32c::crc32c(&b[..56]);
+    if stored != computed {
+        return Err(format!("{CHECKPOINT_FILE} checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"));
+    }
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&b[24..56]);
+    Ok((u64_at(8), u64_at(16), hash))
+}
+
+/// Writes the checkpoint atomically (temporary file, fsync, rename,
+/// directory fsync).
+fn write_checkpoint(dir: &Path, height: u64, end: u64, last_hash: &Hash) -> Result<(), String> {
+    let tmp = dir.join(CHECKPOINT_TMP);
+    let path = dir.join(CHECKPOINT_FILE);
+    let mut f = File::create(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+    f.write_all(&encode_checkpoint(height, end, last_hash)).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    f.sync_all().map_err(|e| format!("fsyncing {}: {e}", tmp.display()))?;
+    drop(f);
+    fs::rename(&tmp, &path).map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), path.display()))?;
+    sync_dir(dir).map_err(|e| format!("fsyncing {}: {e}", dir.display()))
+}
+
+/// Where a scan resumes: the verified blocks a checkpoint covers.
+struct Resume {
+    offsets: Vec<u64>,
+    end: u64,
+    last_hash: Hash,
+}
+
+/// The entries of the block index (all of them; Err if it is unreadable).
+fn read_index(dir: &Path) -> Result<Option<Vec<u64>>, String> {
+    let path = dir.join(INDEX_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("reading {INDEX_FILE}: {e}")),
+    };
+    if bytes.len() < INDEX_MAGIC.len() || &bytes[..INDEX_MAGIC.len()] != INDEX_MAGIC {
+        return Err(format!("{INDEX_FILE} does not start with {:?}", String::from_utf8_lossy(INDEX_MAGIC)));
+    }
+    Ok(Some(
+        bytes[INDEX_MAGIC.len()..]
+            .chunks_exact(INDEX_ENTRY as usize)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+            .collect(),
+    ))
+}
+
+/// The checkpoint, checked against the index and the tail it covers (see
+/// the module doc); None without a checkpoint, Err when it cannot be used.
+fn load_checkpoint(dir: &Path, file: &File, file_len: u64) -> Result<Option<Resume>, String> {
+    let bytes = match fs::read(dir.join(CHECKPOINT_FILE)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("reading {CHECKPOINT_FILE}: {e}")),
+    };
+    let (height, end, last_hash) = decode_checkpoint(&bytes)?;
+    if height == 0 {
+        return Err(format!("{CHECKPOINT_FILE} covers no block"));
+    }
+    if end > file_len {
+        return Err(format!(
+            "{CHECKPOINT_FILE} covers blocks up to offset {end}, past the end of {BLOCK_FILE} ({file_len} bytes)"
+        ));
+    }
+    let mut offsets = read_index(dir)?.ok_or_else(|| format!("{CHECKPOINT_FILE} exists but {INDEX_FILE} does not"))?;
+    let n = usize::try_from(height).map_err(|_| format!("{CHECKPOINT_FILE} height {height} does not fit"))?;
+    if offsets.len() < n {
+        return Err(format!("{INDEX_FILE} has {} entries, the checkpoint covers {height} blocks", offsets.len()));
+    }
+    offsets.truncate(n);
+    if offsets[0] != MAGIC_LEN {
+        return Err(format!("{INDEX_FILE} puts block 0 at offset {}, not {MAGIC_LEN}", offsets[0]));
+    }
+    if let Some(i) = offsets.windows(2).position(|w| w[1] <= w[0] + RECORD_HEADER) {
+        return Err(format!(
+            "{INDEX_FILE}: block {} at offset {} does not follow block {i} at {}",
+            i + 1,
+            offsets[i + 1],
+            offsets[i]
+        ));
+    }
+    // The tail it covers: the last block ends at `end`, passes its
+    // checksum, and is block height-1 with the recorded header hash.
+    let at = offsets[n - 1];
+    if at + RECORD_HEADER > end {
+        return Err(format!("{INDEX_FILE} puts block {} at offset {at}, past the checkpoint's end {end}", height - 1));
+    }
+    let mut record = vec![0u8; usize::try_from(end - at).map_err(|_| "record too large".to_string())?];
+    file.read_exact_at(&mut record, at).map_err(|e| format!("reading block {} at offset {at}: {e}", height - 1))?;
+    let (len, crc) = parse_record_header(&record);
+    if RECORD_HEADER + u64::from(len) != end - at {
+        return Err(format!("block {} at offset {at} does not end at the checkpoint's end {end}", height - 1));
+    }
+    let body = Bytes::from(record).slice(RECORD_HEADER as usize..);
+    if crc32c::crc32c(&body) != crc {
+        return Err(format!("block {} at offset {at} fails its checksum", height - 1));
+    }
+    let header = match HeaderOnly::decode(body) {
+        Ok(HeaderOnly { header: Some(h) }) => h,
+        _ => return Err(format!("block {} at offset {at} has no decodable header", height - 1)),
+    };
+    if header.number != height - 1 || header_hash(&header) != last_hash {
+        return Err(format!(
+            "the block at offset {at} is block {} with header hash {}, the checkpoint says block {} with {}",
+            header.number,
+            hex(&header_hash(&header)),
+            height - 1,
+            hex(&last_hash)
+        ));
+    }
+    Ok(Some(Resume { offsets, end, last_hash }))
+}
+
+/// Makes the index hold exactly `offsets`, rewriting only the entries from
+/// block `from` on (the ones before are the checkpoint's, already there);
+/// returns its handle for appends.
+fn write_index_tail(dir: &Path, offsets: &[u64], from: u64) -> Result<File, String> {
+    let path = dir.join(INDEX_FILE);
+    let index = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let keep = INDEX_MAGIC.len() as u64 + from * INDEX_ENTRY;
+    index.set_len(keep).map_err(|e| format!("truncating {INDEX_FILE} to {keep} bytes: {e}"))?;
+    if from == 0 {
+        index.write_all_at(INDEX_MAGIC, 0).map_err(|e| format!("writing the magic of {INDEX_FILE}: {e}"))?;
+    }
+    let rest: Vec<u8> = offsets[usize::try_from(from).unwrap_or(usize::MAX).min(offsets.len())..]
+        .iter()
+        .flat_map(|o| o.to_le_bytes())
+        .collect();
+    index.write_all_at(&rest, keep).map_err(|e| format!("writing {INDEX_FILE} at offset {keep}: {e}"))?;
+    Ok(index)
+}
+
 /// Iterator over durable blocks (raw bytes) from a starting number; see
 /// [`Ledger::iter_from`].
 #[derive(Debug)]
@@ -516,8 +817,11 @@ impl Iterator for LedgerIter {
 pub fn verify_dir(dir: &Path) -> Result<u64, LedgerError> {
     let path = dir.join(BLOCK_FILE);
     let file = File::open(&path).map_err(|e| io_err(dir, format!("opening {} for reading", path.display()), e))?;
-    let scan = scan(dir, &file)?;
+    let scan = scan(dir, &file, None)?;
     let height = scan.offsets.len() as u64;
+    if scan.tail.is_none() {
+        check_index(dir, &scan)?;
+    }
     match scan.tail {
         None => Ok(height),
         Some(tail) => Err(LedgerError::TornTail {
@@ -528,6 +832,50 @@ pub fn verify_dir(dir: &Path) -> Result<u64, LedgerError> {
             reason: tail.reason,
         }),
     }
+}
+
+/// [`verify_dir`]'s check of the index and checkpoint against a full scan:
+/// every index entry of a scanned block must be its offset, and the
+/// checkpoint must describe a prefix of the scanned chain.
+fn check_index(dir: &Path, scan: &Scan) -> Result<(), LedgerError> {
+    let corrupt = |number: u64, offset: u64, reason: String| LedgerError::Corrupt {
+        dir: dir.to_path_buf(),
+        number,
+        offset,
+        reason,
+    };
+    let index = read_index(dir).map_err(|e| corrupt(0, 0, e))?.unwrap_or_default();
+    for (i, (got, want)) in index.iter().zip(&scan.offsets).enumerate() {
+        if got != want {
+            return Err(corrupt(i as u64, *want, format!("{INDEX_FILE} says offset {got} for it")));
+        }
+    }
+    let bytes = match fs::read(dir.join(CHECKPOINT_FILE)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(dir, format!("reading {CHECKPOINT_FILE}"), e)),
+    };
+    let (height, end, hash) = decode_checkpoint(&bytes).map_err(|e| corrupt(0, 0, e))?;
+    let n = usize::try_from(height).unwrap_or(usize::MAX);
+    let scanned_end = scan.offsets.get(n).copied().unwrap_or(scan.end);
+    if n == 0 || n > scan.offsets.len() || scanned_end != end || (index.len() as u64) < height {
+        return Err(corrupt(
+            height.saturating_sub(1),
+            end,
+            format!("{CHECKPOINT_FILE} (height {height}, end {end}) does not match the blocks"),
+        ));
+    }
+    let mut header = [0u8; RECORD_HEADER as usize];
+    let at = scan.offsets[n - 1];
+    let file = File::open(dir.join(BLOCK_FILE)).map_err(|e| io_err(dir, format!("opening {BLOCK_FILE}"), e))?;
+    file.read_exact_at(&mut header, at).map_err(|e| io_err(dir, format!("reading offset {at}"), e))?;
+    let mut body = vec![0u8; parse_record_header(&header).0 as usize];
+    file.read_exact_at(&mut body, at + RECORD_HEADER).map_err(|e| io_err(dir, format!("reading offset {at}"), e))?;
+    let h = HeaderOnly::decode(Bytes::from(body)).ok().and_then(|h| h.header);
+    if h.map(|h| header_hash(&h)) != Some(hash) {
+        return Err(corrupt(height - 1, at, format!("{CHECKPOINT_FILE} has another header hash for it")));
+    }
+    Ok(())
 }
 
 /// Result of scanning a block file.
@@ -546,9 +894,10 @@ struct Tail {
     reason: String,
 }
 
-/// Reads and checks every record of the block file; see the module doc for
-/// what counts as a torn tail and what as corruption.
-fn scan(dir: &Path, file: &File) -> Result<Scan, LedgerError> {
+/// Reads and checks every record of the block file (after `resume`'s
+/// blocks, when given); see the module doc for what counts as a torn tail
+/// and what as corruption.
+fn scan(dir: &Path, file: &File, resume: Option<Resume>) -> Result<Scan, LedgerError> {
     let file_len = file.metadata().map_err(|e| io_err(dir, format!("reading the size of {BLOCK_FILE}"), e))?.len();
     let read_at = |buf: &mut [u8], offset: u64| {
         file.read_exact_at(buf, offset)
@@ -574,9 +923,10 @@ fn scan(dir: &Path, file: &File) -> Result<Scan, LedgerError> {
         return Err(LedgerError::BadMagic { dir: dir.to_path_buf(), found: hex(&magic) });
     }
 
-    let mut offsets = Vec::new();
-    let mut last_hash: Option<Hash> = None;
-    let mut pos = MAGIC_LEN;
+    let (mut offsets, mut last_hash, mut pos) = match resume {
+        Some(r) => (r.offsets, Some(r.last_hash), r.end),
+        None => (Vec::new(), None, MAGIC_LEN),
+    };
     while pos < file_len {
         let number = offsets.len() as u64;
         let corrupt =
@@ -796,6 +1146,15 @@ mod tests {
 
     fn file_len(dir: &Path) -> u64 {
         fs::metadata(block_file(dir)).unwrap().len()
+    }
+
+    /// Removes the checkpoint, so that open scans the whole file.
+    fn forget_checkpoint(dir: &Path) {
+        fs::remove_file(dir.join(CHECKPOINT_FILE)).unwrap();
+    }
+
+    fn checkpoint_of(dir: &Path) -> (u64, u64, Hash) {
+        decode_checkpoint(&fs::read(dir.join(CHECKPOINT_FILE)).unwrap()).unwrap()
     }
 
     fn flip_byte(dir: &Path, offset: u64) {
@@ -1045,6 +1404,15 @@ mod tests {
         let flipped = fs::read(block_file(dir.path())).unwrap();
         assert_ne!(before, flipped);
 
+        // Under the checkpoint, open does not read block 0 again; verify
+        // and reading it find the damage.
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.height(), 3, "opened from the checkpoint");
+        assert!(matches!(ledger.block_bytes(0), Err(LedgerError::Corrupt { number: 0, .. })));
+        drop(ledger);
+        assert!(matches!(verify_dir(dir.path()), Err(LedgerError::Corrupt { number: 0, .. })));
+        // Without the checkpoint, open scans everything and refuses.
+        forget_checkpoint(dir.path());
         expect_corrupt(dir.path(), 0, offsets[0]);
         let err = Ledger::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("block 0 at offset 8"), "{err}");
@@ -1060,6 +1428,8 @@ mod tests {
         let blocks = three_blocks(dir.path());
         let offsets = record_offsets(&blocks);
         flip_byte(dir.path(), offsets[1] + 5);
+        assert!(matches!(verify_dir(dir.path()), Err(LedgerError::Corrupt { number: 1, .. })));
+        forget_checkpoint(dir.path());
         expect_corrupt(dir.path(), 1, offsets[1]);
         assert_eq!(file_len(dir.path()), offsets[2] + RECORD_HEADER + blocks[2].len() as u64);
     }
@@ -1237,5 +1607,131 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(30), rx.changed()).await.unwrap().unwrap();
         assert_eq!(*rx.borrow(), 2);
         handle.join().unwrap();
+    }
+
+    #[test]
+    fn close_checkpoints_and_open_scans_only_what_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut chain = Chain::new();
+        let blocks = chain.blocks(4);
+        let offsets = record_offsets(&blocks);
+        let end = |n: usize| offsets[n - 1] + RECORD_HEADER + blocks[n - 1].len() as u64;
+        {
+            let ledger = Ledger::open(dir.path()).unwrap();
+            ledger.append(&blocks[..3]).unwrap();
+            assert!(!dir.path().join(CHECKPOINT_FILE).exists(), "no checkpoint before 64 MB or close");
+        }
+        // Closed: a checkpoint of the 3 blocks; the index has their offsets.
+        let last = header_hash(Block::decode(blocks[2].clone()).unwrap().header.as_ref().unwrap());
+        assert_eq!(checkpoint_of(dir.path()), (3, end(3), last));
+        assert_eq!(read_index(dir.path()).unwrap().unwrap(), offsets[..3]);
+
+        // A record written after the checkpoint (as by a crash after the
+        // fsync of a group but before any checkpoint) is scanned and checked.
+        let mut f = OpenOptions::new().append(true).open(block_file(dir.path())).unwrap();
+        f.write_all(&record_header(&blocks[3])).unwrap();
+        f.write_all(&blocks[3]).unwrap();
+        drop(f);
+        // Damage under the checkpoint, except its last block, is not read
+        // by open (so open's cost does not grow with the ledger).
+        flip_byte(dir.path(), offsets[0] + RECORD_HEADER + 3);
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.height(), 4);
+        assert_eq!(ledger.block_bytes(3).unwrap().unwrap(), blocks[3]);
+        // Open moved the checkpoint and the index to what it scanned.
+        assert_eq!(checkpoint_of(dir.path()).0, 4);
+        assert_eq!(read_index(dir.path()).unwrap().unwrap(), offsets);
+        drop(ledger);
+        assert!(matches!(verify_dir(dir.path()), Err(LedgerError::Corrupt { number: 0, .. })));
+    }
+
+    #[test]
+    fn records_after_the_checkpoint_get_every_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut chain = Chain::new();
+        let blocks = chain.blocks(3);
+        Ledger::open(dir.path()).unwrap().append(&blocks[..2]).unwrap();
+        // A well-formed record after the checkpoint that breaks the chain
+        // (block 2's successor in place of block 2), with more after it.
+        let skipped = chain.block();
+        let mut f = OpenOptions::new().append(true).open(block_file(dir.path())).unwrap();
+        for b in [&skipped, &blocks[2]] {
+            f.write_all(&record_header(b)).unwrap();
+            f.write_all(b).unwrap();
+        }
+        drop(f);
+        let offsets = record_offsets(&blocks[..2]);
+        let at = offsets[1] + RECORD_HEADER + blocks[1].len() as u64;
+        expect_corrupt(dir.path(), 2, at);
+    }
+
+    #[test]
+    fn a_checkpoint_that_does_not_match_the_tail_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocks = three_blocks(dir.path());
+        let offsets = record_offsets(&blocks);
+        let (h, end, hash) = checkpoint_of(dir.path());
+        assert_eq!(h, 3);
+        let (o0, o1, o2) = (offsets[0], offsets[1], offsets[2]);
+        // Each of these makes open fall back to a full scan, which still
+        // finds the 3 blocks (and writes a good checkpoint again).
+        type Damage = Box<dyn Fn(&Path)>;
+        let cases: Vec<Damage> = vec![
+            Box::new(|d| fs::write(d.join(CHECKPOINT_FILE), b"garbage").unwrap()),
+            Box::new(move |d| {
+                let mut b = encode_checkpoint(3, end, &hash);
+                b[20] ^= 1; // checksum no longer matches
+                fs::write(d.join(CHECKPOINT_FILE), b).unwrap()
+            }),
+            Box::new(move |d| fs::write(d.join(CHECKPOINT_FILE), encode_checkpoint(3, end, &[9; 32])).unwrap()),
+            Box::new(move |d| fs::write(d.join(CHECKPOINT_FILE), encode_checkpoint(2, end, &hash)).unwrap()),
+            Box::new(move |d| fs::write(d.join(CHECKPOINT_FILE), encode_checkpoint(3, end + 1, &hash)).unwrap()),
+            Box::new(|d| fs::remove_file(d.join(INDEX_FILE)).unwrap()),
+            Box::new(|d| fs::write(d.join(INDEX_FILE), INDEX_MAGIC).unwrap()),
+            Box::new(move |d| {
+                let mut idx = INDEX_MAGIC.to_vec();
+                for o in [o0, o2, o1] {
+                    idx.extend_from_slice(&o.to_le_bytes());
+                }
+                fs::write(d.join(INDEX_FILE), idx).unwrap()
+            }),
+        ];
+        for (i, damage) in cases.iter().enumerate() {
+            damage(dir.path());
+            let ledger = Ledger::open(dir.path()).unwrap_or_else(|e| panic!("case {i}: {e}"));
+            assert_eq!(ledger.height(), 3, "case {i}");
+            assert_eq!(ledger.block_bytes(1).unwrap().unwrap(), blocks[1], "case {i}");
+            drop(ledger);
+            assert_eq!(checkpoint_of(dir.path()), (3, end, hash), "case {i}: repaired");
+            assert_eq!(read_index(dir.path()).unwrap().unwrap(), offsets, "case {i}: index rebuilt");
+            assert_eq!(verify_dir(dir.path()).unwrap(), 3, "case {i}");
+        }
+        // The last block damaged: the checkpoint does not verify against
+        // it, the full scan finds it torn and cuts it.
+        flip_byte(dir.path(), offsets[2] + RECORD_HEADER + 1);
+        assert_eq!(Ledger::open(dir.path()).unwrap().height(), 2);
+        assert_eq!(checkpoint_of(dir.path()).0, 2);
+    }
+
+    #[test]
+    fn checkpoints_follow_appends_every_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut chain = Chain::new();
+        let ledger = Ledger::open_with(dir.path(), 1).unwrap();
+        for n in 1..=3u64 {
+            ledger.append(&[chain.block()]).unwrap();
+            // Durable before the append returned, without closing.
+            assert_eq!(checkpoint_of(dir.path()).0, n);
+            assert_eq!(read_index(dir.path()).unwrap().unwrap().len() as u64, n);
+        }
+        // verify also checks the index against the blocks.
+        drop(ledger);
+        let mut idx = fs::read(dir.path().join(INDEX_FILE)).unwrap();
+        idx[8] ^= 1;
+        fs::write(dir.path().join(INDEX_FILE), idx).unwrap();
+        match verify_dir(dir.path()) {
+            Err(LedgerError::Corrupt { number: 0, reason, .. }) => assert!(reason.contains(INDEX_FILE), "{reason}"),
+            other => panic!("expected the index mismatch, got {other:?}"),
+        }
     }
 }

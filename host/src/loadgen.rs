@@ -17,7 +17,7 @@ use crate::proto::common::{self, Envelope, HeaderType};
 use crate::proto::orderer::atomic_broadcast_client::AtomicBroadcastClient;
 use crate::proto::orderer::seek_info::SeekBehavior;
 use crate::proto::orderer::seek_position::Type as Pos;
-use crate::proto::orderer::{SeekInfo, SeekNewest, SeekPosition, SeekSpecified, deliver_response};
+use crate::proto::orderer::{DeliverResponse, SeekInfo, SeekNewest, SeekPosition, SeekSpecified, deliver_response};
 use crate::signer::Signer;
 
 /// What to send.
@@ -158,6 +158,48 @@ async fn open_deliver(
     Ok(r.into_inner())
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What a follow task forwards.
+type Follow = tokio::sync::mpsc::Receiver<Result<DeliverResponse, LoadError>>;
+
+/// Opens a Deliver stream in a task of its own and forwards what it
+/// answers, so that the caller never waits for the stream's response
+/// headers. The receiver ends when the stream does; abort the task to
+/// close the stream earlier.
+fn follow_deliver(mut client: AtomicBroadcastClient<Channel>, req: Envelope) -> (Follow, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let task = tokio::spawn(async move {
+        let what = "deliver (follow)";
+        let mut s = match open_deliver(&mut client, req, what).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        loop {
+            let item = match s.message().await {
+                Ok(Some(r)) => Ok(r),
+                Ok(None) => return,
+                Err(status) => Err(LoadError::Rpc { what, status }),
+            };
+            let end = item.is_err();
+            if tx.send(item).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    (rx, task)
+}
+
 /// Runs the load; `progress` is called about once a second with
 /// (acknowledged, committed).
 pub async fn run(
@@ -198,7 +240,12 @@ pub async fn run(
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..spec.messages).map(|_| AtomicU64::new(0)).collect());
     let acked = Arc::new(AtomicU64::new(0));
 
-    // Follow Deliver from the next block.
+    // Follow Deliver from the next block. The stream is opened in its own
+    // task and nothing waits for it before broadcasting: a server may send
+    // the response headers only with the first block (grpc-go, so Fabric's
+    // orderer, does), and there is no block until something is broadcast.
+    // The request names the first block, so no block is missed however
+    // late the stream opens.
     let follow = seek(
         &spec.channel,
         Pos::Specified(SeekSpecified { number: from }),
@@ -206,7 +253,9 @@ pub async fn run(
         SeekBehavior::BlockUntilReady,
         signer.as_deref(),
     )?;
-    let mut follow = open_deliver(&mut client, follow, "deliver (follow)").await?;
+    let (mut follow, follow_task) = follow_deliver(client.clone(), follow);
+    // However the run ends, the follow stream closes with it.
+    let follow_task = AbortOnDrop(follow_task);
 
     // Broadcast on `clients` streams.
     let per = spec.messages.div_ceil(spec.clients.max(1)).max(1);
@@ -270,8 +319,9 @@ pub async fn run(
             Some(t) => spec.commit_timeout.saturating_sub(t.elapsed()),
             None => Duration::from_millis(200),
         };
-        let msg = match tokio::time::timeout(wait, follow.message()).await {
-            Ok(m) => m.map_err(|status| LoadError::Rpc { what: "deliver (follow)", status })?,
+        let msg = match tokio::time::timeout(wait, follow.recv()).await {
+            Ok(Some(m)) => Some(m?),
+            Ok(None) => None,
             Err(_) if acks_done.is_some() => break, // commit timeout: report what we have
             Err(_) => continue,
         };
@@ -295,6 +345,7 @@ pub async fn run(
             Some(deliver_response::Type::Status(_)) | None => break,
         }
     }
+    drop(follow_task);
     latencies.sort();
     let pct =
         |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied();

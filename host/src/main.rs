@@ -510,13 +510,15 @@ fn start(a: StartArgs) -> Result<()> {
         extra_plugins: extra,
     })?;
     if let Some(path) = &a.genesis_block {
-        let bytes = std::fs::read(path).with_context(|| format!("reading genesis block {}", path.display()))?;
+        let bytes =
+            Bytes::from(std::fs::read(path).with_context(|| format!("reading genesis block {}", path.display()))?);
         let block =
-            Block::decode(Bytes::from(bytes)).with_context(|| format!("{} is not a common.Block", path.display()))?;
+            Block::decode(bytes.clone()).with_context(|| format!("{} is not a common.Block", path.display()))?;
         let cfg = consenter_host::channel::ChannelConfig::from_config_block(&block)
             .with_context(|| format!("genesis block {}", path.display()))?;
         if node.chain(&cfg.channel_id).is_none() && node.broken(&cfg.channel_id).is_none() {
-            node.create_channel(&block).with_context(|| format!("creating channel {}", cfg.channel_id))?;
+            // The file's bytes become block 0 unchanged, as in Fabric.
+            node.create_channel_from_bytes(bytes).with_context(|| format!("creating channel {}", cfg.channel_id))?;
         }
     }
     if !a.no_dev_channel

@@ -14,6 +14,7 @@ use prost::Message;
 use crate::block;
 use crate::chain::{Chain, RestartPolicies, ResumeError, ResumePoint};
 use crate::channel::ChannelConfig;
+use crate::configtx::validate_channel_id;
 use crate::ledger::{Ledger, LedgerError};
 use crate::proto::common::Block;
 pub use crate::block::last_config_and_metadata;
@@ -46,12 +47,24 @@ pub enum NodeError {
     Config { channel: String, source: crate::channel::ConfigError },
     #[error("channel {channel}: consensus type {wanted:?} has no plugin on this node (available: {available})")]
     NoPlugin { channel: String, wanted: String, available: String },
-    #[error("channel {0} already exists")]
+    /// Fabric's ErrChannelAlreadyExists (its text: the participation API
+    /// answers `cannot join: channel already exists`).
+    #[error("channel already exists")]
     Exists(String),
-    #[error("channel {0} does not exist")]
+    /// Fabric's ErrChannelNotExist.
+    #[error("channel does not exist")]
     NotFound(String),
-    #[error("{0}")]
-    NotAllowed(String),
+    /// Fabric's ErrSystemChannelExists: joins, and removals of other
+    /// channels, are refused while the node has a system channel.
+    #[error("system channel exists")]
+    SystemChannelExists { system: String },
+    /// Fabric's ErrAppChannelsAlreadyExists: a system channel cannot be
+    /// joined by a node that has channels.
+    #[error("application channels already exist")]
+    AppChannelsExist { channels: Vec<String> },
+    /// A join block that cannot be joined, with Fabric's prefix.
+    #[error("invalid join block: {0}")]
+    InvalidJoinBlock(String),
     #[error("channel {channel}: {what}")]
     Channel { channel: String, what: String },
     #[error("{path}: {source}")]
@@ -230,10 +243,13 @@ impl Node {
     pub fn info(&self, channel: &str) -> Option<ChannelInfo> {
         if let Some(c) = self.chain(channel) {
             let status = if c.status().errored().is_some() { "failed" } else { "active" };
+            // Fabric: a consenter that reports no cluster relation (solo,
+            // which exists only in system-channel mode there) is "other".
+            let relation = if c.plugin() == "solo" && self.system_channel().is_some() { "other" } else { "consenter" };
             return Some(ChannelInfo {
                 name: channel.to_string(),
                 status,
-                consensus_relation: "consenter",
+                consensus_relation: relation,
                 height: c.ledger().height(),
                 system: c.status().config().is_some_and(|c| c.system),
                 error: c.status().errored(),
@@ -261,29 +277,31 @@ impl Node {
     }
 
     /// Joins a channel from its genesis block (Fabric's channel
-    /// participation join). Refused while the node has a system channel
-    /// (channels are then created through it), for a system channel when
-    /// the node already has channels, and for a config block other than
-    /// the genesis block (joining later needs blocks from other orderers,
-    /// which a solo node has no way to fetch).
-    pub fn join(&self, block: &Block) -> Result<ChannelInfo, NodeError> {
-        let cfg = ChannelConfig::from_config_block(block)
-            .map_err(|source| NodeError::Config { channel: "(join block)".into(), source })?;
+    /// participation join), given as the marshalled block that was sent:
+    /// those bytes become block 0, unchanged. Refused, in Fabric's order
+    /// and with its errors: a block that is not a valid config block
+    /// ([`NodeError::InvalidJoinBlock`]); any join while the node has a
+    /// system channel (channels are then created through it); a channel
+    /// the node has; a system channel when the node already has channels;
+    /// and a config block other than the genesis block (joining later
+    /// needs blocks from other orderers, which a solo node has no way to
+    /// fetch).
+    pub fn join(&self, raw: Bytes) -> Result<ChannelInfo, NodeError> {
+        let block = Block::decode(raw.clone())
+            .map_err(|e| NodeError::InvalidJoinBlock(format!("config-block is not a common.Block: {e}")))?;
+        let cfg = ChannelConfig::from_config_block(&block).map_err(|e| NodeError::InvalidJoinBlock(e.to_string()))?;
         let channel = cfg.channel_id.clone();
+        validate_channel_id(&channel).map_err(|e| {
+            NodeError::InvalidJoinBlock(format!("initializing configtx manager failed: bad channel ID: {e}"))
+        })?;
         if let Some(sys) = self.system_channel() {
-            return Err(NodeError::NotAllowed(format!(
-                "cannot join: system channel {} exists; create channels through it",
-                sys.channel()
-            )));
+            return Err(NodeError::SystemChannelExists { system: sys.channel().to_string() });
         }
         if self.chain(&channel).is_some() || self.broken(&channel).is_some() {
             return Err(NodeError::Exists(channel));
         }
         if cfg.system && !self.all_channels().is_empty() {
-            return Err(NodeError::NotAllowed(format!(
-                "cannot join system channel {channel}: the node already has channels ({})",
-                self.all_channels().join(", ")
-            )));
+            return Err(NodeError::AppChannelsExist { channels: self.all_channels() });
         }
         let number = block.header.as_ref().map(|h| h.number).unwrap_or_default();
         if number != 0 {
@@ -295,7 +313,7 @@ impl Node {
                 ),
             });
         }
-        self.create_channel(block)?;
+        self.create_channel_from_bytes(raw)?;
         self.info(&channel).ok_or(NodeError::NotFound(channel))
     }
 
@@ -306,10 +324,7 @@ impl Node {
         if let Some(sys) = self.system_channel()
             && sys.channel() != channel
         {
-            return Err(NodeError::NotAllowed(format!(
-                "cannot remove channel {channel}: system channel {} exists",
-                sys.channel()
-            )));
+            return Err(NodeError::SystemChannelExists { system: sys.channel().to_string() });
         }
         let chain = write(&self.chains).remove(channel);
         let broken = write(&self.broken).remove(channel);
@@ -326,12 +341,34 @@ impl Node {
     }
 
     /// Creates a channel from a genesis (CONFIG) block: writes it as block 0
-    /// of a new ledger and starts its chain.
+    /// of a new ledger and starts its chain. The block is stored as its
+    /// protobuf encoding; a block read from a file or the network should go
+    /// through [`Node::create_channel_from_bytes`], which keeps the bytes.
     pub fn create_channel(&self, genesis: &Block) -> Result<Arc<Chain>, NodeError> {
+        self.create_channel_inner(genesis, Bytes::from(genesis.encode_to_vec()))
+    }
+
+    /// Creates a channel from a marshalled genesis block (a bootstrap or
+    /// join file): block 0 is these bytes exactly, as in Fabric, which
+    /// serves the genesis block it was given byte for byte. The node does
+    /// not sign a genesis block (neither does Fabric, not even one it built
+    /// from an ORDERER_TRANSACTION: its SIGNATURES metadata stays empty).
+    pub fn create_channel_from_bytes(&self, raw: Bytes) -> Result<Arc<Chain>, NodeError> {
+        let genesis = Block::decode(raw.clone()).map_err(|e| NodeError::Channel {
+            channel: "(genesis)".into(),
+            what: format!("the genesis block is not a common.Block: {e}"),
+        })?;
+        self.create_channel_inner(&genesis, raw)
+    }
+
+    fn create_channel_inner(&self, genesis: &Block, raw: Bytes) -> Result<Arc<Chain>, NodeError> {
         let cfg = ChannelConfig::from_config_block(genesis)
             .map_err(|source| NodeError::Config { channel: "(genesis)".into(), source })?;
         let channel = cfg.channel_id.clone();
-        valid_channel_name(&channel)?;
+        validate_channel_id(&channel).map_err(|e| NodeError::Channel {
+            channel: channel.clone(),
+            what: format!("initializing configtx manager failed: bad channel ID: {e}"),
+        })?;
         if self.chain(&channel).is_some() || self.chains_dir().join(&channel).exists() {
             return Err(NodeError::Exists(channel));
         }
@@ -340,13 +377,7 @@ impl Node {
         }
         self.plugin_for(&channel, &cfg)?;
         let ledger = Ledger::open(&self.chains_dir().join(&channel))?;
-        let mut g = genesis.clone();
-        let signed = block::block_signatures(&g).map(|s| !s.signatures.is_empty()).unwrap_or(false);
-        if !signed {
-            block::sign_block(&mut g, 0, &[], &self.signer)
-                .map_err(|e| NodeError::Channel { channel: channel.clone(), what: e.to_string() })?;
-        }
-        ledger.append(&[Bytes::from(g.encode_to_vec())])?;
+        ledger.append(&[raw])?;
         tracing::info!(channel = %channel, consensus = %cfg.consensus_type, "channel created");
         let height = ledger.height();
         self.start_chain(&channel, ledger).inspect_err(|e| {
@@ -425,7 +456,8 @@ pub struct ChannelInfo {
     pub name: String,
     /// "active" or "failed".
     pub status: &'static str,
-    /// "consenter": this node orders the channel.
+    /// "consenter": this node orders the channel; "other" (Fabric's
+    /// answer for solo) for solo channels in system-channel mode.
     pub consensus_relation: &'static str,
     pub height: u64,
     /// The ordering system channel.
@@ -456,21 +488,6 @@ pub struct ConsenterInfo {
     pub last_crash: Option<String>,
 }
 
-fn valid_channel_name(name: &str) -> Result<(), NodeError> {
-    // Fabric: lower-case ASCII letters, digits, '.', '-'; starts with a letter; < 250 chars.
-    let ok = !name.is_empty()
-        && name.len() < 250
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(NodeError::Channel {
-            channel: name.into(),
-            what: "invalid channel name: use lower-case letters, digits, '.' and '-', starting with a letter".into(),
-        })
-    }
-}
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())

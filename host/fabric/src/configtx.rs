@@ -30,8 +30,11 @@ pub enum ConfigTxError {
     ReadSet(String),
     #[error("error validating DeltaSet: {0}")]
     DeltaSet(String),
-    #[error("illegal key {key:?} at {path}: keys use letters, digits, '.', '-' and '_' (at most 249 characters)")]
-    IllegalKey { key: String, path: String },
+    /// Fabric's `illegal characters in key: [Value]  : config ID 'a_b'
+    /// contains illegal characters` (Fabric names only the kind of element
+    /// there; `path` is where it is, for the log).
+    #[error("illegal characters in key: {kind}: {reason}")]
+    IllegalKey { kind: &'static str, path: String, reason: String },
     #[error("proposed config is incomplete: {0}")]
     Incomplete(String),
     #[error("new channel config: {0}")]
@@ -109,6 +112,13 @@ impl Entry {
 
 type ConfigMap = BTreeMap<String, Entry>;
 
+/// Fabric's prefixes of a config element's key in its config map (and so
+/// in its refusal texts: `policy for [Value]  /Channel/Orderer/BatchTimeout
+/// not satisfied`; two spaces after `[Group]` and `[Value]`).
+const GROUP_PREFIX: &str = "[Group]  ";
+const VALUE_PREFIX: &str = "[Value]  ";
+const POLICY_PREFIX: &str = "[Policy] ";
+
 fn fq_key(kind: &str, path: &[String], key: &str) -> String {
     let mut s = String::from(kind);
     for seg in path {
@@ -120,13 +130,56 @@ fn fq_key(kind: &str, path: &[String], key: &str) -> String {
     s
 }
 
-/// Fabric's validateConfigID.
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() < 250
-        && id != "."
-        && id != ".."
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_')
+/// Longest channel or config element name Fabric accepts (its MaxLength).
+pub const MAX_NAME_LEN: usize = 249;
+
+/// Fabric's validateConfigID (config element keys and mod_policy path
+/// elements: ASCII letters, digits, '.' and '-'; not "." or ".."; at most
+/// 249 bytes), with Fabric's texts.
+fn check_config_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("config ID illegal, cannot be empty".into());
+    }
+    if id.len() > MAX_NAME_LEN {
+        return Err(format!("config ID illegal, cannot be longer than {MAX_NAME_LEN}"));
+    }
+    if id == "." || id == ".." {
+        return Err(format!("name '{id}' for config ID is not allowed"));
+    }
+    if !id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-') {
+        return Err(format!("config ID '{id}' contains illegal characters"));
+    }
+    Ok(())
+}
+
+/// Why a channel name is not one Fabric accepts (its ValidateChannelID);
+/// the texts are Fabric's. Callers add Fabric's context: the participation
+/// API says `invalid channel ID: …`, channel creation `bad channel ID: …`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelIdError {
+    #[error("channel ID illegal, cannot be empty")]
+    Empty,
+    #[error("channel ID illegal, cannot be longer than {MAX_NAME_LEN}")]
+    TooLong,
+    #[error("'{0}' contains illegal characters")]
+    IllegalCharacters(String),
+}
+
+/// Fabric's channel name rule: lower-case ASCII letters, digits, '.' and
+/// '-', starting with a letter, at most 249 bytes.
+pub fn validate_channel_id(name: &str) -> Result<(), ChannelIdError> {
+    if name.is_empty() {
+        return Err(ChannelIdError::Empty);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(ChannelIdError::TooLong);
+    }
+    let ok = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-');
+    if !ok {
+        return Err(ChannelIdError::IllegalCharacters(name.to_string()));
+    }
+    Ok(())
 }
 
 fn map_config(root: &ConfigGroup) -> Result<ConfigMap, ConfigTxError> {
@@ -137,24 +190,30 @@ fn map_config(root: &ConfigGroup) -> Result<ConfigMap, ConfigTxError> {
 
 fn recurse(out: &mut ConfigMap, path: Vec<String>, group: &ConfigGroup) -> Result<(), ConfigTxError> {
     let (key, parent) = path.split_last().map(|(k, p)| (k.clone(), p.to_vec())).unwrap_or_default();
-    add(out, "[Groups] ", parent, key, Elem::Group(group.clone()))?;
+    add(out, GROUP_PREFIX, parent, key, Elem::Group(group.clone()))?;
     for (k, g) in &group.groups {
         let mut next = path.clone();
         next.push(k.clone());
         recurse(out, next, g)?;
     }
     for (k, v) in &group.values {
-        add(out, "[Values] ", path.clone(), k.clone(), Elem::Value(v.clone()))?;
+        add(out, VALUE_PREFIX, path.clone(), k.clone(), Elem::Value(v.clone()))?;
     }
     for (k, p) in &group.policies {
-        add(out, "[Policy] ", path.clone(), k.clone(), Elem::Policy(p.clone()))?;
+        add(out, POLICY_PREFIX, path.clone(), k.clone(), Elem::Policy(p.clone()))?;
     }
     Ok(())
 }
 
-fn add(out: &mut ConfigMap, kind: &str, path: Vec<String>, key: String, elem: Elem) -> Result<(), ConfigTxError> {
-    if !valid_id(&key) {
-        return Err(ConfigTxError::IllegalKey { key, path: format!("/{}", path.join("/")) });
+fn add(
+    out: &mut ConfigMap,
+    kind: &'static str,
+    path: Vec<String>,
+    key: String,
+    elem: Elem,
+) -> Result<(), ConfigTxError> {
+    if let Err(reason) = check_config_id(&key) {
+        return Err(ConfigTxError::IllegalKey { kind, path: format!("/{}", path.join("/")), reason });
     }
     out.insert(fq_key(kind, &path, &key), Entry { path, key, elem });
     Ok(())
@@ -164,7 +223,7 @@ fn add(out: &mut ConfigMap, kind: &str, path: Vec<String>, key: String, elem: El
 /// children it lists itself, each child taken from the map.
 fn group_from_map(path: &[String], map: &ConfigMap) -> Result<ConfigGroup, ConfigTxError> {
     let (key, parent) = path.split_last().ok_or_else(|| ConfigTxError::Incomplete("empty group path".into()))?;
-    let gk = fq_key("[Groups] ", parent, key);
+    let gk = fq_key(GROUP_PREFIX, parent, key);
     let Some(Entry { elem: Elem::Group(g), .. }) = map.get(&gk) else {
         return Err(ConfigTxError::Incomplete(format!("missing group at path: {gk}")));
     };
@@ -175,14 +234,14 @@ fn group_from_map(path: &[String], map: &ConfigMap) -> Result<ConfigGroup, Confi
         *child = group_from_map(&p, map)?;
     }
     for (k, v) in g.values.iter_mut() {
-        let vk = fq_key("[Values] ", path, k);
+        let vk = fq_key(VALUE_PREFIX, path, k);
         match map.get(&vk) {
             Some(Entry { elem: Elem::Value(x), .. }) => *v = x.clone(),
             _ => return Err(ConfigTxError::Incomplete(format!("missing value at path: {vk}"))),
         }
     }
     for (k, v) in g.policies.iter_mut() {
-        let pk = fq_key("[Policy] ", path, k);
+        let pk = fq_key(POLICY_PREFIX, path, k);
         match map.get(&pk) {
             Some(Entry { elem: Elem::Policy(x), .. }) => *v = x.clone(),
             _ => return Err(ConfigTxError::Incomplete(format!("missing policy at path: {pk}"))),
@@ -197,8 +256,8 @@ fn validate_mod_policy(m: &str) -> Result<(), String> {
     }
     let trimmed = m.strip_prefix('/').unwrap_or(m);
     for (i, seg) in trimmed.split('/').enumerate() {
-        if !valid_id(seg) {
-            return Err(format!("path element at {i} is invalid: {seg:?}"));
+        if let Err(e) = check_config_id(seg) {
+            return Err(format!("path element at {i} is invalid: {e}"));
         }
     }
     Ok(())
@@ -474,7 +533,7 @@ mod tests {
         let e = propose_update(&template, &req, &pb, &deny).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "error validating DeltaSet: policy for [Groups] /Channel/Application not satisfied: \
+            "error validating DeltaSet: policy for [Group]  /Channel/Application not satisfied: \
              /Channel/Application/ChannelCreationPolicy needs a signature, got 0"
         );
     }
@@ -571,5 +630,67 @@ mod tests {
             assert!(!req.channel_id.is_empty(), "{f}");
             assert!(req.update.write_set.is_some(), "{f}");
         }
+    }
+
+    #[test]
+    fn channel_names_follow_fabrics_rule_and_texts() {
+        for ok in ["a", "solochannel", "app-channel.1", &"a".repeat(249)] {
+            assert_eq!(validate_channel_id(ok), Ok(()), "{ok}");
+        }
+        let text = |n: &str| validate_channel_id(n).unwrap_err().to_string();
+        assert_eq!(text(""), "channel ID illegal, cannot be empty");
+        assert_eq!(text(&"a".repeat(250)), "channel ID illegal, cannot be longer than 249");
+        for bad in ["BAD_Name", "1abc", ".a", "-a", "a_b", "aB", "a b", "caf\u{e9}"] {
+            assert_eq!(text(bad), format!("'{bad}' contains illegal characters"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_keys_follow_fabrics_rule_and_texts() {
+        assert_eq!(check_config_id("Org1MSP.x-y"), Ok(()));
+        assert_eq!(check_config_id("a_b").unwrap_err(), "config ID 'a_b' contains illegal characters");
+        assert_eq!(check_config_id("..").unwrap_err(), "name '..' for config ID is not allowed");
+        assert_eq!(check_config_id("").unwrap_err(), "config ID illegal, cannot be empty");
+        // In a config: Fabric's wording, with the kind of element.
+        let mut cur = sample();
+        let g = cur.channel_group.as_mut().unwrap();
+        g.groups.get_mut("Orderer").unwrap().values.insert("Bad_Key".into(), ConfigValue::default());
+        let e = map_config(g).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "illegal characters in key: [Value]  : config ID 'Bad_Key' contains illegal characters"
+        );
+        assert_eq!(
+            validate_mod_policy("/Channel/a_b").unwrap_err(),
+            "path element at 1 is invalid: config ID 'a_b' contains illegal characters"
+        );
+    }
+
+    #[test]
+    fn policy_refusal_names_the_element_as_fabric_does() {
+        let cur = sample();
+        let root = cur.channel_group.as_ref().unwrap();
+        let orderer = &root.groups["Orderer"];
+        let mut bt = orderer.values["BatchTimeout"].clone();
+        bt.version += 1;
+        let stub = |v: u64| ConfigGroup { version: v, ..Default::default() };
+        let mut read = stub(root.version);
+        read.groups.insert("Orderer".into(), stub(orderer.version));
+        let mut write = read.clone();
+        write.groups.get_mut("Orderer").unwrap().values.insert("BatchTimeout".into(), bt);
+        let cu =
+            ConfigUpdate { channel_id: "c".into(), read_set: Some(read), write_set: Some(write), ..Default::default() };
+        let req = UpdateRequest {
+            channel_id: "c".into(),
+            envelope: ConfigUpdateEnvelope { config_update: cu.encode_to_vec().into(), signatures: vec![] },
+            update: cu,
+        };
+        let deny = |_: &str, _: &[SignedData]| Err("implicit policy evaluation failed".to_string());
+        let e = propose_update(&cur, &req, &Envelope::default(), &deny).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "error validating DeltaSet: policy for [Value]  /Channel/Orderer/BatchTimeout not satisfied: implicit \
+             policy evaluation failed"
+        );
     }
 }

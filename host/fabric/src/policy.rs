@@ -58,7 +58,9 @@ pub enum PolicyError {
         "implicit policy evaluation failed - {satisfied} sub-policies were satisfied, but this policy requires {threshold} of the '{sub_policy}' sub-policies to be satisfied"
     )]
     ImplicitMeta { satisfied: usize, threshold: usize, sub_policy: String },
-    #[error("signature set did not satisfy policy {path}")]
+    /// Fabric's exact text (operators' scripts match it); `path` is the
+    /// policy's, for callers and logs.
+    #[error("signature set did not satisfy policy")]
     Signature { path: String },
     #[error("policy {path}: {reason}")]
     Build { path: String, reason: String },

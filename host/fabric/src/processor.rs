@@ -163,8 +163,13 @@ pub fn channel_creation(
     let tcfg = ChannelConfig::from_config(channel, &template)
         .map_err(|e| creating(format!("the template config is not valid: {e}")))?;
     let auth = |path: &str, s: &[TxSigned]| authorize_signed(&tcfg, path, s);
-    let ce = configtx::propose_update(&template, &req, pb, &auth)
-        .map_err(|e| creating(format!("could not successfully apply update to template configuration: {e}")))?;
+    // Fabric's text: a comma, then the reason.
+    let ce = configtx::propose_update(&template, &req, pb, &auth).map_err(|e| {
+        Refusal::BadRequest(format!(
+            "error validating channel creation transaction for new channel '{channel}', could not successfully \
+             apply update to template configuration: error authorizing update: {e}"
+        ))
+    })?;
     let next = ce.config.as_ref().ok_or_else(|| creating("the update gives no config".into()))?;
     let new =
         ChannelConfig::from_config(channel, next).map_err(|e| creating(format!("the new config is not valid: {e}")))?;
