@@ -23,7 +23,7 @@ fn env(channel: &str, i: usize) -> Envelope {
 
 fn node(dir: &std::path::Path) -> Arc<Node> {
     let id = signer::ensure_dev_identity(&dir.join("id")).unwrap();
-    let hostile = std::fs::read(std::path::Path::new(embedded::PLUGIN_DIR).join("consenter_hostile.wasm")).unwrap();
+    let hostile = std::fs::read(consenter_test_plugins::path("consenter_hostile.wasm")).unwrap();
     Node::open(NodeConfig {
         data_dir: dir.join("data"),
         signer: Arc::new(Signer::from_msp_dir(&id.orderer_msp, &id.mspid).unwrap()),

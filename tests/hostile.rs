@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use consenter_host::channel::ChannelTemplate;
 use consenter_host::ledger::Ledger;
-use consenter_host::node::{channel_dir, embedded, last_config_and_metadata};
+use consenter_host::node::{channel_dir, last_config_and_metadata};
 use consenter_host::proto::orderer::atomic_broadcast_client::AtomicBroadcastClient;
 use consenter_host::proto::orderer::seek_info::SeekBehavior::{BlockUntilReady, FailIfNotReady};
 use consenter_host::proto::orderer::seek_position::Type as Pos;
@@ -32,7 +32,7 @@ const HEALTHY: &str = "healthy";
 const PER_BLOCK: usize = 5;
 
 fn plugin_path(file: &str) -> PathBuf {
-    Path::new(embedded::PLUGIN_DIR).join(file)
+    consenter_test_plugins::path(file)
 }
 
 /// Writes the genesis block of each channel (name, consensus type, mode)

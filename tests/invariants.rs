@@ -18,7 +18,7 @@ use bytes::Bytes;
 use consenter_host::block;
 use consenter_host::channel::ChannelTemplate;
 use consenter_host::envelope::{self, Envelope};
-use consenter_host::node::{Node, NodeConfig, embedded};
+use consenter_host::node::{Node, NodeConfig};
 use consenter_host::processor;
 use consenter_host::proto::common::{Block, ConfigEnvelope, HeaderType, Payload};
 use consenter_host::proto::orderer::{BatchSize, ConsensusType};
@@ -40,7 +40,7 @@ fn dev_signer(dir: &Path) -> Arc<Signer> {
 }
 
 fn hostile_bytes() -> Vec<u8> {
-    std::fs::read(Path::new(embedded::PLUGIN_DIR).join("consenter_hostile.wasm")).unwrap()
+    std::fs::read(consenter_test_plugins::path("consenter_hostile.wasm")).unwrap()
 }
 
 fn template(name: &str, consensus: &str, mode: &str) -> ChannelTemplate {

@@ -15,7 +15,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use consenter_host::node::embedded;
 use sha2::{Digest, Sha256};
 
 fn bin() -> Command {
@@ -23,7 +22,7 @@ fn bin() -> Command {
 }
 
 fn built(file: &str) -> PathBuf {
-    Path::new(embedded::PLUGIN_DIR).join(file)
+    consenter_test_plugins::path(file)
 }
 
 fn s(p: &Path) -> &str {

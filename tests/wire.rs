@@ -27,7 +27,7 @@ fn config_envelope(channel: &str, t: consenter_host::proto::common::HeaderType) 
 
 /// A node whose development channel runs the hostile test plugin in `mode`.
 fn hostile_node(dir: &std::path::Path, mode: &str) -> NodeProc {
-    let hostile = std::path::Path::new(consenter_host::node::embedded::PLUGIN_DIR).join("consenter_hostile.wasm");
+    let hostile = consenter_test_plugins::path("consenter_hostile.wasm");
     let plugin = format!("hostile={}", hostile.display());
     NodeProc::start(
         &dir.join("data"),

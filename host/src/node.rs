@@ -11,7 +11,6 @@ use std::sync::{Arc, RwLock, Weak};
 use bytes::Bytes;
 use prost::Message;
 
-use crate::block;
 use crate::chain::{Chain, RestartPolicies, ResumeError, ResumePoint};
 use crate::channel::ChannelConfig;
 use crate::configtx::validate_channel_id;
@@ -25,10 +24,6 @@ use crate::support::{Support, SupportLimits, SystemClock};
 /// Plugins shipped inside the binary.
 pub mod embedded {
     include!(concat!(env!("OUT_DIR"), "/embedded_plugins.rs"));
-
-    /// Where the build put every plugin it built, shipped or not (the
-    /// hostile test plugins are loaded from here by tests).
-    pub const PLUGIN_DIR: &str = env!("CONSENTER_PLUGIN_DIR");
 
     /// The embedded plugin of a consensus type.
     pub fn get(name: &str) -> Option<&'static [u8]> {

@@ -3,6 +3,8 @@
 //! applies the restart policy when the instance crashes.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
@@ -16,21 +18,21 @@ use crate::ledger::Ledger;
 use crate::runtime::{Plugin, RuntimeError};
 
 /// What the actor needs to (re)start plugin instances of one chain.
-struct Runner {
-    channel: String,
-    plugin: Plugin,
-    ledger: Ledger,
-    status: Arc<ChainStatus>,
-    make_support: SupportFactory,
-    restart: RestartConfig,
+pub(super) struct Runner {
+    pub(super) channel: String,
+    pub(super) plugin: Plugin,
+    pub(super) ledger: Ledger,
+    pub(super) status: Arc<ChainStatus>,
+    pub(super) make_support: SupportFactory,
+    pub(super) restart: RestartConfig,
     /// Free bytes the ledger writer keeps on the ledger's disk.
-    disk_reserve: u64,
+    pub(super) disk_reserve: u64,
     /// The ledger writer of the current instance.
-    writer: Option<JoinHandle<()>>,
+    pub(super) writer: Option<JoinHandle<()>>,
     /// The height the current instance started at.
-    start_height: u64,
+    pub(super) start_height: u64,
     /// When the plugin crashed within the crash window.
-    crash_times: VecDeque<Instant>,
+    pub(super) crash_times: VecDeque<Instant>,
 }
 
 /// The actor's phase.
@@ -45,11 +47,10 @@ enum Phase {
 impl Runner {
     /// A new instance at the ledger's last durable block: a fresh ledger
     /// writer and support, `handle-chain(metadata)`, `start`.
-    fn start_instance(&mut self, rp: ResumePoint) -> Result<ChainCore, RuntimeError> {
+    pub(super) fn start_instance(&mut self, rp: ResumePoint) -> Result<ChainCore, RuntimeError> {
         let (sink, writer) = ledger_sink(&self.channel, self.ledger.clone(), self.status.clone(), self.disk_reserve)?;
         self.start_height = rp.pos.height;
-        self.status.absolute_max_bytes.store(rp.config.batch_size.absolute_max_bytes, Ordering::Relaxed);
-        self.status.sequence.store(rp.config.sequence, Ordering::Relaxed);
+        self.status.set_position_config(&rp.config);
         let support = (self.make_support)(sink, rp.pos, rp.config);
         match ChainCore::start(&self.plugin, support, &rp.metadata, self.status.clone()) {
             Ok(core) => {
@@ -84,12 +85,10 @@ impl Runner {
     /// or errored for good.
     fn on_crash(&mut self, reason: String, restartable: bool, lost: u64) -> Phase {
         let st = &self.status;
-        let crashes = st.crashes.fetch_add(1, Ordering::Relaxed) + 1;
-        st.lost_envelopes.fetch_add(lost, Ordering::Relaxed);
-        *st.last_crash.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+        let crashes = st.record_crash(&reason, lost);
         let ch = &self.channel;
         tracing::error!(channel = %ch, crashes, lost_envelopes = lost, %reason, policy = %self.restart.policy, "plugin instance crashed");
-        if !restartable || st.fatal.load(Ordering::Relaxed) || self.restart.policy == RestartPolicy::FailClosed {
+        if !restartable || st.is_fatal() || self.restart.policy == RestartPolicy::FailClosed {
             st.set_state(ChainState::Errored);
             st.set_errored(reason);
             return Phase::Down;
@@ -125,7 +124,7 @@ impl Runner {
         });
         match resume.and_then(|rp| self.start_instance(rp)) {
             Ok(core) => {
-                let restarts = self.status.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+                let restarts = self.status.record_restart();
                 tracing::info!(channel = %self.channel, restarts, height = self.start_height, "plugin instance restarted from the last written block");
                 self.status.set_state(ChainState::Running);
                 self.status.clear_errored();
@@ -138,7 +137,7 @@ impl Runner {
 
 /// The actor loop on the chain's own thread: a current-thread runtime that
 /// waits for the next event, the next timer or the end of a backoff.
-fn run_actor(mut runner: Runner, core: ChainCore, mut rx: mpsc::Receiver<Offer>, mut halt: watch::Receiver<bool>) {
+pub(super) fn run_actor(mut runner: Runner, core: ChainCore, mut rx: mpsc::Receiver<Offer>, mut halt: watch::Receiver<bool>) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
         Ok(rt) => rt,
         Err(e) => {

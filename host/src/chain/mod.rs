@@ -17,6 +17,7 @@
 //! from Broadcast's SUCCESS.
 
 
+use std::collections::VecDeque;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -30,6 +31,8 @@ use crate::runtime::{Plugin, RuntimeError};
 use crate::support::{BlockSink, ChainPosition, Support};
 
 mod actor;
+
+use actor::{Runner, run_actor};
 mod restart;
 mod resume;
 mod writer;

@@ -47,7 +47,7 @@ impl PluginState {
         PluginState {
             table: ResourceTable::new(),
             envelopes: Default::default(),
-            limits: StoreLimitsBuilder::new().build(),
+            limits: wasmtime::StoreLimitsBuilder::new().build(),
             call_limits: CallLimits::from(&crate::limits::Limits::default()),
             handles: 0,
             held_bytes: 0,

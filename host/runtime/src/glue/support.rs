@@ -173,12 +173,51 @@ impl support::Host for PluginState {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
     use super::*;
-    use crate::channel::ChannelTemplate;
-    use crate::testhost::{ManualClock, MemorySink};
+    use crate::bindings::fabric::consenter::{log, timers};
+    use crate::channel::{ChannelConfig, ChannelTemplate};
+    use crate::envelope::Envelope;
+    use crate::proto::common::Block;
+    use crate::signer::Signer;
+    use crate::support::{BlockSink, ChainPosition, Clock, METADATA_SLACK, OnDurable, SupportLimits};
     use support::Host as _;
     use timers::Host as _;
     use types::HostBatch as _;
+
+    /// A clock moved by hand (the testkit's own depends on this crate).
+    struct ManualClock {
+        start: Instant,
+        offset: Mutex<Duration>,
+    }
+
+    impl ManualClock {
+        fn new() -> Arc<ManualClock> {
+            Arc::new(ManualClock { start: Instant::now(), offset: Mutex::new(Duration::ZERO) })
+        }
+        fn advance(&self, d: Duration) {
+            *self.offset.lock().unwrap() += d;
+        }
+    }
+
+    impl Clock for ManualClock {
+        fn now(&self) -> Instant {
+            self.start + *self.offset.lock().unwrap()
+        }
+    }
+
+    /// Blocks written, in memory.
+    #[derive(Clone, Default)]
+    struct MemorySink(Arc<Mutex<Vec<Bytes>>>);
+
+    impl BlockSink for MemorySink {
+        fn write(&mut self, _: u64, block: Bytes, _: Option<OnDurable>) -> Result<(), String> {
+            self.0.lock().unwrap().push(block);
+            Ok(())
+        }
+    }
 
     fn state(limits: SupportLimits) -> (PluginState, Arc<ManualClock>, MemorySink) {
         let dir = tempfile::tempdir().unwrap();
