@@ -358,11 +358,6 @@ impl Ledger {
         self.inner.read_index().offsets.len() as u64
     }
 
-    /// Header hash of the last durable block (None when empty).
-    pub fn last_hash(&self) -> Option<[u8; 32]> {
-        self.inner.read_index().last_hash
-    }
-
     /// Appends blocks in order, writes them, fsyncs once for the group, and
     /// only then makes them visible to readers and wakes waiters. Refuses,
     /// without writing anything, a group in which a block's number is not
@@ -521,12 +516,6 @@ impl Ledger {
         // The sender lives in `self.inner`, which `&self` keeps alive, so
         // this cannot fail with a closed channel.
         let _ = rx.wait_for(|height| *height > number).await;
-    }
-
-    /// A receiver of the durable height, for readers that `select!` on
-    /// several things.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.inner.height_tx.subscribe()
     }
 
     /// An iterator over the raw bytes of durable blocks from `start`.
@@ -1217,7 +1206,7 @@ mod tests {
         let path = dir.path().join("mychannel");
         let ledger = Ledger::open(&path).unwrap();
         assert_eq!(ledger.height(), 0);
-        assert_eq!(ledger.last_hash(), None);
+        assert_eq!(ledger.inner.read_index().last_hash, None);
         assert!(ledger.block_bytes(0).unwrap().is_none());
         assert_eq!(fs::read(block_file(&path)).unwrap(), MAGIC);
         assert!(!path.join(BLOCK_FILE_TMP).exists());
@@ -1247,7 +1236,7 @@ mod tests {
         }
         assert!(ledger.block_bytes(5).unwrap().is_none());
         let last = Block::decode(blocks[4].clone()).unwrap();
-        assert_eq!(ledger.last_hash(), Some(header_hash(last.header.as_ref().unwrap())));
+        assert_eq!(ledger.inner.read_index().last_hash, Some(header_hash(last.header.as_ref().unwrap())));
         assert_eq!(ledger.block(4).unwrap().unwrap(), last);
         assert!(ledger.block(5).unwrap().is_none());
         assert_eq!(file_len(dir.path()), MAGIC_LEN + blocks.iter().map(|b| 8 + b.len() as u64).sum::<u64>());
@@ -1363,7 +1352,7 @@ mod tests {
         assert_eq!(ledger.block_bytes(1).unwrap().unwrap(), blocks[1]);
         assert!(ledger.block_bytes(2).unwrap().is_none());
         let b1 = Block::decode(blocks[1].clone()).unwrap();
-        assert_eq!(ledger.last_hash(), Some(header_hash(b1.header.as_ref().unwrap())));
+        assert_eq!(ledger.inner.read_index().last_hash, Some(header_hash(b1.header.as_ref().unwrap())));
 
         ledger.append(&blocks[2..3]).unwrap();
         assert_eq!(ledger.height(), 3);
@@ -1595,7 +1584,7 @@ mod tests {
         // ...but a wait for block 0 returns at once.
         assert!(!poll_once(&mut pin!(ledger.wait_for(0))).await, "block 0 is durable");
 
-        let mut rx = ledger.subscribe();
+        let mut rx = ledger.inner.height_tx.subscribe();
         assert_eq!(*rx.borrow_and_update(), 1);
         let writer = ledger.clone();
         let b1 = blocks[1].clone();

@@ -190,7 +190,11 @@ impl Node {
     }
 
     fn chains_dir(&self) -> PathBuf {
-        self.data_dir.join("chains")
+        chains_dir(&self.data_dir)
+    }
+
+    fn channel_dir(&self, channel: &str) -> PathBuf {
+        channel_dir(&self.data_dir, channel)
     }
 
     /// The node's identity.
@@ -329,7 +333,7 @@ impl Node {
         if let Some(c) = chain {
             c.halt();
         }
-        let dir = self.chains_dir().join(channel);
+        let dir = self.channel_dir(channel);
         std::fs::remove_dir_all(&dir).map_err(|source| NodeError::Io { path: dir, source })?;
         tracing::info!(channel, "channel removed");
         Ok(())
@@ -364,14 +368,14 @@ impl Node {
             channel: channel.clone(),
             what: format!("initializing configtx manager failed: bad channel ID: {e}"),
         })?;
-        if self.chain(&channel).is_some() || self.chains_dir().join(&channel).exists() {
+        if self.chain(&channel).is_some() || self.channel_dir(&channel).exists() {
             return Err(NodeError::Exists(channel));
         }
         if genesis.header.as_ref().map(|h| h.number) != Some(0) {
             return Err(NodeError::Channel { channel, what: "a genesis block must be block 0".into() });
         }
         self.plugin_for(&channel, &cfg)?;
-        let ledger = Ledger::open(&self.chains_dir().join(&channel))?;
+        let ledger = Ledger::open(&self.channel_dir(&channel))?;
         ledger.append(&[raw])?;
         tracing::info!(channel = %channel, consensus = %cfg.consensus_type, "channel created");
         let height = ledger.height();
@@ -383,7 +387,7 @@ impl Node {
     /// Restarts a channel from its ledger; `height` is set once the ledger
     /// is open (for the report if the chain does not start).
     fn resume(&self, channel: &str, height: &mut u64) -> Result<(), NodeError> {
-        let ledger = Ledger::open(&self.chains_dir().join(channel))?;
+        let ledger = Ledger::open(&self.channel_dir(channel))?;
         *height = ledger.height();
         self.start_chain(channel, ledger)?;
         Ok(())
@@ -494,5 +498,10 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 /// The data directory layout of a channel's ledger.
 pub fn channel_dir(data_dir: &Path, channel: &str) -> PathBuf {
-    data_dir.join("chains").join(channel)
+    chains_dir(data_dir).join(channel)
+}
+
+/// Where a node keeps its channels' ledgers: `<data>/chains/`.
+pub fn chains_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("chains")
 }

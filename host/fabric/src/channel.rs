@@ -478,7 +478,7 @@ mod tests {
 
     #[test]
     fn fabric_genesis_blocks_parse() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/fabric/blocks");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/fabric/blocks");
         let b = Block::decode(Bytes::from(std::fs::read(dir.join("solochannel.genesis.block")).unwrap())).unwrap();
         let c = ChannelConfig::from_config_block(&b).unwrap();
         assert_eq!(c.channel_id, "solochannel");
@@ -504,7 +504,7 @@ mod tests {
     /// fixtures) parse: consensus type, batch settings, organizations.
     #[test]
     fn third_party_genesis_blocks_parse() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/fabric-sdk-py");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/fabric-sdk-py");
         let cases = [
             ("e2e_cli__orderer.genesis.block", "solo", true),
             ("e2e_raft__orderer.genesis.block", "etcdraft", true),

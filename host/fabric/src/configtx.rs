@@ -476,7 +476,7 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> Bytes {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/fabric");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/fabric");
         std::fs::read(dir.join(name)).unwrap().into()
     }
 
@@ -623,7 +623,7 @@ mod tests {
 
     #[test]
     fn third_party_updates_parse() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/fabric-sdk-py");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/fabric-sdk-py");
         for f in ["e2e_cli__channel.tx", "e2e_raft__channel.tx", "e2e_cli__Org1MSPanchors.tx"] {
             let pb = Envelope::decode(Bytes::from(std::fs::read(dir.join(f)).unwrap())).unwrap();
             let req = parse_update(&pb).unwrap_or_else(|e| panic!("{f}: {e}"));

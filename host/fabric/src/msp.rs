@@ -24,7 +24,10 @@ use sha2::{Digest, Sha256};
 use x509_cert::Certificate;
 use x509_cert::crl::CertificateList;
 use x509_cert::der::asn1::ObjectIdentifier;
-use x509_cert::der::{Decode, Encode};
+use x509_cert::der::asn1::UintRef;
+use x509_cert::der::{Decode, Encode, Header, Reader, SliceReader, Tag};
+
+use crate::block::hex;
 use x509_cert::ext::pkix::BasicConstraints;
 use x509_cert::name::Name;
 
@@ -846,50 +849,40 @@ fn subject_ous(name: &Name) -> Vec<String> {
     ous
 }
 
-/// Splits a DER TLV off `input`: (tag, content, rest).
-fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (first as usize, rest)
-    } else {
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n].iter().fold(0usize, |a, b| (a << 8) | *b as usize);
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
-}
-
 /// The raw bytes (header included) of the first element of a DER SEQUENCE:
-/// the signed part of a certificate or CRL.
+/// the signed part of a certificate or CRL, exactly as it was signed.
 fn first_element(der: &[u8]) -> Option<&[u8]> {
-    let (tag, content, _) = der_tlv(der)?;
-    if tag != 0x30 {
+    let mut r = SliceReader::new(der).ok()?;
+    let h = Header::decode(&mut r).ok()?;
+    if h.tag != Tag::Sequence {
         return None;
     }
-    let (_, _, rest) = der_tlv(content)?;
-    Some(&content[..content.len() - rest.len()])
+    r.tlv_bytes().ok()
 }
 
-/// The S integer (big-endian, leading zeros stripped) of a DER ECDSA
-/// signature `SEQUENCE { INTEGER r, INTEGER s }`.
+/// The S integer (big-endian, without leading zeros) of a DER ECDSA
+/// signature `SEQUENCE { INTEGER r, INTEGER s }`, both positive, nothing
+/// after it (strict DER, as Go's encoding/asn1).
 fn der_signature_s(sig: &[u8]) -> Option<&[u8]> {
-    let (tag, content, rest) = der_tlv(sig)?;
-    if tag != 0x30 || !rest.is_empty() {
+    let (_, s) = der_signature(sig)?;
+    Some(s)
+}
+
+/// (r, s) of a DER ECDSA signature.
+fn der_signature(sig: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut reader = SliceReader::new(sig).ok()?;
+    let (r, s) = reader
+        .sequence(|seq| {
+            let r = UintRef::decode(seq)?;
+            let s = UintRef::decode(seq)?;
+            Ok((r, s))
+        })
+        .ok()?;
+    reader.finish(()).ok()?;
+    if r.is_empty() || s.is_empty() {
         return None;
     }
-    let (rt, r, rest) = der_tlv(content)?;
-    let (st, s, rest) = der_tlv(rest)?;
-    if rt != 0x02 || st != 0x02 || !rest.is_empty() || r.is_empty() || s.is_empty() || s[0] & 0x80 != 0 {
-        return None;
-    }
-    Some(strip_zeros(s))
+    Some((r.as_bytes(), s.as_bytes()))
 }
 
 fn strip_zeros(b: &[u8]) -> &[u8] {
@@ -905,10 +898,6 @@ fn be_le(a: &[u8], b: &[u8]) -> bool {
         return a.len() < b.len();
     }
     a <= b
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 const fn hex_nibble(c: u8) -> u8 {
@@ -1006,8 +995,7 @@ mod tests {
     }
 
     fn r_of(sig: &[u8]) -> &[u8] {
-        let (_, content, _) = der_tlv(sig).unwrap();
-        der_tlv(content).unwrap().1
+        der_signature(sig).unwrap().0
     }
 
     /// The curve orders are right: with our n, (r, n - s) is the other valid

@@ -247,7 +247,7 @@ mod tests {
     #[test]
     fn fabric_fixture_msp_loads() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(
-            "../../shared/fixtures/fabric/crypto/ordererOrganizations/example.com/orderers/orderer0.example.com/msp",
+            "../../../shared/fixtures/fabric/crypto/ordererOrganizations/example.com/orderers/orderer0.example.com/msp",
         );
         let s = Signer::from_msp_dir(&dir, "OrdererMSP").unwrap();
         assert_eq!(s.mspid(), "OrdererMSP");

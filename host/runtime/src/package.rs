@@ -12,7 +12,8 @@
 //! at top level) one custom section named [`MANIFEST_SECTION`], then zero or
 //! more custom sections named [`SIGNATURE_SECTION`] at the very end. A
 //! custom section is `0x00`, a LEB128 u32 size, a LEB128 name length, the
-//! name, the payload; wasmtime ignores them.
+//! name, the payload; wasmtime ignores them. Sections are read with
+//! wasmparser and written with wasm-encoder.
 //!
 //! The manifest payload is UTF-8 `key=value` lines (`#` comments allowed):
 //! `name`, `version`, `wit` (e.g. `fabric:consenter@0.1.0`),
@@ -258,41 +259,12 @@ struct Section {
     custom: Option<(String, std::ops::Range<usize>)>,
 }
 
-fn read_leb_u32(bytes: &[u8], pos: &mut usize) -> Option<u32> {
-    let mut result: u64 = 0;
-    for i in 0..5 {
-        let b = *bytes.get(*pos)?;
-        *pos += 1;
-        result |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return u32::try_from(result).ok();
-        }
-    }
-    None
-}
-
-fn write_leb_u32(out: &mut Vec<u8>, mut v: u32) {
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-/// A custom section: id 0, size, name, payload.
+/// A custom section (id 0, size, name, payload), encoded by wasm-encoder.
 pub fn custom_section(name: &str, payload: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(name.len() + payload.len() + 5);
-    write_leb_u32(&mut body, name.len() as u32);
-    body.extend_from_slice(name.as_bytes());
-    body.extend_from_slice(payload);
-    let mut out = Vec::with_capacity(body.len() + 6);
-    out.push(0);
-    write_leb_u32(&mut out, body.len() as u32);
-    out.extend_from_slice(&body);
+    use wasm_encoder::{Encode, Section};
+    let section = wasm_encoder::CustomSection { name: name.into(), data: payload.into() };
+    let mut out = vec![section.id()];
+    section.encode(&mut out);
     out
 }
 
@@ -312,36 +284,41 @@ fn check_header(file: &str, bytes: &[u8]) -> Result<(), PackageError> {
     Ok(())
 }
 
+/// The top-level sections of a component, read with wasmparser (nested
+/// modules and components are skipped whole, as one section each).
 fn sections(file: &str, bytes: &[u8]) -> Result<Vec<Section>, PackageError> {
+    use wasmparser::{Chunk, Parser, Payload};
     check_header(file, bytes)?;
     let bad = |reason: String| PackageError::Malformed { file: file.into(), reason };
     let mut out = Vec::new();
-    let mut pos = 8;
-    while pos < bytes.len() {
+    let mut parser = Parser::new(0);
+    let mut pos = 0usize;
+    loop {
         let start = pos;
-        let id = bytes[pos];
-        pos += 1;
-        let size = read_leb_u32(bytes, &mut pos).ok_or_else(|| bad(format!("bad section size at offset {start}")))?;
-        let end = pos
-            .checked_add(size as usize)
-            .filter(|e| *e <= bytes.len())
-            .ok_or_else(|| bad(format!("section at offset {start} runs past the end of the file")))?;
-        let custom = if id == 0 {
-            let mut p = pos;
-            let n = read_leb_u32(bytes, &mut p)
-                .ok_or_else(|| bad(format!("bad custom section name at offset {start}")))? as usize;
-            let name_end = p
-                .checked_add(n)
-                .filter(|e| *e <= end)
-                .ok_or_else(|| bad(format!("custom section name at offset {start} runs past the section")))?;
-            let name = std::str::from_utf8(&bytes[p..name_end])
-                .map_err(|_| bad(format!("custom section name at offset {start} is not UTF-8")))?;
-            Some((name.to_string(), name_end..end))
-        } else {
-            None
+        let (payload, consumed) = match parser.parse(&bytes[pos..], true) {
+            Ok(Chunk::Parsed { payload, consumed }) => (payload, consumed),
+            Ok(Chunk::NeedMoreData(_)) => return Err(bad(format!("section at offset {start} runs past the end of the file"))),
+            Err(e) if e.message().contains("unexpected end") => {
+                return Err(bad(format!("section at offset {start} runs past the end of the file ({e})")));
+            }
+            Err(e) => return Err(bad(format!("at offset {start}: {e}"))),
         };
-        out.push(Section { id, start, end, custom });
-        pos = end;
+        pos += consumed;
+        match payload {
+            Payload::Version { .. } => continue,
+            Payload::End(_) => break,
+            Payload::ModuleSection { unchecked_range, .. } | Payload::ComponentSection { unchecked_range, .. } => {
+                // Only the header was consumed; the parser itself already
+                // continues after the nested binary, and so does `pos`.
+                pos = unchecked_range.end;
+                out.push(Section { id: bytes[start], start, end: pos, custom: None });
+            }
+            Payload::CustomSection(c) => {
+                let data = c.data_offset()..c.data_offset() + c.data().len();
+                out.push(Section { id: 0, start, end: pos, custom: Some((c.name().to_string(), data)) });
+            }
+            _ => out.push(Section { id: bytes[start], start, end: pos, custom: None }),
+        }
     }
     Ok(out)
 }

@@ -1,0 +1,99 @@
+//! Channel participation (Fabric's `osnadmin channel`) over the admin endpoint.
+
+use crate::*;
+
+#[derive(Subcommand)]
+pub(crate) enum ChannelCmd {
+    /// Join a channel from its genesis block (a file made by Fabric's
+    /// configtxgen, for instance).
+    Join {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The channel's config block.
+        #[arg(long = "config-block", short = 'b')]
+        config_block: PathBuf,
+    },
+    /// List the node's channels.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show one channel: status, consensus relation, height.
+    Show {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Channel id.
+        #[arg(long = "channel-id", short = 'c')]
+        channel: String,
+    },
+    /// Remove a channel: halt it and delete its ledger.
+    Remove {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Channel id.
+        #[arg(long = "channel-id", short = 'c')]
+        channel: String,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct AdminArgs {
+    /// Admin endpoint of the node (host:port).
+    #[arg(long = "orderer-address", short = 'o', default_value = "127.0.0.1:7053")]
+    address: String,
+    /// CA certificate (PEM) of the endpoint's TLS certificate; with it the
+    /// command speaks TLS, the server name being the host of the address.
+    #[arg(long = "ca-file", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long = "client-cert", value_name = "FILE", requires_all = ["client_key", "ca_file"])]
+    client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(long = "client-key", value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    fn tls(&self) -> Result<admin::ClientTls> {
+        let Some(ca) = &self.ca_file else { return Ok(Default::default()) };
+        let identity = self.client_cert.as_deref().zip(self.client_key.as_deref());
+        Ok(admin::ClientTls {
+            config: Some(admin::tls::client_config(ca, identity)?),
+            has_client_cert: identity.is_some(),
+        })
+    }
+}
+
+
+pub(crate) fn channel_cmd(c: ChannelCmd) -> Result<()> {
+    use admin::CHANNELS;
+    let (ChannelCmd::Join { admin: a, .. }
+    | ChannelCmd::List { admin: a }
+    | ChannelCmd::Show { admin: a, .. }
+    | ChannelCmd::Remove { admin: a, .. }) = &c;
+    let tls = a.tls()?;
+    let send = |method, path: &str, body| admin::request_with(&a.address, &tls, method, path, body);
+    let answer = match &c {
+        ChannelCmd::Join { config_block, .. } => {
+            let bytes = std::fs::read(config_block).with_context(|| format!("reading {}", config_block.display()))?;
+            let name = config_block.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let (ct, body) = admin::multipart_body("config-block", &name, &bytes);
+            send("POST", CHANNELS, Some((&ct, &body)))
+        }
+        ChannelCmd::List { .. } => send("GET", CHANNELS, None),
+        ChannelCmd::Show { channel, .. } => send("GET", &format!("{CHANNELS}/{channel}"), None),
+        ChannelCmd::Remove { channel, .. } => send("DELETE", &format!("{CHANNELS}/{channel}"), None),
+    }?;
+    // Print what osnadmin prints: the status code and the JSON body.
+    println!("Status: {}", answer.status);
+    if !answer.body.is_empty() {
+        match serde_json::from_slice::<serde_json::Value>(&answer.body) {
+            Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+            Err(_) => println!("{}", String::from_utf8_lossy(&answer.body)),
+        }
+    }
+    if answer.status >= 300 {
+        bail!("{}", answer.error_text());
+    }
+    Ok(())
+}

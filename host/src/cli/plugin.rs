@@ -1,0 +1,181 @@
+//! Plugin packages: signing keys, signing, verifying, inspecting.
+
+use crate::*;
+
+#[derive(Subcommand)]
+pub(crate) enum PluginCmd {
+    /// Generate an Ed25519 signing key: writes NAME.key (PKCS#8 PEM, mode
+    /// 0600) and NAME.pub (hex; copy it into a node's trust directory).
+    Keygen {
+        /// DIR/NAME of the key files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a plugin's manifest and sign it (replaces any manifest and
+    /// signatures the input has).
+    Sign {
+        /// Private key file (NAME.key).
+        #[arg(long)]
+        key: PathBuf,
+        /// Plugin name.
+        #[arg(long)]
+        name: String,
+        /// Plugin version.
+        #[arg(long)]
+        version: String,
+        /// The consensus type it implements (what `--plugin TYPE=...` and
+        /// a channel's ConsensusType must say).
+        #[arg(long)]
+        consensus_type: String,
+        /// A capability it asks for (cluster, storage). Repeatable.
+        #[arg(long = "capability", value_name = "C")]
+        capabilities: Vec<String>,
+        /// The contract it targets (default: the version the component's
+        /// own imports and exports name).
+        #[arg(long)]
+        wit: Option<String>,
+        /// The component to sign.
+        input: PathBuf,
+        /// Where to write the signed plugin.
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
+    },
+    /// Check a plugin's signatures against a trust directory and its
+    /// contract version against this host; exits non-zero unless it is
+    /// signed by a trusted key and loadable.
+    Verify {
+        /// Directory of trusted public keys (*.pub).
+        #[arg(long)]
+        trust_dir: PathBuf,
+        /// Also require the manifest to say this consensus type.
+        #[arg(long)]
+        consensus_type: Option<String>,
+        /// The plugin file.
+        file: PathBuf,
+    },
+    /// Print a plugin's manifest, signatures (key ids), size, SHA-256 and
+    /// its WIT imports and exports.
+    Inspect {
+        /// The plugin file.
+        file: PathBuf,
+    },
+}
+
+
+pub(crate) fn plugin_cmd(c: PluginCmd) -> Result<()> {
+    match c {
+        PluginCmd::Keygen { out } => {
+            let (key, public, id) = package::keygen(&out)?;
+            println!("private key: {} (keep it secret)", key.display());
+            println!("public key:  {} (key id {id}; copy it into a node's trust directory)", public.display());
+            Ok(())
+        }
+        PluginCmd::Sign { key, name, version, consensus_type, capabilities, wit, input, out } => {
+            let file = input.display().to_string();
+            let key = package::SigningKey::read(&key)?;
+            let bytes = std::fs::read(&input).with_context(|| format!("reading {file}"))?;
+            let wit = match wit {
+                Some(w) => w,
+                None => package::component_wit(&package::Package::parse(&file, &bytes)?).with_context(|| {
+                    format!("{file}: the component names no {} interface; pass --wit", package::WIT_NAMESPACE)
+                })?,
+            };
+            let manifest = package::Manifest { name, version, wit, consensus_type, capabilities };
+            let signed = package::sign(&file, &bytes, &manifest, &key)?;
+            std::fs::write(&out, &signed).with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "signed {} -> {}: consensus type {}, contract {}, key id {}, {} bytes",
+                file,
+                out.display(),
+                manifest.consensus_type,
+                manifest.wit,
+                key.key_id,
+                signed.len()
+            );
+            Ok(())
+        }
+        PluginCmd::Verify { trust_dir, consensus_type, file } => {
+            let name = file.display().to_string();
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {name}"))?;
+            let store = package::TrustStore::load(&trust_dir)?;
+            let pkg = package::Package::parse(&name, &bytes)?;
+            for c in package::check_signatures(&pkg, &store) {
+                match c {
+                    package::SignatureCheck::Trusted { key_id, signer } => {
+                        println!("{name}: signed by {signer} (key id {key_id}): valid, trusted")
+                    }
+                    package::SignatureCheck::Unknown { key_id } => {
+                        println!("{name}: signed by key id {key_id}: not in {}", trust_dir.display())
+                    }
+                    package::SignatureCheck::Invalid { key_id, signer } => {
+                        println!("{name}: signed by {signer} (key id {key_id}): INVALID (modified after signing)")
+                    }
+                }
+            }
+            let result = package::verify(&name, &pkg, &store)
+                .and_then(|k| package::check_contract(&name, &bytes, runtime::WIT_PACKAGE).map(|_| k))
+                .and_then(|k| match (&consensus_type, &pkg.manifest) {
+                    (Some(want), Some(m)) if &m.consensus_type != want => Err(package::PackageError::TypeMismatch {
+                        file: name.clone(),
+                        manifest: m.consensus_type.clone(),
+                        wanted: want.clone(),
+                    }),
+                    _ => Ok(k),
+                });
+            match result {
+                Ok(k) => {
+                    let m =
+                        pkg.manifest.as_ref().map(|m| (m.consensus_type.as_str(), m.wit.as_str())).unwrap_or_default();
+                    println!(
+                        "{name}: TRUSTED (signer {}, key id {}; consensus type {}, contract {})",
+                        k.name, k.key_id, m.0, m.1
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    println!("{name}: NOT TRUSTED: {e}");
+                    bail!("{name}: verification failed")
+                }
+            }
+        }
+        PluginCmd::Inspect { file } => {
+            let name = file.display().to_string();
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {name}"))?;
+            let pkg = package::Package::parse(&name, &bytes)?;
+            println!("file:      {name}");
+            println!("size:      {} bytes", pkg.size);
+            println!("sha256:    {}", hex(&pkg.file_sha256));
+            println!("signed:    first {} bytes, sha256 {}", pkg.signed_len, hex(&pkg.signed_digest));
+            match &pkg.manifest {
+                Some(m) => {
+                    println!("manifest:");
+                    println!("  name:           {}", m.name);
+                    println!("  version:        {}", m.version);
+                    println!("  wit:            {}", m.wit);
+                    println!("  consensus-type: {}", m.consensus_type);
+                    let caps = if m.capabilities.is_empty() { "(none)".to_string() } else { m.capabilities.join(", ") };
+                    println!("  capabilities:   {caps}");
+                }
+                None => println!("manifest:  (none)"),
+            }
+            println!("signatures: {}", pkg.signatures.len());
+            for s in &pkg.signatures {
+                println!("  ed25519 key id {}", s.key_id);
+            }
+            println!("imports:");
+            for i in &pkg.imports {
+                println!("  {i}");
+            }
+            println!("exports:");
+            for e in &pkg.exports {
+                println!("  {e}");
+            }
+            match package::check_contract(&name, &bytes, runtime::WIT_PACKAGE) {
+                Ok(_) => println!("contract:  compatible with this host ({})", runtime::WIT_PACKAGE),
+                Err(e) => println!("contract:  NOT loadable by this host: {e}"),
+            }
+            Ok(())
+        }
+    }
+}
+
