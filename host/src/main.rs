@@ -102,4 +102,3 @@ fn init_tracing() {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
-

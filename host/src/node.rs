@@ -11,12 +11,12 @@ use std::sync::{Arc, RwLock, Weak};
 use bytes::Bytes;
 use prost::Message;
 
+pub use crate::block::last_config_and_metadata;
 use crate::chain::{Chain, RestartPolicies, ResumeError, ResumePoint};
 use crate::channel::ChannelConfig;
 use crate::configtx::validate_channel_id;
 use crate::ledger::{Ledger, LedgerError};
 use crate::proto::common::Block;
-pub use crate::block::last_config_and_metadata;
 use crate::runtime::{Limits, Plugin, Runtime, RuntimeError};
 use crate::signer::Signer;
 use crate::support::{Support, SupportLimits, SystemClock};
@@ -486,7 +486,6 @@ pub struct ConsenterInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_crash: Option<String>,
 }
-
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())

@@ -250,7 +250,11 @@ pub fn last_config_and_metadata(b: &Block) -> (u64, Vec<u8>) {
     {
         return (lc.index, m.consenter_metadata.to_vec());
     }
-    let slot = b.metadata.as_ref().and_then(|m| m.metadata.get(crate::proto::common::BlockMetadataIndex::LastConfig as usize)).cloned();
+    let slot = b
+        .metadata
+        .as_ref()
+        .and_then(|m| m.metadata.get(crate::proto::common::BlockMetadataIndex::LastConfig as usize))
+        .cloned();
     if let Some(slot) = slot
         && let Ok(md) = crate::proto::common::Metadata::decode(slot)
         && let Ok(lc) = crate::proto::common::LastConfig::decode(md.value)
@@ -259,7 +263,6 @@ pub fn last_config_and_metadata(b: &Block) -> (u64, Vec<u8>) {
     }
     (0, Vec::new())
 }
-
 
 #[cfg(test)]
 mod tests {

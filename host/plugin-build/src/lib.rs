@@ -53,7 +53,10 @@ pub fn build(root: &Path, packages: &[&str]) -> PathBuf {
     }
     let status = cmd.status().unwrap_or_else(|e| panic!("running cargo to build plugins/: {e}"));
     if !status.success() {
-        panic!("building the wasm plugins {packages:?} in {} failed ({status}); see the cargo output above", plugins_dir.display());
+        panic!(
+            "building the wasm plugins {packages:?} in {} failed ({status}); see the cargo output above",
+            plugins_dir.display()
+        );
     }
     target_dir.join(WASM_TARGET).join("release")
 }

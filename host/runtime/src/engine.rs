@@ -202,4 +202,3 @@ fn stub_wasi_imports(linker: &mut Linker<PluginState>, component: &Component, en
 pub(crate) fn deadline_ticks(d: Duration) -> u64 {
     (d.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
 }
-

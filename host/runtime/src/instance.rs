@@ -153,4 +153,3 @@ fn trap_reason(e: &wasmtime::Error) -> String {
         s
     }
 }
-

@@ -193,7 +193,6 @@ impl Limits {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,4 +217,3 @@ mod tests {
         assert!(Limits::default().has_deadline());
     }
 }
-

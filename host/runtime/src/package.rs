@@ -297,7 +297,9 @@ fn sections(file: &str, bytes: &[u8]) -> Result<Vec<Section>, PackageError> {
         let start = pos;
         let (payload, consumed) = match parser.parse(&bytes[pos..], true) {
             Ok(Chunk::Parsed { payload, consumed }) => (payload, consumed),
-            Ok(Chunk::NeedMoreData(_)) => return Err(bad(format!("section at offset {start} runs past the end of the file"))),
+            Ok(Chunk::NeedMoreData(_)) => {
+                return Err(bad(format!("section at offset {start} runs past the end of the file")));
+            }
             Err(e) if e.message().contains("unexpected end") => {
                 return Err(bad(format!("section at offset {start} runs past the end of the file ({e})")));
             }
@@ -1003,8 +1005,7 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("fabric:consenter@0.2.0") && msg.contains("fabric:consenter@0.1.0"), "{msg}");
         // A component actually built for 0.2.0 (plugins/hostile-wit), no manifest.
-        let hw =
-            std::fs::read(consenter_test_plugins::path("consenter_hostile_wit.wasm")).unwrap();
+        let hw = std::fs::read(consenter_test_plugins::path("consenter_hostile_wit.wasm")).unwrap();
         let err = check_contract("hostile-wit", &hw, WIT_PACKAGE).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, PackageError::WitMismatch { .. }), "{msg}");
@@ -1019,8 +1020,7 @@ mod tests {
     fn lying_manifest_caught() {
         // hostile-wit is built for 0.2.0; a manifest claiming 0.1.0 does
         // not make it pass: its imports say 0.2.0.
-        let hw =
-            std::fs::read(consenter_test_plugins::path("consenter_hostile_wit.wasm")).unwrap();
+        let hw = std::fs::read(consenter_test_plugins::path("consenter_hostile_wit.wasm")).unwrap();
         let bytes = with_manifest("hw.wasm", &hw, &manifest("solo")).unwrap();
         let err = check_contract("hw", &bytes, WIT_PACKAGE).unwrap_err();
         assert!(err.to_string().contains("fabric:consenter@0.2.0"), "{err}");

@@ -200,4 +200,3 @@ impl ChainStatus {
         self.errored.subscribe()
     }
 }
-

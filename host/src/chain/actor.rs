@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 
-use super::resume::ResumePoint;
 use super::restart::{RestartConfig, RestartPolicy};
+use super::resume::ResumePoint;
 use super::writer::ledger_sink;
 use super::{MAX_GROUP, Offer, SupportFactory};
 use crate::chain::{ChainCore, ChainState, ChainStatus, EnqueueError};
@@ -137,7 +137,12 @@ impl Runner {
 
 /// The actor loop on the chain's own thread: a current-thread runtime that
 /// waits for the next event, the next timer or the end of a backoff.
-pub(super) fn run_actor(mut runner: Runner, core: ChainCore, mut rx: mpsc::Receiver<Offer>, mut halt: watch::Receiver<bool>) {
+pub(super) fn run_actor(
+    mut runner: Runner,
+    core: ChainCore,
+    mut rx: mpsc::Receiver<Offer>,
+    mut halt: watch::Receiver<bool>,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -232,4 +237,3 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
-

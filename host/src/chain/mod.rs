@@ -16,7 +16,6 @@
 //! Fabric client learns that a transaction was ordered from Deliver, not
 //! from Broadcast's SUCCESS.
 
-
 use std::collections::VecDeque;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
@@ -210,4 +209,3 @@ impl Drop for Chain {
         self.halt.send_replace(true);
     }
 }
-

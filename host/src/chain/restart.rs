@@ -106,7 +106,6 @@ impl RestartPolicies {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,4 +131,3 @@ mod tests {
         assert!("sometimes".parse::<RestartPolicy>().is_err());
     }
 }
-

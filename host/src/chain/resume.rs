@@ -50,4 +50,3 @@ impl ResumePoint {
         Ok(ResumePoint { pos: ChainPosition { height, last_hash, last_config }, config: Arc::new(config), metadata })
     }
 }
-

@@ -109,4 +109,3 @@ fn ledger_writer(
         }
     }
 }
-

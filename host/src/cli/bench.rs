@@ -31,7 +31,6 @@ pub(crate) struct BenchArgs {
     commit_timeout: Duration,
 }
 
-
 pub(crate) fn bench(a: BenchArgs) -> Result<()> {
     let signer = match (&a.msp_dir, &a.mspid) {
         (Some(dir), Some(id)) => Some(Signer::from_msp_dir(dir, id)?),
@@ -80,4 +79,3 @@ pub(crate) fn bench(a: BenchArgs) -> Result<()> {
 pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
-

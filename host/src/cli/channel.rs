@@ -64,7 +64,6 @@ impl AdminArgs {
     }
 }
 
-
 pub(crate) fn channel_cmd(c: ChannelCmd) -> Result<()> {
     use admin::CHANNELS;
     let (ChannelCmd::Join { admin: a, .. }

@@ -29,7 +29,6 @@ pub(crate) enum LedgerCmd {
     },
 }
 
-
 pub(crate) fn channels_of(data_dir: &Path, only: Option<&str>) -> Result<Vec<String>> {
     if let Some(c) = only {
         return Ok(vec![c.to_string()]);

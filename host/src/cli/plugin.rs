@@ -61,7 +61,6 @@ pub(crate) enum PluginCmd {
     },
 }
 
-
 pub(crate) fn plugin_cmd(c: PluginCmd) -> Result<()> {
     match c {
         PluginCmd::Keygen { out } => {
@@ -178,4 +177,3 @@ pub(crate) fn plugin_cmd(c: PluginCmd) -> Result<()> {
         }
     }
 }
-

@@ -152,7 +152,6 @@ pub(crate) fn parse_restart_policy(spec: &str) -> Result<(PolicyTarget, String, 
     Ok((kind, name.to_string(), policy))
 }
 
-
 pub(crate) fn start(a: StartArgs) -> Result<()> {
     init_tracing();
     std::fs::create_dir_all(&a.data_dir)

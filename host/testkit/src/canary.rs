@@ -14,10 +14,10 @@ use prost::Message;
 
 use crate::block;
 use crate::channel::{ChannelConfig, ChannelTemplate};
-use consenter_runtime::{Plugin, RuntimeError};
 use crate::signer::Signer;
 use crate::support::{ChainPosition, Support, SupportLimits};
 use crate::testhost::{ManualClock, MemorySink};
+use consenter_runtime::{Plugin, RuntimeError};
 
 /// The channel id the canary runs under.
 pub const CANARY_CHANNEL: &str = "canary";
@@ -137,8 +137,7 @@ mod tests {
     #[test]
     fn a_plugin_trapping_in_start_is_rejected_with_the_default_channel() {
         let dir = tempfile::tempdir().unwrap();
-        let bytes =
-            std::fs::read(consenter_test_plugins::path("consenter_hostile_canary.wasm")).unwrap();
+        let bytes = std::fs::read(consenter_test_plugins::path("consenter_hostile_canary.wasm")).unwrap();
         let rt = Runtime::new(Limits::default()).unwrap();
         let p = rt.load("bad", &bytes).unwrap();
         let err = run(&p, signer(dir.path())).unwrap_err().to_string();

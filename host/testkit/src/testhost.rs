@@ -11,14 +11,14 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::block;
-use consenter_runtime::chain_core::{ChainCore, EnqueueError};
-use consenter_runtime::status::ChainStatus;
 use crate::channel::{ChannelConfig, ChannelTemplate};
 use crate::envelope::Envelope;
 use crate::proto::common::Block;
-use consenter_runtime::{Plugin, RuntimeError};
 use crate::signer::Signer;
 use crate::support::{BlockSink, ChainPosition, Clock, OnDurable, Support, SupportLimits};
+use consenter_runtime::chain_core::{ChainCore, EnqueueError};
+use consenter_runtime::status::ChainStatus;
+use consenter_runtime::{Plugin, RuntimeError};
 
 /// A clock moved only by the test.
 #[derive(Debug)]

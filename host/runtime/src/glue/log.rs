@@ -31,4 +31,3 @@ impl log::Host for PluginState {
         Ok(())
     }
 }
-

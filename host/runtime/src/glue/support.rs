@@ -461,4 +461,3 @@ mod tests {
         assert_eq!(allowed, 10, "refilled at the rate");
     }
 }
-

@@ -20,7 +20,10 @@ impl timers::Host for PluginState {
             return self.answer(Err(e));
         }
         if !s.timers.contains_key(&id) && s.timers.len() >= s.limits.max_timers {
-            let e = crate::support::SupportError::LimitExceeded(format!("timer {id}: {} timers are already armed", s.timers.len()));
+            let e = crate::support::SupportError::LimitExceeded(format!(
+                "timer {id}: {} timers are already armed",
+                s.timers.len()
+            ));
             let e = s.refuse(e);
             return self.answer(Err(e));
         }
@@ -36,4 +39,3 @@ impl timers::Host for PluginState {
         Ok(())
     }
 }
-

@@ -289,7 +289,6 @@ impl types::HostBlock for PluginState {
     }
 }
 
-
 impl From<crate::support::SupportError> for types::SupportError {
     fn from(e: crate::support::SupportError) -> Self {
         use crate::support::SupportError as S;
