@@ -250,7 +250,7 @@ fn new_uuid() -> String {
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut u);
     u[8] = (u[8] & !0xc0) | 0x80;
     u[6] = (u[6] & !0xf0) | 0x40;
-    let h = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let h = crate::block::hex;
     format!("{}-{}-{}-{}-{}", h(&u[0..4]), h(&u[4..6]), h(&u[6..8]), h(&u[8..10]), h(&u[10..]))
 }
 
