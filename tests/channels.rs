@@ -14,8 +14,7 @@ use common::*;
 use consenter_host::channel::ChannelConfig;
 use consenter_host::envelope;
 use consenter_host::proto::common::{
-    Block, ConfigEnvelope, ConfigGroup, ConfigSignature, ConfigUpdate, ConfigUpdateEnvelope, Envelope, HeaderType,
-    Payload,
+    Block, ConfigEnvelope, ConfigSignature, ConfigUpdate, ConfigUpdateEnvelope, Envelope, HeaderType, Payload,
 };
 use consenter_host::proto::orderer::seek_info::SeekBehavior;
 use consenter_host::proto::orderer::seek_position::Type as Pos;
@@ -182,24 +181,10 @@ async fn solochannel_joined_over_rest_enforces_fabric_policies() {
     // /Channel/Orderer/Admins (the orderer org's admin).
     let (blocks, _) = deliver_as(&node, "solochannel", 0, 0, &user1).await;
     let current = config_of(&blocks[0]).config.unwrap();
-    let root = current.channel_group.as_ref().unwrap();
-    let orderer = &root.groups["Orderer"];
-    let mut bs_value = orderer.values["BatchSize"].clone();
-    let mut bs = BatchSize::decode(bs_value.value.clone()).unwrap();
+    let orderer = &current.channel_group.as_ref().unwrap().groups["Orderer"];
+    let mut bs = BatchSize::decode(orderer.values["BatchSize"].value.clone()).unwrap();
     bs.max_message_count = 2;
-    bs_value.value = bs.encode_to_vec().into();
-    bs_value.version += 1;
-    let stub = |v: u64| ConfigGroup { version: v, ..Default::default() };
-    let mut read = stub(root.version);
-    read.groups.insert("Orderer".into(), stub(orderer.version));
-    let mut write = read.clone();
-    write.groups.get_mut("Orderer").unwrap().values.insert("BatchSize".into(), bs_value);
-    let update = ConfigUpdate {
-        channel_id: "solochannel".into(),
-        read_set: Some(read),
-        write_set: Some(write),
-        ..Default::default()
-    };
+    let update = orderer_value_update("solochannel", &current, "BatchSize", bs.encode_to_vec());
     let orderer_admin = identity("orderer", "Admin");
     // Signed by an application user only: the Admins policy refuses it.
     let acks = broadcast_all(&mut c, vec![config_update_envelope(&update, &[&user1], &user1)]).await;
@@ -244,12 +229,12 @@ async fn solochannel_joined_over_rest_enforces_fabric_policies() {
     bs.max_message_count = 3;
     let two = vec![
         config_update_envelope(
-            &orderer_value_update(&current, "BatchTimeout", timeout.encode_to_vec()),
+            &orderer_value_update("solochannel", &current, "BatchTimeout", timeout.encode_to_vec()),
             &[&orderer_admin],
             &orderer_admin,
         ),
         config_update_envelope(
-            &orderer_value_update(&current, "BatchSize", bs.encode_to_vec()),
+            &orderer_value_update("solochannel", &current, "BatchSize", bs.encode_to_vec()),
             &[&orderer_admin],
             &orderer_admin,
         ),
@@ -448,26 +433,6 @@ fn participation_api_errors_are_clear() {
     assert!(!ok && out.contains("does the endpoint speak TLS?"), "{out}");
 }
 
-/// A CONFIG_UPDATE of `solochannel` that sets the orderer value `key`.
-fn orderer_value_update(current: &consenter_host::proto::common::Config, key: &str, value: Vec<u8>) -> ConfigUpdate {
-    let root = current.channel_group.as_ref().unwrap();
-    let orderer = &root.groups["Orderer"];
-    let mut v = orderer.values[key].clone();
-    v.value = value.into();
-    v.version += 1;
-    let stub = |v: u64| ConfigGroup { version: v, ..Default::default() };
-    let mut read = stub(root.version);
-    read.groups.insert("Orderer".into(), stub(orderer.version));
-    let mut write = read.clone();
-    write.groups.get_mut("Orderer").unwrap().values.insert(key.into(), v);
-    ConfigUpdate {
-        channel_id: "solochannel".into(),
-        read_set: Some(read),
-        write_set: Some(write),
-        ..Default::default()
-    }
-}
-
 /// Fabric's ProcessConfigMsg: a CONFIG envelope made from an older config
 /// is recomputed from the update it carries when the plugin revalidates
 /// it, so two updates validated under the same sequence both take effect;
@@ -490,9 +455,9 @@ fn stale_config_message_is_recomputed_on_revalidation() {
     };
     let mut bs = cfg0.batch_size;
     bs.max_message_count = 2;
-    let (pa, ea) = as_update(&orderer_value_update(&current, "BatchSize", bs.encode_to_vec()));
+    let (pa, ea) = as_update(&orderer_value_update("solochannel", &current, "BatchSize", bs.encode_to_vec()));
     let timeout = BatchTimeout { timeout: "1s".into() };
-    let (pb, eb) = as_update(&orderer_value_update(&current, "BatchTimeout", timeout.encode_to_vec()));
+    let (pb, eb) = as_update(&orderer_value_update("solochannel", &current, "BatchTimeout", timeout.encode_to_vec()));
 
     // Both validated under sequence 0; A is ordered first.
     let a = config_update(&cfg0, &node, &pa, &ea, &types).unwrap();
@@ -519,7 +484,7 @@ fn stale_config_message_is_recomputed_on_revalidation() {
     // no longer applies, and the plugin drops it with Fabric's reason.
     let mut bs = cfg0.batch_size;
     bs.max_message_count = 3;
-    let (pc, ec) = as_update(&orderer_value_update(&current, "BatchSize", bs.encode_to_vec()));
+    let (pc, ec) = as_update(&orderer_value_update("solochannel", &current, "BatchSize", bs.encode_to_vec()));
     let c = config_update(&cfg0, &node, &pc, &ec, &types).unwrap();
     let err = revalidate(&cfg1, &node, &c, &types).unwrap_err();
     assert!(err.contains("error applying config update to existing channel 'solochannel'"), "{err}");

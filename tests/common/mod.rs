@@ -238,17 +238,16 @@ pub fn npm_ci() {
     assert!(st.success(), "npm ci in {} failed", dir.display());
 }
 
-/// An unsigned CONFIG_UPDATE envelope for `channel` that sets the orderer
-/// value `key` (e.g. "BatchTimeout") of `current` to `value` (enough for
-/// the org-less channels of `ChannelTemplate`, whose policies need no
-/// signature).
-pub fn orderer_update(
+/// A ConfigUpdate of `channel` that sets the orderer value `key` (e.g.
+/// "BatchTimeout") of `current` to `value`: its version + 1, read set at the
+/// current group versions.
+pub fn orderer_value_update(
     channel: &str,
     current: &consenter_host::proto::common::Config,
     key: &str,
     value: Vec<u8>,
-) -> Envelope {
-    use consenter_host::proto::common::{ConfigGroup, ConfigUpdate, ConfigUpdateEnvelope};
+) -> consenter_host::proto::common::ConfigUpdate {
+    use consenter_host::proto::common::{ConfigGroup, ConfigUpdate};
     let root = current.channel_group.as_ref().expect("a channel group");
     let orderer = &root.groups["Orderer"];
     let mut v = orderer.values[key].clone();
@@ -259,8 +258,20 @@ pub fn orderer_update(
     read.groups.insert("Orderer".into(), stub(orderer.version));
     let mut write = read.clone();
     write.groups.get_mut("Orderer").expect("the Orderer group").values.insert(key.into(), v);
-    let update =
-        ConfigUpdate { channel_id: channel.into(), read_set: Some(read), write_set: Some(write), ..Default::default() };
+    ConfigUpdate { channel_id: channel.into(), read_set: Some(read), write_set: Some(write), ..Default::default() }
+}
+
+/// [`orderer_value_update`] as an unsigned CONFIG_UPDATE envelope (enough
+/// for the org-less channels of `ChannelTemplate`, whose policies need no
+/// signature).
+pub fn orderer_update(
+    channel: &str,
+    current: &consenter_host::proto::common::Config,
+    key: &str,
+    value: Vec<u8>,
+) -> Envelope {
+    use consenter_host::proto::common::ConfigUpdateEnvelope;
+    let update = orderer_value_update(channel, current, key, value);
     let cue = ConfigUpdateEnvelope { config_update: update.encode_to_vec().into(), signatures: vec![] };
     let b = envelope::build(channel, HeaderType::ConfigUpdate, "", cue.encode_to_vec().into(), None).unwrap();
     Envelope::decode(b).unwrap()

@@ -554,6 +554,18 @@ mod tests {
         c
     }
 
+    /// The read and write sets of an update setting the orderer value
+    /// `key` to `value`, read at the current group versions.
+    fn orderer_value_sets(cur: &Config, key: &str, value: ConfigValue) -> (ConfigGroup, ConfigGroup) {
+        let root = cur.channel_group.as_ref().unwrap();
+        let stub = |v: u64| ConfigGroup { version: v, ..Default::default() };
+        let mut read = stub(root.version);
+        read.groups.insert("Orderer".into(), stub(root.groups["Orderer"].version));
+        let mut write = read.clone();
+        write.groups.get_mut("Orderer").unwrap().values.insert(key.into(), value);
+        (read, write)
+    }
+
     #[test]
     fn value_update_bumps_version_and_sequence() {
         let cur = sample();
@@ -562,11 +574,7 @@ mod tests {
         let mut bs = orderer.values["BatchSize"].clone();
         bs.version += 1;
         bs.value = Bytes::from_static(b"\x08\x0a");
-        let stub = |v: u64| ConfigGroup { version: v, ..Default::default() };
-        let mut read = stub(root.version);
-        read.groups.insert("Orderer".into(), stub(orderer.version));
-        let mut write = read.clone();
-        write.groups.get_mut("Orderer").unwrap().values.insert("BatchSize".into(), bs.clone());
+        let (read, write) = orderer_value_sets(&cur, "BatchSize", bs.clone());
         let ce = update(&cur, read.clone(), write.clone()).unwrap();
         let next = ce.config.unwrap();
         assert_eq!(next.sequence, cur.sequence + 1);
@@ -673,11 +681,7 @@ mod tests {
         let orderer = &root.groups["Orderer"];
         let mut bt = orderer.values["BatchTimeout"].clone();
         bt.version += 1;
-        let stub = |v: u64| ConfigGroup { version: v, ..Default::default() };
-        let mut read = stub(root.version);
-        read.groups.insert("Orderer".into(), stub(orderer.version));
-        let mut write = read.clone();
-        write.groups.get_mut("Orderer").unwrap().values.insert("BatchTimeout".into(), bt);
+        let (read, write) = orderer_value_sets(&cur, "BatchTimeout", bt);
         let cu =
             ConfigUpdate { channel_id: "c".into(), read_set: Some(read), write_set: Some(write), ..Default::default() };
         let req = UpdateRequest {

@@ -126,17 +126,20 @@ pub fn check_consensus_type(current: &str, new: &str, types: &[String]) -> Resul
     if current == new {
         return Ok(());
     }
-    let available = types.join(", ");
-    if !types.iter().any(|t| t == new) {
-        return Err(format!(
-            "ConsensusType.type {new:?} has no plugin on this node (available: {available}); the channel keeps \
-             {current:?}"
-        ));
-    }
+    has_plugin(new, types).map_err(|e| format!("{e}; the channel keeps {current:?}"))?;
     Err(format!(
         "ConsensusType.type cannot change from {current:?} to {new:?} on a running channel: this node does not swap \
-         consensus plugins live yet (available: {available})"
+         consensus plugins live yet (available: {})",
+        types.join(", ")
     ))
+}
+
+/// Err (naming the plugins available) unless `types` has a plugin for `ty`.
+fn has_plugin(ty: &str, types: &[String]) -> Result<(), String> {
+    if types.iter().any(|t| t == ty) {
+        return Ok(());
+    }
+    Err(format!("ConsensusType.type {ty:?} has no plugin on this node (available: {})", types.join(", ")))
 }
 
 /// A CONFIG_UPDATE creating a channel, sent to an ordering system channel
@@ -173,13 +176,7 @@ pub fn channel_creation(
     let next = ce.config.as_ref().ok_or_else(|| creating("the update gives no config".into()))?;
     let new =
         ChannelConfig::from_config(channel, next).map_err(|e| creating(format!("the new config is not valid: {e}")))?;
-    if !types.contains(&new.consensus_type) {
-        return Err(creating(format!(
-            "ConsensusType.type {:?} has no plugin on this node (available: {})",
-            new.consensus_type,
-            types.join(", ")
-        )));
-    }
+    has_plugin(&new.consensus_type, types).map_err(creating)?;
     let sign_err = |e: crate::signer::SignerError| Refusal::Internal(format!("signing: {e}"));
     let inner =
         envelope::build(channel, HeaderType::Config, "", ce.encode_to_vec().into(), Some(signer)).map_err(sign_err)?;

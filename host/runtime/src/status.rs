@@ -129,13 +129,6 @@ impl ChainStatus {
         self.restarts.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Sets what Broadcast checks against before the config is known from
-    /// a running instance (at a chain's start or restart).
-    pub fn set_position_config(&self, c: &ChannelConfig) {
-        self.absolute_max_bytes.store(c.batch_size.absolute_max_bytes, Ordering::Relaxed);
-        self.sequence.store(c.sequence, Ordering::Relaxed);
-    }
-
     /// Marks the chain errored for good by a host failure (no restart).
     pub fn set_fatal(&self, reason: String) {
         self.fatal.store(true, Ordering::Relaxed);

@@ -68,17 +68,18 @@ pub(crate) struct Contents {
 impl Contents {
     pub(crate) fn of(envs: &[Envelope]) -> Contents {
         use crate::proto::common::HeaderType as H;
-        let special = envs.iter().position(|e| {
-            e.header_type == H::Config as i32
-                || e.header_type == H::OrdererTransaction as i32
-                || e.header_type == H::ConfigUpdate as i32
-        });
-        Contents {
-            count: envs.len(),
-            bytes: envs.iter().map(|e| e.bytes.len() as u64).sum(),
-            min_seq: envs.iter().map(|e| e.config_seq).min().unwrap_or(u64::MAX),
-            special: special.map(|i| (i, envs[i].header_type)),
+        let mut c = Contents { count: envs.len(), bytes: 0, min_seq: u64::MAX, special: None };
+        for (i, e) in envs.iter().enumerate() {
+            c.bytes += e.bytes.len() as u64;
+            c.min_seq = c.min_seq.min(e.config_seq);
+            let t = e.header_type;
+            if c.special.is_none()
+                && (t == H::Config as i32 || t == H::OrdererTransaction as i32 || t == H::ConfigUpdate as i32)
+            {
+                c.special = Some((i, t));
+            }
         }
+        c
     }
 }
 
@@ -256,7 +257,7 @@ impl Support {
             channel_creator: None,
             disk_used: 0,
             types,
-            disk_tokens: limits_disk_tokens(&limits),
+            disk_tokens: limits.disk_bytes_per_minute as f64,
             disk_refilled: log_refilled,
             limits,
         }
@@ -557,7 +558,7 @@ impl Support {
         let rate = l.disk_bytes_per_minute as f64 / 60.0;
         let elapsed = now.saturating_duration_since(self.disk_refilled).as_secs_f64();
         self.disk_refilled = now;
-        self.disk_tokens = (self.disk_tokens + elapsed * rate).min(limits_disk_tokens(l));
+        self.disk_tokens = (self.disk_tokens + elapsed * rate).min(l.disk_bytes_per_minute as f64);
         if (bytes as f64) > self.disk_tokens {
             return Err(format!(
                 "block {number}: the plugin wrote more than the channel's disk budget of {} bytes per minute \
@@ -586,11 +587,6 @@ enum Applied {
     Config(Box<ChannelConfig>),
     /// A channel to create (its genesis block), from a system channel.
     Channel(Block),
-}
-
-/// A full minute of the disk budget (the token bucket's size).
-fn limits_disk_tokens(l: &SupportLimits) -> f64 {
-    l.disk_bytes_per_minute as f64
 }
 
 /// Creates a channel from its genesis block (the registrar).

@@ -234,16 +234,10 @@ mod tests {
         (PluginState::for_test(s), clock, sink)
     }
 
+    /// An envelope handle outside the held-bytes accounting (the caps'
+    /// tests set their own budgets).
     fn envelope(st: &mut PluginState, tx: &str) -> Resource<EnvelopeRes> {
-        let b = crate::envelope::build(
-            "unit",
-            crate::proto::common::HeaderType::Message,
-            tx,
-            Bytes::from_static(b"x"),
-            None,
-        )
-        .unwrap();
-        st.envelopes.insert(Envelope::parse(b).unwrap()).unwrap()
+        st.envelopes.insert(built(tx)).unwrap()
     }
 
     fn block_of(st: &mut PluginState, tx: &str) -> Resource<CreatedBlock> {
@@ -353,7 +347,7 @@ mod tests {
         let _more = insert(&mut st, "k4");
     }
 
-    fn insert(st: &mut PluginState, tx: &str) -> Resource<EnvelopeRes> {
+    fn built(tx: &str) -> Envelope {
         let b = crate::envelope::build(
             "unit",
             crate::proto::common::HeaderType::Message,
@@ -362,19 +356,16 @@ mod tests {
             None,
         )
         .unwrap();
-        st.insert_envelope(Envelope::parse(b).unwrap()).unwrap()
+        Envelope::parse(b).unwrap()
+    }
+
+    /// Hands the plugin an envelope as the host does (counted).
+    fn insert(st: &mut PluginState, tx: &str) -> Resource<EnvelopeRes> {
+        st.insert_envelope(built(tx)).unwrap()
     }
 
     fn insert_err(st: &mut PluginState, tx: &str) -> String {
-        let b = crate::envelope::build(
-            "unit",
-            crate::proto::common::HeaderType::Message,
-            tx,
-            Bytes::from_static(b"x"),
-            None,
-        )
-        .unwrap();
-        st.insert_envelope(Envelope::parse(b).unwrap()).map(|_| ()).unwrap_err().to_string()
+        st.insert_envelope(built(tx)).map(|_| ()).unwrap_err().to_string()
     }
 
     #[test]
