@@ -16,7 +16,7 @@ fn main() {
 }
 
 /// Fabric's proto files this crate compiles (host/protos/proto).
-const FILES: [&str; 9] = [
+const FILES: [&str; 12] = [
     "common/common.proto",
     "common/configtx.proto",
     "common/configuration.proto",
@@ -25,5 +25,8 @@ const FILES: [&str; 9] = [
     "msp/msp_config.proto",
     "msp/msp_principal.proto",
     "orderer/ab.proto",
+    "orderer/cluster.proto",
     "orderer/configuration.proto",
+    "orderer/etcdraft/configuration.proto",
+    "orderer/etcdraft/metadata.proto",
 ];

@@ -10,9 +10,14 @@
 pub mod common {
     include!(concat!(env!("OUT_DIR"), "/common.rs"));
 }
-/// `orderer` package: SeekInfo, Broadcast/Deliver messages, orderer config values.
+/// `orderer` package: SeekInfo, Broadcast/Deliver messages, cluster Step
+/// messages, orderer config values.
 pub mod orderer {
     include!(concat!(env!("OUT_DIR"), "/orderer.rs"));
+}
+/// `etcdraft` package: Fabric's raft ConfigMetadata, Options and BlockMetadata.
+pub mod etcdraft {
+    include!(concat!(env!("OUT_DIR"), "/etcdraft.rs"));
 }
 /// `msp` package: serialized identities and principals.
 pub mod msp {
