@@ -127,11 +127,11 @@ async fn signed_plugin_is_verified_inspected_and_orders() {
         format!("sha256:    {sha}"),
         "name:           my solo".into(),
         "version:        2.0.1".into(),
-        "wit:            fabric:consenter@0.1.0".into(),
+        "wit:            fabric:consenter@0.2.0".into(),
         "consensus-type: mysolo".into(),
         format!("ed25519 key id {id}"),
-        "  fabric:consenter/support@0.1.0".into(),
-        "exports:\n  fabric:consenter/chain@0.1.0".into(),
+        "  fabric:consenter/support@0.2.0".into(),
+        "exports:\n  fabric:consenter/chain@0.2.0".into(),
         "compatible with this host".into(),
     ] {
         assert!(out.contains(&want), "inspect shows {want:?}: {out}");
@@ -221,20 +221,20 @@ fn plugin_for_another_contract_version_is_refused_at_load() {
     let dir = tempfile::tempdir().unwrap();
     let (key, keys, _) = keygen(dir.path());
     let hw = built("consenter_hostile_wit.wasm");
-    // Signed by a trusted key with an honest manifest (wit 0.2.0, taken
+    // Signed by a trusted key with an honest manifest (wit 0.9.0, taken
     // from the component): trust does not make it loadable.
     let signed = dir.path().join("hw.wasm");
     sign(&key, &hw, "hw", &signed);
     let (ok, out) = cli(&["plugin", "inspect", s(&signed)]);
-    assert!(ok && out.contains("wit:            fabric:consenter@0.2.0"), "{out}");
+    assert!(ok && out.contains("wit:            fabric:consenter@0.9.0"), "{out}");
     assert!(out.contains("NOT loadable"), "{out}");
     let (ok, out) = cli(&["plugin", "verify", "--trust-dir", s(&keys), s(&signed)]);
-    assert!(!ok && out.contains("fabric:consenter@0.2.0"), "{out}");
+    assert!(!ok && out.contains("fabric:consenter@0.9.0"), "{out}");
 
     let plugin = format!("hw={}", s(&signed));
     let err = start_refused(&dir.path().join("d1"), &["--plugin-trust-dir", s(&keys), "--plugin", &plugin]);
-    assert!(err.contains("built for contract fabric:consenter@0.2.0"), "{err}");
-    assert!(err.contains("this host speaks fabric:consenter@0.1.0"), "{err}");
+    assert!(err.contains("built for contract fabric:consenter@0.9.0"), "{err}");
+    assert!(err.contains("this host speaks fabric:consenter@0.2.0, fabric:consenter@0.1.0"), "{err}");
     // Refused before compiling: no compiled artifact of it was cached
     // (entries are named by the plugin's SHA-256).
     let sha = consenter_host::block::hex(&Sha256::digest(std::fs::read(&signed).unwrap()));
@@ -245,7 +245,7 @@ fn plugin_for_another_contract_version_is_refused_at_load() {
     // Unsigned, with no manifest at all: its own imports give it away.
     let plugin = format!("hw={}", s(&hw));
     let err = start_refused(&dir.path().join("d2"), &["--allow-unsigned-plugins", "--plugin", &plugin]);
-    assert!(err.contains("fabric:consenter@0.2.0") && err.contains("fabric:consenter@0.1.0"), "{err}");
+    assert!(err.contains("fabric:consenter@0.9.0") && err.contains("fabric:consenter@0.1.0"), "{err}");
 }
 
 #[test]

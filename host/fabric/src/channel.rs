@@ -36,6 +36,42 @@ pub enum ConfigError {
     Msp(String),
     #[error("policy: {0}")]
     Policy(String),
+    #[error("ConsensusType {kind}: metadata is not a valid {kind} ConfigMetadata: {reason}")]
+    ConsensusMetadata { kind: String, reason: String },
+}
+
+/// A consenter of a channel (Fabric's etcdraft `Consenter`): where it
+/// listens and the TLS certificates (PEM) that identify it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consenter {
+    /// Host name or address of its cluster endpoint.
+    pub host: String,
+    /// Port of its cluster endpoint.
+    pub port: u32,
+    /// Its TLS client certificate, PEM.
+    pub client_tls_cert: Vec<u8>,
+    /// Its TLS server certificate, PEM.
+    pub server_tls_cert: Vec<u8>,
+}
+
+/// The consenter set a config names: for ConsensusType `etcdraft`, the
+/// consenters of its `etcdraft.ConfigMetadata`, in order; none for other
+/// types (solo).
+pub fn consenters_of(consensus_type: &str, metadata: &[u8]) -> Result<Vec<Consenter>, ConfigError> {
+    if consensus_type != "etcdraft" {
+        return Ok(Vec::new());
+    }
+    let m = crate::proto::etcdraft::ConfigMetadata::decode(metadata)
+        .map_err(|e| ConfigError::ConsensusMetadata { kind: consensus_type.into(), reason: e.to_string() })?;
+    Ok(m.consenters
+        .into_iter()
+        .map(|c| Consenter {
+            host: c.host,
+            port: c.port,
+            client_tls_cert: c.client_tls_cert.to_vec(),
+            server_tls_cert: c.server_tls_cert.to_vec(),
+        })
+        .collect())
 }
 
 /// The configuration bundle of a channel.
@@ -55,6 +91,8 @@ pub struct ChannelConfig {
     pub consensus_metadata: Bytes,
     /// ConsensusType.state (0 normal, 1 maintenance).
     pub consensus_state: i32,
+    /// The channel's consenters (from the etcdraft metadata; empty for solo).
+    pub consenters: Vec<Consenter>,
     /// Capabilities named at the Channel, Orderer and Application levels.
     pub capabilities: ChannelCapabilities,
     /// The channel's Consortium value (application channels made through
@@ -163,11 +201,13 @@ impl ChannelConfig {
             policies.get(path).is_some_and(|p| p.evaluate_identities::<Arc<crate::msp::Identity>>(&[]).is_ok())
         };
         let (open_writers, open_readers) = (open(WRITERS), open(READERS));
+        let consenters = consenters_of(&ct.r#type, &ct.metadata)?;
         Ok(ChannelConfig {
             channel_id: channel_id.to_string(),
             sequence: config.sequence,
             batch_size: bs,
             batch_timeout,
+            consenters,
             consensus_type: ct.r#type,
             consensus_metadata: ct.metadata,
             consensus_state: ct.state,

@@ -223,6 +223,29 @@ pub fn revalidate(
     authorize(cfg, WRITERS, &env.payload, &env.creator, &env.signature).map(|()| None)
 }
 
+/// Fabric's `Validate` of a CONFIG envelope another consenter ordered (a
+/// follower writing the leader's config block): its config must be exactly
+/// what its last update gives when applied to `cfg`, authorized by `cfg`'s
+/// policies, and a valid config of a type this node has a plugin for.
+pub fn verify_config(cfg: &ChannelConfig, env: &Envelope, types: &[String]) -> Result<(), String> {
+    if env.channel_id != cfg.channel_id {
+        return Err(format!("the config envelope is for channel {}, not {}", env.channel_id, cfg.channel_id));
+    }
+    let ce = config_envelope(&env.payload)?;
+    let included = ce.config.clone().ok_or("the config envelope carries no config")?;
+    let (pb, update) = last_update(ce)?;
+    check_writers(cfg, &update).map_err(|e| format!("its last update: {e}"))?;
+    let req = configtx::parse_update(&pb).map_err(|e| format!("its last update: {e}"))?;
+    let auth = |path: &str, s: &[TxSigned]| authorize_signed(cfg, path, s);
+    let proposed = configtx::propose_update(&cfg.config, &req, &pb, &auth)
+        .map_err(|e| format!("its last update does not apply to the current config: {e}"))?;
+    if proposed.config.as_ref() != Some(&included) {
+        return Err("its config is not what its last update gives when applied to the current config".into());
+    }
+    let new = ChannelConfig::from_config(&cfg.channel_id, &included).map_err(|e| format!("the new config: {e}"))?;
+    check_consensus_type(&cfg.consensus_type, &new.consensus_type, types)
+}
+
 fn config_envelope(payload: &Bytes) -> Result<ConfigEnvelope, String> {
     let p = Payload::decode(payload.clone()).map_err(|e| format!("payload: {e}"))?;
     ConfigEnvelope::decode(p.data).map_err(|e| format!("ConfigEnvelope: {e}"))

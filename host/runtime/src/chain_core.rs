@@ -110,6 +110,7 @@ impl ChainCore {
         match r {
             Ok(v) => {
                 self.sync_status();
+                self.tell_consenters_changed();
                 Ok(v)
             }
             Err(e) => {
@@ -175,6 +176,53 @@ impl ChainCore {
                 return;
             }
         }
+    }
+
+    /// If a config block written in the last call changed the consenter
+    /// set, tells a clustered plugin (`on-consenters-changed`), after that
+    /// call and before any other event.
+    fn tell_consenters_changed(&mut self) {
+        let changed = self.instance.support_mut().is_some_and(|s| s.take_consenters_changed());
+        if changed && self.instance.is_clustered() && self.status.errored().is_none() {
+            let r = self.instance.on_consenters_changed();
+            let _ = self.on_call_result(r);
+        }
+    }
+
+    /// Whether the plugin is of the clustered world.
+    pub fn is_clustered(&self) -> bool {
+        self.instance.is_clustered()
+    }
+
+    /// A consensus message from member `from` (`on-message`).
+    pub fn on_message(&mut self, from: u64, payload: &[u8]) {
+        if self.status.errored().is_some() {
+            return;
+        }
+        let r = self.instance.on_message(from, payload);
+        let _ = self.on_call_result(r);
+    }
+
+    /// Writes a block the block puller fetched and verified during a
+    /// catch-up. Err: it was refused (the catch-up stops there).
+    pub fn write_pulled(&mut self, block: bytes::Bytes) -> Result<(), String> {
+        let r = match self.instance.support_mut() {
+            Some(s) => s.write_pulled(block).map_err(|e| e.to_string()),
+            None => Err("the plugin instance has ended".into()),
+        };
+        self.sync_status();
+        r
+    }
+
+    /// A catch-up ended at `height` (`error`: why it stopped short).
+    pub fn caught_up(&mut self, height: u64, error: Option<&str>) {
+        if self.status.errored().is_some() {
+            return;
+        }
+        // Config blocks pulled during the catch-up may have changed the set.
+        self.tell_consenters_changed();
+        let r = self.instance.on_caught_up(height, error);
+        let _ = self.on_call_result(r);
     }
 
     /// Halts the plugin.

@@ -10,17 +10,28 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
-use crate::bindings::{Consenter, ConsenterPre};
+use crate::bindings::{v0_1, v0_2, v0_2_clustered};
 use crate::cache::{LoadSource, PluginCache};
 use crate::glue::PluginState;
 use crate::limits::Limits;
 use crate::plugin::Plugin;
 
-/// The contract version this host speaks.
-pub const WIT_PACKAGE: &str = "fabric:consenter@0.1.0";
+/// The newest contract version this host speaks.
+pub const WIT_PACKAGE: &str = "fabric:consenter@0.2.0";
+
+/// Every contract version this host speaks, newest first: a plugin built
+/// for any of them loads (a host upgrade never breaks an installed plugin).
+pub const WIT_PACKAGES: &[&str] = &["fabric:consenter@0.2.0", "fabric:consenter@0.1.0"];
 
 /// Interfaces a plugin may import from this host.
 const PROVIDED: &[&str] = &[
+    "fabric:consenter/types@0.2.0",
+    "fabric:consenter/support@0.2.0",
+    "fabric:consenter/timers@0.2.0",
+    "fabric:consenter/log@0.2.0",
+    "fabric:consenter/cluster@0.2.0",
+    "fabric:consenter/replication@0.2.0",
+    "fabric:consenter/storage@0.2.0",
     "fabric:consenter/types@0.1.0",
     "fabric:consenter/support@0.1.0",
     "fabric:consenter/timers@0.1.0",
@@ -40,11 +51,9 @@ pub enum RuntimeError {
     Package(#[from] crate::package::PackageError),
     #[error("plugin {plugin}: not a valid WebAssembly component: {reason}")]
     Compile { plugin: String, reason: String },
-    #[error(
-        "plugin {plugin}: imports {import}, which this host does not provide (it provides {provided}; contract {WIT_PACKAGE})"
-    )]
+    #[error("plugin {plugin}: imports {import}, which this host does not provide (it provides {provided})")]
     UnknownImport { plugin: String, import: String, provided: String },
-    #[error("plugin {plugin}: does not fit the {WIT_PACKAGE} consenter world: {reason}")]
+    #[error("plugin {plugin}: does not fit its contract's world: {reason}")]
     Link { plugin: String, reason: String },
     #[error("plugin {plugin}: instantiating for channel {channel}: {reason}")]
     Instantiate { plugin: String, channel: String, reason: String },
@@ -92,7 +101,12 @@ impl Runtime {
         cfg.wasm_component_model(true);
         let engine = Engine::new(&cfg).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
-        Consenter::add_to_linker::<PluginState, wasmtime::component::HasSelf<PluginState>>(&mut linker, |s| s)
+        // Every contract version at once: 0.1.0's interfaces, and 0.2.0's
+        // (the clustered world's imports include the single-node world's).
+        type Me = wasmtime::component::HasSelf<PluginState>;
+        v0_1::Consenter::add_to_linker::<PluginState, Me>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        v0_2_clustered::ClusteredConsenter::add_to_linker::<PluginState, Me>(&mut linker, |s| s)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
         // The epoch ticker: deadlines are counted in ticks of EPOCH_TICK.
@@ -137,7 +151,8 @@ impl Runtime {
     /// before anything is compiled.
     pub fn load_with_source(&self, name: &str, bytes: &[u8]) -> Result<(Plugin, LoadSource), RuntimeError> {
         let engine = &self.inner.engine;
-        crate::package::check_contract(name, bytes, WIT_PACKAGE)?;
+        let pkg = crate::package::check_contract(name, bytes, WIT_PACKAGES)?;
+        let world = World::of(&pkg);
         let compiled = match &self.inner.cache {
             Some(cache) => cache.load_or_compile(engine, name, bytes),
             None => Component::new(engine, bytes).map(|c| (c, LoadSource::Compiled)),
@@ -161,10 +176,53 @@ impl Runtime {
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| RuntimeError::Link { plugin: name.to_string(), reason: format!("{e:#}") })?;
-        let pre = ConsenterPre::new(pre)
-            .map_err(|e| RuntimeError::Link { plugin: name.to_string(), reason: format!("{e:#}") })?;
+        let link = |e: wasmtime::Error| RuntimeError::Link { plugin: name.to_string(), reason: format!("{e:#}") };
+        let pre = match world {
+            World::V0_1 => Pre::V0_1(v0_1::ConsenterPre::new(pre).map_err(link)?),
+            World::V0_2 => Pre::V0_2(v0_2::ConsenterPre::new(pre).map_err(link)?),
+            World::V0_2Clustered => Pre::V0_2Clustered(v0_2_clustered::ClusteredConsenterPre::new(pre).map_err(link)?),
+        };
         Ok((Plugin { name: name.to_string(), pre, runtime: self.clone(), limits: self.inner.limits.clone() }, source))
     }
+}
+
+/// The contract world a plugin was built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum World {
+    /// `fabric:consenter@0.1.0`, world `consenter`.
+    V0_1,
+    /// `fabric:consenter@0.2.0`, world `consenter` (single node).
+    V0_2,
+    /// `fabric:consenter@0.2.0`, world `clustered-consenter`.
+    V0_2Clustered,
+}
+
+impl World {
+    /// The world of a package that passed `check_contract`: its contract
+    /// version, and whether it exports `cluster-events`.
+    pub fn of(pkg: &crate::package::Package) -> World {
+        let wit = crate::package::component_wit(pkg).unwrap_or_default();
+        if wit.starts_with("fabric:consenter@0.1.") {
+            World::V0_1
+        } else if pkg.exports.iter().any(|e| e.starts_with("fabric:consenter/cluster-events@")) {
+            World::V0_2Clustered
+        } else {
+            World::V0_2
+        }
+    }
+
+    /// Whether plugins of this world replicate across nodes.
+    pub fn is_clustered(self) -> bool {
+        self == World::V0_2Clustered
+    }
+}
+
+/// A pre-linked plugin, by contract world.
+#[derive(Clone)]
+pub(crate) enum Pre {
+    V0_1(v0_1::ConsenterPre<PluginState>),
+    V0_2(v0_2::ConsenterPre<PluginState>),
+    V0_2Clustered(v0_2_clustered::ClusteredConsenterPre<PluginState>),
 }
 
 /// Links every `wasi:*` import of `component` to a function that traps

@@ -5,10 +5,58 @@ use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 
-use crate::bindings::Consenter;
+use crate::bindings::{v0_1, v0_2, v0_2_clustered};
 use crate::engine::{RuntimeError, deadline_ticks};
 use crate::glue::PluginState;
 use crate::support::Support;
+
+/// An instance's exports, by contract world.
+pub(crate) enum Bindings {
+    V0_1(v0_1::Consenter),
+    V0_2(v0_2::Consenter),
+    V0_2Clustered(v0_2_clustered::ClusteredConsenter),
+}
+
+/// `$call` on the instance's `chain` export, whatever its contract version
+/// (the `chain` interface is the same in every version).
+macro_rules! on_chain {
+    ($b:expr, |$c:ident| $call:expr) => {
+        match $b {
+            Bindings::V0_1(b) => {
+                let $c = b.fabric_consenter_chain();
+                $call
+            }
+            Bindings::V0_2(b) => {
+                let $c = b.fabric_consenter_chain();
+                $call
+            }
+            Bindings::V0_2Clustered(b) => {
+                let $c = b.fabric_consenter_chain();
+                $call
+            }
+        }
+    };
+}
+
+/// The `(handle, envelope-info)` list `enqueue` takes, in the types of the
+/// contract version at `$($t)::+`.
+macro_rules! offered {
+    ($s:expr, $envs:expr, $($t:ident)::+) => {{
+        let mut offered = Vec::with_capacity($envs.len());
+        for env in $envs {
+            let info = $($t)::+::EnvelopeInfo {
+                class: match env.class() {
+                    crate::envelope::MessageClass::Normal => $($t)::+::MessageClass::Normal,
+                    crate::envelope::MessageClass::Config => $($t)::+::MessageClass::Config,
+                },
+                size: env.size,
+                config_sequence: env.config_seq,
+            };
+            offered.push(($s.data_mut().insert_envelope(env)?, info));
+        }
+        offered
+    }};
+}
 
 /// One chain's instance of a plugin. After a trap the Store is dropped and
 /// every further call answers [`RuntimeError::Dead`].
@@ -16,7 +64,7 @@ pub struct Instance {
     pub(crate) plugin: String,
     pub(crate) channel: String,
     pub(crate) store: Option<Store<PluginState>>,
-    pub(crate) bindings: Consenter,
+    pub(crate) bindings: Bindings,
     pub(crate) deadline: Option<Duration>,
     /// Envelopes written in blocks by the support of a dropped Store.
     pub(crate) written_before_trap: u64,
@@ -54,7 +102,7 @@ impl Instance {
     fn call<R>(
         &mut self,
         name: &'static str,
-        f: impl FnOnce(&Consenter, &mut Store<PluginState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Bindings, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<R, RuntimeError> {
         let Some(store) = self.store.as_mut() else {
             return Err(RuntimeError::Dead { plugin: self.plugin.clone(), channel: self.channel.clone() });
@@ -84,33 +132,31 @@ impl Instance {
 
     /// `handle-chain(metadata)`: Ok(Err(reason)) if the plugin refused.
     pub fn handle_chain(&mut self, metadata: &[u8]) -> Result<Result<(), String>, RuntimeError> {
-        self.call("handle-chain", |b, s| b.fabric_consenter_chain().call_handle_chain(s, metadata))
+        self.call("handle-chain", |b, s| on_chain!(b, |c| c.call_handle_chain(s, metadata)))
     }
 
     /// `start()`.
     pub fn start(&mut self) -> Result<(), RuntimeError> {
-        self.call("start", |b, s| b.fabric_consenter_chain().call_start(s))
+        self.call("start", |b, s| on_chain!(b, |c| c.call_start(s)))
     }
 
     /// `enqueue(envelopes)`: whether the plugin accepted each, in order.
     /// An answer list of the wrong length refuses them all.
     pub fn enqueue(&mut self, envs: Vec<crate::envelope::Envelope>) -> Result<Vec<bool>, RuntimeError> {
-        use crate::bindings::fabric::consenter::types::{EnvelopeInfo, MessageClass};
         let n = envs.len();
-        let answers = self.call("enqueue", |b, s| {
-            let mut offered = Vec::with_capacity(n);
-            for env in envs {
-                let info = EnvelopeInfo {
-                    class: match env.class() {
-                        crate::envelope::MessageClass::Normal => MessageClass::Normal,
-                        crate::envelope::MessageClass::Config => MessageClass::Config,
-                    },
-                    size: env.size,
-                    config_sequence: env.config_seq,
-                };
-                offered.push((s.data_mut().insert_envelope(env)?, info));
+        let answers = self.call("enqueue", |b, s| match b {
+            Bindings::V0_1(b) => {
+                let offered = offered!(s, envs, v0_1::fabric::consenter::types);
+                b.fabric_consenter_chain().call_enqueue(s, &offered)
             }
-            b.fabric_consenter_chain().call_enqueue(s, &offered)
+            Bindings::V0_2(b) => {
+                let offered = offered!(s, envs, v0_2::fabric::consenter::types);
+                b.fabric_consenter_chain().call_enqueue(s, &offered)
+            }
+            Bindings::V0_2Clustered(b) => {
+                let offered = offered!(s, envs, v0_2::fabric::consenter::types);
+                b.fabric_consenter_chain().call_enqueue(s, &offered)
+            }
         })?;
         if answers.len() != n {
             tracing::warn!(channel = %self.channel, offered = n, answers = answers.len(), "plugin answered enqueue with a list of the wrong length");
@@ -121,12 +167,41 @@ impl Instance {
 
     /// `on-timer(id)`.
     pub fn on_timer(&mut self, id: u32) -> Result<(), RuntimeError> {
-        self.call("on-timer", |b, s| b.fabric_consenter_chain().call_on_timer(s, id))
+        self.call("on-timer", |b, s| on_chain!(b, |c| c.call_on_timer(s, id)))
+    }
+
+    /// Whether the plugin takes cluster events (`clustered-consenter`).
+    pub fn is_clustered(&self) -> bool {
+        matches!(self.bindings, Bindings::V0_2Clustered(_))
+    }
+
+    /// `on-message(from, payload)` (a no-op for a single-node plugin).
+    pub fn on_message(&mut self, from: u64, payload: &[u8]) -> Result<(), RuntimeError> {
+        self.call("on-message", |b, s| match b {
+            Bindings::V0_2Clustered(b) => b.fabric_consenter_cluster_events().call_on_message(s, from, payload),
+            _ => Ok(()),
+        })
+    }
+
+    /// `on-caught-up(height, error)` (a no-op for a single-node plugin).
+    pub fn on_caught_up(&mut self, height: u64, error: Option<&str>) -> Result<(), RuntimeError> {
+        self.call("on-caught-up", |b, s| match b {
+            Bindings::V0_2Clustered(b) => b.fabric_consenter_cluster_events().call_on_caught_up(s, height, error),
+            _ => Ok(()),
+        })
+    }
+
+    /// `on-consenters-changed()` (a no-op for a single-node plugin).
+    pub fn on_consenters_changed(&mut self) -> Result<(), RuntimeError> {
+        self.call("on-consenters-changed", |b, s| match b {
+            Bindings::V0_2Clustered(b) => b.fabric_consenter_cluster_events().call_on_consenters_changed(s),
+            _ => Ok(()),
+        })
     }
 
     /// `halt()`.
     pub fn halt(&mut self) -> Result<(), RuntimeError> {
-        self.call("halt", |b, s| b.fabric_consenter_chain().call_halt(s))
+        self.call("halt", |b, s| on_chain!(b, |c| c.call_halt(s)))
     }
 }
 

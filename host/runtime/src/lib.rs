@@ -17,6 +17,7 @@ pub use consenter_fabric::{block, channel, configtx, cutter, envelope, msp, poli
 pub mod bindings;
 pub mod cache;
 pub mod chain_core;
+pub mod cluster;
 pub mod engine;
 pub mod glue;
 pub mod instance;
@@ -26,7 +27,7 @@ pub mod plugin;
 pub mod status;
 pub mod support;
 
-pub use engine::{Runtime, RuntimeError, WIT_PACKAGE};
+pub use engine::{Runtime, RuntimeError, WIT_PACKAGE, WIT_PACKAGES, World};
 pub use glue::PluginState;
 pub use instance::Instance;
 pub use limits::{CallLimits, Limits, LimitsError};

@@ -54,7 +54,7 @@ pub const SIGNING_CONTEXT: &[u8] = b"consenter-plugin-signature-v1\0";
 /// The contract package name.
 pub const WIT_NAMESPACE: &str = "fabric:consenter";
 /// Capabilities a manifest may ask for (imports of the clustered world).
-pub const CAPABILITIES: &[&str] = &["cluster", "storage"];
+pub const CAPABILITIES: &[&str] = &["cluster", "replication", "storage"];
 
 const COMPONENT_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
 const MODULE_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
@@ -85,7 +85,7 @@ pub enum PackageError {
     BadSignature { file: String, key_id: String, signer: String },
     #[error("{file}: its manifest says consensus type {manifest:?}, but it was registered as {wanted:?}")]
     TypeMismatch { file: String, manifest: String, wanted: String },
-    #[error("plugin {file}: built for contract {plugin_wit}, but this host speaks {host_wit} (major.minor must match)")]
+    #[error("plugin {file}: built for contract {plugin_wit}, but this host speaks {host_wit} (major.minor must match one of them)")]
     WitMismatch { file: String, plugin_wit: String, host_wit: String },
     #[error("plugin {file}: the manifest does not match the component: {reason}")]
     ManifestLies { file: String, reason: String },
@@ -439,22 +439,33 @@ fn compatible(a: &str, b: &str) -> bool {
     matches!((parse_wit(a), parse_wit(b)), (Some(x), Some(y)) if x == y)
 }
 
-/// Checks, without compiling, that `bytes` targets the contract `host_wit`
-/// (e.g. `fabric:consenter@0.1.0`): the manifest's `wit` (if there is a
-/// manifest) and every `fabric:consenter/...@X.Y.Z` import and export must
-/// have the host's major.minor; the manifest must agree with the component
-/// (same version, capabilities for the interfaces it imports); it must
-/// export `fabric:consenter/chain`. `plugin` names it in errors.
-pub fn check_contract(plugin: &str, bytes: &[u8], host_wit: &str) -> Result<Package, PackageError> {
+/// Checks, without compiling, that `bytes` targets one of the contracts
+/// `host_wits` (e.g. `["fabric:consenter@0.2.0", "fabric:consenter@0.1.0"]`):
+/// the manifest's `wit` (if there is a manifest) and every
+/// `fabric:consenter/...@X.Y.Z` import and export must have the same
+/// major.minor as one of them, all the same one; the manifest must agree
+/// with the component (same version, capabilities for the interfaces it
+/// imports); it must export `fabric:consenter/chain`. `plugin` names it in
+/// errors.
+pub fn check_contract(plugin: &str, bytes: &[u8], host_wits: &[&str]) -> Result<Package, PackageError> {
     let pkg = Package::parse(plugin, bytes)?;
-    let mismatch =
-        |plugin_wit: String| PackageError::WitMismatch { file: plugin.into(), plugin_wit, host_wit: host_wit.into() };
+    let provided = host_wits.join(", ");
+    let mismatch = |plugin_wit: String| PackageError::WitMismatch {
+        file: plugin.into(),
+        plugin_wit,
+        host_wit: provided.clone(),
+    };
     let lies = |reason: String| PackageError::ManifestLies { file: plugin.into(), reason };
-    if let Some(m) = &pkg.manifest
-        && !compatible(&m.wit, host_wit)
-    {
-        return Err(mismatch(m.wit.clone()));
-    }
+    // The contract the plugin is checked against: the one its manifest, or
+    // else its first contract import or export, names.
+    let named = pkg.manifest.as_ref().map(|m| m.wit.clone()).or_else(|| component_wit(&pkg));
+    let host_wit = match &named {
+        Some(w) => match host_wits.iter().find(|h| compatible(w, h)) {
+            Some(h) => *h,
+            None => return Err(mismatch(w.clone())),
+        },
+        None => host_wits.first().copied().unwrap_or(""),
+    };
     let mut component_wit: Option<String> = None;
     for name in pkg.imports.iter().chain(&pkg.exports) {
         let Some(wit) = contract_of(name) else { continue };
@@ -521,7 +532,7 @@ pub fn with_manifest(file: &str, bytes: &[u8], manifest: &Manifest) -> Result<Ve
 /// component (contract version, capabilities).
 pub fn sign(file: &str, bytes: &[u8], manifest: &Manifest, key: &SigningKey) -> Result<Vec<u8>, PackageError> {
     let mut out = with_manifest(file, bytes, manifest)?;
-    let pkg = check_contract(file, &out, &manifest.wit)?;
+    let pkg = check_contract(file, &out, &[manifest.wit.as_str()])?;
     let sig = key.pair.sign(&pkg.signed_message());
     let s = Signature { key_id: key.key_id.clone(), signature: sig.as_ref().to_vec() };
     out.extend_from_slice(&custom_section(SIGNATURE_SECTION, s.to_text().as_bytes()));
@@ -814,7 +825,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::WIT_PACKAGE;
+    use crate::{WIT_PACKAGE, WIT_PACKAGES};
 
     fn solo() -> Vec<u8> {
         std::fs::read(consenter_test_plugins::path("consenter_solo.wasm")).unwrap()
@@ -867,9 +878,9 @@ mod tests {
         let a = admit(&policy(&[&key], false), "mysolo", Path::new("signed.wasm"), &signed).unwrap();
         assert_eq!(a, Admission::Signed { signer: "k0".into(), key_id: key.key_id.clone() });
         // And it still is the same component to wasmtime.
-        let pkg = check_contract("signed.wasm", &signed, WIT_PACKAGE).unwrap();
-        assert!(pkg.exports.iter().any(|e| e == "fabric:consenter/chain@0.1.0"), "{:?}", pkg.exports);
-        assert!(pkg.imports.iter().any(|e| e == "fabric:consenter/support@0.1.0"), "{:?}", pkg.imports);
+        let pkg = check_contract("signed.wasm", &signed, WIT_PACKAGES).unwrap();
+        assert!(pkg.exports.iter().any(|e| e == "fabric:consenter/chain@0.2.0"), "{:?}", pkg.exports);
+        assert!(pkg.imports.iter().any(|e| e == "fabric:consenter/support@0.2.0"), "{:?}", pkg.imports);
         // Signing a signed file replaces its manifest and signature.
         let again = sign("signed.wasm", &signed, &manifest("other"), &key).unwrap();
         let p2 = Package::parse("again.wasm", &again).unwrap();
@@ -880,7 +891,7 @@ mod tests {
     #[test]
     fn embedded_solo_carries_a_manifest() {
         let bytes = consenter_test_plugins::SOLO;
-        let pkg = check_contract("solo", bytes, WIT_PACKAGE).unwrap();
+        let pkg = check_contract("solo", bytes, WIT_PACKAGES).unwrap();
         let m = pkg.manifest.expect("build.rs appends a manifest");
         assert_eq!(m.consensus_type, "solo");
         assert_eq!(m.wit, WIT_PACKAGE);
@@ -998,18 +1009,18 @@ mod tests {
         // The manifest claims another contract version: refused from the
         // manifest, naming both versions (no compile: the check parses).
         let mut m = manifest("solo");
-        m.wit = "fabric:consenter@0.2.0".into();
+        m.wit = "fabric:consenter@0.9.0".into();
         let bytes = with_manifest("solo.wasm", &solo(), &m).unwrap();
-        let err = check_contract("solo@0.2", &bytes, WIT_PACKAGE).unwrap_err();
+        let err = check_contract("solo@0.9", &bytes, WIT_PACKAGES).unwrap_err();
         assert!(matches!(err, PackageError::WitMismatch { .. }), "{err}");
         let msg = err.to_string();
-        assert!(msg.contains("fabric:consenter@0.2.0") && msg.contains("fabric:consenter@0.1.0"), "{msg}");
-        // A component actually built for 0.2.0 (plugins/hostile-wit), no manifest.
+        assert!(msg.contains("fabric:consenter@0.9.0") && msg.contains("fabric:consenter@0.1.0"), "{msg}");
+        // A component actually built for 0.9.0 (plugins/hostile-wit), no manifest.
         let hw = std::fs::read(consenter_test_plugins::path("consenter_hostile_wit.wasm")).unwrap();
-        let err = check_contract("hostile-wit", &hw, WIT_PACKAGE).unwrap_err();
+        let err = check_contract("hostile-wit", &hw, WIT_PACKAGES).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, PackageError::WitMismatch { .. }), "{msg}");
-        assert!(msg.contains("fabric:consenter@0.2.0") && msg.contains("fabric:consenter@0.1.0"), "{msg}");
+        assert!(msg.contains("fabric:consenter@0.9.0") && msg.contains("fabric:consenter@0.1.0"), "{msg}");
         // Patch versions are compatible.
         assert!(compatible("fabric:consenter@0.1.7", "fabric:consenter@0.1.0"));
         assert!(!compatible("fabric:consenter@1.1.0", "fabric:consenter@0.1.0"));
@@ -1018,21 +1029,21 @@ mod tests {
 
     #[test]
     fn lying_manifest_caught() {
-        // hostile-wit is built for 0.2.0; a manifest claiming 0.1.0 does
-        // not make it pass: its imports say 0.2.0.
+        // hostile-wit is built for 0.9.0; a manifest claiming 0.1.0 does
+        // not make it pass: its imports say 0.9.0.
         let hw = std::fs::read(consenter_test_plugins::path("consenter_hostile_wit.wasm")).unwrap();
         let bytes = with_manifest("hw.wasm", &hw, &manifest("solo")).unwrap();
-        let err = check_contract("hw", &bytes, WIT_PACKAGE).unwrap_err();
-        assert!(err.to_string().contains("fabric:consenter@0.2.0"), "{err}");
+        let err = check_contract("hw", &bytes, WIT_PACKAGES).unwrap_err();
+        assert!(err.to_string().contains("fabric:consenter@0.9.0"), "{err}");
         // Signing refuses a manifest that does not match the component.
         let (key, _) = SigningKey::generate().unwrap();
         assert!(sign("hw.wasm", &hw, &manifest("solo"), &key).is_err());
-        // A manifest claiming 0.1.3 on a 0.1.0 component: compatible with
+        // A manifest claiming 0.2.3 on a 0.2.0 component: compatible with
         // the host, but not what the component uses.
         let mut m = manifest("solo");
-        m.wit = "fabric:consenter@0.1.3".into();
+        m.wit = "fabric:consenter@0.2.3".into();
         let bytes = with_manifest("s.wasm", &solo(), &m).unwrap();
-        let err = check_contract("s", &bytes, WIT_PACKAGE).unwrap_err();
+        let err = check_contract("s", &bytes, WIT_PACKAGES).unwrap_err();
         assert!(matches!(err, PackageError::ManifestLies { .. }), "{err}");
     }
 

@@ -6,10 +6,9 @@ use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimitsBuilder};
 
-use crate::bindings::ConsenterPre;
-use crate::engine::{Runtime, RuntimeError, deadline_ticks};
+use crate::engine::{Pre, Runtime, RuntimeError, World, deadline_ticks};
 use crate::glue::PluginState;
-use crate::instance::Instance;
+use crate::instance::{Bindings, Instance};
 use crate::limits::{CallLimits, Limits};
 use crate::support::Support;
 
@@ -17,7 +16,7 @@ use crate::support::Support;
 #[derive(Clone)]
 pub struct Plugin {
     pub(crate) name: String,
-    pub(crate) pre: ConsenterPre<PluginState>,
+    pub(crate) pre: Pre,
     pub(crate) runtime: Runtime,
     pub(crate) limits: Limits,
 }
@@ -32,6 +31,15 @@ impl Plugin {
     /// The plugin's name (its consensus type).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The contract world it was built for.
+    pub fn world(&self) -> World {
+        match self.pre {
+            Pre::V0_1(_) => World::V0_1,
+            Pre::V0_2(_) => World::V0_2,
+            Pre::V0_2Clustered(_) => World::V0_2Clustered,
+        }
     }
 
     /// The limits each instance of this plugin gets.
@@ -89,7 +97,12 @@ impl Plugin {
         } else {
             None
         };
-        let bindings = self.pre.instantiate(&mut store).map_err(|e| RuntimeError::Instantiate {
+        let instantiated = match &self.pre {
+            Pre::V0_1(p) => p.instantiate(&mut store).map(Bindings::V0_1),
+            Pre::V0_2(p) => p.instantiate(&mut store).map(Bindings::V0_2),
+            Pre::V0_2Clustered(p) => p.instantiate(&mut store).map(Bindings::V0_2Clustered),
+        };
+        let bindings = instantiated.map_err(|e| RuntimeError::Instantiate {
             plugin: self.name.clone(),
             channel: channel.clone(),
             reason: format!("{e:#}"),

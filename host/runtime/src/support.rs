@@ -14,11 +14,13 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::block::{self, Hash};
+use crate::cluster::{ClusterSink, Membership};
 use crate::channel::ChannelConfig;
 use crate::cutter::BlockCutter;
 use crate::envelope::Envelope;
 use crate::proto::common::Block;
 use crate::signer::Signer;
+use consenter_storage::KvStore;
 
 /// Why the support refused a call. The plugin may recover from any of
 /// these; the chain keeps running unless the plugin calls `fail` (the
@@ -210,6 +212,17 @@ pub struct Support {
     /// (a token bucket) and when it was last refilled.
     pub(crate) disk_tokens: f64,
     pub(crate) disk_refilled: Instant,
+    /// Where a clustered chain's messages go (None: a single-node chain).
+    pub(crate) cluster: Option<Box<dyn ClusterSink>>,
+    /// The consenters' ids as the plugin bound them, and this node's cert.
+    pub(crate) membership: Membership,
+    /// The plugin's durable key-value state (None: not granted).
+    pub(crate) storage: Option<Box<dyn KvStore>>,
+    /// Consenter metadata of the last written block.
+    pub(crate) last_metadata: Vec<u8>,
+    /// A written config block changed the consenter set; cleared once the
+    /// plugin is told (`on-consenters-changed`).
+    pub(crate) consenters_changed: bool,
 }
 
 /// Where a chain resumes: its height, last header hash and last config
@@ -260,7 +273,124 @@ impl Support {
             disk_tokens: limits.disk_bytes_per_minute as f64,
             disk_refilled: log_refilled,
             limits,
+            cluster: None,
+            membership: Membership::default(),
+            storage: None,
+            last_metadata: Vec::new(),
+            consenters_changed: false,
         }
+    }
+
+    /// Makes this the support of a clustered chain: messages, forwards and
+    /// catch-up requests go to `sink`; `self_cert` (DER) is this node's TLS
+    /// certificate, which finds it among the channel's consenters.
+    pub fn set_cluster(&mut self, sink: Box<dyn ClusterSink>, self_cert: Option<Vec<u8>>) {
+        self.cluster = Some(sink);
+        self.membership = Membership::new(self_cert);
+    }
+
+    /// Grants the plugin durable key-value state.
+    pub fn set_storage(&mut self, store: Box<dyn KvStore>) {
+        self.storage = Some(store);
+    }
+
+    /// The consenter metadata of the last block (where the chain resumes).
+    pub fn set_last_metadata(&mut self, metadata: Vec<u8>) {
+        self.last_metadata = metadata;
+    }
+
+    /// The consenter metadata of the last written block.
+    pub fn last_metadata(&self) -> &[u8] {
+        &self.last_metadata
+    }
+
+    /// Takes the "consenter set changed" flag.
+    pub fn take_consenters_changed(&mut self) -> bool {
+        std::mem::take(&mut self.consenters_changed)
+    }
+
+    /// The membership (ids bound by the plugin).
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// A block made by another consenter, from its bytes, as a handle to
+    /// write (`replication.block-from-bytes`): it must be the next block to
+    /// create, link to the block before it, have the data hash of its data
+    /// and envelopes that parse, for this channel. Its envelopes count as
+    /// validated under the current sequence (the leader's host validated
+    /// them); a config envelope's config must be what its last update gives
+    /// on the current config (Fabric's `Validate`). Its metadata (the other
+    /// node's signatures) is dropped: writing signs it anew.
+    pub fn block_from_bytes(&mut self, bytes: Bytes) -> Result<CreatedBlock, SupportError> {
+        let r = self.parse_foreign_block(bytes);
+        match r {
+            Ok(b) => {
+                self.created = (b.number + 1, b.hash);
+                Ok(b)
+            }
+            Err(e) => Err(self.refuse(e)),
+        }
+    }
+
+    fn parse_foreign_block(&self, bytes: Bytes) -> Result<CreatedBlock, SupportError> {
+        use SupportError as E;
+        let b = Block::decode(bytes).map_err(|e| E::Invalid(format!("not a common.Block: {e}")))?;
+        let header = b.header.as_ref().ok_or_else(|| E::Invalid("the block has no header".into()))?;
+        let n = header.number;
+        let (next, prev) = self.created;
+        if n != next || (n > 0 && header.previous_hash.as_ref() != prev) {
+            return Err(E::OutOfOrder(format!(
+                "block {n} is not the next block to create: that is {next}, linking to {}",
+                block::hex(&prev)
+            )));
+        }
+        block::check_data_hash(&b).map_err(|e| E::Invalid(format!("block {n}: {e}")))?;
+        let data = b.data.map(|d| d.data).unwrap_or_default();
+        let mut envs = Vec::with_capacity(data.len());
+        for (i, d) in data.iter().enumerate() {
+            let mut e = Envelope::parse(d.clone()).map_err(|e| E::Invalid(format!("block {n}: envelope {i}: {e}")))?;
+            if e.channel_id != self.chain_id {
+                return Err(E::Invalid(format!(
+                    "block {n}: envelope {i} is for channel {}, not {}",
+                    e.channel_id, self.chain_id
+                )));
+            }
+            e.config_seq = self.config.sequence;
+            envs.push(e);
+        }
+        let contents = Contents::of(&envs);
+        if let Some((i, t)) = contents.special {
+            use crate::proto::common::HeaderType as H;
+            if t != H::Config as i32 || envs.len() != 1 {
+                return Err(E::Invalid(format!(
+                    "block {n}: envelope {i} is a {} message, which another consenter's block may only hold as \
+                     the one CONFIG envelope of a config block",
+                    header_type_name(t)
+                )));
+            }
+            crate::processor::verify_config(&self.config, &envs[0], &self.types)
+                .map_err(|e| E::Invalid(format!("config block {n}: {e}")))?;
+        }
+        let blk = block::new_block(n, &header.previous_hash, data);
+        let hash = blk.header.as_ref().map(block::header_hash).unwrap_or_default();
+        Ok(CreatedBlock { block: blk, number: n, hash, contents })
+    }
+
+    /// Writes a block pulled from another consenter during catch-up (the
+    /// puller verified its signatures against the channel's BlockValidation
+    /// policy): the same checks as `block_from_bytes`, then written as its
+    /// class requires, signed by this node, with the consenter metadata the
+    /// block carried.
+    pub fn write_pulled(&mut self, bytes: Bytes) -> Result<(), SupportError> {
+        let b = Block::decode(bytes.clone()).map_err(|e| SupportError::Invalid(format!("not a common.Block: {e}")))?;
+        let (_, metadata) = block::last_config_and_metadata(&b);
+        // Pulled blocks continue the ledger: anything created and not
+        // written is void.
+        self.created = (self.height, self.last_hash);
+        let blk = self.block_from_bytes(bytes)?;
+        let is_config = blk.contents.special.is_some();
+        self.write(blk, &metadata, is_config)
     }
 
     /// The consensus types this node has plugins for (named in the refusal
@@ -439,8 +569,14 @@ impl Support {
             self.created = (self.height, self.last_hash);
         }
         self.last_config = last_config;
+        self.last_metadata = metadata.to_vec();
         if let Applied::Config(c) = applied {
             tracing::info!(channel = %self.chain_id, block = n, sequence = c.sequence, "config applied");
+            if c.consenters != self.config.consenters {
+                // The plugin's ids named the old set: bind them again.
+                self.membership.unbind();
+                self.consenters_changed = true;
+            }
             self.config = Arc::new(*c);
         }
         Ok(())

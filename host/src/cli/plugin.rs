@@ -112,7 +112,7 @@ pub(crate) fn plugin_cmd(c: PluginCmd) -> Result<()> {
                 }
             }
             let result = package::verify(&name, &pkg, &store)
-                .and_then(|k| package::check_contract(&name, &bytes, runtime::WIT_PACKAGE).map(|_| k))
+                .and_then(|k| package::check_contract(&name, &bytes, runtime::WIT_PACKAGES).map(|_| k))
                 .and_then(|k| match (&consensus_type, &pkg.manifest) {
                     (Some(want), Some(m)) if &m.consensus_type != want => Err(package::PackageError::TypeMismatch {
                         file: name.clone(),
@@ -169,8 +169,8 @@ pub(crate) fn plugin_cmd(c: PluginCmd) -> Result<()> {
             for e in &pkg.exports {
                 println!("  {e}");
             }
-            match package::check_contract(&name, &bytes, runtime::WIT_PACKAGE) {
-                Ok(_) => println!("contract:  compatible with this host ({})", runtime::WIT_PACKAGE),
+            match package::check_contract(&name, &bytes, runtime::WIT_PACKAGES) {
+                Ok(_) => println!("contract:  compatible with this host ({})", runtime::WIT_PACKAGES.join(", ")),
                 Err(e) => println!("contract:  NOT loadable by this host: {e}"),
             }
             Ok(())

@@ -11,6 +11,7 @@ use wasmtime::component::ResourceTable;
 use crate::limits::CallLimits;
 use crate::support::Support;
 
+pub mod cluster;
 pub mod log;
 pub mod support;
 pub mod timers;

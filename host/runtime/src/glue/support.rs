@@ -9,166 +9,186 @@ use wasmtime::component::Resource;
 
 use super::PluginState;
 use super::types::{BatchRes, EnvelopeRes};
-use crate::bindings::fabric::consenter::{support, types};
 use crate::block;
 use crate::support::{Contents, CreatedBlock, Support};
 
-fn batch_size(s: &Support) -> types::BatchSize {
-    let b = &s.config.batch_size;
-    types::BatchSize {
-        max_message_count: b.max_message_count,
-        absolute_max_bytes: b.absolute_max_bytes,
-        preferred_max_bytes: b.preferred_max_bytes,
-    }
-}
-
-impl support::Host for PluginState {
-    fn ordered(&mut self, env: Resource<EnvelopeRes>) -> wasmtime::Result<support::OrderedResult> {
-        let env = self.take_envelope(env)?;
-        let bs = self.support.config.batch_size;
-        let r = self.support.cutter.ordered(env, &bs);
-        let mut batches = Vec::with_capacity(r.batches.len());
-        for b in r.batches {
-            batches.push(self.push(BatchRes(b))?);
+/// The host side of the interface, the same for every contract version
+/// that has it (the interface did not change): one body, one impl per
+/// version's generated traits.
+macro_rules! support_host {
+    () => {
+        fn batch_size(s: &Support) -> types::BatchSize {
+            let b = &s.config.batch_size;
+            types::BatchSize {
+                max_message_count: b.max_message_count,
+                absolute_max_bytes: b.absolute_max_bytes,
+                preferred_max_bytes: b.preferred_max_bytes,
+            }
         }
-        Ok(support::OrderedResult { batches, pending: r.pending })
-    }
 
-    fn ordered_many(&mut self, envs: Vec<Resource<EnvelopeRes>>) -> wasmtime::Result<support::OrderedManyResult> {
-        self.check_list("ordered-many", envs.len())?;
-        let bs = self.support.config.batch_size;
-        let mut batches = Vec::new();
-        let mut pending = Vec::with_capacity(envs.len());
-        for env in envs {
+    impl support::Host for PluginState {
+        fn ordered(&mut self, env: Resource<EnvelopeRes>) -> wasmtime::Result<support::OrderedResult> {
             let env = self.take_envelope(env)?;
+            let bs = self.support.config.batch_size;
             let r = self.support.cutter.ordered(env, &bs);
+            let mut batches = Vec::with_capacity(r.batches.len());
             for b in r.batches {
                 batches.push(self.push(BatchRes(b))?);
             }
-            pending.push(r.pending);
+            Ok(support::OrderedResult { batches, pending: r.pending })
         }
-        Ok(support::OrderedManyResult { batches, pending })
-    }
 
-    fn cut(&mut self) -> wasmtime::Result<Resource<BatchRes>> {
-        let b = self.support.cutter.cut();
-        self.push(BatchRes(b))
-    }
-
-    fn pending_count(&mut self) -> wasmtime::Result<u32> {
-        Ok(self.support.cutter.pending_len() as u32)
-    }
-
-    fn create_next_block(
-        &mut self,
-        batch: Resource<BatchRes>,
-    ) -> wasmtime::Result<Result<Resource<CreatedBlock>, types::SupportError>> {
-        let envs = self.delete(batch)?.0;
-        let (number, prev) = self.support.created;
-        let contents = Contents::of(&envs);
-        let data: Vec<Bytes> = envs.into_iter().map(|e| e.bytes).collect();
-        let block = block::new_block(number, if number == 0 { &[] } else { &prev }, data);
-        let hash = block.header.as_ref().map(block::header_hash).unwrap_or_default();
-        self.support.created = (number + 1, hash);
-        Ok(Ok(self.push(CreatedBlock { block, number, hash, contents })?))
-    }
-
-    fn write_block(
-        &mut self,
-        b: Resource<CreatedBlock>,
-        consenter_metadata: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), types::SupportError>> {
-        let blk = self.delete(b)?;
-        let r = self.support.write(blk, &consenter_metadata, false);
-        self.answer(r)
-    }
-
-    fn write_config_block(
-        &mut self,
-        b: Resource<CreatedBlock>,
-        consenter_metadata: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), types::SupportError>> {
-        let blk = self.delete(b)?;
-        let r = self.support.write(blk, &consenter_metadata, true);
-        self.answer(r)
-    }
-
-    fn revalidate(&mut self, env: Resource<EnvelopeRes>) -> wasmtime::Result<Result<(), String>> {
-        // Signature and policy checks are the host's work: their time is
-        // not counted against the plugin's call deadline.
-        let started = Instant::now();
-        let e = self.envelopes.get(&env)?;
-        let r = crate::processor::revalidate(&self.support.config, &self.support.signer, e, &self.support.types);
-        self.host_time += started.elapsed();
-        match r {
-            Ok(None) => {
-                // It passes under the current config: stamped so.
-                self.envelopes.get_mut(&env)?.config_seq = self.support.config.sequence;
-                Ok(Ok(()))
+        fn ordered_many(&mut self, envs: Vec<Resource<EnvelopeRes>>) -> wasmtime::Result<support::OrderedManyResult> {
+            self.check_list("ordered-many", envs.len())?;
+            let bs = self.support.config.batch_size;
+            let mut batches = Vec::new();
+            let mut pending = Vec::with_capacity(envs.len());
+            for env in envs {
+                let env = self.take_envelope(env)?;
+                let r = self.support.cutter.ordered(env, &bs);
+                for b in r.batches {
+                    batches.push(self.push(BatchRes(b))?);
+                }
+                pending.push(r.pending);
             }
-            // A config message recomputed against the current config: the
-            // handle now names the new CONFIG envelope.
-            Ok(Some(recomputed)) => {
-                tracing::info!(
-                    channel = %self.support.chain_id,
-                    sequence = self.support.config.sequence,
-                    "config message made from an older config recomputed against the current one"
-                );
-                let before = self.envelopes.get(&env)?.bytes.len();
-                self.release(before);
-                self.hold(recomputed.bytes.len())?;
-                self.envelopes.replace(&env, recomputed)?;
-                Ok(Ok(()))
+            Ok(support::OrderedManyResult { batches, pending })
+        }
+
+        fn cut(&mut self) -> wasmtime::Result<Resource<BatchRes>> {
+            let b = self.support.cutter.cut();
+            self.push(BatchRes(b))
+        }
+
+        fn pending_count(&mut self) -> wasmtime::Result<u32> {
+            Ok(self.support.cutter.pending_len() as u32)
+        }
+
+        fn create_next_block(
+            &mut self,
+            batch: Resource<BatchRes>,
+        ) -> wasmtime::Result<Result<Resource<CreatedBlock>, types::SupportError>> {
+            let envs = self.delete(batch)?.0;
+            let (number, prev) = self.support.created;
+            let contents = Contents::of(&envs);
+            let data: Vec<Bytes> = envs.into_iter().map(|e| e.bytes).collect();
+            let block = block::new_block(number, if number == 0 { &[] } else { &prev }, data);
+            let hash = block.header.as_ref().map(block::header_hash).unwrap_or_default();
+            self.support.created = (number + 1, hash);
+            Ok(Ok(self.push(CreatedBlock { block, number, hash, contents })?))
+        }
+
+        fn write_block(
+            &mut self,
+            b: Resource<CreatedBlock>,
+            consenter_metadata: Vec<u8>,
+        ) -> wasmtime::Result<Result<(), types::SupportError>> {
+            let blk = self.delete(b)?;
+            let r = self.support.write(blk, &consenter_metadata, false);
+            self.answer(r)
+        }
+
+        fn write_config_block(
+            &mut self,
+            b: Resource<CreatedBlock>,
+            consenter_metadata: Vec<u8>,
+        ) -> wasmtime::Result<Result<(), types::SupportError>> {
+            let blk = self.delete(b)?;
+            let r = self.support.write(blk, &consenter_metadata, true);
+            self.answer(r)
+        }
+
+        fn revalidate(&mut self, env: Resource<EnvelopeRes>) -> wasmtime::Result<Result<(), String>> {
+            // Signature and policy checks are the host's work: their time is
+            // not counted against the plugin's call deadline.
+            let started = Instant::now();
+            let e = self.envelopes.get(&env)?;
+            let r = crate::processor::revalidate(&self.support.config, &self.support.signer, e, &self.support.types);
+            self.host_time += started.elapsed();
+            match r {
+                Ok(None) => {
+                    // It passes under the current config: stamped so.
+                    self.envelopes.get_mut(&env)?.config_seq = self.support.config.sequence;
+                    Ok(Ok(()))
+                }
+                // A config message recomputed against the current config: the
+                // handle now names the new CONFIG envelope.
+                Ok(Some(recomputed)) => {
+                    tracing::info!(
+                        channel = %self.support.chain_id,
+                        sequence = self.support.config.sequence,
+                        "config message made from an older config recomputed against the current one"
+                    );
+                    let before = self.envelopes.get(&env)?.bytes.len();
+                    self.release(before);
+                    self.hold(recomputed.bytes.len())?;
+                    self.envelopes.replace(&env, recomputed)?;
+                    Ok(Ok(()))
+                }
+                Err(reason) => Ok(Err(reason)),
             }
-            Err(reason) => Ok(Err(reason)),
+        }
+
+        fn shared_config(&mut self) -> wasmtime::Result<types::OrdererConfig> {
+            let c = &self.support.config;
+            Ok(types::OrdererConfig {
+                batch_size: batch_size(&self.support),
+                batch_timeout_ms: c.batch_timeout.as_millis() as u64,
+                consensus_type: c.consensus_type.clone(),
+                consensus_metadata: c.consensus_metadata.to_vec(),
+            })
+        }
+
+        fn chain_id(&mut self) -> wasmtime::Result<String> {
+            Ok(self.support.chain_id.clone())
+        }
+
+        fn height(&mut self) -> wasmtime::Result<u64> {
+            Ok(self.support.height)
+        }
+
+        fn sequence(&mut self) -> wasmtime::Result<u64> {
+            Ok(self.support.config.sequence)
+        }
+
+        fn sign(&mut self, message: Vec<u8>) -> wasmtime::Result<Result<Vec<u8>, types::SupportError>> {
+            let max = self.call_limits.max_call_bytes;
+            if message.len() > max {
+                let e = crate::support::SupportError::LimitExceeded(format!(
+                    "sign: a message of {} bytes is over the cap of {max} (max-call-bytes)",
+                    message.len()
+                ));
+                let e = self.support.refuse(e);
+                return self.answer(Err(e));
+            }
+            Ok(self.support.signer.sign(&message).map_err(|e| types::SupportError::LimitExceeded(e.to_string())))
+        }
+
+        fn new_signature_header(&mut self) -> wasmtime::Result<Result<Vec<u8>, types::SupportError>> {
+            Ok(Ok(self.support.signer.new_signature_header().encode_to_vec()))
+        }
+
+        fn fail(&mut self, reason: String) -> wasmtime::Result<()> {
+            self.check_bytes("fail", reason.len())?;
+            let reason: String = reason.chars().take(self.support.limits.max_log_bytes).collect();
+            self.support.fail(format!("plugin reported a fatal error: {reason}"));
+            Ok(())
         }
     }
+    };
+}
 
-    fn shared_config(&mut self) -> wasmtime::Result<types::OrdererConfig> {
-        let c = &self.support.config;
-        Ok(types::OrdererConfig {
-            batch_size: batch_size(&self.support),
-            batch_timeout_ms: c.batch_timeout.as_millis() as u64,
-            consensus_type: c.consensus_type.clone(),
-            consensus_metadata: c.consensus_metadata.to_vec(),
-        })
-    }
+/// For plugins of `fabric:consenter@0.1.0`.
+mod v0_1 {
+    use super::*;
+    use crate::bindings::v0_1::fabric::consenter::{support, types};
+    support_host!();
+}
 
-    fn chain_id(&mut self) -> wasmtime::Result<String> {
-        Ok(self.support.chain_id.clone())
-    }
-
-    fn height(&mut self) -> wasmtime::Result<u64> {
-        Ok(self.support.height)
-    }
-
-    fn sequence(&mut self) -> wasmtime::Result<u64> {
-        Ok(self.support.config.sequence)
-    }
-
-    fn sign(&mut self, message: Vec<u8>) -> wasmtime::Result<Result<Vec<u8>, types::SupportError>> {
-        let max = self.call_limits.max_call_bytes;
-        if message.len() > max {
-            let e = crate::support::SupportError::LimitExceeded(format!(
-                "sign: a message of {} bytes is over the cap of {max} (max-call-bytes)",
-                message.len()
-            ));
-            let e = self.support.refuse(e);
-            return self.answer(Err(e));
-        }
-        Ok(self.support.signer.sign(&message).map_err(|e| types::SupportError::LimitExceeded(e.to_string())))
-    }
-
-    fn new_signature_header(&mut self) -> wasmtime::Result<Result<Vec<u8>, types::SupportError>> {
-        Ok(Ok(self.support.signer.new_signature_header().encode_to_vec()))
-    }
-
-    fn fail(&mut self, reason: String) -> wasmtime::Result<()> {
-        self.check_bytes("fail", reason.len())?;
-        let reason: String = reason.chars().take(self.support.limits.max_log_bytes).collect();
-        self.support.fail(format!("plugin reported a fatal error: {reason}"));
-        Ok(())
-    }
+/// For plugins of `fabric:consenter@0.2.0`.
+mod v0_2 {
+    use super::*;
+    use crate::bindings::v0_2::fabric::consenter::{support, types};
+    support_host!();
 }
 
 #[cfg(test)]
@@ -177,7 +197,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::bindings::fabric::consenter::{log, timers};
+    use crate::bindings::v0_2::fabric::consenter::{log, support, timers, types};
     use crate::channel::{ChannelConfig, ChannelTemplate};
     use crate::envelope::Envelope;
     use crate::proto::common::Block;

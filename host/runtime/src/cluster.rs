@@ -1,0 +1,104 @@
+//! What a clustered plugin's `cluster` and `replication` calls reach
+//! outside its instance: the [`ClusterSink`] (in a node, the cluster
+//! transport and the block puller; in the testkit, the simulated network),
+//! and the membership the host keeps per chain: the consenters from the
+//! channel config, the ids the plugin bound them to, this node's index.
+//! Knows nothing of wasmtime, gRPC or TLS.
+
+use bytes::Bytes;
+
+use crate::channel::Consenter;
+use crate::support::SupportError;
+
+/// Where a clustered chain's messages, forwards and catch-up requests go.
+/// Every call returns at once: the sink queues, the node's transport sends.
+pub trait ClusterSink: Send {
+    /// The plugin bound member ids: this node's id (if it is a consenter)
+    /// and every member's id with its consenter entry.
+    fn set_members(&mut self, self_id: Option<u64>, members: &[(u64, Consenter)]);
+    /// Queue a consensus message for member `to`. Err: it was dropped.
+    fn send(&mut self, to: u64, payload: Bytes) -> Result<(), String>;
+    /// Queue an envelope (validated under `config_seq`) for member `to`.
+    fn forward(&mut self, to: u64, config_seq: u64, envelope: Bytes) -> Result<(), String>;
+    /// Start (or retarget) pulling blocks `from..target` from the other
+    /// consenters; the pulled blocks come back through
+    /// `ChainCore::write_pulled` and the end through `ChainCore::caught_up`.
+    fn catch_up(&mut self, from: u64, target: u64) -> Result<(), String>;
+}
+
+/// The membership of a clustered chain as the host knows it.
+#[derive(Debug, Clone, Default)]
+pub struct Membership {
+    /// This node's TLS certificate (DER), which finds it among the consenters.
+    pub(crate) self_cert: Option<Vec<u8>>,
+    /// The plugin's ids, index-aligned with the config's consenters.
+    pub(crate) ids: Option<Vec<u64>>,
+}
+
+/// The DER bytes of a PEM certificate (None if it is not PEM).
+pub fn pem_to_der(pem_bytes: &[u8]) -> Option<Vec<u8>> {
+    pem::parse(pem_bytes).ok().map(|p| p.into_contents())
+}
+
+impl Membership {
+    /// Membership of a node identified by the TLS certificate `self_cert`
+    /// (DER; None: this node is no consenter).
+    pub fn new(self_cert: Option<Vec<u8>>) -> Membership {
+        Membership { self_cert, ids: None }
+    }
+
+    /// This node's index among `consenters`: the entry whose server or
+    /// client TLS certificate is this node's (Fabric's self-detection).
+    pub fn self_index(&self, consenters: &[Consenter]) -> Option<u32> {
+        let me = self.self_cert.as_ref()?;
+        consenters
+            .iter()
+            .position(|c| {
+                pem_to_der(&c.server_tls_cert).as_ref() == Some(me) || pem_to_der(&c.client_tls_cert).as_ref() == Some(me)
+            })
+            .map(|i| i as u32)
+    }
+
+    /// Binds `ids` to `consenters` (ids[i] names consenters[i]); returns
+    /// this node's id and the members. Refused if the lengths differ or an
+    /// id is 0 or repeats.
+    pub fn bind(
+        &mut self,
+        consenters: &[Consenter],
+        ids: Vec<u64>,
+    ) -> Result<(Option<u64>, Vec<(u64, Consenter)>), SupportError> {
+        if ids.len() != consenters.len() {
+            return Err(SupportError::Invalid(format!(
+                "bind-ids: {} ids for {} consenters",
+                ids.len(),
+                consenters.len()
+            )));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for id in &ids {
+            if *id == 0 || !seen.insert(*id) {
+                return Err(SupportError::Invalid(format!("bind-ids: id {id} is 0 or repeats ({ids:?})")));
+            }
+        }
+        let me = self.self_index(consenters).map(|i| ids[i as usize]);
+        let members = ids.iter().copied().zip(consenters.iter().cloned()).collect();
+        self.ids = Some(ids);
+        Ok((me, members))
+    }
+
+    /// Forgets the binding (the consenter set changed).
+    pub fn unbind(&mut self) {
+        self.ids = None;
+    }
+
+    /// Whether `id` is a bound member other than this node.
+    pub fn is_peer(&self, id: u64, consenters: &[Consenter]) -> bool {
+        let me = self.self_index(consenters).and_then(|i| self.ids.as_ref().map(|ids| ids[i as usize]));
+        self.ids.as_ref().is_some_and(|ids| ids.contains(&id)) && Some(id) != me
+    }
+
+    /// The bound ids, if any.
+    pub fn ids(&self) -> Option<&[u64]> {
+        self.ids.as_deref()
+    }
+}

@@ -1,0 +1,220 @@
+//! The `cluster`, `replication` and `storage` interfaces of the
+//! `clustered-consenter` world (contract 0.2.0): membership and messages
+//! through the chain's [`crate::cluster::ClusterSink`], blocks from other
+//! consenters and catch-up through [`crate::support::Support`], and the
+//! plugin's durable state through its [`consenter_storage::KvStore`].
+//! Every byte argument is capped (`max-call-bytes`) before any work.
+
+use bytes::Bytes;
+use wasmtime::component::Resource;
+
+use super::PluginState;
+use super::types::EnvelopeRes;
+use crate::bindings::v0_2::fabric::consenter::types;
+use crate::bindings::v0_2_clustered::fabric::consenter::{cluster, replication, storage};
+use crate::support::{CreatedBlock, SupportError};
+
+impl PluginState {
+    /// The chain's cluster sink, or a refusal if the chain has none (a
+    /// clustered plugin run where no cluster is configured).
+    fn no_cluster(&mut self, call: &str) -> SupportError {
+        self.support.refuse(SupportError::Internal(format!(
+            "{call}: this chain has no cluster (the node runs it without cluster TLS, or it is not a consenter)"
+        )))
+    }
+}
+
+impl cluster::Host for PluginState {
+    fn consenters(&mut self) -> wasmtime::Result<Vec<cluster::Consenter>> {
+        Ok(self
+            .support
+            .config
+            .consenters
+            .iter()
+            .map(|c| cluster::Consenter {
+                host: c.host.clone(),
+                port: c.port,
+                client_tls_cert: c.client_tls_cert.clone(),
+                server_tls_cert: c.server_tls_cert.clone(),
+            })
+            .collect())
+    }
+
+    fn self_index(&mut self) -> wasmtime::Result<Option<u32>> {
+        Ok(self.support.membership.self_index(&self.support.config.consenters))
+    }
+
+    fn bind_ids(&mut self, ids: Vec<u64>) -> wasmtime::Result<Result<(), types::SupportError>> {
+        self.check_list("bind-ids", ids.len())?;
+        let config = self.support.config.clone();
+        let r = self.support.membership.bind(&config.consenters, ids);
+        let r = match r {
+            Ok((me, members)) => {
+                if let Some(c) = self.support.cluster.as_mut() {
+                    c.set_members(me, &members);
+                }
+                Ok(())
+            }
+            Err(e) => Err(self.support.refuse(e)),
+        };
+        self.answer(r)
+    }
+
+    fn send(&mut self, to: u64, payload: Vec<u8>) -> wasmtime::Result<Result<(), types::SupportError>> {
+        let max = self.call_limits.max_call_bytes;
+        if payload.len() > max {
+            let e = SupportError::LimitExceeded(format!(
+                "send: a message of {} bytes is over the cap of {max} (max-call-bytes)",
+                payload.len()
+            ));
+            let e = self.support.refuse(e);
+            return self.answer(Err(e));
+        }
+        if !self.support.membership.is_peer(to, &self.support.config.consenters) {
+            let e = SupportError::Invalid(format!(
+                "send: {to} is not a bound member other than this node (bound: {:?})",
+                self.support.membership.ids()
+            ));
+            let e = self.support.refuse(e);
+            return self.answer(Err(e));
+        }
+        let Some(c) = self.support.cluster.as_mut() else {
+            let e = self.no_cluster("send");
+            return self.answer(Err(e));
+        };
+        // A dropped message is no refusal: raft resends.
+        Ok(c.send(to, Bytes::from(payload)).map_err(|e| types::SupportError::LimitExceeded(e)))
+    }
+
+    fn forward(&mut self, to: u64, env: Resource<EnvelopeRes>) -> wasmtime::Result<Result<(), types::SupportError>> {
+        let env = self.take_envelope(env)?;
+        if !self.support.membership.is_peer(to, &self.support.config.consenters) {
+            let e = SupportError::Invalid(format!(
+                "forward: {to} is not a bound member other than this node (bound: {:?})",
+                self.support.membership.ids()
+            ));
+            let e = self.support.refuse(e);
+            return self.answer(Err(e));
+        }
+        let Some(c) = self.support.cluster.as_mut() else {
+            let e = self.no_cluster("forward");
+            return self.answer(Err(e));
+        };
+        Ok(c.forward(to, env.config_seq, env.bytes).map_err(|e| types::SupportError::LimitExceeded(e)))
+    }
+}
+
+impl replication::Host for PluginState {
+    fn block_from_bytes(&mut self, bytes: Vec<u8>) -> wasmtime::Result<Result<Resource<CreatedBlock>, types::SupportError>> {
+        self.check_bytes("block-from-bytes", bytes.len())?;
+        match self.support.block_from_bytes(Bytes::from(bytes)) {
+            Ok(b) => Ok(Ok(self.push(b)?)),
+            Err(e) => self.answer(Err(e)),
+        }
+    }
+
+    fn last_block_metadata(&mut self) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.support.last_metadata.clone())
+    }
+
+    fn catch_up(&mut self, target: u64) -> wasmtime::Result<Result<(), types::SupportError>> {
+        let height = self.support.height;
+        if target <= height {
+            let e = self.support.refuse(SupportError::Invalid(format!(
+                "catch-up: target height {target} is not above the height {height}"
+            )));
+            return self.answer(Err(e));
+        }
+        let Some(c) = self.support.cluster.as_mut() else {
+            let e = self.no_cluster("catch-up");
+            return self.answer(Err(e));
+        };
+        let r = c.catch_up(height, target).map_err(SupportError::Internal);
+        self.answer(r)
+    }
+}
+
+fn storage_error(e: consenter_storage::StorageError) -> SupportError {
+    use consenter_storage::StorageError as S;
+    match e {
+        S::QuotaExceeded { .. } => SupportError::LimitExceeded(format!("storage: {e} (storage-mib)")),
+        other => SupportError::Internal(format!("storage: {other}")),
+    }
+}
+
+impl storage::Host for PluginState {
+    fn get(&mut self, key: Vec<u8>) -> wasmtime::Result<Result<Option<Vec<u8>>, types::SupportError>> {
+        self.check_bytes("storage.get", key.len())?;
+        let r = match self.support.storage.as_ref() {
+            Some(s) => s.get(&key).map_err(storage_error),
+            None => Err(SupportError::Internal("storage: not granted to this chain".into())),
+        };
+        if let Err(SupportError::Internal(m)) = &r {
+            self.support.fail_host(m.clone());
+        }
+        self.answer(r)
+    }
+
+    fn range(
+        &mut self,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u32,
+    ) -> wasmtime::Result<Result<Vec<(Vec<u8>, Vec<u8>)>, types::SupportError>> {
+        self.check_bytes("storage.range", start.len() + end.as_ref().map_or(0, Vec::len))?;
+        let max_bytes = self.call_limits.max_call_bytes;
+        let limit = (limit as usize).min(self.call_limits.max_list_len);
+        let r = match self.support.storage.as_ref() {
+            Some(s) => s.range(&start, end.as_deref(), limit, max_bytes).map_err(storage_error),
+            None => Err(SupportError::Internal("storage: not granted to this chain".into())),
+        };
+        if let Err(SupportError::Internal(m)) = &r {
+            self.support.fail_host(m.clone());
+        }
+        self.answer(r)
+    }
+
+    fn write(&mut self, ops: Vec<storage::Op>) -> wasmtime::Result<Result<(), types::SupportError>> {
+        self.check_list("storage.write", ops.len())?;
+        let bytes: usize = ops
+            .iter()
+            .map(|o| match o {
+                storage::Op::Put((k, v)) => k.len() + v.len(),
+                storage::Op::Delete(k) | storage::Op::DeletePrefix(k) => k.len(),
+            })
+            .sum();
+        self.check_bytes("storage.write", bytes)?;
+        let ops: Vec<consenter_storage::Op> = ops
+            .into_iter()
+            .map(|o| match o {
+                storage::Op::Put((key, value)) => consenter_storage::Op::Put { key, value },
+                storage::Op::Delete(key) => consenter_storage::Op::Delete { key },
+                storage::Op::DeletePrefix(prefix) => consenter_storage::Op::DeletePrefix { prefix },
+            })
+            .collect();
+        // The fsync is the host's work: not the plugin's time.
+        let started = std::time::Instant::now();
+        let r = match self.support.storage.as_mut() {
+            Some(s) => s.write(&ops).map_err(storage_error),
+            None => Err(SupportError::Internal("storage: not granted to this chain".into())),
+        };
+        self.host_time += started.elapsed();
+        let r = match r {
+            Err(SupportError::Internal(m)) => {
+                self.support.fail_host(m.clone());
+                Err(SupportError::Internal(m))
+            }
+            Err(e) => Err(self.support.refuse(e)),
+            Ok(()) => Ok(()),
+        };
+        self.answer(r)
+    }
+
+    fn used_bytes(&mut self) -> wasmtime::Result<u64> {
+        Ok(self.support.storage.as_ref().map_or(0, |s| s.used_bytes()))
+    }
+
+    fn quota_bytes(&mut self) -> wasmtime::Result<u64> {
+        Ok(self.support.storage.as_ref().map_or(0, |s| s.quota_bytes()))
+    }
+}
