@@ -227,7 +227,11 @@ pub(crate) enum Pre {
 
 /// Links every `wasi:*` import of `component` to a function that traps
 /// (naming the call), so a plugin built with Rust's std for wasm32-wasip2
-/// instantiates but gets no capability. (wasmtime's
+/// instantiates but gets no capability. The one exception is randomness
+/// (`wasi:random/*`: raft's randomized election timeouts, std's hash
+/// seeds): it is served from the chain's own seeded generator
+/// ([`PluginState::next_random`]), so a run in the deterministic test host
+/// is reproducible from its seed. (wasmtime's
 /// `define_unknown_imports_as_traps` would also stub the resource aliases
 /// of our own interfaces, with the wrong resource type.)
 fn stub_wasi_imports(linker: &mut Linker<PluginState>, component: &Component, engine: &Engine) -> wasmtime::Result<()> {
@@ -238,9 +242,14 @@ fn stub_wasi_imports(linker: &mut Linker<PluginState>, component: &Component, en
             continue;
         }
         let ComponentItem::ComponentInstance(inst) = item.ty else { continue };
+        let random = import.starts_with("wasi:random/");
         let mut li = linker.instance(import)?;
         for (export, item) in inst.exports(engine) {
             match item.ty {
+                ComponentItem::ComponentFunc(_) if random => {
+                    let what = format!("{import}#{export}");
+                    li.func_new(export, move |mut store, _, params, results| random_call(&what, &mut store, params, results))?;
+                }
                 ComponentItem::ComponentFunc(_) => {
                     let what = format!("{import}#{export}");
                     li.func_new(export, move |_, _, _, _| {
@@ -253,6 +262,43 @@ fn stub_wasi_imports(linker: &mut Linker<PluginState>, component: &Component, en
                 _ => {}
             }
         }
+    }
+    Ok(())
+}
+
+/// Serves a `wasi:random` call (`get-random-bytes`, `get-random-u64`,
+/// their `insecure` twins, `insecure-seed`) from the chain's generator.
+fn random_call(
+    what: &str,
+    store: &mut wasmtime::StoreContextMut<'_, PluginState>,
+    params: &[wasmtime::component::Val],
+    results: &mut [wasmtime::component::Val],
+) -> wasmtime::Result<()> {
+    use wasmtime::component::Val;
+    let s = store.data_mut();
+    let Some(out) = results.first_mut() else { wasmtime::bail!("{what}: no result slot") };
+    if what.ends_with("bytes") {
+        let len = match params.first() {
+            Some(Val::U64(n)) => *n,
+            _ => wasmtime::bail!("{what}: expected a u64 length"),
+        };
+        let max = s.call_limits.max_call_bytes as u64;
+        if len > max {
+            wasmtime::bail!("{what}: {len} random bytes asked, over the cap of {max} (max-call-bytes)");
+        }
+        let mut v = Vec::with_capacity(len as usize);
+        while (v.len() as u64) < len {
+            for b in s.next_random().to_le_bytes() {
+                if (v.len() as u64) < len {
+                    v.push(Val::U8(b));
+                }
+            }
+        }
+        *out = Val::List(v);
+    } else if what.ends_with("insecure-seed") {
+        *out = Val::Tuple(vec![Val::U64(s.next_random()), Val::U64(s.next_random())]);
+    } else {
+        *out = Val::U64(s.next_random());
     }
     Ok(())
 }

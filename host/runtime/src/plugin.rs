@@ -74,6 +74,7 @@ impl Plugin {
             held_bytes: 0,
             call_started: Instant::now(),
             host_time: Duration::ZERO,
+            random: support.random_seed(),
             support,
         };
         let mut store = Store::new(&self.runtime.inner.engine, state);

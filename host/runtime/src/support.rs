@@ -85,6 +85,11 @@ impl Contents {
     }
 }
 
+/// FNV-1a of `b` (a default random seed that depends on the channel).
+fn fnv1a(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| (h ^ u64::from(*x)).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// The name of a header type, for messages.
 fn header_type_name(t: i32) -> String {
     crate::proto::common::HeaderType::try_from(t).map(|h| h.as_str_name().to_string()).unwrap_or(format!("type {t}"))
@@ -223,6 +228,8 @@ pub struct Support {
     /// A written config block changed the consenter set; cleared once the
     /// plugin is told (`on-consenters-changed`).
     pub(crate) consenters_changed: bool,
+    /// Seed of the plugin's `wasi:random` generator.
+    pub(crate) random_seed: u64,
 }
 
 /// Where a chain resumes: its height, last header hash and last config
@@ -278,7 +285,20 @@ impl Support {
             storage: None,
             last_metadata: Vec::new(),
             consenters_changed: false,
+            random_seed: fnv1a(chain_id.as_bytes()),
         }
+    }
+
+    /// Seeds the plugin's `wasi:random` generator (default: from the
+    /// channel id). A node seeds it from the OS; the test host from its
+    /// schedule's seed, so a run is reproducible.
+    pub fn set_random_seed(&mut self, seed: u64) {
+        self.random_seed = seed;
+    }
+
+    /// The seed of the plugin's `wasi:random` generator.
+    pub fn random_seed(&self) -> u64 {
+        self.random_seed
     }
 
     /// Makes this the support of a clustered chain: messages, forwards and

@@ -38,6 +38,20 @@ pub struct PluginState {
     pub host_time: Duration,
     /// Native ConsenterSupport of the chain.
     pub support: Support,
+    /// The state of the chain's random generator (`wasi:random`).
+    pub random: u64,
+}
+
+impl PluginState {
+    /// The next value of the chain's random generator (SplitMix64, seeded
+    /// by `Support::random_seed`): what `wasi:random` answers.
+    pub fn next_random(&mut self) -> u64 {
+        self.random = self.random.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.random;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
 }
 
 impl PluginState {
@@ -54,6 +68,7 @@ impl PluginState {
             held_bytes: 0,
             call_started: Instant::now(),
             host_time: Duration::ZERO,
+            random: support.random_seed(),
             support,
         }
     }
