@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 const PACKAGES: &[&str] = &[
+    "consenter-raft",
     "consenter-solo",
     "consenter-hostile",
     "consenter-hostile-import",

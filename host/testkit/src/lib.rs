@@ -9,6 +9,8 @@
 pub use consenter_runtime::{block, channel, envelope, proto, signer, support};
 
 pub mod canary;
+pub mod simnet;
 pub mod testhost;
 
+pub use simnet::{SimConfig, SimNet};
 pub use testhost::{ManualClock, MemorySink, TestHost};

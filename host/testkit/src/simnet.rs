@@ -1,0 +1,605 @@
+//! A deterministic simulated network for plugins of the
+//! `clustered-consenter` world: N instances of one plugin, each with the
+//! real runtime and native support, its own in-memory ledger and plugin
+//! storage, one virtual clock, and an in-memory cluster transport with
+//! seeded delay, drop, duplication (hence reordering) and partitions.
+//! Nodes crash (the instance is discarded; ledger and storage are kept)
+//! and restart from their ledger, as a node does after kill -9. The same
+//! seed gives the same run. May touch nothing outside memory.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::block;
+use crate::channel::{ChannelConfig, ChannelTemplate, Consenter};
+use crate::envelope::Envelope;
+use crate::proto::common::Block;
+use crate::signer::Signer;
+use crate::support::{ChainPosition, Clock, Support, SupportLimits};
+use crate::testhost::{ManualClock, MemorySink};
+use consenter_runtime::chain_core::ChainCore;
+use consenter_runtime::cluster::ClusterSink;
+use consenter_runtime::status::ChainStatus;
+use consenter_runtime::{Plugin, RuntimeError};
+use consenter_storage::{KvStore, MemStore, Op, StorageError};
+
+/// The shape of a simulated network and its faults.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Consenters (nodes), all in the channel from its genesis block.
+    pub nodes: usize,
+    /// Seed of every random choice (delays, drops, plugin randomness).
+    pub seed: u64,
+    /// Probability that a message is dropped.
+    pub drop: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+    /// Shortest and longest delivery delay (uniform between).
+    pub min_delay: Duration,
+    /// See `min_delay`.
+    pub max_delay: Duration,
+    /// etcdraft TickInterval of the channel.
+    pub tick: Duration,
+    /// BatchSize.MaxMessageCount.
+    pub max_message_count: u32,
+    /// BatchTimeout.
+    pub batch_timeout: Duration,
+    /// etcdraft SnapshotIntervalSize (bytes of blocks between snapshots).
+    pub snapshot_interval_size: u32,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            nodes: 3,
+            seed: 1,
+            drop: 0.0,
+            duplicate: 0.0,
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+            tick: Duration::from_millis(100),
+            max_message_count: 10,
+            batch_timeout: Duration::from_millis(200),
+            snapshot_interval_size: 16 << 20,
+        }
+    }
+}
+
+/// SplitMix64: a small seeded generator.
+#[derive(Debug, Clone)]
+pub struct SimRng(u64);
+
+impl SimRng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> SimRng {
+        SimRng(seed)
+    }
+    /// The next value.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// A value in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// A value in [0, n).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+}
+
+/// A plugin's storage that outlives its instance (the node's disk).
+#[derive(Clone)]
+struct SharedStore(Arc<Mutex<MemStore>>);
+
+impl KvStore for SharedStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(key)
+    }
+    fn range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).range(start, end, limit, max_bytes)
+    }
+    fn write(&mut self, ops: &[Op]) -> Result<(), StorageError> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).write(ops)
+    }
+    fn used_bytes(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).used_bytes()
+    }
+    fn quota_bytes(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).quota_bytes()
+    }
+}
+
+/// What a node's plugin asked of the network during one call.
+enum Out {
+    Send(u64, Bytes),
+    Forward(u64, u64, Bytes),
+    CatchUp(u64, u64),
+}
+
+/// A node's cluster sink: records what the plugin asks; the network
+/// delivers it after the call.
+struct SimLink {
+    out: Arc<Mutex<Vec<Out>>>,
+    members: Arc<Mutex<BTreeMap<u64, Consenter>>>,
+}
+
+impl ClusterSink for SimLink {
+    fn set_members(&mut self, _self_id: Option<u64>, members: &[(u64, Consenter)]) {
+        *self.members.lock().unwrap_or_else(|p| p.into_inner()) = members.iter().cloned().collect();
+    }
+    fn send(&mut self, to: u64, payload: Bytes) -> Result<(), String> {
+        self.out.lock().unwrap_or_else(|p| p.into_inner()).push(Out::Send(to, payload));
+        Ok(())
+    }
+    fn forward(&mut self, to: u64, config_seq: u64, envelope: Bytes) -> Result<(), String> {
+        self.out.lock().unwrap_or_else(|p| p.into_inner()).push(Out::Forward(to, config_seq, envelope));
+        Ok(())
+    }
+    fn catch_up(&mut self, from: u64, target: u64) -> Result<(), String> {
+        self.out.lock().unwrap_or_else(|p| p.into_inner()).push(Out::CatchUp(from, target));
+        Ok(())
+    }
+}
+
+/// One simulated node.
+struct SimNode {
+    core: Option<ChainCore>,
+    ledger: MemorySink,
+    store: SharedStore,
+    out: Arc<Mutex<Vec<Out>>>,
+    members: Arc<Mutex<BTreeMap<u64, Consenter>>>,
+    status: Arc<ChainStatus>,
+    cert: Vec<u8>,
+    starts: u64,
+}
+
+/// A delivery scheduled on the network.
+enum Event {
+    Message { to: usize, from: u64, payload: Bytes },
+    Forward { to: usize, seq: u64, env: Bytes },
+    CatchUp { node: usize, from: u64, target: u64 },
+}
+
+/// The simulated network.
+pub struct SimNet {
+    cfg: SimConfig,
+    plugin: Plugin,
+    signer: Arc<Signer>,
+    clock: Arc<ManualClock>,
+    consenters: Vec<Consenter>,
+    nodes: Vec<SimNode>,
+    queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    events: BTreeMap<u64, Event>,
+    next_event: u64,
+    rng: SimRng,
+    /// Pairs of nodes that cannot reach each other.
+    cut: BTreeSet<(usize, usize)>,
+    /// Events handled (the simulator's work).
+    pub handled: u64,
+}
+
+/// The PEM certificate that stands for node `i` (its bytes need not be a
+/// real certificate: the host matches certificates by their bytes).
+fn sim_cert(i: usize) -> Vec<u8> {
+    format!("consenter-host simulated node {i}").into_bytes()
+}
+
+/// Whether consenter `c` is the node with TLS certificate `der`.
+fn cert_is(c: &Consenter, der: &[u8]) -> bool {
+    let is = |pem_bytes: &[u8]| consenter_runtime::cluster::pem_to_der(pem_bytes).as_deref() == Some(der);
+    is(&c.server_tls_cert) || is(&c.client_tls_cert)
+}
+
+/// The etcdraft template of a simulated channel.
+pub fn sim_template(cfg: &SimConfig) -> ChannelTemplate {
+    use crate::proto::etcdraft::{ConfigMetadata, Consenter as PbConsenter, Options};
+    let consenters = (0..cfg.nodes)
+        .map(|i| {
+            let pem = pem::encode(&pem::Pem::new("CERTIFICATE", sim_cert(i))).into_bytes();
+            PbConsenter {
+                host: "sim".into(),
+                port: 7050 + 100 * i as u32,
+                client_tls_cert: pem.clone().into(),
+                server_tls_cert: pem.into(),
+            }
+        })
+        .collect();
+    let md = ConfigMetadata {
+        consenters,
+        options: Some(Options {
+            tick_interval: format!("{}ms", cfg.tick.as_millis()),
+            election_tick: 10,
+            heartbeat_tick: 1,
+            max_inflight_blocks: 5,
+            snapshot_interval_size: cfg.snapshot_interval_size,
+        }),
+    };
+    let mut t = ChannelTemplate::solo("simchannel");
+    t.consensus_type = "etcdraft".into();
+    t.consensus_metadata = md.encode_to_vec().into();
+    t.batch_size.max_message_count = cfg.max_message_count;
+    t.batch_timeout = cfg.batch_timeout;
+    t
+}
+
+impl SimNet {
+    /// Starts `cfg.nodes` instances of `plugin` on a new etcdraft channel.
+    pub fn start(plugin: &Plugin, signer: Arc<Signer>, cfg: SimConfig) -> Result<SimNet, RuntimeError> {
+        let genesis = sim_template(&cfg).genesis_block();
+        Self::start_from_genesis(plugin, signer, cfg, genesis)
+    }
+
+    /// Starts on a channel whose genesis block is `genesis`.
+    pub fn start_from_genesis(
+        plugin: &Plugin,
+        signer: Arc<Signer>,
+        cfg: SimConfig,
+        genesis: Block,
+    ) -> Result<SimNet, RuntimeError> {
+        let config = ChannelConfig::from_config_block(&genesis)
+            .map_err(|e| RuntimeError::Engine(format!("simulator: bad genesis block: {e}")))?;
+        let mut nodes = Vec::new();
+        for i in 0..cfg.nodes {
+            let ledger = MemorySink::default();
+            ledger.0.lock().unwrap_or_else(|p| p.into_inner()).push(genesis.encode_to_vec().into());
+            nodes.push(SimNode {
+                core: None,
+                ledger,
+                store: SharedStore(Arc::new(Mutex::new(MemStore::new(1 << 30)))),
+                out: Arc::default(),
+                members: Arc::default(),
+                status: Arc::new(ChainStatus::default()),
+                cert: sim_cert(i),
+                starts: 0,
+            });
+        }
+        let mut net = SimNet {
+            rng: SimRng::new(cfg.seed),
+            cfg,
+            plugin: plugin.clone(),
+            signer,
+            clock: ManualClock::new(),
+            consenters: config.consenters.clone(),
+            nodes,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            next_event: 0,
+            cut: BTreeSet::new(),
+            handled: 0,
+        };
+        for i in 0..net.nodes.len() {
+            net.restart(i)?;
+        }
+        Ok(net)
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether there are no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Virtual time since the start.
+    pub fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    /// Starts (or restarts after a crash) node `i` from its ledger and
+    /// storage, as a node process does.
+    pub fn restart(&mut self, i: usize) -> Result<(), RuntimeError> {
+        let blocks = self.blocks(i);
+        let last = blocks.last().ok_or_else(|| RuntimeError::Engine("simulator: empty ledger".into()))?;
+        let (last_config, metadata) = block::last_config_and_metadata(last);
+        let last_config = if blocks.len() == 1 { 0 } else { last_config };
+        let config_block = blocks.get(last_config as usize).unwrap_or(&blocks[0]);
+        let config = ChannelConfig::from_config_block(config_block)
+            .map_err(|e| RuntimeError::Engine(format!("simulator: config block {last_config}: {e}")))?;
+        let pos = ChainPosition {
+            height: blocks.len() as u64,
+            last_hash: last.header.as_ref().map(block::header_hash).unwrap_or_default(),
+            last_config,
+        };
+        let n = &mut self.nodes[i];
+        n.starts += 1;
+        let clock: Arc<dyn Clock> = self.clock.clone();
+        let mut support = Support::new(
+            &config.channel_id.clone(),
+            Arc::new(config),
+            self.signer.clone(),
+            Box::new(n.ledger.clone()),
+            clock,
+            pos,
+            SupportLimits::default(),
+        );
+        support.set_cluster(Box::new(SimLink { out: n.out.clone(), members: n.members.clone() }), Some(n.cert.clone()));
+        support.set_storage(Box::new(n.store.clone()));
+        support.set_last_metadata(metadata.clone());
+        support.set_random_seed(self.cfg.seed ^ ((i as u64 + 1) << 32) ^ n.starts);
+        n.status = Arc::new(ChainStatus::default());
+        let core = ChainCore::start(&self.plugin, support, &metadata, n.status.clone())?;
+        n.core = Some(core);
+        self.drain(i);
+        Ok(())
+    }
+
+    /// Crashes node `i` (kill -9): its instance is gone, its ledger and
+    /// storage stay; messages to it are lost until it restarts.
+    pub fn crash(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.core = None;
+        n.out.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let mut s = n.store.0.lock().unwrap_or_else(|p| p.into_inner());
+        *s = s.crash(consenter_storage::Tear::None);
+    }
+
+    /// Whether node `i` runs.
+    pub fn is_up(&self, i: usize) -> bool {
+        self.nodes[i].core.is_some()
+    }
+
+    /// Cuts (or heals) the link between nodes `a` and `b`, both ways.
+    pub fn partition(&mut self, a: usize, b: usize, cut: bool) {
+        for p in [(a, b), (b, a)] {
+            if cut {
+                self.cut.insert(p);
+            } else {
+                self.cut.remove(&p);
+            }
+        }
+    }
+
+    /// Heals every partition.
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Offers an envelope at node `i`, validated under its current config
+    /// (as Broadcast would); whether the node accepted it.
+    pub fn submit(&mut self, i: usize, env: Bytes) -> bool {
+        let Ok(mut e) = Envelope::parse(env) else { return false };
+        e.config_seq = self.nodes[i].status.sequence();
+        let Some(core) = self.nodes[i].core.as_mut() else { return false };
+        let ok = core.enqueue(e).is_ok();
+        self.drain(i);
+        ok
+    }
+
+    /// The blocks of node `i`'s ledger, genesis first.
+    pub fn blocks(&self, i: usize) -> Vec<Block> {
+        let v = self.nodes[i].ledger.0.lock().unwrap_or_else(|p| p.into_inner());
+        v.iter().filter_map(|b| Block::decode(b.clone()).ok()).collect()
+    }
+
+    /// Node `i`'s ledger height.
+    pub fn height(&self, i: usize) -> u64 {
+        self.nodes[i].ledger.0.lock().unwrap_or_else(|p| p.into_inner()).len() as u64
+    }
+
+    /// Why node `i`'s chain is errored, if it is.
+    pub fn errored(&self, i: usize) -> Option<String> {
+        self.nodes[i].status.errored()
+    }
+
+    /// The transaction ids in node `i`'s blocks after genesis, in order.
+    pub fn tx_ids(&self, i: usize) -> Vec<String> {
+        self.blocks(i)
+            .iter()
+            .skip(1)
+            .flat_map(|b| b.data.as_ref().map(|d| d.data.clone()).unwrap_or_default())
+            .filter_map(|d| Envelope::parse(d).ok().map(|e| e.tx_id))
+            .collect()
+    }
+
+    /// Safety: every ledger verifies (numbers, hash chain, data hashes),
+    /// and no two nodes hold different blocks at one height.
+    pub fn check_safety(&self) -> Result<(), String> {
+        let ledgers: Vec<Vec<Block>> = (0..self.nodes.len()).map(|i| self.blocks(i)).collect();
+        for (i, l) in ledgers.iter().enumerate() {
+            for (h, b) in l.iter().enumerate() {
+                let hd = b.header.as_ref().ok_or(format!("node {i}: block {h} has no header"))?;
+                if hd.number != h as u64 {
+                    return Err(format!("node {i}: block at height {h} is numbered {}", hd.number));
+                }
+                block::check_data_hash(b).map_err(|e| format!("node {i}: block {h}: {e}"))?;
+                if h > 0 {
+                    let prev = l[h - 1].header.as_ref().map(block::header_hash).unwrap_or_default();
+                    if hd.previous_hash.as_ref() != prev {
+                        return Err(format!("node {i}: block {h} does not link to block {}", h - 1));
+                    }
+                }
+            }
+        }
+        let top = ledgers.iter().map(Vec::len).max().unwrap_or(0);
+        for h in 0..top {
+            let mut seen: Option<(usize, block::Hash)> = None;
+            for (i, l) in ledgers.iter().enumerate() {
+                let Some(b) = l.get(h) else { continue };
+                let hash = b.header.as_ref().map(block::header_hash).unwrap_or_default();
+                match seen {
+                    None => seen = Some((i, hash)),
+                    Some((j, other)) if other != hash => {
+                        return Err(format!("fork at height {h}: node {j} and node {i} hold different blocks"));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the network for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.clock.now() + d;
+        loop {
+            let next_msg = self.queue.peek().map(|Reverse((t, _))| *t);
+            let next_timer =
+                self.nodes.iter().filter_map(|n| n.core.as_ref().and_then(|c| c.next_deadline())).min();
+            let next = match (next_msg, next_timer) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) => a,
+                (None, Some(b)) => b,
+                (None, None) => break,
+            };
+            if next > end {
+                break;
+            }
+            let now = self.clock.now();
+            if next > now {
+                self.clock.advance(next - now);
+            }
+            if next_msg == Some(next) {
+                let Some(Reverse((_, id))) = self.queue.pop() else { break };
+                if let Some(ev) = self.events.remove(&id) {
+                    self.handle(ev);
+                }
+            } else {
+                for i in 0..self.nodes.len() {
+                    let due = self.nodes[i].core.as_ref().and_then(|c| c.next_deadline()).is_some_and(|t| t <= next);
+                    if due {
+                        if let Some(c) = self.nodes[i].core.as_mut() {
+                            c.fire_timers(next);
+                        }
+                        self.handled += 1;
+                        self.drain(i);
+                    }
+                }
+            }
+        }
+        let now = self.clock.now();
+        if end > now {
+            self.clock.advance(end - now);
+        }
+    }
+
+    fn handle(&mut self, ev: Event) {
+        self.handled += 1;
+        match ev {
+            Event::Message { to, from, payload } => {
+                if let Some(c) = self.nodes[to].core.as_mut() {
+                    c.on_message(from, &payload);
+                    self.drain(to);
+                }
+            }
+            Event::Forward { to, seq, env } => {
+                let Ok(mut e) = Envelope::parse(env) else { return };
+                // The receiving host's Broadcast checks: the envelope is
+                // stamped with the sequence it was validated under.
+                e.config_seq = seq;
+                if let Some(c) = self.nodes[to].core.as_mut() {
+                    let _ = c.enqueue(e);
+                    self.drain(to);
+                }
+            }
+            Event::CatchUp { node, from, target } => {
+                // Pull from the up node with the most blocks.
+                let src = (0..self.nodes.len())
+                    .filter(|j| *j != node && self.is_up(*j))
+                    .max_by_key(|j| self.height(*j));
+                let blocks: Vec<Bytes> = match src {
+                    Some(j) => {
+                        let v = self.nodes[j].ledger.0.lock().unwrap_or_else(|p| p.into_inner());
+                        v.iter().skip(from as usize).take(target.saturating_sub(from) as usize).cloned().collect()
+                    }
+                    None => Vec::new(),
+                };
+                let Some(c) = self.nodes[node].core.as_mut() else { return };
+                let mut err = None;
+                for b in blocks {
+                    if let Err(e) = c.write_pulled(b) {
+                        err = Some(e);
+                        break;
+                    }
+                }
+                let height = self.nodes[node].ledger.0.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
+                if err.is_none() && height < target {
+                    err = Some(format!("no member had blocks up to {target}"));
+                }
+                if let Some(c) = self.nodes[node].core.as_mut() {
+                    c.caught_up(height, err.as_deref());
+                }
+                self.drain(node);
+            }
+        }
+    }
+
+    /// Schedules what node `i`'s plugin asked for during its last call.
+    fn drain(&mut self, i: usize) {
+        let outs: Vec<Out> = std::mem::take(&mut *self.nodes[i].out.lock().unwrap_or_else(|p| p.into_inner()));
+        if outs.is_empty() {
+            return;
+        }
+        let members = self.nodes[i].members.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let self_id = members
+            .iter()
+            .find(|(_, c)| cert_is(c, &self.nodes[i].cert))
+            .map(|(id, _)| *id)
+            .unwrap_or(0);
+        for o in outs {
+            match o {
+                Out::Send(to, payload) => {
+                    if let Some(j) = self.node_of(&members, to) {
+                        self.schedule_faulty(i, j, |at| (at, Event::Message { to: j, from: self_id, payload: payload.clone() }));
+                    }
+                }
+                Out::Forward(to, seq, env) => {
+                    if let Some(j) = self.node_of(&members, to) {
+                        self.schedule_faulty(i, j, |at| (at, Event::Forward { to: j, seq, env: env.clone() }));
+                    }
+                }
+                Out::CatchUp(from, target) => {
+                    let at = self.clock.now() + self.delay();
+                    self.schedule(at, Event::CatchUp { node: i, from, target });
+                }
+            }
+        }
+    }
+
+    fn node_of(&self, members: &BTreeMap<u64, Consenter>, id: u64) -> Option<usize> {
+        let c = members.get(&id)?;
+        self.consenters.iter().position(|x| x == c)
+    }
+
+    fn delay(&mut self) -> Duration {
+        let (lo, hi) = (self.cfg.min_delay.as_micros() as u64, self.cfg.max_delay.as_micros() as u64);
+        Duration::from_micros(lo + self.rng.below(hi.saturating_sub(lo) + 1))
+    }
+
+    fn schedule_faulty(&mut self, from: usize, to: usize, mk: impl Fn(Instant) -> (Instant, Event)) {
+        if self.cut.contains(&(from, to)) || self.rng.unit() < self.cfg.drop {
+            return;
+        }
+        let copies = if self.rng.unit() < self.cfg.duplicate { 2 } else { 1 };
+        for _ in 0..copies {
+            let at = self.clock.now() + self.delay();
+            let (at, ev) = mk(at);
+            self.schedule(at, ev);
+        }
+    }
+
+    fn schedule(&mut self, at: Instant, ev: Event) {
+        let id = self.next_event;
+        self.next_event += 1;
+        self.events.insert(id, ev);
+        self.queue.push(Reverse((at, id)));
+    }
+}

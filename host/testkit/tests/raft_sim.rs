@@ -1,0 +1,183 @@
+//! The raft plugin on the deterministic simulated network: a leader is
+//! elected, envelopes submitted at any node are ordered once, ledgers agree,
+//! a crashed leader is replaced and catches up on restart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use consenter_runtime::{Limits, Runtime};
+use consenter_testkit::envelope;
+use consenter_testkit::proto::common::HeaderType;
+use consenter_testkit::signer::{self, Signer};
+use consenter_testkit::{SimConfig, SimNet};
+
+fn signer() -> Arc<Signer> {
+    let dir = tempfile::tempdir().unwrap();
+    let id = signer::ensure_dev_identity(dir.path()).unwrap();
+    Arc::new(Signer::from_msp_dir(&id.orderer_msp, &id.mspid).unwrap())
+}
+
+fn net(cfg: SimConfig) -> SimNet {
+    let rt = Runtime::new(Limits::default()).unwrap();
+    let bytes = std::fs::read(consenter_test_plugins::path("consenter_raft.wasm")).unwrap();
+    let raft = rt.load("etcdraft", &bytes).unwrap();
+    SimNet::start(&raft, signer(), cfg).unwrap()
+}
+
+fn env(tx: &str) -> Bytes {
+    envelope::build("simchannel", HeaderType::Message, tx, Bytes::from_static(b"payload"), None).unwrap()
+}
+
+#[test]
+fn three_nodes_elect_order_and_agree() {
+    let mut n = net(SimConfig::default());
+    n.run_for(Duration::from_secs(5));
+    for i in 0..3 {
+        assert!(n.errored(i).is_none(), "node {i}: {:?}", n.errored(i));
+    }
+    let mut accepted = Vec::new();
+    for k in 0..30 {
+        let tx = format!("tx{k}");
+        if n.submit(k % 3, env(&tx)) {
+            accepted.push(tx);
+        }
+        n.run_for(Duration::from_millis(20));
+    }
+    n.run_for(Duration::from_secs(2));
+    assert_eq!(accepted.len(), 30, "every node accepts once a leader is known");
+    n.check_safety().unwrap();
+    for i in 0..3 {
+        assert_eq!(n.tx_ids(i), accepted, "node {i} ordered every envelope once, in submission order");
+    }
+}
+
+/// Submits `count` envelopes round-robin to the up nodes; the tx ids
+/// accepted.
+fn load(n: &mut SimNet, prefix: &str, count: usize) -> Vec<String> {
+    let mut accepted = Vec::new();
+    let up: Vec<usize> = (0..n.len()).filter(|i| n.is_up(*i)).collect();
+    for k in 0..count {
+        let tx = format!("{prefix}-{k}");
+        if n.submit(up[k % up.len()], env(&tx)) {
+            accepted.push(tx);
+        }
+        n.run_for(Duration::from_millis(10));
+    }
+    accepted
+}
+
+fn no_duplicates(ids: &[String]) {
+    let mut seen = std::collections::BTreeSet::new();
+    for t in ids {
+        assert!(seen.insert(t), "{t} ordered twice");
+    }
+}
+
+#[test]
+fn crashes_of_every_node_in_turn_keep_one_chain() {
+    let mut n = net(SimConfig { seed: 7, ..SimConfig::default() });
+    n.run_for(Duration::from_secs(5));
+    let mut all = Vec::new();
+    for round in 0..6 {
+        let victim = round % 3;
+        n.crash(victim);
+        // Two of three keep ordering (a new leader if the victim led).
+        n.run_for(Duration::from_secs(4));
+        let accepted = load(&mut n, &format!("r{round}"), 20);
+        n.run_for(Duration::from_secs(2));
+        let ordered = n.tx_ids((victim + 1) % 3);
+        for t in &accepted {
+            assert!(ordered.contains(t), "round {round}: {t} accepted with a majority up but not ordered");
+        }
+        all.extend(accepted);
+        n.restart(victim).unwrap();
+        n.run_for(Duration::from_secs(4));
+        n.check_safety().unwrap();
+        for i in 0..3 {
+            assert!(n.errored(i).is_none(), "round {round}: node {i}: {:?}", n.errored(i));
+            assert_eq!(n.height(i), n.height((i + 1) % 3), "round {round}: the restarted node caught up");
+        }
+    }
+    let ids = n.tx_ids(0);
+    no_duplicates(&ids);
+    for t in &all {
+        assert!(ids.contains(t), "{t} lost");
+    }
+}
+
+#[test]
+fn a_node_behind_the_compacted_log_catches_up_by_pulling_blocks() {
+    // Snapshots every ~4 KiB of blocks: a node down for 200 envelopes
+    // finds the log compacted past it and must pull blocks.
+    let mut n = net(SimConfig { seed: 3, snapshot_interval_size: 4096, ..SimConfig::default() });
+    n.run_for(Duration::from_secs(5));
+    n.crash(2);
+    n.run_for(Duration::from_secs(3));
+    let accepted = load(&mut n, "c", 200);
+    n.run_for(Duration::from_secs(2));
+    n.restart(2).unwrap();
+    n.run_for(Duration::from_secs(5));
+    n.check_safety().unwrap();
+    assert!(n.errored(2).is_none(), "{:?}", n.errored(2));
+    assert_eq!(n.height(2), n.height(0));
+    assert_eq!(n.tx_ids(2), accepted);
+}
+
+#[test]
+fn a_partitioned_minority_writes_nothing_and_follows_after_healing() {
+    let mut n = net(SimConfig { seed: 11, ..SimConfig::default() });
+    n.run_for(Duration::from_secs(5));
+    let before = n.height(0);
+    // Node 0 alone on one side.
+    n.partition(0, 1, true);
+    n.partition(0, 2, true);
+    n.run_for(Duration::from_secs(4));
+    let minority_height = n.height(0);
+    assert!(!n.submit(0, env("lonely")) || n.height(0) == minority_height);
+    let accepted = load(&mut n, "p", 30);
+    n.run_for(Duration::from_secs(3));
+    assert_eq!(n.height(0), minority_height, "the minority wrote no block");
+    assert!(minority_height <= before + 1);
+    n.heal();
+    n.run_for(Duration::from_secs(6));
+    n.check_safety().unwrap();
+    assert_eq!(n.height(0), n.height(1));
+    let ids = n.tx_ids(0);
+    no_duplicates(&ids);
+    for t in accepted.iter().filter(|t| !t.starts_with("lonely")) {
+        if n.tx_ids(1).contains(t) {
+            assert!(ids.contains(t));
+        }
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run() {
+    let run = |seed| {
+        let mut n = net(SimConfig { seed, drop: 0.05, duplicate: 0.05, ..SimConfig::default() });
+        n.run_for(Duration::from_secs(5));
+        load(&mut n, "d", 30);
+        n.crash(1);
+        n.run_for(Duration::from_secs(3));
+        load(&mut n, "e", 10);
+        n.restart(1).unwrap();
+        n.run_for(Duration::from_secs(4));
+        n.check_safety().unwrap();
+        // Envelopes carry wall-clock timestamps; the blocks' shape (which
+        // transactions, in which block, on which node) is what must repeat.
+        let shape = |i: usize| -> Vec<Vec<String>> {
+            n.blocks(i)
+                .iter()
+                .map(|b| {
+                    let data = b.data.as_ref().map(|d| d.data.clone()).unwrap_or_default();
+                    data.into_iter().filter_map(|d| envelope::Envelope::parse(d).ok().map(|e| e.tx_id)).collect()
+                })
+                .collect()
+        };
+        ((0..3).map(shape).collect::<Vec<_>>(), n.handled)
+    };
+    let (a, b) = (run(5), run(5));
+    assert!(a.0[0].len() > 3, "the run ordered blocks");
+    assert_eq!(a, b, "same seed, same blocks and the same number of events");
+}

@@ -1,0 +1,682 @@
+//! One channel's raft chain: the raft-rs `RawNode`, the blocks this node
+//! proposed as leader, the envelopes waiting for a block to be cut, and
+//! what every event does (Fabric's etcdraft `chain.go`, as a state machine).
+
+use std::collections::VecDeque;
+
+use consenter_protos::common::{BlockData, BlockHeader, ChannelHeader, HeaderType, Payload};
+use consenter_protos::etcdraft::BlockMetadata;
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::{Config, RawNode, StateRole};
+
+use crate::bindings::fabric::consenter::types::{Batch, Block, Envelope, EnvelopeInfo, Level, MessageClass};
+use crate::bindings::fabric::consenter::{cluster, log, replication, support, timers};
+use crate::log_store::LogStore;
+use crate::options::Options;
+
+/// The raft tick timer.
+const TICK: u32 = 1;
+/// Fabric's batch timer.
+const BATCH: u32 = 2;
+
+fn info(m: &str) {
+    log::log(Level::Info, m);
+}
+fn warn(m: &str) {
+    log::log(Level::Warn, m);
+}
+
+/// A block this node proposed as leader, not yet applied.
+struct Proposal {
+    index: u64,
+    term: u64,
+    block: Block,
+    config: bool,
+}
+
+/// Only the header of a marshalled block (prost skips the rest).
+#[derive(Clone, PartialEq, prost::Message)]
+struct HeaderOnly {
+    #[prost(message, optional, tag = "1")]
+    header: Option<BlockHeader>,
+}
+
+/// Only the data of a marshalled block.
+#[derive(Clone, PartialEq, prost::Message)]
+struct DataOnly {
+    #[prost(message, optional, tag = "2")]
+    data: Option<BlockData>,
+}
+
+fn block_number(bytes: &[u8]) -> Option<u64> {
+    HeaderOnly::decode(bytes).ok()?.header.map(|h| h.number)
+}
+
+/// Whether a marshalled block is a config block (its one envelope is a
+/// CONFIG message).
+fn is_config_block(bytes: &[u8]) -> bool {
+    let Ok(d) = DataOnly::decode(bytes) else { return false };
+    let data = d.data.map(|d| d.data).unwrap_or_default();
+    if data.len() != 1 {
+        return false;
+    }
+    let kind = || -> Option<i32> {
+        let env = consenter_protos::common::Envelope::decode(data[0].as_ref()).ok()?;
+        let payload = Payload::decode(env.payload.as_ref()).ok()?;
+        let ch = ChannelHeader::decode(payload.header?.channel_header.as_ref()).ok()?;
+        Some(ch.r#type)
+    };
+    kind() == Some(HeaderType::Config as i32)
+}
+
+/// The raft chain of one channel.
+pub struct Raft {
+    node: RawNode<LogStore>,
+    opts: Options,
+    /// Consenter ids, index-aligned with `cluster::consenters()`.
+    ids: Vec<u64>,
+    next_id: u64,
+    me: u64,
+    role: StateRole,
+    leader: u64,
+    batch_timer: bool,
+    /// Own proposals not yet applied, in index order.
+    inflight: VecDeque<Proposal>,
+    /// Batches cut while `max_inflight_blocks` blocks are in flight.
+    cut: VecDeque<Batch>,
+    /// Envelopes accepted while no block may be cut (a new leader applying
+    /// its log first; a config block in flight), in order.
+    waiting: VecDeque<(Envelope, EnvelopeInfo)>,
+    /// As a new leader: the log index to apply before cutting blocks.
+    cut_after: Option<u64>,
+    config_inflight: bool,
+    /// The last raft index applied (in the ledger, or a no-op).
+    applied: u64,
+    /// The marshalled block of the last applied entry (a snapshot's data).
+    last_block: Vec<u8>,
+    /// A catch-up in progress: the height it pulls to.
+    catching_up: Option<u64>,
+    /// Committed entries held back until the catch-up ends.
+    deferred: VecDeque<Entry>,
+    failed: bool,
+}
+
+impl Raft {
+    /// Fabric's `HandleChain`: the chain from the last block's
+    /// `etcdraft.BlockMetadata` (empty: a new channel, ids 1..=n in config
+    /// order) and the raft log in the plugin's storage.
+    pub fn new(metadata: &[u8]) -> Result<Raft, String> {
+        let cfg = support::shared_config();
+        let (opts, _) = Options::from_metadata(&cfg.consensus_metadata)?;
+        let consenters = cluster::consenters();
+        if consenters.is_empty() {
+            return Err("the channel's etcdraft metadata names no consenters".into());
+        }
+        let n = consenters.len() as u64;
+        let (ids, next_id, applied) = if metadata.is_empty() {
+            ((1..=n).collect::<Vec<u64>>(), n + 1, 0)
+        } else {
+            let m = BlockMetadata::decode(metadata).map_err(|e| format!("the last block's etcdraft BlockMetadata: {e}"))?;
+            (m.consenter_ids, m.next_consenter_id, m.raft_index)
+        };
+        if ids.len() != consenters.len() {
+            return Err(format!(
+                "the last block names {} consenter ids and the config {} consenters",
+                ids.len(),
+                consenters.len()
+            ));
+        }
+        let idx = cluster::self_index().ok_or(
+            "this node is not a consenter of the channel: its TLS certificate is in none of the channel's consenter entries",
+        )?;
+        let me = ids[idx as usize];
+        let store = match LogStore::load()? {
+            Some(s) => s,
+            None => LogStore::bootstrap(ids.clone()),
+        };
+        let snap_index = store.last_snapshot().get_metadata().index;
+        let commit = raft::Storage::initial_state(&store).map(|s| s.hard_state.commit).unwrap_or(0);
+        // The ledger may be behind the log's snapshot (blocks queued when the
+        // node died): catch up from the snapshot's block on start.
+        let applied = applied.max(snap_index).min(commit.max(snap_index));
+        let config = Config {
+            id: me,
+            election_tick: opts.election_tick,
+            heartbeat_tick: opts.heartbeat_tick,
+            applied,
+            pre_vote: true,
+            check_quorum: true,
+            max_inflight_msgs: 256,
+            max_size_per_msg: 1 << 20,
+            ..Default::default()
+        };
+        config.validate().map_err(|e| format!("raft config: {e}"))?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let node = RawNode::new(&config, store, &logger).map_err(|e| format!("starting raft: {e}"))?;
+        Ok(Raft {
+            node,
+            opts,
+            ids,
+            next_id,
+            me,
+            role: StateRole::Follower,
+            leader: 0,
+            batch_timer: false,
+            inflight: VecDeque::new(),
+            cut: VecDeque::new(),
+            waiting: VecDeque::new(),
+            cut_after: None,
+            config_inflight: false,
+            applied,
+            last_block: Vec::new(),
+            catching_up: None,
+            deferred: VecDeque::new(),
+            failed: false,
+        })
+    }
+
+    /// Fabric's `Start`: bind the ids, arm the tick, campaign if alone.
+    pub fn start(&mut self) {
+        if let Err(e) = cluster::bind_ids(&self.ids) {
+            self.fail(&format!("binding consenter ids {:?}: {e}", self.ids));
+            return;
+        }
+        self.arm(TICK, self.opts.tick_ms);
+        info(&format!(
+            "raft node {} starting: consenters {:?}, tick {} ms, election {} ticks, applied index {}",
+            self.me, self.ids, self.opts.tick_ms, self.opts.election_tick, self.applied
+        ));
+        // A snapshot ahead of the ledger: pull the blocks it stands for.
+        let snap = self.node.store().last_snapshot().clone();
+        if !snap.data.is_empty() {
+            self.catch_up_to_snapshot(&snap);
+        }
+        if self.ids.len() == 1 {
+            let _ = self.node.campaign();
+        }
+        self.process();
+    }
+
+    fn fail(&mut self, reason: &str) {
+        if !self.failed {
+            self.failed = true;
+            support::fail(reason);
+        }
+    }
+
+    fn arm(&mut self, id: u32, ms: u64) {
+        if let Err(e) = timers::set(id, ms) {
+            self.fail(&format!("arming timer {id}: {e}"));
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.role == StateRole::Leader
+    }
+
+    /// Whether this node may cut and propose blocks now.
+    fn can_cut(&self) -> bool {
+        self.is_leader()
+            && !self.config_inflight
+            && self.catching_up.is_none()
+            && self.cut_after.is_none_or(|i| self.applied >= i)
+    }
+
+    /// Fabric's `Order`/`Configure`: as leader, cut; as follower, forward
+    /// to the leader; with no leader, refuse (SERVICE_UNAVAILABLE).
+    pub fn enqueue(&mut self, envs: Vec<(Envelope, EnvelopeInfo)>) -> Vec<bool> {
+        let mut answers = Vec::with_capacity(envs.len());
+        let mut run: Vec<(Envelope, EnvelopeInfo)> = Vec::new();
+        for (env, info) in envs {
+            if self.failed {
+                answers.push(false);
+                continue;
+            }
+            if self.is_leader() {
+                answers.push(true);
+                if !self.can_cut() || !self.waiting.is_empty() {
+                    self.waiting.push_back((env, info));
+                } else if info.class == MessageClass::Config {
+                    self.order_normal(std::mem::take(&mut run));
+                    self.order_config(env, info);
+                } else {
+                    run.push((env, info));
+                }
+            } else if self.leader != 0 && self.leader != self.me {
+                answers.push(cluster::forward(self.leader, env).is_ok());
+            } else {
+                answers.push(false);
+            }
+        }
+        self.order_normal(run);
+        self.process();
+        answers
+    }
+
+    /// A run of normal envelopes through the cutter (revalidating those
+    /// validated under an older config), the batch timer kept as Fabric's.
+    fn order_normal(&mut self, run: Vec<(Envelope, EnvelopeInfo)>) {
+        if run.is_empty() {
+            return;
+        }
+        let seq = support::sequence();
+        let mut envs = Vec::with_capacity(run.len());
+        for (env, info) in run {
+            if info.config_sequence < seq && support::revalidate(&env).is_err() {
+                warn("an envelope no longer valid under the current config was dropped");
+                continue;
+            }
+            envs.push(env);
+        }
+        if envs.is_empty() {
+            return;
+        }
+        let r = support::ordered_many(envs);
+        for b in r.batches {
+            self.propose(b, false);
+        }
+        self.keep_batch_timer();
+    }
+
+    fn keep_batch_timer(&mut self) {
+        if support::pending_count() > 0 {
+            if !self.batch_timer {
+                let ms = support::shared_config().batch_timeout_ms;
+                self.arm(BATCH, ms);
+                self.batch_timer = true;
+            }
+        } else if self.batch_timer {
+            timers::cancel(BATCH);
+            self.batch_timer = false;
+        }
+    }
+
+    /// A config message: revalidated if stale, the pending batch cut
+    /// first, then the config block alone; no more blocks until it commits.
+    fn order_config(&mut self, env: Envelope, info: EnvelopeInfo) {
+        if info.config_sequence < support::sequence()
+            && let Err(e) = support::revalidate(&env)
+        {
+            warn(&format!("a config message no longer valid under the current config was dropped: {e}"));
+            return;
+        }
+        let pending = support::cut();
+        if pending.len() > 0 {
+            self.propose(pending, false);
+        }
+        self.keep_batch_timer();
+        self.propose(Batch::new(vec![env]), true);
+        self.config_inflight = true;
+    }
+
+    /// Creates the next block from `batch` and proposes it as one raft
+    /// entry (the marshalled block, as Fabric's etcdraft does).
+    fn propose(&mut self, batch: Batch, config: bool) {
+        if !config && self.inflight.len() >= self.opts.max_inflight_blocks {
+            self.cut.push_back(batch);
+            return;
+        }
+        let block = match support::create_next_block(batch) {
+            Ok(b) => b,
+            Err(e) => {
+                self.fail(&format!("creating a block: {e}"));
+                return;
+            }
+        };
+        let bytes = block.to_bytes();
+        let before = self.node.raft.raft_log.last_index();
+        if let Err(e) = self.node.propose(vec![], bytes) {
+            warn(&format!("proposing block {}: {e}", block.number()));
+            return;
+        }
+        let index = self.node.raft.raft_log.last_index();
+        if index == before {
+            warn(&format!("proposing block {}: dropped by raft", block.number()));
+            return;
+        }
+        self.inflight.push_back(Proposal { index, term: self.node.raft.term, block, config });
+    }
+
+    /// A raft tick or Fabric's batch timer.
+    pub fn on_timer(&mut self, id: u32) {
+        if self.failed {
+            return;
+        }
+        match id {
+            TICK => {
+                self.node.tick();
+                self.arm(TICK, self.opts.tick_ms);
+            }
+            BATCH => {
+                self.batch_timer = false;
+                if self.can_cut() {
+                    let b = support::cut();
+                    if b.len() > 0 {
+                        self.propose(b, false);
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.process();
+    }
+
+    /// A raft message from member `from`.
+    pub fn on_message(&mut self, from: u64, payload: &[u8]) {
+        if self.failed {
+            return;
+        }
+        let Ok(m) = Message::parse_from_bytes(payload) else {
+            warn(&format!("a message from member {from} is not a raft message"));
+            return;
+        };
+        if m.from != from || m.to != self.me {
+            warn(&format!("a raft message from member {from} claims to be from {} to {}", m.from, m.to));
+            return;
+        }
+        let _ = self.node.step(m);
+        self.process();
+    }
+
+    /// The host's catch-up ended.
+    pub fn on_caught_up(&mut self, height: u64, error: Option<String>) {
+        let Some(target) = self.catching_up else { return };
+        if height < target {
+            warn(&format!(
+                "catch-up stopped at height {height} of {target}: {}; retrying",
+                error.unwrap_or_default()
+            ));
+            if let Err(e) = replication::catch_up(target) {
+                self.fail(&format!("catch-up to height {target}: {e}"));
+            }
+            return;
+        }
+        info(&format!("caught up to height {height}"));
+        self.catching_up = None;
+        while let Some(e) = self.deferred.pop_front() {
+            if self.catching_up.is_some() {
+                self.deferred.push_front(e);
+                break;
+            }
+            self.apply_one(e);
+        }
+        self.after_apply();
+        self.process();
+    }
+
+    /// A config block changed the consenter set.
+    pub fn on_consenters_changed(&mut self) {
+        let consenters = cluster::consenters();
+        if consenters.len() == self.ids.len() {
+            // A certificate rotation: the same ids.
+            if let Err(e) = cluster::bind_ids(&self.ids) {
+                self.fail(&format!("binding consenter ids {:?}: {e}", self.ids));
+            }
+        } else {
+            self.fail(&format!(
+                "the channel's consenter set changed from {} to {} members; adding or removing consenters is not \
+                 supported by this plugin version",
+                self.ids.len(),
+                consenters.len()
+            ));
+        }
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            let to = m.to;
+            match m.write_to_bytes() {
+                // A dropped message is raft's to resend.
+                Ok(b) => {
+                    let _ = cluster::send(to, &b);
+                }
+                Err(e) => warn(&format!("encoding a raft message: {e}")),
+            }
+        }
+    }
+
+    /// Runs raft's Ready loop: send, persist (one host write batch), apply.
+    fn process(&mut self) {
+        while !self.failed && self.node.has_ready() {
+            let mut ready = self.node.ready();
+            if !ready.messages().is_empty() {
+                let m = ready.take_messages();
+                self.send(m);
+            }
+            if !ready.snapshot().is_empty() {
+                let s = ready.snapshot().clone();
+                self.node.mut_store().apply_snapshot(s.clone());
+                self.applied = self.applied.max(s.get_metadata().index);
+                self.catch_up_to_snapshot(&s);
+            }
+            let committed = ready.take_committed_entries();
+            self.apply(committed);
+            if !ready.entries().is_empty() {
+                let entries = ready.entries().clone();
+                self.node.mut_store().append(&entries);
+            }
+            if let Some(hs) = ready.hs() {
+                let hs = hs.clone();
+                self.node.mut_store().set_hard_state(hs);
+            }
+            if let Err(e) = self.node.mut_store().flush() {
+                self.fail(&e);
+                return;
+            }
+            if !ready.persisted_messages().is_empty() {
+                let m = ready.take_persisted_messages();
+                self.send(m);
+            }
+            let mut light = self.node.advance(ready);
+            if let Some(c) = light.commit_index() {
+                self.node.mut_store().set_commit(c);
+            }
+            let m = light.take_messages();
+            self.send(m);
+            let committed = light.take_committed_entries();
+            self.apply(committed);
+            self.node.advance_apply_to(self.applied);
+            if let Err(e) = self.node.mut_store().flush() {
+                self.fail(&e);
+                return;
+            }
+            self.after_apply();
+            self.role_changed();
+        }
+    }
+
+    /// Leadership changes: a new leader applies its whole log before it
+    /// cuts; a leader that steps down drops what it had not proposed
+    /// (Fabric's etcdraft does the same) and forwards what waited.
+    fn role_changed(&mut self) {
+        let (role, leader) = (self.node.raft.state, self.node.raft.leader_id);
+        if role == StateRole::Leader && self.role != StateRole::Leader {
+            self.cut_after = Some(self.node.raft.raft_log.last_index());
+            info(&format!("raft node {} became the leader at term {}", self.me, self.node.raft.term));
+        }
+        if role != StateRole::Leader && self.role == StateRole::Leader {
+            info(&format!("raft node {} is no longer the leader", self.me));
+            self.inflight.clear();
+            self.cut.clear();
+            let _ = support::cut();
+            if self.batch_timer {
+                timers::cancel(BATCH);
+                self.batch_timer = false;
+            }
+            self.config_inflight = false;
+            self.cut_after = None;
+        }
+        self.role = role;
+        if leader != self.leader {
+            if leader != 0 {
+                info(&format!("raft leader of term {} is node {leader}", self.node.raft.term));
+            }
+            self.leader = leader;
+        }
+        if !self.is_leader() && self.leader != 0 && self.leader != self.me {
+            while let Some((env, _)) = self.waiting.pop_front() {
+                let _ = cluster::forward(self.leader, env);
+            }
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) {
+        for e in entries {
+            if self.failed {
+                return;
+            }
+            if self.catching_up.is_some() {
+                self.deferred.push_back(e);
+                continue;
+            }
+            self.apply_one(e);
+        }
+    }
+
+    fn apply_one(&mut self, e: Entry) {
+        if e.index <= self.applied {
+            return;
+        }
+        match e.get_entry_type() {
+            EntryType::EntryNormal => {
+                if !e.data.is_empty() && !self.apply_block(&e) {
+                    return;
+                }
+            }
+            EntryType::EntryConfChange => {
+                if let Ok(cc) = ConfChange::parse_from_bytes(&e.data) {
+                    match self.node.apply_conf_change(&cc) {
+                        Ok(cs) => self.node.mut_store().set_conf_state(cs),
+                        Err(err) => warn(&format!("applying conf change at index {}: {err}", e.index)),
+                    }
+                }
+            }
+            EntryType::EntryConfChangeV2 => {
+                if let Ok(cc) = ConfChangeV2::parse_from_bytes(&e.data) {
+                    match self.node.apply_conf_change(&cc) {
+                        Ok(cs) => self.node.mut_store().set_conf_state(cs),
+                        Err(err) => warn(&format!("applying conf change at index {}: {err}", e.index)),
+                    }
+                }
+            }
+        }
+        self.applied = e.index;
+    }
+
+    /// Writes the block of a committed entry; false if it waits for a
+    /// catch-up (the entry is deferred) or the chain failed.
+    fn apply_block(&mut self, e: &Entry) -> bool {
+        let own = self.inflight.front().is_some_and(|p| p.index == e.index && p.term == e.term);
+        if own {
+            let Some(p) = self.inflight.pop_front() else { return false };
+            self.write(p.block, p.config, e.index);
+        } else {
+            // Another leader's block, or one this node proposed in an
+            // earlier term: proposals of this term at or before it are void.
+            while self.inflight.front().is_some_and(|p| p.index <= e.index) {
+                self.inflight.pop_front();
+            }
+            let Some(number) = block_number(&e.data) else {
+                self.fail(&format!("committed entry {} holds no block", e.index));
+                return false;
+            };
+            let height = support::height();
+            if number < height {
+                // Already in the ledger (pulled, or written before a restart).
+            } else if number > height {
+                // Blocks are missing: pull them, then apply this entry.
+                self.deferred.push_back(e.clone());
+                self.start_catch_up(number);
+                return false;
+            } else {
+                match replication::block_from_bytes(&e.data) {
+                    Ok(b) => {
+                        let config = is_config_block(&e.data);
+                        self.write(b, config, e.index);
+                    }
+                    Err(err) => {
+                        self.fail(&format!("committed entry {} holds block {number}, which the host refuses: {err}", e.index));
+                        return false;
+                    }
+                }
+            }
+        }
+        self.last_block = e.data.to_vec();
+        !self.failed
+    }
+
+    fn write(&mut self, block: Block, config: bool, index: u64) {
+        let md = BlockMetadata { consenter_ids: self.ids.clone(), next_consenter_id: self.next_id, raft_index: index }
+            .encode_to_vec();
+        let number = block.number();
+        let r = if config { support::write_config_block(block, &md) } else { support::write_block(block, &md) };
+        if let Err(e) = r {
+            self.fail(&format!("writing block {number}: {e}"));
+            return;
+        }
+        if config {
+            self.config_inflight = false;
+        }
+    }
+
+    /// After applying: compact the log past SnapshotIntervalSize, and as
+    /// leader cut what waited.
+    fn after_apply(&mut self) {
+        if self.failed {
+            return;
+        }
+        let store = self.node.store();
+        if store.bytes_since_snapshot >= self.opts.snapshot_interval_size && !self.last_block.is_empty() {
+            let (index, block) = (self.applied, self.last_block.clone());
+            self.node.mut_store().compact(index, block);
+            if let Err(e) = self.node.mut_store().flush() {
+                self.fail(&e);
+                return;
+            }
+        }
+        if self.can_cut() {
+            self.cut_after = None;
+            while self.inflight.len() < self.opts.max_inflight_blocks
+                && let Some(b) = self.cut.pop_front()
+            {
+                self.propose(b, false);
+            }
+            if !self.waiting.is_empty() {
+                let waiting: Vec<_> = self.waiting.drain(..).collect();
+                let mut run = Vec::new();
+                for (env, info) in waiting {
+                    if !self.can_cut() {
+                        self.waiting.push_back((env, info));
+                    } else if info.class == MessageClass::Config {
+                        self.order_normal(std::mem::take(&mut run));
+                        self.order_config(env, info);
+                    } else {
+                        run.push((env, info));
+                    }
+                }
+                self.order_normal(run);
+            }
+        }
+    }
+
+    fn catch_up_to_snapshot(&mut self, snap: &Snapshot) {
+        if let Some(number) = block_number(&snap.data)
+            && number >= support::height()
+        {
+            self.start_catch_up(number + 1);
+        }
+    }
+
+    fn start_catch_up(&mut self, target: u64) {
+        if self.catching_up.is_some_and(|t| t >= target) {
+            return;
+        }
+        info(&format!("catching up: pulling blocks up to height {target}"));
+        self.catching_up = Some(target);
+        if let Err(e) = replication::catch_up(target) {
+            self.fail(&format!("catch-up to height {target}: {e}"));
+        }
+    }
+}
