@@ -18,7 +18,7 @@ fn main() {
     let root = consenter_plugin_build::repo_root(&manifest_dir);
     let dir = consenter_plugin_build::build(&root, PACKAGES);
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let solo = consenter_plugin_build::packaged(&root, &dir, "solo", "consenter_solo.wasm");
+    let solo = consenter_plugin_build::packaged(&root, &dir, "solo", "consenter_solo.wasm", &[]);
     std::fs::write(out_dir.join("solo.wasm"), solo).expect("writing the packaged solo");
     println!("cargo:rustc-env=CONSENTER_TEST_PLUGIN_DIR={}", dir.display());
 }

@@ -64,14 +64,17 @@ pub fn build(root: &Path, packages: &[&str]) -> PathBuf {
 /// `file` (a plugin built by [`build`]) with its manifest appended: the
 /// form in which the node ships a plugin (trusted by construction, not
 /// signed).
-pub fn packaged(root: &Path, dir: &Path, name: &str, file: &str) -> Vec<u8> {
+pub fn packaged(root: &Path, dir: &Path, name: &str, file: &str, capabilities: &[&str]) -> Vec<u8> {
     let path = dir.join(file);
     let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("plugin {name}: reading {}: {e}", path.display()));
     let wit = wit_package(&root.join("wit").join("consenter.wit"));
     let version = plugins_version(&root.join("plugins").join("Cargo.toml"));
-    let manifest = format!(
+    let mut manifest = format!(
         "# consenter plugin manifest v1\nname=consenter-{name}\nversion={version}\nwit={wit}\nconsensus-type={name}\n"
     );
+    for c in capabilities {
+        manifest.push_str(&format!("capability={c}\n"));
+    }
     let section = wasm_encoder::CustomSection { name: "consenter-manifest".into(), data: manifest.as_bytes().into() };
     bytes.push(wasm_encoder::Section::id(&section));
     wasm_encoder::Encode::encode(&section, &mut bytes);

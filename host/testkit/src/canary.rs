@@ -34,7 +34,15 @@ pub struct CanaryError {
 
 /// Runs the canary on `plugin`; Ok(how long it took).
 pub fn run(plugin: &Plugin, signer: Arc<Signer>) -> Result<Duration, CanaryError> {
-    let mut template = ChannelTemplate::solo(CANARY_CHANNEL);
+    let template = if plugin.world().is_clustered() {
+        // A one-consenter etcdraft channel whose consenter is this node.
+        let mut t = crate::simnet::sim_template(&crate::simnet::SimConfig { nodes: 1, ..Default::default() });
+        t.channel_id = CANARY_CHANNEL.into();
+        t
+    } else {
+        ChannelTemplate::solo(CANARY_CHANNEL)
+    };
+    let mut template = template;
     template.consensus_type = plugin.name().to_string();
     run_on(plugin, signer, &template)
 }
@@ -50,7 +58,7 @@ pub fn run_on(plugin: &Plugin, signer: Arc<Signer>, template: &ChannelTemplate) 
     let hash = genesis.header.as_ref().map(block::header_hash).unwrap_or_default();
     let sink = MemorySink::default();
     sink.0.lock().unwrap_or_else(|p| p.into_inner()).push(genesis.encode_to_vec().into());
-    let support = Support::new(
+    let mut support = Support::new(
         &template.channel_id,
         Arc::new(config),
         signer,
@@ -59,6 +67,11 @@ pub fn run_on(plugin: &Plugin, signer: Arc<Signer>, template: &ChannelTemplate) 
         ChainPosition { height: 1, last_hash: hash, last_config: 0 },
         SupportLimits::default(),
     );
+    if plugin.world().is_clustered() {
+        // Cluster calls go nowhere; storage is in memory and dropped.
+        support.set_cluster(Box::new(crate::simnet::NullCluster), Some(crate::simnet::sim_cert(0)));
+        support.set_storage(Box::new(consenter_storage::MemStore::new(64 << 20)));
+    }
     let mut instance = plugin.instantiate(support).map_err(|e| reject(describe("instantiate", e)))?;
     let failed = |instance: &consenter_runtime::Instance, step: &str| {
         instance.support().and_then(|s| s.failure()).map(|f| format!("{step} failed the chain: {f}"))
@@ -132,6 +145,16 @@ mod tests {
             let err = hostile(mode, Duration::from_millis(100)).unwrap_err().to_string();
             assert!(err.contains(want), "{mode}: {err}");
         }
+    }
+
+    #[test]
+    fn raft_passes_on_a_one_consenter_channel() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = std::fs::read(consenter_test_plugins::path("consenter_raft.wasm")).unwrap();
+        let rt = Runtime::new(Limits::default()).unwrap();
+        let raft = rt.load("etcdraft", &bytes).unwrap();
+        assert!(raft.world().is_clustered());
+        run(&raft, signer(dir.path())).unwrap();
     }
 
     #[test]

@@ -194,9 +194,25 @@ pub struct SimNet {
     pub handled: u64,
 }
 
-/// The PEM certificate that stands for node `i` (its bytes need not be a
+/// A cluster sink that drops everything (the canary's).
+pub struct NullCluster;
+
+impl ClusterSink for NullCluster {
+    fn set_members(&mut self, _: Option<u64>, _: &[(u64, Consenter)]) {}
+    fn send(&mut self, _: u64, _: Bytes) -> Result<(), String> {
+        Ok(())
+    }
+    fn forward(&mut self, _: u64, _: u64, _: Bytes) -> Result<(), String> {
+        Ok(())
+    }
+    fn catch_up(&mut self, _: u64, _: u64) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The certificate bytes that stand for node `i` (its bytes need not be a
 /// real certificate: the host matches certificates by their bytes).
-fn sim_cert(i: usize) -> Vec<u8> {
+pub fn sim_cert(i: usize) -> Vec<u8> {
     format!("consenter-host simulated node {i}").into_bytes()
 }
 
