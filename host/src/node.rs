@@ -433,6 +433,7 @@ impl Node {
             resume,
             restart,
             self.disk_reserve,
+            None,
         )?;
         tracing::info!(channel, height, "chain started");
         write(&self.chains).insert(channel.to_string(), chain.clone());

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use super::restart::{RestartConfig, RestartPolicy};
 use super::resume::ResumePoint;
 use super::writer::ledger_sink;
-use super::{MAX_GROUP, Offer, SupportFactory};
+use super::{ClusterEvent, MAX_GROUP, Offer, SupportFactory};
 use crate::chain::{ChainCore, ChainState, ChainStatus, EnqueueError};
 use crate::ledger::Ledger;
 use crate::runtime::{Plugin, RuntimeError};
@@ -140,6 +140,7 @@ pub(super) fn run_actor(
     mut runner: Runner,
     core: ChainCore,
     mut rx: mpsc::Receiver<Offer>,
+    mut cluster: Option<mpsc::Receiver<ClusterEvent>>,
     mut halt: watch::Receiver<bool>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
@@ -165,6 +166,12 @@ pub(super) fn run_actor(
                 biased;
                 _ = halt.changed() => break,
                 Ok(()) = errored.changed() => continue,
+                Some(ev) = recv_opt(&mut cluster) => {
+                    if let Phase::Running(core) = &mut phase {
+                        on_cluster_event(core, ev);
+                    }
+                    continue;
+                }
                 ev = rx.recv() => match ev {
                     Some(ev) => ev,
                     None => break,
@@ -226,6 +233,35 @@ fn settle(phase: Phase, runner: &mut Runner) -> Phase {
         },
         Phase::Backoff(at) if at <= Instant::now() => runner.restart(),
         other => other,
+    }
+}
+
+/// The next cluster event, or never for a chain without a cluster.
+async fn recv_opt(rx: &mut Option<mpsc::Receiver<ClusterEvent>>) -> Option<ClusterEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Delivers a cluster event to the plugin: a consensus message, pulled
+/// blocks (written by the host; the first refused one stops the catch-up),
+/// the end of a catch-up.
+fn on_cluster_event(core: &mut ChainCore, ev: ClusterEvent) {
+    match ev {
+        ClusterEvent::Message { from, payload } => core.on_message(from, &payload),
+        ClusterEvent::Pulled(blocks) => {
+            for b in blocks {
+                if let Err(e) = core.write_pulled(b) {
+                    tracing::warn!(channel = %core.channel(), error = %e, "a pulled block was refused");
+                    break;
+                }
+            }
+        }
+        ClusterEvent::CaughtUp(err) => {
+            let height = core.support().map_or(0, |s| s.height());
+            core.caught_up(height, err.as_deref());
+        }
     }
 }
 

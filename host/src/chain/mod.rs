@@ -45,6 +45,23 @@ pub use writer::{free_disk_bytes, ledger_sink};
 /// An envelope offered to the chain and where its answer goes.
 struct Offer(Envelope, oneshot::Sender<Result<(), EnqueueError>>);
 
+/// An event from the cluster for a clustered chain (delivered on the
+/// chain's thread, between plugin calls).
+#[derive(Debug)]
+pub enum ClusterEvent {
+    /// A consensus message from member `from` (authenticated by the
+    /// transport).
+    Message { from: u64, payload: bytes::Bytes },
+    /// Blocks a catch-up pulled and verified, in order.
+    Pulled(Vec<bytes::Bytes>),
+    /// The catch-up ended (`Some`: why it stopped short).
+    CaughtUp(Option<String>),
+}
+
+/// Capacity of a chain's cluster event queue: beyond it, messages are
+/// dropped (raft resends).
+pub const CLUSTER_QUEUE: usize = 4096;
+
 /// Builds a chain's support around a block sink, at a position, under a
 /// configuration (called again for every restarted instance).
 pub type SupportFactory = Box<dyn Fn(Box<dyn BlockSink>, ChainPosition, Arc<ChannelConfig>) -> Support + Send>;
@@ -57,6 +74,7 @@ pub struct Chain {
     policy: RestartPolicy,
     halt: watch::Sender<bool>,
     tx: mpsc::Sender<Offer>,
+    cluster: Option<mpsc::Sender<ClusterEvent>>,
     status: Arc<ChainStatus>,
     ledger: Ledger,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -84,7 +102,12 @@ impl Chain {
         resume: ResumePoint,
         restart: RestartConfig,
         disk_reserve: u64,
+        cluster: Option<(mpsc::Sender<ClusterEvent>, mpsc::Receiver<ClusterEvent>)>,
     ) -> Result<Arc<Chain>, RuntimeError> {
+        let (cluster_tx, cluster_rx) = match cluster {
+            Some((tx, rx)) => (Some(tx), Some(rx)),
+            None => (None, None),
+        };
         let status = Arc::new(ChainStatus::default());
         let plugin_name = plugin.name().to_string();
         let policy = restart.policy;
@@ -108,7 +131,7 @@ impl Chain {
             .spawn(move || match runner.start_instance(resume) {
                 Ok(core) => {
                     let _ = ready_tx.send(Ok(()));
-                    run_actor(runner, core, rx, halt_rx);
+                    run_actor(runner, core, rx, cluster_rx, halt_rx);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -128,6 +151,7 @@ impl Chain {
             policy,
             halt: halt_tx,
             tx,
+            cluster: cluster_tx,
             status,
             ledger,
             threads: Mutex::new(vec![actor]),
@@ -187,6 +211,12 @@ impl Chain {
         }
         let channel = self.channel.clone();
         Ok(async move { rrx.await.unwrap_or(Err(EnqueueError::Halted { channel })) })
+    }
+
+    /// Hands a cluster event to the chain without waiting; false if the
+    /// chain is not clustered or its queue is full (the event is dropped).
+    pub fn cluster_event(&self, ev: ClusterEvent) -> bool {
+        self.cluster.as_ref().is_some_and(|tx| tx.try_send(ev).is_ok())
     }
 
     /// Halts the plugin, waits for queued blocks to be durable, and stops
