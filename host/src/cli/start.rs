@@ -11,6 +11,25 @@ pub(crate) struct StartArgs {
     /// Address of the AtomicBroadcast gRPC service.
     #[arg(long, default_value = "127.0.0.1:7050")]
     listen: SocketAddr,
+    /// TLS certificate (PEM) of the gRPC service (Fabric's
+    /// General.TLS.Certificate). With --tls-key, the port speaks TLS only.
+    /// Client certificates are asked for but not required (Fabric's
+    /// ClientAuthRequired false); see --tls-client-root-ca.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert (General.TLS.PrivateKey).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Root CA (PEM) the node trusts as a TLS client: the servers of other
+    /// orderers it connects to (cluster, block pulling). Repeatable
+    /// (General.TLS.RootCAs).
+    #[arg(long = "tls-root-ca", value_name = "FILE")]
+    tls_root_cas: Vec<PathBuf>,
+    /// Require a client certificate issued by this root CA (PEM) on the
+    /// gRPC port (General.TLS.ClientAuthRequired with ClientRootCAs).
+    /// Repeatable.
+    #[arg(long = "tls-client-root-ca", value_name = "FILE", requires = "tls_cert")]
+    tls_client_root_cas: Vec<PathBuf>,
     /// Address of the admin endpoint (channel participation API). Without
     /// TLS it must be a loopback address and serves loopback clients only.
     #[arg(long, default_value = "127.0.0.1:7053")]
@@ -274,23 +293,59 @@ pub(crate) fn start(a: StartArgs) -> Result<()> {
         t.batch_size.preferred_max_bytes = t.batch_size.preferred_max_bytes.min(a.dev_absolute_max_bytes);
         node.create_channel(&t.genesis_block()).with_context(|| format!("creating channel {}", a.dev_channel))?;
     }
+    let grpc_tls = general_tls(&a)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let admin = if a.no_admin { None } else { Some((a.admin_listen, admin_tls)) };
-    rt.block_on(serve(node.clone(), a.listen, admin, dev))?;
+    rt.block_on(serve(node.clone(), a.listen, grpc_tls, admin, dev))?;
     node.shutdown();
     tracing::info!("stopped");
     Ok(())
 }
 
+/// The gRPC port's TLS (Fabric's General.TLS), if --tls-cert is given.
+pub(crate) fn general_tls(a: &StartArgs) -> Result<Option<Arc<rustls::ServerConfig>>> {
+    use consenter_host::tls::{self, ClientAuth};
+    let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) else { return Ok(None) };
+    let client_auth = if a.tls_client_root_cas.is_empty() {
+        ClientAuth::Request
+    } else {
+        ClientAuth::Require(Arc::new(tls::load_roots(
+            "TLS client root CA (--tls-client-root-ca)",
+            &a.tls_client_root_cas,
+        )?))
+    };
+    let config = tls::server_config(
+        cert,
+        key,
+        ("TLS certificate (--tls-cert)", "TLS key (--tls-key)"),
+        client_auth,
+        tls::ALPN_H2,
+    )?;
+    // The client side (cluster, block pulling) is checked now too, so a bad
+    // --tls-root-ca stops the start rather than the first connection.
+    if !a.tls_root_cas.is_empty() {
+        tls::load_roots("TLS root CA (--tls-root-ca)", &a.tls_root_cas)?;
+    }
+    tracing::info!(
+        cert = %cert.display(),
+        client_root_cas = ?a.tls_client_root_cas,
+        "gRPC: TLS{}",
+        if a.tls_client_root_cas.is_empty() { "" } else { ", client certificates required" }
+    );
+    Ok(Some(config))
+}
+
 pub(crate) async fn serve(
     node: Arc<Node>,
     listen: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
     admin: Option<(SocketAddr, Option<admin::tls::ServerTls>)>,
     dev: Option<signer::DevIdentity>,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
-    println!("consenter-host listening on {addr} (orderer.AtomicBroadcast)");
+    let how = if tls.is_some() { ", TLS" } else { "" };
+    println!("consenter-host listening on {addr} (orderer.AtomicBroadcast{how})");
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     if let Some((admin, tls)) = admin {
         let l = tokio::net::TcpListener::bind(admin).await.with_context(|| format!("admin endpoint on {admin}"))?;
@@ -310,15 +365,30 @@ pub(crate) async fn serve(
     if let Some(d) = &dev {
         println!("client identity: --mspid {} --msp-dir {}", d.mspid, d.client_msp.display());
     }
-    println!("point a Fabric client at grpc://{addr}; Ctrl-C or SIGTERM stops the node");
-    // Small Broadcast acks must not wait for Nagle's algorithm.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let scheme = if tls.is_some() { "grpcs" } else { "grpc" };
+    println!("point a Fabric client at {scheme}://{addr}; Ctrl-C or SIGTERM stops the node");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
-        .add_service(consenter_host::grpc::Service::server(node.clone()))
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stop_rx.await;
-        });
+    let stopped = async {
+        let _ = stop_rx.await;
+    };
+    let router = tonic::transport::Server::builder().add_service(consenter_host::grpc::Service::server(node.clone()));
+    // Small Broadcast acks must not wait for Nagle's algorithm.
+    let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
+        None => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+        Some(config) => {
+            let incoming = consenter_host::tls::TlsListener::new(
+                listener,
+                config,
+                consenter_host::tls::HANDSHAKE_TIMEOUT,
+                "gRPC",
+                true,
+            )?;
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+    };
     tokio::pin!(server);
     tokio::select! {
         r = &mut server => r.context("serving gRPC")?,
