@@ -19,6 +19,7 @@ pub use consenter_testkit::{canary, testhost};
 
 pub mod admin;
 pub mod chain;
+pub mod cluster;
 pub mod grpc;
 pub mod ledger;
 pub mod loadgen;
