@@ -25,7 +25,9 @@
 pub mod identity;
 mod inbound;
 mod outbound;
+pub mod puller;
 pub mod stats;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
