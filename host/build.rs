@@ -1,5 +1,5 @@
-//! Build script of the node: generates the AtomicBroadcast gRPC service
-//! (tonic) over the consenter-protos messages, and builds and embeds the
+//! Build script of the node: generates the AtomicBroadcast and Cluster gRPC
+//! services (tonic) over the consenter-protos messages, and builds and embeds the
 //! plugins the node ships (solo, etcdraft) for `wasm32-wasip2`, so that `cargo run`
 //! needs no extra step. Test plugins are built by `host/test-plugins`, a
 //! dev-dependency: a release build compiles none of them.
@@ -21,11 +21,12 @@ fn main() {
 }
 
 fn compile_service(manifest_dir: &Path) {
-    // Only the AtomicBroadcast service: its messages come from the
-    // consenter-protos crate (extern paths), which builds for wasm too.
+    // The AtomicBroadcast and Cluster services only: their messages come
+    // from the consenter-protos crate (extern paths), which builds for wasm
+    // too.
     let proto_dir = manifest_dir.join("protos").join("proto");
     println!("cargo:rerun-if-changed={}", proto_dir.display());
-    let fds = protox::compile(["orderer/ab.proto"], [&proto_dir])
+    let fds = protox::compile(["orderer/ab.proto", "orderer/cluster.proto"], [&proto_dir])
         .unwrap_or_else(|e| panic!("compiling {}: {e}", proto_dir.display()));
     tonic_prost_build::configure()
         .build_client(true)
@@ -33,7 +34,7 @@ fn compile_service(manifest_dir: &Path) {
         .extern_path(".common", "::consenter_protos::common")
         .extern_path(".orderer", "::consenter_protos::orderer")
         .compile_fds(fds)
-        .unwrap_or_else(|e| panic!("generating the AtomicBroadcast service: {e}"));
+        .unwrap_or_else(|e| panic!("generating the AtomicBroadcast and Cluster services: {e}"));
 }
 
 fn embed_plugins(manifest_dir: &Path) {

@@ -185,7 +185,7 @@ pub async fn serve(
         }
         Some(tls) => {
             let app = router(node, Access::Authenticated { admin_cns: tls.admin_cns });
-            let listener = TlsListener::new(listener, tls.config, tls::HANDSHAKE_TIMEOUT)?;
+            let listener = TlsListener::new(listener, tls.config, tls::HANDSHAKE_TIMEOUT, "admin endpoint", false)?;
             axum::serve(listener, app.into_make_service_with_connect_info::<AdminPeer>())
                 .with_graceful_shutdown(shutdown)
                 .await
@@ -510,6 +510,9 @@ pub struct ClientTls {
     pub config: Option<Arc<rustls::ClientConfig>>,
     /// Whether the config presents a client certificate (for error hints).
     pub has_client_cert: bool,
+    /// The name the endpoint's certificate must carry, when not the host
+    /// of the address (`--tls-server-name`).
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 /// A one-shot HTTP/1.1 request to the admin endpoint (plain HTTP).
@@ -533,8 +536,12 @@ pub fn request_with(
     let raw = match &tls.config {
         None => exchange(tcp, addr, method, path, body).map_err(io_err)?,
         Some(config) => {
-            let conn = rustls::ClientConnection::new(config.clone(), tls::server_name(addr)?)
-                .map_err(|source| tls_error(addr, tls, source))?;
+            let name = match &tls.server_name {
+                Some(n) => n.clone(),
+                None => tls::server_name(addr)?,
+            };
+            let conn =
+                rustls::ClientConnection::new(config.clone(), name).map_err(|source| tls_error(addr, tls, source))?;
             let mut s = rustls::StreamOwned::new(conn, tcp);
             // Finish the handshake first, so a refusal reads as one.
             while s.conn.is_handshaking() {

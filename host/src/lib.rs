@@ -2,7 +2,8 @@
 //! consensus algorithm as a sandboxed WebAssembly component. This crate is
 //! the node (binary `consenter-host`): the registrar (`node`), the chain
 //! actor (`chain`), the ledger, the gRPC AtomicBroadcast service (`grpc`),
-//! the admin API (`admin`) and the load generator (`loadgen`). The Fabric
+//! the admin API (`admin`), TLS from PEM files (`tls`) and the load
+//! generator (`loadgen`). The Fabric
 //! data model, the plugin runtime and the test host are crates of their
 //! own, re-exported here under the names they always had.
 //!
@@ -18,8 +19,10 @@ pub use consenter_testkit::{canary, testhost};
 
 pub mod admin;
 pub mod chain;
+pub mod cluster;
 pub mod grpc;
 pub mod ledger;
 pub mod loadgen;
 pub mod node;
 pub mod proto;
+pub mod tls;

@@ -32,6 +32,9 @@ pub struct LoadSpec {
     pub size: usize,
     /// Give up waiting for blocks this long after the last acknowledgement.
     pub commit_timeout: Duration,
+    /// TLS to the orderer (root CAs, optional client certificate), or
+    /// plaintext.
+    pub tls: Option<crate::tls::dial::ClientTls>,
 }
 
 /// What happened.
@@ -64,8 +67,8 @@ impl LoadReport {
 /// Errors of a load run.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("connecting to {addr}: {reason}")]
-    Connect { addr: String, reason: String },
+    #[error(transparent)]
+    Connect(#[from] crate::tls::dial::DialError),
     #[error("{what}: {status}")]
     Rpc { what: &'static str, status: tonic::Status },
     #[error("deliver on channel {channel} answered {} ({status}) before the run started", status_name(*status))]
@@ -122,11 +125,11 @@ pub fn build_envelopes(spec: &LoadSpec, run: u64, signer: Option<&Signer>) -> Re
     Ok(all)
 }
 
-async fn connect(addr: &str) -> Result<AtomicBroadcastClient<Channel>, LoadError> {
-    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let c = AtomicBroadcastClient::connect(url)
-        .await
-        .map_err(|e| LoadError::Connect { addr: addr.to_string(), reason: format!("{e}") })?;
+async fn connect(spec: &LoadSpec) -> Result<AtomicBroadcastClient<Channel>, LoadError> {
+    let addr = spec.orderer.strip_prefix("http://").or_else(|| spec.orderer.strip_prefix("https://"));
+    let addr = addr.unwrap_or(&spec.orderer);
+    let channel = crate::tls::dial::connect(addr, spec.tls.clone()).await?;
+    let c = AtomicBroadcastClient::new(channel);
     Ok(c.max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
 }
 
@@ -146,6 +149,21 @@ fn seek(
     let b = envelope::build(channel, HeaderType::DeliverSeekInfo, "", seek.encode_to_vec().into(), signer)
         .map_err(|e| LoadError::Sign(e.to_string()))?;
     Envelope::decode(b).map_err(|e| LoadError::Sign(e.to_string()))
+}
+
+/// The first call is where a failed connection shows (HTTP/2 connects
+/// without waiting for the server): a transport error becomes
+/// [`LoadError::Connect`], saying what failed and what it most likely means.
+fn first_call(spec: &LoadSpec, e: LoadError) -> LoadError {
+    use std::error::Error;
+    match e {
+        LoadError::Rpc { status, .. } if status.source().is_some_and(|s| s.is::<tonic::transport::Error>()) => {
+            let tls = spec.tls.as_ref();
+            let has_cert = tls.is_some_and(|t| t.config.client_auth_cert_resolver.has_certs());
+            LoadError::Connect(crate::tls::dial::from_transport(&spec.orderer, &status, tls.is_some(), has_cert))
+        }
+        e => e,
+    }
 }
 
 /// Sends one Deliver request and returns its response stream.
@@ -210,7 +228,7 @@ pub async fn run(
     let run_id =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
     let envs = build_envelopes(spec, run_id, signer.as_deref())?;
-    let mut client = connect(&spec.orderer).await?;
+    let mut client = connect(spec).await?;
 
     // Where the chain is now: the newest block's number.
     let newest = seek(
@@ -220,9 +238,11 @@ pub async fn run(
         SeekBehavior::FailIfNotReady,
         signer.as_deref(),
     )?;
-    let mut s = open_deliver(&mut client, newest, "deliver (newest)").await?;
+    let mut s = open_deliver(&mut client, newest, "deliver (newest)").await.map_err(|e| first_call(spec, e))?;
     let mut start_block = None;
-    while let Some(r) = s.message().await.map_err(|status| LoadError::Rpc { what: "deliver (newest)", status })? {
+    while let Some(r) =
+        s.message().await.map_err(|status| first_call(spec, LoadError::Rpc { what: "deliver (newest)", status }))?
+    {
         match r.r#type {
             Some(deliver_response::Type::Block(b)) => start_block = b.header.map(|h| h.number + 1),
             Some(deliver_response::Type::Status(st)) => {

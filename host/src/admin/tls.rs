@@ -1,110 +1,26 @@
 //! Mutual TLS of the admin endpoint, as Fabric's `Admin.TLS` settings: the
 //! server config from PEM files (certificate, key, client root CAs; client
-//! certificates are required and checked with rustls' WebPKI verifier), a
-//! listener for axum that runs handshakes off the accept path, the peer's
-//! leaf certificate for the access check (its subject CN), and the client
-//! config of the `consenter-host channel` commands (osnadmin's `--ca-file`,
-//! `--client-cert`, `--client-key`). Only the ring crypto provider is used.
-//! Reads the PEM files it is given; opens no socket itself.
+//! certificates are required and checked with rustls' WebPKI verifier),
+//! the peer's leaf certificate for the access check (its subject CN), and
+//! the client config of the `consenter-host channel` commands (osnadmin's
+//! `--ca-file`, `--client-cert`, `--client-key`). Built on the node's
+//! shared TLS module ([`crate::tls`]: PEM loading, the accept loop). Reads
+//! the PEM files it is given; opens no socket itself.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-use x509_cert::der::Decode;
-use x509_cert::der::asn1::ObjectIdentifier;
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, ServerConfig};
+use tokio::net::TcpListener;
 
-/// How long a client has to complete the TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Handshakes in progress at once; more connections wait in the backlog.
-const MAX_HANDSHAKES: usize = 64;
-
-/// The only application protocol the endpoint speaks.
-const ALPN_HTTP1: &[u8] = b"http/1.1";
-
-const OID_CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
-
-/// What went wrong setting up TLS or reading a certificate.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("reading {what} {path}: {source}")]
-    Read {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{what} {path}: {reason}")]
-    Pem { what: &'static str, path: PathBuf, reason: String },
-    #[error("client CA {path}: {reason}")]
-    BadCa { path: PathBuf, reason: String },
-    #[error(
-        "the admin endpoint's TLS needs client root CAs: no --admin-tls-client-ca given and {dir} holds no *.pem file"
-    )]
-    NoClientCa { dir: PathBuf },
-    #[error("certificate {cert} with key {key}: {source}")]
-    CertKey {
-        cert: PathBuf,
-        key: PathBuf,
-        #[source]
-        source: rustls::Error,
-    },
-    #[error("client certificate verifier: {0}")]
-    Verifier(#[from] VerifierBuilderError),
-    #[error("TLS protocol versions: {0}")]
-    Protocol(#[source] rustls::Error),
-    #[error("not an X.509 certificate: {0}")]
-    BadCertificate(String),
-    #[error("{0:?} is not host:port (the TLS server name comes from the host)")]
-    BadAddress(String),
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read { what, path: path.to_path_buf(), source })
-}
-
-/// Every certificate of a PEM file (at least one).
-pub fn load_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = read(what, path)?;
-    let pem_err = |reason: String| TlsError::Pem { what, path: path.to_path_buf(), reason };
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_err(format!("not a PEM certificate file: {e}")))?;
-    if certs.is_empty() {
-        return Err(pem_err("holds no CERTIFICATE block".into()));
-    }
-    Ok(certs)
-}
-
-/// The private key of a PEM file (PKCS#8, SEC1 or PKCS#1).
-pub fn load_key(what: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let bytes = read(what, path)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::Pem {
-        what,
-        path: path.to_path_buf(),
-        reason: match e {
-            pem::Error::NoItemsFound => "holds no private key (PKCS#8, SEC1 or PKCS#1 PEM)".into(),
-            e => format!("not a PEM key file: {e}"),
-        },
-    })
-}
+use crate::tls::{ALPN_HTTP1, ClientAuth};
+pub use crate::tls::{
+    HANDSHAKE_TIMEOUT, TlsError, TlsListener, load_certs, load_key, parse_server_name, server_name, subject_cn,
+};
 
 /// The admin endpoint's TLS settings (Fabric's `Admin.TLS`).
 #[derive(Debug, Clone, Default)]
@@ -124,6 +40,7 @@ pub struct ServerFiles {
 /// A loaded server configuration.
 #[derive(Clone)]
 pub struct ServerTls {
+    /// The rustls config (client certificates required).
     pub config: Arc<ServerConfig>,
     /// See [`ServerFiles::admin_cns`].
     pub admin_cns: Vec<String>,
@@ -133,25 +50,17 @@ impl ServerTls {
     /// Reads and checks the files: the key must match the certificate, and
     /// every client CA must be a usable trust anchor.
     pub fn load(f: &ServerFiles) -> Result<ServerTls, TlsError> {
-        let chain = load_certs("admin TLS certificate", &f.cert)?;
-        let key = load_key("admin TLS key", &f.key)?;
-        let mut roots = RootCertStore::empty();
-        for path in &f.client_cas {
-            for c in load_certs("admin TLS client CA", path)? {
-                roots.add(c).map_err(|e| TlsError::BadCa { path: path.clone(), reason: e.to_string() })?;
-            }
-        }
-        // Client authentication is mandatory: the builder refuses
-        // anonymous clients unless told otherwise.
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
-        let mut config = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(TlsError::Protocol)?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .map_err(|source| TlsError::CertKey { cert: f.cert.clone(), key: f.key.clone(), source })?;
-        config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
-        Ok(ServerTls { config: Arc::new(config), admin_cns: f.admin_cns.clone() })
+        // Client authentication is mandatory: the verifier refuses
+        // anonymous clients (and an empty CA list).
+        let roots = crate::tls::load_roots("admin TLS client CA", &f.client_cas)?;
+        let config = crate::tls::server_config(
+            &f.cert,
+            &f.key,
+            ("admin TLS certificate", "admin TLS key"),
+            ClientAuth::Require(Arc::new(roots)),
+            ALPN_HTTP1,
+        )?;
+        Ok(ServerTls { config, admin_cns: f.admin_cns.clone() })
     }
 }
 
@@ -180,26 +89,13 @@ pub fn msp_tls_cas(msp_dir: &Path) -> Result<Vec<PathBuf>, TlsError> {
     Ok(found)
 }
 
-/// The subject CN of a DER certificate (the last one if there are
-/// several, as Go's crypto/x509 reads it), if it has one.
-pub fn subject_cn(cert_der: &[u8]) -> Result<Option<String>, TlsError> {
-    let cert = x509_cert::Certificate::from_der(cert_der).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
-    let mut cn = None;
-    for rdn in cert.tbs_certificate.subject.0.iter() {
-        for atv in rdn.0.iter().filter(|a| a.oid == OID_CN) {
-            let s = std::str::from_utf8(atv.value.value())
-                .map_err(|_| TlsError::BadCertificate("the subject CN is not UTF-8 text".into()))?;
-            cn = Some(s.to_string());
-        }
-    }
-    Ok(cn)
-}
-
 /// Who is at the other end of an admin connection: its address and, over
 /// TLS, its verified leaf certificate (DER).
 #[derive(Debug, Clone)]
 pub struct AdminPeer {
+    /// The client's address.
     pub addr: SocketAddr,
+    /// Its verified leaf certificate, over TLS.
     pub cert: Option<Arc<CertificateDer<'static>>>,
 }
 
@@ -217,129 +113,22 @@ impl Connected<IncomingStream<'_, TlsListener>> for AdminPeer {
     }
 }
 
-/// A TLS listener for `axum::serve`: a task accepts TCP connections and
-/// runs each handshake in its own task (bounded in time and number), so a
-/// slow or failing client never holds up the others; completed streams
-/// come through a channel. Failed handshakes are logged and dropped. The
-/// task ends when the listener is dropped.
-pub struct TlsListener {
-    local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-}
-
-impl TlsListener {
-    /// Starts accepting on `tcp` (needs a Tokio runtime).
-    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>, handshake_timeout: Duration) -> std::io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let (tx, ready) = mpsc::channel(MAX_HANDSHAKES);
-        tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), handshake_timeout, tx));
-        Ok(TlsListener { local, ready })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(conn) => conn,
-            // The accept task only ends once this receiver is gone.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
-
-async fn accept_loop(
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
-    timeout: Duration,
-    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-) {
-    let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        let permit = tokio::select! {
-            _ = tx.closed() => return,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = tx.closed() => return,
-            r = tcp.accept() => match r {
-                Ok(conn) => conn,
-                Err(e) => {
-                    accept_error(e).await;
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
-                    tracing::debug!(%peer, "admin endpoint: TLS handshake done");
-                    let _ = tx.send((tls, peer)).await;
-                }
-                Ok(Err(e)) => tracing::warn!(%peer, error = %e, "admin endpoint: TLS handshake refused"),
-                Err(_) => tracing::warn!(%peer, ?timeout, "admin endpoint: TLS handshake timed out"),
-            }
-        });
-    }
-}
-
-/// As axum's own listener: per-connection errors are skipped; others
-/// (out of file descriptors, say) are logged and retried after a pause.
-async fn accept_error(e: std::io::Error) {
-    use std::io::ErrorKind::*;
-    if matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset) {
-        return;
-    }
-    tracing::error!(error = %e, "admin endpoint: accepting a connection");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-}
-
 /// The client side (the `channel` commands): trust `ca_file` for the
 /// endpoint's certificate and, with `identity` (certificate, key), present
 /// a client certificate.
 pub fn client_config(ca_file: &Path, identity: Option<(&Path, &Path)>) -> Result<Arc<ClientConfig>, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for c in load_certs("CA file", ca_file)? {
-        roots.add(c).map_err(|e| TlsError::BadCa { path: ca_file.to_path_buf(), reason: e.to_string() })?;
-    }
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(TlsError::Protocol)?
-        .with_root_certificates(roots);
-    let mut config = match identity {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(load_certs("client certificate", cert)?, load_key("client key", key)?)
-            .map_err(|source| TlsError::CertKey { cert: cert.to_path_buf(), key: key.to_path_buf(), source })?,
-        None => builder.with_no_client_auth(),
+    let roots = crate::tls::load_roots("CA file", &[ca_file.to_path_buf()])?;
+    let identity = match identity {
+        Some((cert, key)) => Some((load_certs("client certificate", cert)?, load_key("client key", key)?, cert, key)),
+        None => None,
     };
-    config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// The TLS server name of `host:port` (a DNS name or an IP address,
-/// `[v6]:port` included).
-pub fn server_name(addr: &str) -> Result<ServerName<'static>, TlsError> {
-    let bad = || TlsError::BadAddress(addr.to_string());
-    let (host, _port) = addr.rsplit_once(':').ok_or_else(bad)?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    ServerName::try_from(host.to_string()).map_err(|_| bad())
+    crate::tls::client_config(roots, identity, ALPN_HTTP1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::ServerName;
 
     fn org() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -29,6 +29,40 @@ pub(crate) struct BenchArgs {
     /// How long to wait for blocks after the last acknowledgement.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     commit_timeout: Duration,
+    #[command(flatten)]
+    tls: GrpcTlsArgs,
+}
+
+/// The TLS flags of a gRPC client (Fabric's orderer TLS client settings).
+#[derive(Args)]
+pub(crate) struct GrpcTlsArgs {
+    /// Root CA (PEM) that the orderer's TLS certificate must chain to.
+    /// Given, the client speaks TLS. Repeatable.
+    #[arg(long = "tls-root-ca", value_name = "FILE")]
+    tls_root_cas: Vec<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_client_key", "tls_root_cas"])]
+    tls_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-client-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_client_cert")]
+    tls_client_key: Option<PathBuf>,
+    /// The name the orderer's certificate must carry, when the address's
+    /// host is not in it (e.g. orderer0.example.com for 127.0.0.1:7050).
+    #[arg(long, value_name = "NAME", requires = "tls_root_cas")]
+    tls_server_name: Option<String>,
+}
+
+impl GrpcTlsArgs {
+    /// The client TLS, or None for plaintext.
+    pub(crate) fn client_tls(&self) -> Result<Option<consenter_host::tls::dial::ClientTls>> {
+        if self.tls_root_cas.is_empty() {
+            return Ok(None);
+        }
+        let identity = self.tls_client_cert.as_deref().zip(self.tls_client_key.as_deref());
+        let config = consenter_host::tls::grpc_client_config(&self.tls_root_cas, identity)?;
+        let server_name = self.tls_server_name.as_deref().map(consenter_host::tls::parse_server_name).transpose()?;
+        Ok(Some(consenter_host::tls::dial::ClientTls { config, server_name }))
+    }
 }
 
 pub(crate) fn bench(a: BenchArgs) -> Result<()> {
@@ -51,6 +85,7 @@ pub(crate) fn bench(a: BenchArgs) -> Result<()> {
         messages: a.messages,
         size: a.size,
         commit_timeout: a.commit_timeout,
+        tls: a.tls.client_tls()?,
     };
     println!(
         "bench: {} envelopes of {} bytes over {} streams to {} channel {}",

@@ -42,15 +42,25 @@ pub(crate) struct AdminArgs {
     #[arg(long = "orderer-address", short = 'o', default_value = "127.0.0.1:7053")]
     address: String,
     /// CA certificate (PEM) of the endpoint's TLS certificate; with it the
-    /// command speaks TLS, the server name being the host of the address.
-    #[arg(long = "ca-file", value_name = "FILE")]
+    /// command speaks TLS, the server name being the host of the address
+    /// (or --tls-server-name). Also --tls-root-ca.
+    #[arg(long = "ca-file", visible_alias = "tls-root-ca", value_name = "FILE")]
     ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS.
-    #[arg(long = "client-cert", value_name = "FILE", requires_all = ["client_key", "ca_file"])]
+    /// Client certificate (PEM) for mutual TLS. Also --tls-client-cert.
+    #[arg(
+        long = "client-cert",
+        visible_alias = "tls-client-cert",
+        value_name = "FILE",
+        requires_all = ["client_key", "ca_file"]
+    )]
     client_cert: Option<PathBuf>,
-    /// Private key (PEM) of --client-cert.
-    #[arg(long = "client-key", value_name = "FILE", requires = "client_cert")]
+    /// Private key (PEM) of --client-cert. Also --tls-client-key.
+    #[arg(long = "client-key", visible_alias = "tls-client-key", value_name = "FILE", requires = "client_cert")]
     client_key: Option<PathBuf>,
+    /// The name the endpoint's certificate must carry, when the address's
+    /// host is not in it.
+    #[arg(long, value_name = "NAME", requires = "ca_file")]
+    tls_server_name: Option<String>,
 }
 
 impl AdminArgs {
@@ -60,6 +70,7 @@ impl AdminArgs {
         Ok(admin::ClientTls {
             config: Some(admin::tls::client_config(ca, identity)?),
             has_client_cert: identity.is_some(),
+            server_name: self.tls_server_name.as_deref().map(admin::tls::parse_server_name).transpose()?,
         })
     }
 }

@@ -11,6 +11,38 @@ pub(crate) struct StartArgs {
     /// Address of the AtomicBroadcast gRPC service.
     #[arg(long, default_value = "127.0.0.1:7050")]
     listen: SocketAddr,
+    /// TLS certificate (PEM) of the gRPC service (Fabric's
+    /// General.TLS.Certificate). With --tls-key, the port speaks TLS only.
+    /// Client certificates are asked for but not required (Fabric's
+    /// ClientAuthRequired false); see --tls-client-root-ca.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert (General.TLS.PrivateKey).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Root CA (PEM) the node trusts as a TLS client: the servers of other
+    /// orderers it connects to (cluster, block pulling). Repeatable
+    /// (General.TLS.RootCAs).
+    #[arg(long = "tls-root-ca", value_name = "FILE")]
+    tls_root_cas: Vec<PathBuf>,
+    /// Require a client certificate issued by this root CA (PEM) on the
+    /// gRPC port (General.TLS.ClientAuthRequired with ClientRootCAs).
+    /// Repeatable.
+    #[arg(long = "tls-client-root-ca", value_name = "FILE", requires = "tls_cert")]
+    tls_client_root_cas: Vec<PathBuf>,
+    /// Serve the cluster service (orderer.Cluster) on this address instead
+    /// of the gRPC port (Fabric's General.Cluster.ListenAddress), with
+    /// client certificates required and checked against --tls-root-ca.
+    #[arg(long, value_name = "ADDR", requires_all = ["cluster_tls_cert", "cluster_tls_key"])]
+    cluster_listen: Option<SocketAddr>,
+    /// TLS certificate (PEM) of --cluster-listen (General.Cluster.
+    /// ServerCertificate); also the client certificate the node presents to
+    /// other consenters. Default for the latter: --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "cluster_tls_key")]
+    cluster_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --cluster-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "cluster_tls_cert")]
+    cluster_tls_key: Option<PathBuf>,
     /// Address of the admin endpoint (channel participation API). Without
     /// TLS it must be a loopback address and serves loopback clients only.
     #[arg(long, default_value = "127.0.0.1:7053")]
@@ -274,23 +306,137 @@ pub(crate) fn start(a: StartArgs) -> Result<()> {
         t.batch_size.preferred_max_bytes = t.batch_size.preferred_max_bytes.min(a.dev_absolute_max_bytes);
         node.create_channel(&t.genesis_block()).with_context(|| format!("creating channel {}", a.dev_channel))?;
     }
+    let grpc_tls = general_tls(&a)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let admin = if a.no_admin { None } else { Some((a.admin_listen, admin_tls)) };
-    rt.block_on(serve(node.clone(), a.listen, admin, dev))?;
+    let cluster = {
+        let _in_runtime = rt.enter();
+        cluster_setup(&a)?
+    };
+    rt.block_on(serve(node.clone(), Listeners { grpc: a.listen, tls: grpc_tls, cluster }, admin, dev))?;
     node.shutdown();
     tracing::info!("stopped");
     Ok(())
 }
 
+/// The gRPC port's TLS (Fabric's General.TLS), if --tls-cert is given.
+pub(crate) fn general_tls(a: &StartArgs) -> Result<Option<Arc<rustls::ServerConfig>>> {
+    use consenter_host::tls::{self, ClientAuth};
+    let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) else { return Ok(None) };
+    let client_auth = if a.tls_client_root_cas.is_empty() {
+        ClientAuth::Request
+    } else {
+        ClientAuth::Require(Arc::new(tls::load_roots(
+            "TLS client root CA (--tls-client-root-ca)",
+            &a.tls_client_root_cas,
+        )?))
+    };
+    let config = tls::server_config(
+        cert,
+        key,
+        ("TLS certificate (--tls-cert)", "TLS key (--tls-key)"),
+        client_auth,
+        tls::ALPN_H2,
+    )?;
+    // The client side (cluster, block pulling) is checked now too, so a bad
+    // --tls-root-ca stops the start rather than the first connection.
+    if !a.tls_root_cas.is_empty() {
+        tls::load_roots("TLS root CA (--tls-root-ca)", &a.tls_root_cas)?;
+    }
+    tracing::info!(
+        cert = %cert.display(),
+        client_root_cas = ?a.tls_client_root_cas,
+        "gRPC: TLS{}",
+        if a.tls_client_root_cas.is_empty() { "" } else { ", client certificates required" }
+    );
+    Ok(Some(config))
+}
+
+/// The cluster service as the node serves it: the transport (which the
+/// consensus plugins' chains will use), what receives its messages, and
+/// where it listens when not on the gRPC port.
+pub(crate) struct ClusterServing {
+    pub(crate) transport: consenter_host::cluster::Transport,
+    pub(crate) inbound: Arc<dyn consenter_host::cluster::Inbound>,
+    pub(crate) listen: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
+}
+
+/// Receives cluster messages while no chain consumes them: the transport
+/// only lets through members of channels a chain registered, and none
+/// does yet, so nothing arrives here; if something did, it is logged and
+/// dropped.
+struct Unconsumed;
+
+impl consenter_host::cluster::Inbound for Unconsumed {
+    fn consensus(&self, channel: &str, from: u64, payload: Bytes) {
+        tracing::debug!(channel, from, len = payload.len(), "cluster: consensus message with no consumer");
+    }
+    fn submit(&self, channel: &str, from: u64, _seq: u64, envelope: Bytes) {
+        tracing::debug!(channel, from, len = envelope.len(), "cluster: submit with no consumer");
+    }
+}
+
+/// The cluster transport, when the node has a TLS identity (--tls-cert or
+/// --cluster-tls-cert): the cluster only speaks mutual TLS.
+pub(crate) fn cluster_setup(a: &StartArgs) -> Result<Option<ClusterServing>> {
+    use consenter_host::cluster::{ClientIdentity, Transport, TransportLimits};
+    use consenter_host::tls::{self, ClientAuth};
+    let identity = match (&a.cluster_tls_cert, &a.cluster_tls_key, &a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k), _, _) | (None, None, Some(c), Some(k)) => (c, k),
+        _ => return Ok(None),
+    };
+    let transport = Transport::new(
+        ClientIdentity::from_files(identity.0, identity.1, &a.tls_root_cas).context("the cluster's TLS client")?,
+        TransportLimits::default(),
+    );
+    let listen = match (&a.cluster_listen, &a.cluster_tls_cert, &a.cluster_tls_key) {
+        (Some(addr), Some(cert), Some(key)) => {
+            if a.tls_root_cas.is_empty() {
+                bail!("--cluster-listen requires client certificates: pass --tls-root-ca (the consenters' TLS CA)");
+            }
+            let roots = tls::load_roots("TLS root CA (--tls-root-ca)", &a.tls_root_cas)?;
+            let config = tls::server_config(
+                cert,
+                key,
+                ("cluster TLS certificate (--cluster-tls-cert)", "cluster TLS key (--cluster-tls-key)"),
+                ClientAuth::Require(Arc::new(roots)),
+                tls::ALPN_H2,
+            )?;
+            Some((*addr, config))
+        }
+        _ => None,
+    };
+    if listen.is_none() && a.tls_cert.is_none() {
+        bail!(
+            "--cluster-tls-cert without --cluster-listen: the cluster service is on the gRPC port, which needs --tls-cert"
+        );
+    }
+    Ok(Some(ClusterServing { transport, inbound: Arc::new(Unconsumed), listen }))
+}
+
+/// Where the node's gRPC services listen.
+pub(crate) struct Listeners {
+    pub(crate) grpc: SocketAddr,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) cluster: Option<ClusterServing>,
+}
+
 pub(crate) async fn serve(
     node: Arc<Node>,
-    listen: SocketAddr,
+    listeners: Listeners,
     admin: Option<(SocketAddr, Option<admin::tls::ServerTls>)>,
     dev: Option<signer::DevIdentity>,
 ) -> Result<()> {
+    let Listeners { grpc: listen, tls, cluster } = listeners;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
-    println!("consenter-host listening on {addr} (orderer.AtomicBroadcast)");
+    let cluster_here = cluster.as_ref().is_some_and(|c| c.listen.is_none());
+    let how = match (tls.is_some(), cluster_here) {
+        (true, true) => ", orderer.Cluster, TLS",
+        (true, false) => ", TLS",
+        _ => "",
+    };
+    println!("consenter-host listening on {addr} (orderer.AtomicBroadcast{how})");
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     if let Some((admin, tls)) = admin {
         let l = tokio::net::TcpListener::bind(admin).await.with_context(|| format!("admin endpoint on {admin}"))?;
@@ -306,19 +452,66 @@ pub(crate) async fn serve(
             }
         });
     }
+    let (cluster_stop_tx, cluster_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut on_grpc_port = None;
+    if let Some(c) = cluster {
+        let svc = c.transport.server(c.inbound.clone());
+        match c.listen {
+            None => on_grpc_port = Some(svc),
+            Some((at, config)) => {
+                let l = tokio::net::TcpListener::bind(at).await.with_context(|| format!("cluster listener on {at}"))?;
+                println!("cluster service on {} (orderer.Cluster, mutual TLS)", l.local_addr()?);
+                let incoming = consenter_host::tls::TlsListener::new(
+                    l,
+                    config,
+                    consenter_host::tls::HANDSHAKE_TIMEOUT,
+                    "cluster",
+                    true,
+                )?;
+                tokio::spawn(async move {
+                    let stop = async {
+                        let _ = cluster_stop_rx.await;
+                    };
+                    let r = tonic::transport::Server::builder()
+                        .add_service(svc)
+                        .serve_with_incoming_shutdown(incoming, stop);
+                    if let Err(e) = r.await {
+                        tracing::error!(error = %e, "cluster listener stopped");
+                    }
+                });
+            }
+        }
+    }
     println!("channels: {}", node.channels().join(", "));
     if let Some(d) = &dev {
         println!("client identity: --mspid {} --msp-dir {}", d.mspid, d.client_msp.display());
     }
-    println!("point a Fabric client at grpc://{addr}; Ctrl-C or SIGTERM stops the node");
-    // Small Broadcast acks must not wait for Nagle's algorithm.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let scheme = if tls.is_some() { "grpcs" } else { "grpc" };
+    println!("point a Fabric client at {scheme}://{addr}; Ctrl-C or SIGTERM stops the node");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
+    let stopped = async {
+        let _ = stop_rx.await;
+    };
+    let router = tonic::transport::Server::builder()
         .add_service(consenter_host::grpc::Service::server(node.clone()))
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stop_rx.await;
-        });
+        .add_optional_service(on_grpc_port);
+    // Small Broadcast acks must not wait for Nagle's algorithm.
+    let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
+        None => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+        Some(config) => {
+            let incoming = consenter_host::tls::TlsListener::new(
+                listener,
+                config,
+                consenter_host::tls::HANDSHAKE_TIMEOUT,
+                "gRPC",
+                true,
+            )?;
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+    };
     tokio::pin!(server);
     tokio::select! {
         r = &mut server => r.context("serving gRPC")?,
@@ -326,6 +519,7 @@ pub(crate) async fn serve(
             tracing::info!(signal, "shutting down: no new connections; halting chains");
             let _ = stop_tx.send(());
             let _ = admin_stop_tx.send(());
+            let _ = cluster_stop_tx.send(());
             // Halting makes queued blocks durable, answers in-flight
             // Broadcasts and ends waiting Deliver streams.
             let n = node.clone();
