@@ -33,6 +33,8 @@ fn node(dir: &std::path::Path) -> Arc<Node> {
         support_limits: SupportLimits::default(),
         disk_reserve: 0,
         extra_plugins: vec![("hostile".into(), hostile)],
+        cluster: None,
+        storage_quota: consenter_host::node::DEFAULT_STORAGE_QUOTA,
     })
     .unwrap()
 }

@@ -36,6 +36,8 @@ async fn blocks_we_write_decode_with_fabric_block_decoder() {
         plugin_limits: Default::default(),
         restart: Default::default(),
         extra_plugins: vec![],
+        cluster: None,
+        storage_quota: consenter_host::node::DEFAULT_STORAGE_QUOTA,
     })
     .unwrap();
     let mut t = ChannelTemplate::solo("interop");

@@ -87,6 +87,8 @@ async fn a_stamp_is_never_replaced_so_a_stale_update_is_revalidated() {
         support_limits: SupportLimits::default(),
         disk_reserve: 0,
         extra_plugins: vec![],
+        cluster: None,
+        storage_quota: consenter_host::node::DEFAULT_STORAGE_QUOTA,
     })
     .unwrap();
     let t = template("race", "solo", "");

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use prost::Message;
 
 pub use crate::block::last_config_and_metadata;
-use crate::chain::{Chain, RestartPolicies, ResumeError, ResumePoint};
+use crate::chain::cluster::{ChainClusterSink, NodeCluster};
+use crate::chain::{Chain, ClusterEvent, RestartPolicies, ResumeError, ResumePoint};
 use crate::channel::ChannelConfig;
 use crate::configtx::validate_channel_id;
 use crate::ledger::{Ledger, LedgerError};
@@ -92,7 +93,16 @@ pub struct NodeConfig {
     /// Extra plugins (consensus type, component bytes), besides the
     /// embedded ones; a name given here replaces an embedded plugin.
     pub extra_plugins: Vec<(String, Vec<u8>)>,
+    /// The cluster (transport, TLS identity) for clustered plugins such as
+    /// etcdraft; None: the node has no TLS identity and runs single-node
+    /// plugins only.
+    pub cluster: Option<NodeCluster>,
+    /// Bytes of plugin storage each clustered chain may hold.
+    pub storage_quota: u64,
 }
+
+/// The default plugin storage quota of a chain: 1 GiB.
+pub const DEFAULT_STORAGE_QUOTA: u64 = 1 << 30;
 
 /// A running node.
 pub struct Node {
@@ -106,6 +116,8 @@ pub struct Node {
     shipped: std::collections::BTreeSet<String>,
     restart: RestartPolicies,
     chains: RwLock<HashMap<String, Arc<Chain>>>,
+    cluster: Option<NodeCluster>,
+    storage_quota: u64,
     /// Channels that could not start: the reason and the ledger's height
     /// (read when it failed, so showing it reads no ledger).
     broken: RwLock<HashMap<String, (String, u64)>>,
@@ -165,6 +177,8 @@ impl Node {
             shipped,
             restart: cfg.restart,
             chains: RwLock::new(HashMap::new()),
+            cluster: cfg.cluster,
+            storage_quota: cfg.storage_quota,
             broken: RwLock::new(HashMap::new()),
         });
         let chains_dir = node.chains_dir();
@@ -412,10 +426,15 @@ impl Node {
         let me = self.me.clone();
         let types = self.plugin_names();
         let disk = ledger.clone();
+        let clustered = self.clustered(channel, &plugin)?;
+        let (cluster_setup, events) = match clustered {
+            Some((setup, tx, rx)) => (Some((setup, tx.clone())), Some((tx, rx))),
+            None => (None, None),
+        };
         let chain = Chain::spawn(
             channel,
             plugin,
-            Box::new(move |sink, pos, cfg| {
+            Box::new(move |sink, pos, cfg, status| {
                 let system = cfg.system;
                 let mut s = Support::new(&ch, cfg, signer.clone(), sink, Arc::new(SystemClock), pos, limits.clone());
                 s.set_consensus_types(types.clone());
@@ -427,18 +446,72 @@ impl Node {
                         node.create_channel(&genesis).map(|_| ()).map_err(|e| e.to_string())
                     }));
                 }
+                if let Some(((cluster, storage, namespace, quota), events)) = &cluster_setup {
+                    let sink = ChainClusterSink::new(&ch, cluster.clone(), signer.clone(), status.clone(), events.clone());
+                    s.set_cluster(Box::new(sink), Some(cluster.identity.cert_der().to_vec()));
+                    match storage.namespace(namespace, *quota) {
+                        Ok(ns) => s.set_storage(Box::new(ns)),
+                        Err(e) => tracing::error!(channel = %ch, error = %e, "the plugin's storage could not be opened"),
+                    }
+                    use rand_core::RngCore;
+                    s.set_random_seed(rand_core::OsRng.next_u64());
+                }
                 s
             }),
             ledger,
             resume,
             restart,
             self.disk_reserve,
-            None,
+            events,
         )?;
         tracing::info!(channel, height, "chain started");
         write(&self.chains).insert(channel.to_string(), chain.clone());
         write(&self.broken).remove(channel);
         Ok(chain)
+    }
+
+    /// What a chain of a clustered plugin needs: the cluster, its plugin
+    /// storage (`<channel dir>/plugin-storage.redb`, one namespace per
+    /// consensus type) and its cluster event queue. None for a single-node
+    /// plugin.
+    #[allow(clippy::type_complexity)]
+    fn clustered(
+        &self,
+        channel: &str,
+        plugin: &Plugin,
+    ) -> Result<
+        Option<(
+            (NodeCluster, Arc<consenter_storage::ChannelStorage>, String, u64),
+            tokio::sync::mpsc::Sender<ClusterEvent>,
+            tokio::sync::mpsc::Receiver<ClusterEvent>,
+        )>,
+        NodeError,
+    > {
+        if !plugin.world().is_clustered() {
+            return Ok(None);
+        }
+        let Some(cluster) = self.cluster.clone() else {
+            return Err(NodeError::Channel {
+                channel: channel.into(),
+                what: format!(
+                    "consensus type {} replicates across nodes and needs the cluster: start the node with TLS \
+                     (--tls-cert and --tls-key; Fabric's etcdraft requires TLS too)",
+                    plugin.name()
+                ),
+            });
+        };
+        let path = self.channel_dir(channel).join("plugin-storage.redb");
+        let storage = consenter_storage::ChannelStorage::open(&path)
+            .map_err(|e| NodeError::Channel { channel: channel.into(), what: format!("plugin storage: {e}") })?;
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::chain::CLUSTER_QUEUE);
+        Ok(Some(((cluster, Arc::new(storage), plugin.name().to_string(), self.storage_quota), tx, rx)))
+    }
+
+    /// What receives the cluster transport's authenticated messages: they
+    /// go to the channel's chain (forwarded envelopes after Broadcast's
+    /// checks when the sender validated them under another config).
+    pub fn cluster_inbound(self: &Arc<Node>) -> Arc<dyn crate::cluster::Inbound> {
+        Arc::new(NodeInbound { node: Arc::downgrade(self) })
     }
 
     /// Halts every chain (queued blocks are made durable first).
@@ -447,6 +520,60 @@ impl Node {
         for c in chains {
             c.halt();
         }
+    }
+}
+
+/// The node as the cluster transport's [`crate::cluster::Inbound`].
+struct NodeInbound {
+    node: Weak<Node>,
+}
+
+impl crate::cluster::Inbound for NodeInbound {
+    fn consensus(&self, channel: &str, from: u64, payload: Bytes) {
+        let Some(chain) = self.node.upgrade().and_then(|n| n.chain(channel)) else { return };
+        if !chain.cluster_event(ClusterEvent::Message { from, payload }) {
+            tracing::debug!(channel, from, "cluster: a consensus message was dropped (queue full or no clustered chain)");
+        }
+    }
+
+    fn submit(&self, channel: &str, from: u64, last_validation_seq: u64, envelope: Bytes) {
+        let Some(node) = self.node.upgrade() else { return };
+        let Some(chain) = node.chain(channel) else { return };
+        let Some(cfg) = chain.status().config() else { return };
+        let mut env = match crate::envelope::Envelope::parse(envelope) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(channel, from, error = %e, "cluster: a forwarded envelope does not parse; dropped");
+                return;
+            }
+        };
+        if env.channel_id != channel {
+            tracing::warn!(channel, from, other = %env.channel_id, "cluster: a forwarded envelope is for another channel; dropped");
+            return;
+        }
+        if env.bytes.len() > cfg.batch_size.absolute_max_bytes as usize {
+            tracing::warn!(channel, from, bytes = env.bytes.len(), "cluster: a forwarded envelope is over AbsoluteMaxBytes; dropped");
+            return;
+        }
+        if last_validation_seq != cfg.sequence {
+            // Validated under another config: Broadcast's checks again.
+            match crate::processor::revalidate(&cfg, &node.signer, &env, &node.plugin_names()) {
+                Ok(None) => {}
+                Ok(Some(recomputed)) => env = recomputed,
+                Err(e) => {
+                    tracing::warn!(channel, from, error = %e, "cluster: a forwarded envelope fails the current config; dropped");
+                    return;
+                }
+            }
+            env.config_seq = cfg.sequence;
+        } else {
+            env.config_seq = last_validation_seq;
+        }
+        tokio::spawn(async move {
+            if let Err(e) = chain.enqueue(env).await {
+                tracing::debug!(error = %e, "cluster: a forwarded envelope was not accepted");
+            }
+        });
     }
 }
 

@@ -63,8 +63,10 @@ impl NodeProc {
         if !given.iter().any(|a| a == "--no-admin" || a == "--admin-listen") {
             cmd.args(["--admin-listen", "127.0.0.1:0"]);
         }
+        if !given.iter().any(|a| a == "--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
         let mut child = cmd
-            .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

@@ -50,7 +50,7 @@ impl Runner {
     pub(super) fn start_instance(&mut self, rp: ResumePoint) -> Result<ChainCore, RuntimeError> {
         let (sink, writer) = ledger_sink(&self.channel, self.ledger.clone(), self.status.clone(), self.disk_reserve)?;
         self.start_height = rp.pos.height;
-        let support = (self.make_support)(sink, rp.pos, rp.config);
+        let support = (self.make_support)(sink, rp.pos, rp.config, &self.status);
         match ChainCore::start(&self.plugin, support, &rp.metadata, self.status.clone()) {
             Ok(core) => {
                 self.writer = Some(writer);

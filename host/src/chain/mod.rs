@@ -30,6 +30,7 @@ use crate::runtime::{Plugin, RuntimeError};
 use crate::support::{BlockSink, ChainPosition, Support};
 
 mod actor;
+pub mod cluster;
 
 use actor::{Runner, run_actor};
 mod restart;
@@ -63,8 +64,10 @@ pub enum ClusterEvent {
 pub const CLUSTER_QUEUE: usize = 4096;
 
 /// Builds a chain's support around a block sink, at a position, under a
-/// configuration (called again for every restarted instance).
-pub type SupportFactory = Box<dyn Fn(Box<dyn BlockSink>, ChainPosition, Arc<ChannelConfig>) -> Support + Send>;
+/// configuration, for the chain with that status (called again for every
+/// restarted instance).
+pub type SupportFactory =
+    Box<dyn Fn(Box<dyn BlockSink>, ChainPosition, Arc<ChannelConfig>, &Arc<ChainStatus>) -> Support + Send>;
 
 /// A running chain: its actor thread (which owns the ledger writer) and
 /// its status.

@@ -143,6 +143,10 @@ pub(crate) struct StartArgs {
     /// written or torn) and the node keeps serving. 0 turns the check off.
     #[arg(long, default_value_t = 128)]
     disk_reserve_mib: u64,
+    /// Plugin storage each clustered chain (e.g. etcdraft's raft log) may
+    /// hold, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    storage_mib: u64,
     /// Delay before restarting a crashed plugin (doubled for each further
     /// crash within --restart-crash-window).
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
@@ -269,6 +273,11 @@ pub(crate) fn start(a: StartArgs) -> Result<()> {
             PolicyTarget::Plugin => restart.by_plugin.insert(name, policy),
         };
     }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let mut cluster = {
+        let _in_runtime = rt.enter();
+        cluster_setup(&a)?
+    };
     let node = Node::open(NodeConfig {
         data_dir: a.data_dir.clone(),
         signer: Arc::new(signer),
@@ -278,7 +287,16 @@ pub(crate) fn start(a: StartArgs) -> Result<()> {
         support_limits: SupportLimits::default(),
         disk_reserve: a.disk_reserve_mib.saturating_mul(1 << 20),
         extra_plugins: extra,
+        cluster: cluster.as_ref().map(|c| consenter_host::chain::cluster::NodeCluster {
+            transport: c.transport.clone(),
+            identity: c.identity.clone(),
+            runtime: rt.handle().clone(),
+        }),
+        storage_quota: a.storage_mib.saturating_mul(1 << 20),
     })?;
+    if let Some(c) = cluster.as_mut() {
+        c.inbound = node.cluster_inbound();
+    }
     if let Some(path) = &a.genesis_block {
         let bytes =
             Bytes::from(std::fs::read(path).with_context(|| format!("reading genesis block {}", path.display()))?);
@@ -307,12 +325,7 @@ pub(crate) fn start(a: StartArgs) -> Result<()> {
         node.create_channel(&t.genesis_block()).with_context(|| format!("creating channel {}", a.dev_channel))?;
     }
     let grpc_tls = general_tls(&a)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let admin = if a.no_admin { None } else { Some((a.admin_listen, admin_tls)) };
-    let cluster = {
-        let _in_runtime = rt.enter();
-        cluster_setup(&a)?
-    };
     rt.block_on(serve(node.clone(), Listeners { grpc: a.listen, tls: grpc_tls, cluster }, admin, dev))?;
     node.shutdown();
     tracing::info!("stopped");
@@ -357,13 +370,13 @@ pub(crate) fn general_tls(a: &StartArgs) -> Result<Option<Arc<rustls::ServerConf
 /// where it listens when not on the gRPC port.
 pub(crate) struct ClusterServing {
     pub(crate) transport: consenter_host::cluster::Transport,
+    pub(crate) identity: consenter_host::cluster::ClientIdentity,
     pub(crate) inbound: Arc<dyn consenter_host::cluster::Inbound>,
     pub(crate) listen: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
 }
 
-/// Receives cluster messages while no chain consumes them: the transport
-/// only lets through members of channels a chain registered, and none
-/// does yet, so nothing arrives here; if something did, it is logged and
+/// Receives cluster messages until the node is open and takes them
+/// ([`Node::cluster_inbound`]); anything arriving before is logged and
 /// dropped.
 struct Unconsumed;
 
@@ -385,10 +398,9 @@ pub(crate) fn cluster_setup(a: &StartArgs) -> Result<Option<ClusterServing>> {
         (Some(c), Some(k), _, _) | (None, None, Some(c), Some(k)) => (c, k),
         _ => return Ok(None),
     };
-    let transport = Transport::new(
-        ClientIdentity::from_files(identity.0, identity.1, &a.tls_root_cas).context("the cluster's TLS client")?,
-        TransportLimits::default(),
-    );
+    let identity =
+        ClientIdentity::from_files(identity.0, identity.1, &a.tls_root_cas).context("the cluster's TLS client")?;
+    let transport = Transport::new(identity.clone(), TransportLimits::default());
     let listen = match (&a.cluster_listen, &a.cluster_tls_cert, &a.cluster_tls_key) {
         (Some(addr), Some(cert), Some(key)) => {
             if a.tls_root_cas.is_empty() {
@@ -411,7 +423,7 @@ pub(crate) fn cluster_setup(a: &StartArgs) -> Result<Option<ClusterServing>> {
             "--cluster-tls-cert without --cluster-listen: the cluster service is on the gRPC port, which needs --tls-cert"
         );
     }
-    Ok(Some(ClusterServing { transport, inbound: Arc::new(Unconsumed), listen }))
+    Ok(Some(ClusterServing { transport, identity, inbound: Arc::new(Unconsumed), listen }))
 }
 
 /// Where the node's gRPC services listen.
