@@ -274,6 +274,13 @@ impl Node {
                     restarts: c.status().restarts(),
                     lost_envelopes: c.status().lost_envelopes(),
                     last_crash: c.status().last_crash_reason(),
+                    cluster: c.status().cluster().map(|r| ClusterInfo {
+                        is_leader: r.leader != 0 && r.leader == r.self_id,
+                        self_id: r.self_id,
+                        leader: r.leader,
+                        active_nodes: r.active,
+                        leader_changes: c.status().leader_changes(),
+                    }),
                 }),
             });
         }
@@ -613,6 +620,25 @@ pub struct ConsenterInfo {
     pub lost_envelopes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_crash: Option<String>,
+    /// What a clustered plugin reports of its cluster (raft's leader).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterInfo>,
+}
+
+/// A clustered chain's view of its cluster, as its plugin reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterInfo {
+    /// This node's member id.
+    pub self_id: u64,
+    /// The leader's id (0: none known).
+    pub leader: u64,
+    /// Whether this node leads.
+    pub is_leader: bool,
+    /// Members this node hears from.
+    pub active_nodes: Vec<u64>,
+    /// Times a new leader was reported since the chain started.
+    pub leader_changes: u64,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

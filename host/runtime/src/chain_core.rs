@@ -102,6 +102,9 @@ impl ChainCore {
             if let Some(reason) = s.failure() {
                 self.status.set_errored(reason.to_string());
             }
+            if let Some(r) = s.cluster_report() {
+                self.status.set_cluster(r);
+            }
             self.status.set_config(s.config());
         }
     }

@@ -62,6 +62,10 @@ pub struct ChainStatus {
     restarts: AtomicU64,
     lost_envelopes: AtomicU64,
     last_crash: Mutex<Option<String>>,
+    /// What a clustered plugin last reported (leader, active members), and
+    /// how often the leader changed.
+    cluster: Mutex<Option<crate::support::ClusterReport>>,
+    leader_changes: AtomicU64,
 }
 
 impl Default for ChainStatus {
@@ -77,11 +81,37 @@ impl Default for ChainStatus {
             restarts: AtomicU64::new(0),
             lost_envelopes: AtomicU64::new(0),
             last_crash: Mutex::new(None),
+            cluster: Mutex::new(None),
+            leader_changes: AtomicU64::new(0),
         }
     }
 }
 
 impl ChainStatus {
+    /// Records what the plugin reported of its cluster (counting leader
+    /// changes).
+    pub fn set_cluster(&self, r: &crate::support::ClusterReport) {
+        let mut c = self.cluster.lock().unwrap_or_else(|p| p.into_inner());
+        if c.as_ref().is_some_and(|old| old == r) {
+            return;
+        }
+        if c.as_ref().map_or(r.leader != 0, |old| old.leader != r.leader && r.leader != 0) {
+            self.leader_changes.fetch_add(1, Ordering::Relaxed);
+        }
+        *c = Some(r.clone());
+    }
+
+    /// What the plugin last reported of its cluster (None: a single-node
+    /// plugin, or nothing reported yet).
+    pub fn cluster(&self) -> Option<crate::support::ClusterReport> {
+        self.cluster.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Times a new leader was reported.
+    pub fn leader_changes(&self) -> u64 {
+        self.leader_changes.load(Ordering::Relaxed)
+    }
+
     /// Running, restarting, errored or halted.
     pub fn state(&self) -> ChainState {
         ChainState::from_u8(self.state.load(Ordering::Relaxed))

@@ -230,6 +230,19 @@ pub struct Support {
     pub(crate) consenters_changed: bool,
     /// Seed of the plugin's `wasi:random` generator.
     pub(crate) random_seed: u64,
+    /// What the plugin last reported of the cluster (`cluster.report`).
+    pub(crate) cluster_report: Option<ClusterReport>,
+}
+
+/// What a clustered plugin reports of its cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterReport {
+    /// This node's id (0: not bound).
+    pub self_id: u64,
+    /// The leader's id (0: none known).
+    pub leader: u64,
+    /// Members this node hears from.
+    pub active: Vec<u64>,
 }
 
 /// Where a chain resumes: its height, last header hash and last config
@@ -286,6 +299,7 @@ impl Support {
             last_metadata: Vec::new(),
             consenters_changed: false,
             random_seed: fnv1a(chain_id.as_bytes()),
+            cluster_report: None,
         }
     }
 
@@ -327,6 +341,11 @@ impl Support {
     /// Takes the "consenter set changed" flag.
     pub fn take_consenters_changed(&mut self) -> bool {
         std::mem::take(&mut self.consenters_changed)
+    }
+
+    /// What the plugin last reported of its cluster.
+    pub fn cluster_report(&self) -> Option<&ClusterReport> {
+        self.cluster_report.as_ref()
     }
 
     /// The membership (ids bound by the plugin).

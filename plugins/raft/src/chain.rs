@@ -348,6 +348,9 @@ impl Raft {
             TICK => {
                 self.node.tick();
                 self.arm(TICK, self.opts.tick_ms);
+                if self.is_leader() {
+                    self.report();
+                }
             }
             BATCH => {
                 self.batch_timer = false;
@@ -508,6 +511,7 @@ impl Raft {
             self.config_inflight = false;
             self.cut_after = None;
         }
+        let changed = role != self.role || leader != self.leader;
         self.role = role;
         if leader != self.leader {
             if leader != 0 {
@@ -515,11 +519,32 @@ impl Raft {
             }
             self.leader = leader;
         }
+        if changed {
+            self.report();
+        }
         if !self.is_leader() && self.leader != 0 && self.leader != self.me {
             while let Some((env, _)) = self.waiting.pop_front() {
                 let _ = cluster::forward(self.leader, env);
             }
         }
+    }
+
+    /// Tells the host the leader and the members heard from (as leader:
+    /// raft's recently active peers; as follower: itself and the leader).
+    fn report(&mut self) {
+        let active: Vec<u64> = if self.is_leader() {
+            let mut v: Vec<u64> =
+                self.node.raft.prs().iter().filter(|(id, p)| **id == self.me || p.recent_active).map(|(id, _)| *id).collect();
+            v.sort_unstable();
+            v
+        } else if self.leader != 0 {
+            let mut v = vec![self.me, self.leader];
+            v.sort_unstable();
+            v
+        } else {
+            vec![self.me]
+        };
+        cluster::report(self.leader, &active);
     }
 
     fn apply(&mut self, entries: Vec<Entry>) {

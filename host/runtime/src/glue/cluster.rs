@@ -102,6 +102,28 @@ impl cluster::Host for PluginState {
         };
         Ok(c.forward(to, env.config_seq, env.bytes).map_err(|e| types::SupportError::LimitExceeded(e)))
     }
+
+    fn report(&mut self, leader: u64, active: Vec<u64>) -> wasmtime::Result<()> {
+        self.report_cluster(leader, active)
+    }
+}
+
+impl PluginState {
+    fn report_cluster(&mut self, leader: u64, active: Vec<u64>) -> wasmtime::Result<()> {
+        self.check_list("report", active.len())?;
+        let consenters = self.support.config.consenters.clone();
+        let m = &self.support.membership;
+        let self_id = match (m.self_index(&consenters), m.ids()) {
+            (Some(i), Some(ids)) => ids.get(i as usize).copied().unwrap_or(0),
+            _ => 0,
+        };
+        let report = crate::support::ClusterReport { self_id, leader, active };
+        if self.support.cluster_report.as_ref().is_none_or(|r| r.leader != report.leader) {
+            tracing::info!(channel = %self.support.chain_id, leader, self_id, "cluster leader");
+        }
+        self.support.cluster_report = Some(report);
+        Ok(())
+    }
 }
 
 impl replication::Host for PluginState {
