@@ -43,7 +43,10 @@ fn orderer(i: usize, p: &str) -> String {
 }
 
 fn tlsca() -> String {
-    fixtures().join("crypto/ordererOrganizations/example.com/tlsca/tlsca.example.com-cert.pem").to_string_lossy().into_owned()
+    fixtures()
+        .join("crypto/ordererOrganizations/example.com/tlsca/tlsca.example.com-cert.pem")
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn user1() -> Signer {
@@ -97,8 +100,20 @@ fn raft_node(i: usize, data: &Path) -> NodeProc {
     );
     let ca = tlsca();
     let args = [
-        "--listen", &listen, "--msp-dir", &msp, "--mspid", "OrdererMSP", "--tls-cert", &cert,
-        "--tls-key", &key, "--tls-root-ca", &ca, "--genesis-block", &genesis,
+        "--listen",
+        &listen,
+        "--msp-dir",
+        &msp,
+        "--mspid",
+        "OrdererMSP",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-root-ca",
+        &ca,
+        "--genesis-block",
+        &genesis,
     ];
     NodeProc::start_logged(data, &args, &data.with_extension("log"))
 }
@@ -119,8 +134,10 @@ async fn client(i: usize) -> AtomicBroadcastClient<Channel> {
 
 fn signed_seek(start: u64, stop: u64, behavior: SeekBehavior, signer: &Signer) -> Envelope {
     let pos = |n| SeekPosition { r#type: Some(Pos::Specified(SeekSpecified { number: n })) };
-    let seek = SeekInfo { start: Some(pos(start)), stop: Some(pos(stop)), behavior: behavior as i32, error_response: 0 };
-    let b = envelope::build(CHANNEL, HeaderType::DeliverSeekInfo, "", seek.encode_to_vec().into(), Some(signer)).unwrap();
+    let seek =
+        SeekInfo { start: Some(pos(start)), stop: Some(pos(stop)), behavior: behavior as i32, error_response: 0 };
+    let b =
+        envelope::build(CHANNEL, HeaderType::DeliverSeekInfo, "", seek.encode_to_vec().into(), Some(signer)).unwrap();
     Envelope::decode(b).unwrap()
 }
 
@@ -144,7 +161,9 @@ async fn blocks_of(i: usize, stop: u64) -> Vec<Block> {
         }
         out
     };
-    tokio::time::timeout(Duration::from_secs(60), fut).await.unwrap_or_else(|_| panic!("node {i}: blocks up to {stop} in time"))
+    tokio::time::timeout(Duration::from_secs(60), fut)
+        .await
+        .unwrap_or_else(|_| panic!("node {i}: blocks up to {stop} in time"))
 }
 
 fn tx_ids(blocks: &[Block]) -> Vec<String> {
@@ -165,7 +184,10 @@ fn same_chain(a: &[Block], b: &[Block]) {
         block::check_data_hash(x).unwrap();
     }
     for w in a.windows(2) {
-        assert_eq!(w[1].header.as_ref().unwrap().previous_hash.as_ref(), block::header_hash(w[0].header.as_ref().unwrap()));
+        assert_eq!(
+            w[1].header.as_ref().unwrap().previous_hash.as_ref(),
+            block::header_hash(w[0].header.as_ref().unwrap())
+        );
     }
 }
 
@@ -285,6 +307,7 @@ async fn killing_the_leader_ten_times_loses_no_written_block() {
     // Deliver); how many were, for the record.
     let lost = during.iter().filter(|t| !ids.contains(t)).count();
     eprintln!("envelopes in flight at the 10 kills: {}, lost with the killed leader: {lost}", during.len());
-    let leader_changes = nodes.iter().flatten().filter_map(cluster_info).map(|c| c["leaderChanges"].as_u64().unwrap_or(0)).max();
+    let leader_changes =
+        nodes.iter().flatten().filter_map(cluster_info).map(|c| c["leaderChanges"].as_u64().unwrap_or(0)).max();
     assert!(leader_changes.is_some_and(|n| n >= 1), "{leader_changes:?}");
 }

@@ -13,7 +13,7 @@ use prost::Message;
 
 pub use crate::block::last_config_and_metadata;
 use crate::chain::cluster::{ChainClusterSink, NodeCluster};
-use crate::chain::{Chain, ClusterEvent, RestartPolicies, ResumeError, ResumePoint};
+use crate::chain::{Chain, ChainOptions, ClusterEvent, RestartPolicies, ResumeError, ResumePoint};
 use crate::channel::ChannelConfig;
 use crate::configtx::validate_channel_id;
 use crate::ledger::{Ledger, LedgerError};
@@ -454,11 +454,14 @@ impl Node {
                     }));
                 }
                 if let Some(((cluster, storage, namespace, quota), events)) = &cluster_setup {
-                    let sink = ChainClusterSink::new(&ch, cluster.clone(), signer.clone(), status.clone(), events.clone());
+                    let sink =
+                        ChainClusterSink::new(&ch, cluster.clone(), signer.clone(), status.clone(), events.clone());
                     s.set_cluster(Box::new(sink), Some(cluster.identity.cert_der().to_vec()));
                     match storage.namespace(namespace, *quota) {
                         Ok(ns) => s.set_storage(Box::new(ns)),
-                        Err(e) => tracing::error!(channel = %ch, error = %e, "the plugin's storage could not be opened"),
+                        Err(e) => {
+                            tracing::error!(channel = %ch, error = %e, "the plugin's storage could not be opened")
+                        }
                     }
                     use rand_core::RngCore;
                     s.set_random_seed(rand_core::OsRng.next_u64());
@@ -467,9 +470,7 @@ impl Node {
             }),
             ledger,
             resume,
-            restart,
-            self.disk_reserve,
-            events,
+            ChainOptions { restart, disk_reserve: self.disk_reserve, cluster: events },
         )?;
         tracing::info!(channel, height, "chain started");
         write(&self.chains).insert(channel.to_string(), chain.clone());
@@ -539,7 +540,11 @@ impl crate::cluster::Inbound for NodeInbound {
     fn consensus(&self, channel: &str, from: u64, payload: Bytes) {
         let Some(chain) = self.node.upgrade().and_then(|n| n.chain(channel)) else { return };
         if !chain.cluster_event(ClusterEvent::Message { from, payload }) {
-            tracing::debug!(channel, from, "cluster: a consensus message was dropped (queue full or no clustered chain)");
+            tracing::debug!(
+                channel,
+                from,
+                "cluster: a consensus message was dropped (queue full or no clustered chain)"
+            );
         }
     }
 
@@ -559,7 +564,12 @@ impl crate::cluster::Inbound for NodeInbound {
             return;
         }
         if env.bytes.len() > cfg.batch_size.absolute_max_bytes as usize {
-            tracing::warn!(channel, from, bytes = env.bytes.len(), "cluster: a forwarded envelope is over AbsoluteMaxBytes; dropped");
+            tracing::warn!(
+                channel,
+                from,
+                bytes = env.bytes.len(),
+                "cluster: a forwarded envelope is over AbsoluteMaxBytes; dropped"
+            );
             return;
         }
         if last_validation_seq != cfg.sequence {

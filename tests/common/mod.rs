@@ -66,11 +66,7 @@ impl NodeProc {
         if !given.iter().any(|a| a == "--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("starting consenter-host");
+        let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().expect("starting consenter-host");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let mut banner = vec![];

@@ -26,6 +26,10 @@ pub trait ClusterSink: Send {
     fn catch_up(&mut self, from: u64, target: u64) -> Result<(), String>;
 }
 
+/// This node's id (if it is a consenter) and every member's id with its
+/// consenter entry.
+pub type Binding = (Option<u64>, Vec<(u64, Consenter)>);
+
 /// The membership of a clustered chain as the host knows it.
 #[derive(Debug, Clone, Default)]
 pub struct Membership {
@@ -54,7 +58,8 @@ impl Membership {
         consenters
             .iter()
             .position(|c| {
-                pem_to_der(&c.server_tls_cert).as_ref() == Some(me) || pem_to_der(&c.client_tls_cert).as_ref() == Some(me)
+                pem_to_der(&c.server_tls_cert).as_ref() == Some(me)
+                    || pem_to_der(&c.client_tls_cert).as_ref() == Some(me)
             })
             .map(|i| i as u32)
     }
@@ -62,11 +67,7 @@ impl Membership {
     /// Binds `ids` to `consenters` (ids[i] names consenters[i]); returns
     /// this node's id and the members. Refused if the lengths differ or an
     /// id is 0 or repeats.
-    pub fn bind(
-        &mut self,
-        consenters: &[Consenter],
-        ids: Vec<u64>,
-    ) -> Result<(Option<u64>, Vec<(u64, Consenter)>), SupportError> {
+    pub fn bind(&mut self, consenters: &[Consenter], ids: Vec<u64>) -> Result<Binding, SupportError> {
         if ids.len() != consenters.len() {
             return Err(SupportError::Invalid(format!(
                 "bind-ids: {} ids for {} consenters",

@@ -248,7 +248,9 @@ fn stub_wasi_imports(linker: &mut Linker<PluginState>, component: &Component, en
             match item.ty {
                 ComponentItem::ComponentFunc(_) if random => {
                     let what = format!("{import}#{export}");
-                    li.func_new(export, move |mut store, _, params, results| random_call(&what, &mut store, params, results))?;
+                    li.func_new(export, move |mut store, _, params, results| {
+                        random_call(&what, &mut store, params, results)
+                    })?;
                 }
                 ComponentItem::ComponentFunc(_) => {
                     let what = format!("{import}#{export}");

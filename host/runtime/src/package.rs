@@ -85,7 +85,9 @@ pub enum PackageError {
     BadSignature { file: String, key_id: String, signer: String },
     #[error("{file}: its manifest says consensus type {manifest:?}, but it was registered as {wanted:?}")]
     TypeMismatch { file: String, manifest: String, wanted: String },
-    #[error("plugin {file}: built for contract {plugin_wit}, but this host speaks {host_wit} (major.minor must match one of them)")]
+    #[error(
+        "plugin {file}: built for contract {plugin_wit}, but this host speaks {host_wit} (major.minor must match one of them)"
+    )]
     WitMismatch { file: String, plugin_wit: String, host_wit: String },
     #[error("plugin {file}: the manifest does not match the component: {reason}")]
     ManifestLies { file: String, reason: String },
@@ -450,11 +452,8 @@ fn compatible(a: &str, b: &str) -> bool {
 pub fn check_contract(plugin: &str, bytes: &[u8], host_wits: &[&str]) -> Result<Package, PackageError> {
     let pkg = Package::parse(plugin, bytes)?;
     let provided = host_wits.join(", ");
-    let mismatch = |plugin_wit: String| PackageError::WitMismatch {
-        file: plugin.into(),
-        plugin_wit,
-        host_wit: provided.clone(),
-    };
+    let mismatch =
+        |plugin_wit: String| PackageError::WitMismatch { file: plugin.into(), plugin_wit, host_wit: provided.clone() };
     let lies = |reason: String| PackageError::ManifestLies { file: plugin.into(), reason };
     // The contract the plugin is checked against: the one its manifest, or
     // else its first contract import or export, names.

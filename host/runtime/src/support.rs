@@ -14,8 +14,8 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::block::{self, Hash};
-use crate::cluster::{ClusterSink, Membership};
 use crate::channel::ChannelConfig;
+use crate::cluster::{ClusterSink, Membership};
 use crate::cutter::BlockCutter;
 use crate::envelope::Envelope;
 use crate::proto::common::Block;

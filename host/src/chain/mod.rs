@@ -69,6 +69,17 @@ pub const CLUSTER_QUEUE: usize = 4096;
 pub type SupportFactory =
     Box<dyn Fn(Box<dyn BlockSink>, ChainPosition, Arc<ChannelConfig>, &Arc<ChainStatus>) -> Support + Send>;
 
+/// How a chain runs: its restart policy, the disk space its ledger writer
+/// keeps free, and (for a clustered plugin) its cluster event queue.
+pub struct ChainOptions {
+    /// What happens when the plugin crashes.
+    pub restart: RestartConfig,
+    /// Free bytes the ledger writer keeps on the ledger's disk (0: none).
+    pub disk_reserve: u64,
+    /// The cluster event queue (sender and receiver) of a clustered chain.
+    pub cluster: Option<(mpsc::Sender<ClusterEvent>, mpsc::Receiver<ClusterEvent>)>,
+}
+
 /// A running chain: its actor thread (which owns the ledger writer) and
 /// its status.
 pub struct Chain {
@@ -103,10 +114,9 @@ impl Chain {
         make_support: SupportFactory,
         ledger: Ledger,
         resume: ResumePoint,
-        restart: RestartConfig,
-        disk_reserve: u64,
-        cluster: Option<(mpsc::Sender<ClusterEvent>, mpsc::Receiver<ClusterEvent>)>,
+        opts: ChainOptions,
     ) -> Result<Arc<Chain>, RuntimeError> {
+        let ChainOptions { restart, disk_reserve, cluster } = opts;
         let (cluster_tx, cluster_rx) = match cluster {
             Some((tx, rx)) => (Some(tx), Some(rx)),
             None => (None, None),

@@ -468,8 +468,7 @@ impl SimNet {
         let end = self.clock.now() + d;
         loop {
             let next_msg = self.queue.peek().map(|Reverse((t, _))| *t);
-            let next_timer =
-                self.nodes.iter().filter_map(|n| n.core.as_ref().and_then(|c| c.next_deadline())).min();
+            let next_timer = self.nodes.iter().filter_map(|n| n.core.as_ref().and_then(|c| c.next_deadline())).min();
             let next = match (next_msg, next_timer) {
                 (Some(a), Some(b)) => a.min(b),
                 (Some(a), None) => a,
@@ -528,9 +527,8 @@ impl SimNet {
             }
             Event::CatchUp { node, from, target } => {
                 // Pull from the up node with the most blocks.
-                let src = (0..self.nodes.len())
-                    .filter(|j| *j != node && self.is_up(*j))
-                    .max_by_key(|j| self.height(*j));
+                let src =
+                    (0..self.nodes.len()).filter(|j| *j != node && self.is_up(*j)).max_by_key(|j| self.height(*j));
                 let blocks: Vec<Bytes> = match src {
                     Some(j) => {
                         let v = self.nodes[j].ledger.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -565,16 +563,14 @@ impl SimNet {
             return;
         }
         let members = self.nodes[i].members.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let self_id = members
-            .iter()
-            .find(|(_, c)| cert_is(c, &self.nodes[i].cert))
-            .map(|(id, _)| *id)
-            .unwrap_or(0);
+        let self_id = members.iter().find(|(_, c)| cert_is(c, &self.nodes[i].cert)).map(|(id, _)| *id).unwrap_or(0);
         for o in outs {
             match o {
                 Out::Send(to, payload) => {
                     if let Some(j) = self.node_of(&members, to) {
-                        self.schedule_faulty(i, j, |at| (at, Event::Message { to: j, from: self_id, payload: payload.clone() }));
+                        self.schedule_faulty(i, j, |at| {
+                            (at, Event::Message { to: j, from: self_id, payload: payload.clone() })
+                        });
                     }
                 }
                 Out::Forward(to, seq, env) => {

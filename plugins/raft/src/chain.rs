@@ -118,7 +118,8 @@ impl Raft {
         let (ids, next_id, applied) = if metadata.is_empty() {
             ((1..=n).collect::<Vec<u64>>(), n + 1, 0)
         } else {
-            let m = BlockMetadata::decode(metadata).map_err(|e| format!("the last block's etcdraft BlockMetadata: {e}"))?;
+            let m =
+                BlockMetadata::decode(metadata).map_err(|e| format!("the last block's etcdraft BlockMetadata: {e}"))?;
             (m.consenter_ids, m.next_consenter_id, m.raft_index)
         };
         if ids.len() != consenters.len() {
@@ -387,10 +388,7 @@ impl Raft {
     pub fn on_caught_up(&mut self, height: u64, error: Option<String>) {
         let Some(target) = self.catching_up else { return };
         if height < target {
-            warn(&format!(
-                "catch-up stopped at height {height} of {target}: {}; retrying",
-                error.unwrap_or_default()
-            ));
+            warn(&format!("catch-up stopped at height {height} of {target}: {}; retrying", error.unwrap_or_default()));
             if let Err(e) = replication::catch_up(target) {
                 self.fail(&format!("catch-up to height {target}: {e}"));
             }
@@ -533,8 +531,14 @@ impl Raft {
     /// raft's recently active peers; as follower: itself and the leader).
     fn report(&mut self) {
         let active: Vec<u64> = if self.is_leader() {
-            let mut v: Vec<u64> =
-                self.node.raft.prs().iter().filter(|(id, p)| **id == self.me || p.recent_active).map(|(id, _)| *id).collect();
+            let mut v: Vec<u64> = self
+                .node
+                .raft
+                .prs()
+                .iter()
+                .filter(|(id, p)| **id == self.me || p.recent_active)
+                .map(|(id, _)| *id)
+                .collect();
             v.sort_unstable();
             v
         } else if self.leader != 0 {
@@ -622,7 +626,10 @@ impl Raft {
                         self.write(b, config, e.index);
                     }
                     Err(err) => {
-                        self.fail(&format!("committed entry {} holds block {number}, which the host refuses: {err}", e.index));
+                        self.fail(&format!(
+                            "committed entry {} holds block {number}, which the host refuses: {err}",
+                            e.index
+                        ));
                         return false;
                     }
                 }

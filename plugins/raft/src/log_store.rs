@@ -53,8 +53,10 @@ impl LogStore {
         let Some(hs) = storage::get(HARD_STATE).map_err(|e| format!("reading the hard state: {e}"))? else {
             return Ok(None);
         };
-        let mut s = LogStore::default();
-        s.hard_state = HardState::parse_from_bytes(&hs).map_err(|e| format!("hard state: {e}"))?;
+        let mut s = LogStore {
+            hard_state: HardState::parse_from_bytes(&hs).map_err(|e| format!("hard state: {e}"))?,
+            ..Default::default()
+        };
         if let Some(cs) = storage::get(CONF_STATE).map_err(|e| format!("reading the conf state: {e}"))? {
             s.conf_state = ConfState::parse_from_bytes(&cs).map_err(|e| format!("conf state: {e}"))?;
         }
@@ -145,9 +147,7 @@ impl LogStore {
             return;
         }
         let term = self.term_of(index).unwrap_or(0);
-        let mut meta = SnapshotMetadata::default();
-        meta.index = index;
-        meta.term = term;
+        let mut meta = SnapshotMetadata { index, term, ..Default::default() };
         meta.set_conf_state(self.conf_state.clone());
         let mut snap = Snapshot::default();
         snap.set_metadata(meta);

@@ -21,7 +21,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { tick_ms: 500, election_tick: 10, heartbeat_tick: 1, max_inflight_blocks: 5, snapshot_interval_size: 16 << 20 }
+        Options {
+            tick_ms: 500,
+            election_tick: 10,
+            heartbeat_tick: 1,
+            max_inflight_blocks: 5,
+            snapshot_interval_size: 16 << 20,
+        }
     }
 }
 

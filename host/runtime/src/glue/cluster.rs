@@ -83,7 +83,7 @@ impl cluster::Host for PluginState {
             return self.answer(Err(e));
         };
         // A dropped message is no refusal: raft resends.
-        Ok(c.send(to, Bytes::from(payload)).map_err(|e| types::SupportError::LimitExceeded(e)))
+        Ok(c.send(to, Bytes::from(payload)).map_err(types::SupportError::LimitExceeded))
     }
 
     fn forward(&mut self, to: u64, env: Resource<EnvelopeRes>) -> wasmtime::Result<Result<(), types::SupportError>> {
@@ -100,7 +100,7 @@ impl cluster::Host for PluginState {
             let e = self.no_cluster("forward");
             return self.answer(Err(e));
         };
-        Ok(c.forward(to, env.config_seq, env.bytes).map_err(|e| types::SupportError::LimitExceeded(e)))
+        Ok(c.forward(to, env.config_seq, env.bytes).map_err(types::SupportError::LimitExceeded))
     }
 
     fn report(&mut self, leader: u64, active: Vec<u64>) -> wasmtime::Result<()> {
@@ -127,7 +127,10 @@ impl PluginState {
 }
 
 impl replication::Host for PluginState {
-    fn block_from_bytes(&mut self, bytes: Vec<u8>) -> wasmtime::Result<Result<Resource<CreatedBlock>, types::SupportError>> {
+    fn block_from_bytes(
+        &mut self,
+        bytes: Vec<u8>,
+    ) -> wasmtime::Result<Result<Resource<CreatedBlock>, types::SupportError>> {
         self.check_bytes("block-from-bytes", bytes.len())?;
         match self.support.block_from_bytes(Bytes::from(bytes)) {
             Ok(b) => Ok(Ok(self.push(b)?)),

@@ -11,38 +11,38 @@ use crate::support::MIN_TIMER_DELAY;
 /// version's generated traits.
 macro_rules! timers_host {
     () => {
-    impl timers::Host for PluginState {
-        fn set(&mut self, id: u32, delay_ms: u64) -> wasmtime::Result<Result<(), types::SupportError>> {
-            let s = &mut self.support;
-            let delay = Duration::from_millis(delay_ms);
-            if delay > s.limits.max_timer_delay {
-                let e = crate::support::SupportError::LimitExceeded(format!(
-                    "timer {id}: delay of {delay_ms} ms is over the maximum of {} ms",
-                    s.limits.max_timer_delay.as_millis()
-                ));
-                let e = s.refuse(e);
-                return self.answer(Err(e));
+        impl timers::Host for PluginState {
+            fn set(&mut self, id: u32, delay_ms: u64) -> wasmtime::Result<Result<(), types::SupportError>> {
+                let s = &mut self.support;
+                let delay = Duration::from_millis(delay_ms);
+                if delay > s.limits.max_timer_delay {
+                    let e = crate::support::SupportError::LimitExceeded(format!(
+                        "timer {id}: delay of {delay_ms} ms is over the maximum of {} ms",
+                        s.limits.max_timer_delay.as_millis()
+                    ));
+                    let e = s.refuse(e);
+                    return self.answer(Err(e));
+                }
+                if !s.timers.contains_key(&id) && s.timers.len() >= s.limits.max_timers {
+                    let e = crate::support::SupportError::LimitExceeded(format!(
+                        "timer {id}: {} timers are already armed",
+                        s.timers.len()
+                    ));
+                    let e = s.refuse(e);
+                    return self.answer(Err(e));
+                }
+                // A zero delay re-armed from `on-timer` would spin the chain's
+                // thread: every timer waits at least MIN_TIMER_DELAY.
+                let at = s.clock.now() + delay.max(MIN_TIMER_DELAY);
+                s.timers.insert(id, at);
+                Ok(Ok(()))
             }
-            if !s.timers.contains_key(&id) && s.timers.len() >= s.limits.max_timers {
-                let e = crate::support::SupportError::LimitExceeded(format!(
-                    "timer {id}: {} timers are already armed",
-                    s.timers.len()
-                ));
-                let e = s.refuse(e);
-                return self.answer(Err(e));
-            }
-            // A zero delay re-armed from `on-timer` would spin the chain's
-            // thread: every timer waits at least MIN_TIMER_DELAY.
-            let at = s.clock.now() + delay.max(MIN_TIMER_DELAY);
-            s.timers.insert(id, at);
-            Ok(Ok(()))
-        }
 
-        fn cancel(&mut self, id: u32) -> wasmtime::Result<()> {
-            self.support.timers.remove(&id);
-            Ok(())
+            fn cancel(&mut self, id: u32) -> wasmtime::Result<()> {
+                self.support.timers.remove(&id);
+                Ok(())
+            }
         }
-    }
     };
 }
 

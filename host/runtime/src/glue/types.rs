@@ -226,97 +226,97 @@ impl Held for CreatedBlock {
 /// version's generated traits.
 macro_rules! types_host {
     () => {
-    impl types::Host for PluginState {}
+        impl types::Host for PluginState {}
 
-    impl types::HostEnvelope for PluginState {
-        fn size(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<u32> {
-            Ok(self.envelopes.get(&e)?.size)
-        }
-        fn class(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<types::MessageClass> {
-            Ok(match self.envelopes.get(&e)?.class() {
-                MessageClass::Normal => types::MessageClass::Normal,
-                MessageClass::Config => types::MessageClass::Config,
-            })
-        }
-        fn config_sequence(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<u64> {
-            Ok(self.envelopes.get(&e)?.config_seq)
-        }
-        fn tx_id(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<String> {
-            Ok(self.envelopes.get(&e)?.tx_id.clone())
-        }
-        fn to_bytes(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<Vec<u8>> {
-            Ok(self.envelopes.get(&e)?.bytes.to_vec())
-        }
-        fn drop(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<()> {
-            self.take_envelope(e)?;
-            Ok(())
-        }
-    }
-
-    impl types::HostBatch for PluginState {
-        fn new(&mut self, envelopes: Vec<Resource<EnvelopeRes>>) -> wasmtime::Result<Resource<BatchRes>> {
-            self.check_list("the batch constructor", envelopes.len())?;
-            let mut v = Vec::with_capacity(envelopes.len());
-            for e in envelopes {
-                v.push(self.take_envelope(e)?);
+        impl types::HostEnvelope for PluginState {
+            fn size(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<u32> {
+                Ok(self.envelopes.get(&e)?.size)
             }
-            self.push(BatchRes(v))
-        }
-        fn len(&mut self, b: Resource<BatchRes>) -> wasmtime::Result<u32> {
-            Ok(self.table.get(&b)?.0.len() as u32)
-        }
-        fn size_bytes(&mut self, b: Resource<BatchRes>) -> wasmtime::Result<u64> {
-            Ok(self.table.get(&b)?.0.iter().map(|e| u64::from(e.size)).sum())
-        }
-        fn drop(&mut self, b: Resource<BatchRes>) -> wasmtime::Result<()> {
-            self.delete(b)?;
-            Ok(())
-        }
-    }
-
-    impl types::HostBlock for PluginState {
-        fn number(&mut self, b: Resource<CreatedBlock>) -> wasmtime::Result<u64> {
-            Ok(self.table.get(&b)?.number)
-        }
-        fn envelope_count(&mut self, b: Resource<CreatedBlock>) -> wasmtime::Result<u32> {
-            Ok(self.table.get(&b)?.block.data.as_ref().map(|d| d.data.len() as u32).unwrap_or(0))
-        }
-        fn header_hash(&mut self, b: Resource<CreatedBlock>) -> wasmtime::Result<Vec<u8>> {
-            Ok(self.table.get(&b)?.hash.to_vec())
-        }
-        fn to_bytes(&mut self, b: Resource<CreatedBlock>) -> wasmtime::Result<Vec<u8>> {
-            Ok(self.table.get(&b)?.block.encode_to_vec())
-        }
-        fn drop(&mut self, b: Resource<CreatedBlock>) -> wasmtime::Result<()> {
-            self.delete(b)?;
-            Ok(())
-        }
-    }
-
-    impl From<crate::support::SupportError> for types::SupportError {
-        fn from(e: crate::support::SupportError) -> Self {
-            use crate::support::SupportError as S;
-            match e {
-                S::OutOfOrder(m) => types::SupportError::OutOfOrder(m),
-                S::LimitExceeded(m) => types::SupportError::LimitExceeded(m),
-                S::Invalid(m) => types::SupportError::Invalid(m),
-                S::Internal(m) => types::SupportError::Internal(m),
+            fn class(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<types::MessageClass> {
+                Ok(match self.envelopes.get(&e)?.class() {
+                    MessageClass::Normal => types::MessageClass::Normal,
+                    MessageClass::Config => types::MessageClass::Config,
+                })
+            }
+            fn config_sequence(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<u64> {
+                Ok(self.envelopes.get(&e)?.config_seq)
+            }
+            fn tx_id(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<String> {
+                Ok(self.envelopes.get(&e)?.tx_id.clone())
+            }
+            fn to_bytes(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<Vec<u8>> {
+                Ok(self.envelopes.get(&e)?.bytes.to_vec())
+            }
+            fn drop(&mut self, e: Resource<EnvelopeRes>) -> wasmtime::Result<()> {
+                self.take_envelope(e)?;
+                Ok(())
             }
         }
-    }
+
+        impl types::HostBatch for PluginState {
+            fn new(&mut self, envelopes: Vec<Resource<EnvelopeRes>>) -> wasmtime::Result<Resource<BatchRes>> {
+                self.check_list("the batch constructor", envelopes.len())?;
+                let mut v = Vec::with_capacity(envelopes.len());
+                for e in envelopes {
+                    v.push(self.take_envelope(e)?);
+                }
+                self.push(BatchRes(v))
+            }
+            fn len(&mut self, b: Resource<BatchRes>) -> wasmtime::Result<u32> {
+                Ok(self.table.get(&b)?.0.len() as u32)
+            }
+            fn size_bytes(&mut self, b: Resource<BatchRes>) -> wasmtime::Result<u64> {
+                Ok(self.table.get(&b)?.0.iter().map(|e| u64::from(e.size)).sum())
+            }
+            fn drop(&mut self, b: Resource<BatchRes>) -> wasmtime::Result<()> {
+                self.delete(b)?;
+                Ok(())
+            }
+        }
+
+        impl types::HostBlock for PluginState {
+            fn number(&mut self, b: Resource<CreatedBlock>) -> wasmtime::Result<u64> {
+                Ok(self.table.get(&b)?.number)
+            }
+            fn envelope_count(&mut self, b: Resource<CreatedBlock>) -> wasmtime::Result<u32> {
+                Ok(self.table.get(&b)?.block.data.as_ref().map(|d| d.data.len() as u32).unwrap_or(0))
+            }
+            fn header_hash(&mut self, b: Resource<CreatedBlock>) -> wasmtime::Result<Vec<u8>> {
+                Ok(self.table.get(&b)?.hash.to_vec())
+            }
+            fn to_bytes(&mut self, b: Resource<CreatedBlock>) -> wasmtime::Result<Vec<u8>> {
+                Ok(self.table.get(&b)?.block.encode_to_vec())
+            }
+            fn drop(&mut self, b: Resource<CreatedBlock>) -> wasmtime::Result<()> {
+                self.delete(b)?;
+                Ok(())
+            }
+        }
+
+        impl From<crate::support::SupportError> for types::SupportError {
+            fn from(e: crate::support::SupportError) -> Self {
+                use crate::support::SupportError as S;
+                match e {
+                    S::OutOfOrder(m) => types::SupportError::OutOfOrder(m),
+                    S::LimitExceeded(m) => types::SupportError::LimitExceeded(m),
+                    S::Invalid(m) => types::SupportError::Invalid(m),
+                    S::Internal(m) => types::SupportError::Internal(m),
+                }
+            }
+        }
     };
 }
 
 /// For plugins of `fabric:consenter@0.1.0`.
 mod v0_1 {
     use super::*;
-    use crate::bindings::v0_1::fabric::consenter::{types};
+    use crate::bindings::v0_1::fabric::consenter::types;
     types_host!();
 }
 
 /// For plugins of `fabric:consenter@0.2.0`.
 mod v0_2 {
     use super::*;
-    use crate::bindings::v0_2::fabric::consenter::{types};
+    use crate::bindings::v0_2::fabric::consenter::types;
     types_host!();
 }
