@@ -4,11 +4,12 @@
 
 use std::collections::VecDeque;
 
-use consenter_protos::common::{BlockData, BlockHeader, ChannelHeader, HeaderType, Payload};
-use consenter_protos::etcdraft::BlockMetadata;
+use consenter_protos::common::{BlockData, BlockHeader, ChannelHeader, ConfigEnvelope, HeaderType, Payload};
+use consenter_protos::etcdraft::{BlockMetadata, ConfigMetadata};
+use consenter_protos::orderer::ConsensusType;
 use prost::Message as _;
 use protobuf::Message as _;
-use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot};
 use raft::{Config, RawNode, StateRole};
 
 use crate::bindings::fabric::consenter::types::{Batch, Block, Envelope, EnvelopeInfo, Level, MessageClass};
@@ -71,12 +72,75 @@ fn is_config_block(bytes: &[u8]) -> bool {
     kind() == Some(HeaderType::Config as i32)
 }
 
+/// The etcdraft consenters a marshalled config block sets (None if it is
+/// not a config block of an etcdraft channel).
+fn consenters_in_config_block(bytes: &[u8]) -> Option<Vec<cluster::Consenter>> {
+    let d = DataOnly::decode(bytes).ok()?;
+    let data = d.data?.data;
+    let env = consenter_protos::common::Envelope::decode(data.first()?.as_ref()).ok()?;
+    let payload = Payload::decode(env.payload.as_ref()).ok()?;
+    let ce = ConfigEnvelope::decode(payload.data.as_ref()).ok()?;
+    let orderer = ce.config?.channel_group?.groups.get("Orderer")?.clone();
+    let ct = ConsensusType::decode(orderer.values.get("ConsensusType")?.value.as_ref()).ok()?;
+    let md = ConfigMetadata::decode(ct.metadata.as_ref()).ok()?;
+    Some(
+        md.consenters
+            .into_iter()
+            .map(|c| cluster::Consenter {
+                host: c.host,
+                port: c.port,
+                client_tls_cert: c.client_tls_cert.to_vec(),
+                server_tls_cert: c.server_tls_cert.to_vec(),
+            })
+            .collect(),
+    )
+}
+
+/// Whether two consenter lists are the same, entry by entry.
+fn same_consenters(a: &[cluster::Consenter], b: &[cluster::Consenter]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.host == y.host
+                && x.port == y.port
+                && x.client_tls_cert == y.client_tls_cert
+                && x.server_tls_cert == y.server_tls_cert
+        })
+}
+
+/// The ids of `new` consenters given the ids of `old` ones (Fabric's
+/// etcdraft: a consenter keeps its id while its client TLS certificate, or
+/// its place with the same endpoint, stays; each new one gets the next id).
+fn assign_ids(old: &[cluster::Consenter], ids: &[u64], new: &[cluster::Consenter], next: u64) -> (Vec<u64>, u64) {
+    let mut next = next;
+    let mut out = Vec::with_capacity(new.len());
+    for (i, c) in new.iter().enumerate() {
+        let same_cert = old.iter().position(|o| o.client_tls_cert == c.client_tls_cert);
+        // A certificate rotation: the same endpoint at the same place.
+        let rotated =
+            || old.get(i).filter(|o| o.host == c.host && o.port == c.port && old.len() == new.len()).map(|_| i);
+        match same_cert.or_else(rotated).and_then(|j| ids.get(j)) {
+            Some(id) if !out.contains(id) => out.push(*id),
+            _ => {
+                out.push(next);
+                next += 1;
+            }
+        }
+    }
+    (out, next)
+}
+
 /// The raft chain of one channel.
 pub struct Raft {
     node: RawNode<LogStore>,
     opts: Options,
-    /// Consenter ids, index-aligned with `cluster::consenters()`.
+    /// Consenter ids, index-aligned with `consenters`.
     ids: Vec<u64>,
+    /// The channel's consenters (the last config's).
+    consenters: Vec<cluster::Consenter>,
+    /// A conf change proposed and not yet applied (its raft index).
+    conf_change: Option<u64>,
+    /// This node was removed from the cluster: it ignores events.
+    removed: bool,
     next_id: u64,
     me: u64,
     role: StateRole,
@@ -135,7 +199,11 @@ impl Raft {
         let me = ids[idx as usize];
         let store = match LogStore::load()? {
             Some(s) => s,
-            None => LogStore::bootstrap(ids.clone()),
+            // A new channel: every consenter of the genesis block votes.
+            None if metadata.is_empty() => LogStore::bootstrap(ids.clone()),
+            // Joining a running channel: the others vote; the leader adds
+            // this node and sends it a snapshot.
+            None => LogStore::bootstrap(ids.iter().copied().filter(|i| *i != me).collect()),
         };
         let snap_index = store.last_snapshot().get_metadata().index;
         let commit = raft::Storage::initial_state(&store).map(|s| s.hard_state.commit).unwrap_or(0);
@@ -160,6 +228,9 @@ impl Raft {
             node,
             opts,
             ids,
+            consenters,
+            conf_change: None,
+            removed: false,
             next_id,
             me,
             role: StateRole::Follower,
@@ -342,7 +413,7 @@ impl Raft {
 
     /// A raft tick or Fabric's batch timer.
     pub fn on_timer(&mut self, id: u32) {
-        if self.failed {
+        if self.failed || self.removed {
             return;
         }
         match id {
@@ -369,7 +440,7 @@ impl Raft {
 
     /// A raft message from member `from`.
     pub fn on_message(&mut self, from: u64, payload: &[u8]) {
-        if self.failed {
+        if self.failed || self.removed {
             return;
         }
         let Ok(m) = Message::parse_from_bytes(payload) else {
@@ -407,21 +478,18 @@ impl Raft {
         self.process();
     }
 
-    /// A config block changed the consenter set.
+    /// A config block changed the consenter set (this node wrote it and
+    /// bound the new ids then; a pulled one is bound here).
     pub fn on_consenters_changed(&mut self) {
         let consenters = cluster::consenters();
-        if consenters.len() == self.ids.len() {
-            // A certificate rotation: the same ids.
-            if let Err(e) = cluster::bind_ids(&self.ids) {
-                self.fail(&format!("binding consenter ids {:?}: {e}", self.ids));
-            }
-        } else {
-            self.fail(&format!(
-                "the channel's consenter set changed from {} to {} members; adding or removing consenters is not \
-                 supported by this plugin version",
-                self.ids.len(),
-                consenters.len()
-            ));
+        if !same_consenters(&consenters, &self.consenters) {
+            let (ids, next) = assign_ids(&self.consenters, &self.ids, &consenters, self.next_id);
+            self.consenters = consenters;
+            self.ids = ids;
+            self.next_id = next;
+        }
+        if let Err(e) = cluster::bind_ids(&self.ids) {
+            self.fail(&format!("binding consenter ids {:?}: {e}", self.ids));
         }
     }
 
@@ -577,7 +645,11 @@ impl Raft {
             EntryType::EntryConfChange => {
                 if let Ok(cc) = ConfChange::parse_from_bytes(&e.data) {
                     match self.node.apply_conf_change(&cc) {
-                        Ok(cs) => self.node.mut_store().set_conf_state(cs),
+                        Ok(cs) => {
+                            self.node.mut_store().set_conf_state(cs);
+                            self.applied = e.index;
+                            self.applied_conf_change(e.index, cc.get_change_type(), cc.node_id);
+                        }
                         Err(err) => warn(&format!("applying conf change at index {}: {err}", e.index)),
                     }
                 }
@@ -640,9 +712,24 @@ impl Raft {
     }
 
     fn write(&mut self, block: Block, config: bool, index: u64) {
-        let md = BlockMetadata { consenter_ids: self.ids.clone(), next_consenter_id: self.next_id, raft_index: index }
-            .encode_to_vec();
         let number = block.number();
+        // A config block that changes the consenter set carries the new
+        // ids (Fabric's etcdraft writes them in that block's metadata).
+        let membership = if config {
+            consenters_in_config_block(&block.to_bytes())
+                .filter(|c| !same_consenters(c, &self.consenters))
+                .map(|c| {
+                    let (ids, next) = assign_ids(&self.consenters, &self.ids, &c, self.next_id);
+                    (c, ids, next)
+                })
+        } else {
+            None
+        };
+        let (ids, next) = match &membership {
+            Some((_, ids, next)) => (ids.clone(), *next),
+            None => (self.ids.clone(), self.next_id),
+        };
+        let md = BlockMetadata { consenter_ids: ids.clone(), next_consenter_id: next, raft_index: index }.encode_to_vec();
         let r = if config { support::write_config_block(block, &md) } else { support::write_block(block, &md) };
         if let Err(e) = r {
             self.fail(&format!("writing block {number}: {e}"));
@@ -650,6 +737,66 @@ impl Raft {
         }
         if config {
             self.config_inflight = false;
+        }
+        if let Some((consenters, ids, next)) = membership {
+            info(&format!("block {number} changes the consenters: ids {:?} -> {ids:?}", self.ids));
+            self.consenters = consenters;
+            self.ids = ids;
+            self.next_id = next;
+            if let Err(e) = cluster::bind_ids(&self.ids) {
+                self.fail(&format!("binding consenter ids {:?}: {e}", self.ids));
+            }
+        }
+    }
+
+    /// As leader, brings raft's voters to the config's consenters, one
+    /// conf change at a time (Fabric's etcdraft proposes AddNode or
+    /// RemoveNode after the config block). Before adding a node the log is
+    /// compacted, so the new node starts from a snapshot.
+    fn reconcile_voters(&mut self) {
+        if !self.can_cut() || self.conf_change.is_some() {
+            return;
+        }
+        let voters: Vec<u64> = self.node.store().voters().to_vec();
+        let add = self.ids.iter().copied().find(|i| !voters.contains(i));
+        let remove = voters.iter().copied().find(|v| !self.ids.contains(v));
+        let (kind, id) = match (add, remove) {
+            (Some(id), _) => (ConfChangeType::AddNode, id),
+            (None, Some(id)) => (ConfChangeType::RemoveNode, id),
+            (None, None) => return,
+        };
+        if kind == ConfChangeType::AddNode && !self.last_block.is_empty() {
+            let (index, block) = (self.applied, self.last_block.clone());
+            self.node.mut_store().compact(index, block);
+            if let Err(e) = self.node.mut_store().flush() {
+                self.fail(&e);
+                return;
+            }
+        }
+        let mut cc = ConfChange::default();
+        cc.set_change_type(kind);
+        cc.node_id = id;
+        let before = self.node.raft.raft_log.last_index();
+        match self.node.propose_conf_change(vec![], cc) {
+            Ok(()) if self.node.raft.raft_log.last_index() > before => {
+                info(&format!("proposing {kind:?} {id}"));
+                self.conf_change = Some(self.node.raft.raft_log.last_index());
+            }
+            Ok(()) => {}
+            Err(e) => warn(&format!("proposing {kind:?} {id}: {e}")),
+        }
+    }
+
+    fn applied_conf_change(&mut self, index: u64, kind: ConfChangeType, id: u64) {
+        if self.conf_change.is_some_and(|i| i <= index) {
+            self.conf_change = None;
+        }
+        info(&format!("conf change applied at index {index}: {kind:?} {id}; voters {:?}", self.node.store().voters()));
+        if kind == ConfChangeType::RemoveNode && id == self.me {
+            info("this node was removed from the channel's consenters: it stops taking part");
+            self.removed = true;
+            self.leader = 0;
+            cluster::report(0, &[]);
         }
     }
 
@@ -668,6 +815,7 @@ impl Raft {
                 return;
             }
         }
+        self.reconcile_voters();
         if self.can_cut() {
             self.cut_after = None;
             while self.inflight.len() < self.opts.max_inflight_blocks

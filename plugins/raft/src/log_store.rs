@@ -182,6 +182,11 @@ impl LogStore {
         self.bytes_since_snapshot = 0;
     }
 
+    /// The voters of the conf state now.
+    pub fn voters(&self) -> &[u64] {
+        &self.conf_state.voters
+    }
+
     /// The last snapshot.
     pub fn last_snapshot(&self) -> &Snapshot {
         &self.snapshot
