@@ -169,7 +169,7 @@ pub fn from_transport(
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(d) = err.downcast_ref::<DialError>() {
-            return clone_dial(d);
+            return clone_dial(addr, d);
         }
         // TLS 1.3: a refused client certificate shows after the handshake,
         // as an alert read by the HTTP/2 layer.
@@ -191,7 +191,7 @@ pub fn from_transport(
 
 /// DialError holds sources that are not Clone; rebuild the variants the
 /// connector makes.
-fn clone_dial(d: &DialError) -> DialError {
+fn clone_dial(at: &str, d: &DialError) -> DialError {
     match d {
         DialError::Handshake { addr, source, hint } => {
             DialError::Handshake { addr: addr.clone(), source: source.clone(), hint }
@@ -207,7 +207,7 @@ fn clone_dial(d: &DialError) -> DialError {
             addr: addr.clone(),
             source: std::io::Error::new(source.kind(), source.to_string()),
         },
-        other => DialError::Grpc { addr: String::new(), reason: other.to_string(), hint: "" },
+        other => DialError::Grpc { addr: at.to_string(), reason: other.to_string(), hint: "" },
     }
 }
 
@@ -230,7 +230,7 @@ type Connecting = std::pin::Pin<Box<dyn Future<Output = Result<TokioIo<Prefixed>
 type TlsIo = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// A TLS stream with the bytes already read from it in front.
-pub struct Prefixed {
+pub(crate) struct Prefixed {
     head: Vec<u8>,
     at: usize,
     io: TlsIo,
