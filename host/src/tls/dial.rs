@@ -20,6 +20,12 @@ use super::{HANDSHAKE_TIMEOUT, TlsError};
 /// How long a TCP connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// HTTP/2 pings on a connection this often (Fabric's client default).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A ping unanswered this long ends the connection (Fabric's default).
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A gRPC client's TLS: the rustls config (ALPN h2) and the server name
 /// to verify (default: the host of the address).
 #[derive(Clone)]
@@ -124,7 +130,14 @@ fn hint_for(e: &rustls::Error, has_client_cert: bool) -> &'static str {
 fn endpoint(addr: &str, scheme: &str) -> Result<Endpoint, DialError> {
     Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| DialError::Address { addr: addr.to_string(), reason: e.to_string() })
-        .map(|e| e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true))
+        .map(|e| {
+            // Fabric's client keepalive (General.Keepalive.ClientInterval,
+            // ClientTimeout): a peer that vanished without closing is noticed.
+            e.connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        })
 }
 
 /// A channel to `addr` that connects on first use and reconnects after a
