@@ -267,3 +267,29 @@ fn admin_tls_flags_are_checked() {
     let (ok, out) = cli(&["channel", "list", "--client-cert", &cert, "--client-key", &key]);
     assert!(!ok && out.contains("--ca-file"), "{out}");
 }
+
+#[test]
+fn channel_commands_take_the_tls_flag_names_and_a_server_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = tls_node(dir.path(), &[]);
+    let admin = node.admin.clone().unwrap();
+    let (cert, key) =
+        (orderer_org("users/Admin@example.com/tls/client.crt"), orderer_org("users/Admin@example.com/tls/client.key"));
+    let tls_flags = ["--tls-root-ca", &tlsca(), "--tls-client-cert", &cert, "--tls-client-key", &key];
+    let run = |extra: &[&str]| {
+        let mut v = vec!["channel", "list", "-o", &admin];
+        v.extend_from_slice(&tls_flags);
+        v.extend_from_slice(extra);
+        cli(&v)
+    };
+    // --tls-root-ca/--tls-client-cert/--tls-client-key are osnadmin's
+    // --ca-file/--client-cert/--client-key.
+    let (ok, out) = run(&[]);
+    assert!(ok && out.contains("Status: 200"), "{out}");
+    // The certificate's DNS name instead of the address's IP.
+    let (ok, out) = run(&["--tls-server-name", "orderer0.example.com"]);
+    assert!(ok && out.contains("Status: 200"), "{out}");
+    // A name the certificate does not carry.
+    let r = run(&["--tls-server-name", "orderer1.example.com"]);
+    assert!(refused(&r).contains("not valid for name \"orderer1.example.com\""), "{}", r.1);
+}

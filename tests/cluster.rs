@@ -99,6 +99,15 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Stops it and waits until every task (its sockets with them) is gone.
+    async fn stop(mut self) {
+        if let Some(rt) = self.rt.take() {
+            tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(10))).await.unwrap();
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(rt) = self.rt.take() {
@@ -374,7 +383,7 @@ async fn a_member_is_reconnected_after_its_server_restarts() {
     // b's server stops (every connection closes), then comes back on the
     // same address.
     let addr = b.addr();
-    drop(b.server.take());
+    b.server.take().unwrap().stop().await;
     a.event(|e| matches!(e, TransportEvent::Disconnected { peer: 2, .. }).then_some(())).await;
     assert!(!a.t.stats().peer("ch", 2).unwrap().connected);
     b.server = Some(Server::start(&b.t, b.rec.clone(), b.n, &addr));

@@ -6,7 +6,8 @@
 //!   shipped in the npm `fabric-protos` package: tests/python/interop.py.
 //!
 //! Each broadcasts signed envelopes to a real node, delivers the blocks,
-//! and checks its envelopes and the hash chain.
+//! and checks its envelopes and the hash chain; the Node.js client also
+//! over mutual TLS.
 
 mod common;
 
@@ -48,9 +49,14 @@ fn check_summary(who: &str, out: &std::process::Output, n: usize) {
 /// Runs an interop client (`program script`) against a fresh node with the
 /// usual arguments plus `extra`, and checks its summary.
 fn run_client(program: &str, script: &Path, extra: &[&std::ffi::OsStr]) {
+    run_client_on(program, script, &[], extra)
+}
+
+/// [`run_client`] against a node started with `node_args` too.
+fn run_client_on(program: &str, script: &Path, node_args: &[&str], extra: &[&std::ffi::OsStr]) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let node = NodeProc::start(&data, &["--dev-batch-timeout", "100ms"]);
+    let node = NodeProc::start(&data, &[&["--dev-batch-timeout", "100ms"], node_args].concat());
     let out = Command::new(program)
         .arg(script)
         .args(["--orderer", &node.addr, "--channel", "devchannel", "--mspid", "DevMSP", "--count", "60", "--msp-dir"])
@@ -76,5 +82,40 @@ fn python_grpc_client_from_fabric_protos_broadcasts_and_delivers() {
         "python3",
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/interop.py"),
         &["--protos".as_ref(), protos.as_os_str()],
+    );
+}
+
+/// Fabric's Node SDK over mutual TLS (grpc-js on Node's own TLS stack):
+/// the node with orderer0's certificate and client certificates required,
+/// the SDK with the orderer org's admin TLS certificate, the address an
+/// IP and the name checked being the certificate's DNS name.
+#[test]
+fn fabric_node_sdk_over_mutual_tls() {
+    npm_ci();
+    let org = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/fabric/crypto/ordererOrganizations/example.com");
+    let s = |p: &str| org.join(p).to_string_lossy().into_owned();
+    let (cert, key, ca) = (
+        s("orderers/orderer0.example.com/tls/server.crt"),
+        s("orderers/orderer0.example.com/tls/server.key"),
+        s("tlsca/tlsca.example.com-cert.pem"),
+    );
+    let (ccert, ckey) = (s("users/Admin@example.com/tls/client.crt"), s("users/Admin@example.com/tls/client.key"));
+    let args = [
+        "--tls-ca",
+        &ca,
+        "--tls-client-cert",
+        &ccert,
+        "--tls-client-key",
+        &ckey,
+        "--tls-server-name",
+        "orderer0.example.com",
+    ];
+    let extra: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    run_client_on(
+        "node",
+        &node_dir().join("interop.js"),
+        &["--tls-cert", &cert, "--tls-key", &key, "--tls-client-root-ca", &ca],
+        &extra,
     );
 }

@@ -119,8 +119,10 @@ async fn pulls_and_verifies_a_range_from_a_tls_node() {
     // Pull 0..=2 as orderer1; the first endpoint is unreachable.
     let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let genesis = read_block(genesis_path);
-    let cfg =
+    let mut cfg =
         PullerConfig::new("solochannel", vec![gone.clone(), node.addr.clone()], orderer1_tls(), orderer1_signer());
+    // Block 2 comes at the channel's 2 s BatchTimeout: wait for it.
+    cfg.response_timeout = std::time::Duration::from_secs(60);
     let mut puller = BlockPuller::new(cfg.clone(), verifier_from(&genesis));
     let blocks = puller.pull(0, 2).await.unwrap();
     assert_eq!(blocks.len(), 3);

@@ -25,8 +25,11 @@ use crate::signer::Signer;
 pub struct LoadSpec {
     /// `host:port` of the orderer.
     pub orderer: String,
+    /// The channel to load.
     pub channel: String,
+    /// Concurrent Broadcast streams.
     pub clients: usize,
+    /// Envelopes in all.
     pub messages: usize,
     /// Payload data bytes per envelope.
     pub size: usize,
@@ -40,16 +43,25 @@ pub struct LoadSpec {
 /// What happened.
 #[derive(Debug, Clone, Default)]
 pub struct LoadReport {
+    /// Envelopes answered SUCCESS.
     pub acknowledged: u64,
+    /// Envelopes answered otherwise.
     pub refused: u64,
     /// (status, info) of the first refusals (at most 10).
     pub refusals: Vec<(i32, String)>,
+    /// This run's envelopes seen in delivered blocks.
     pub committed: u64,
+    /// Blocks delivered during the run.
     pub blocks: u64,
+    /// Envelopes in those blocks (others' included).
     pub envelopes_seen: u64,
+    /// Seconds from the first send to the last acknowledgement.
     pub ack_secs: f64,
+    /// Seconds from the first send to the last block.
     pub commit_secs: f64,
+    /// Median send-to-delivery latency.
     pub latency_p50: Duration,
+    /// 99th percentile send-to-delivery latency.
     pub latency_p99: Duration,
 }
 
@@ -67,12 +79,26 @@ impl LoadReport {
 /// Errors of a load run.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The orderer could not be reached (TCP, TLS or HTTP/2).
     #[error(transparent)]
     Connect(#[from] crate::tls::dial::DialError),
+    /// A call failed.
     #[error("{what}: {status}")]
-    Rpc { what: &'static str, status: tonic::Status },
+    Rpc {
+        /// Which call.
+        what: &'static str,
+        /// Its status.
+        status: tonic::Status,
+    },
+    /// Deliver refused before the run.
     #[error("deliver on channel {channel} answered {} ({status}) before the run started", status_name(*status))]
-    Deliver { channel: String, status: i32 },
+    Deliver {
+        /// The channel.
+        channel: String,
+        /// The common.Status.
+        status: i32,
+    },
+    /// Envelopes could not be signed.
     #[error("signing envelopes: {0}")]
     Sign(String),
 }

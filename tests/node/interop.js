@@ -82,7 +82,8 @@ function usage(msg) {
 		process.stderr.write(`interop: ${msg}\n`);
 	}
 	process.stderr.write(`usage: node ${path.basename(__filename)} --orderer HOST:PORT --channel NAME ` +
-		'--msp-dir DIR --mspid MSPID --count N [--timeout-ms MS] [--verbose]\n');
+		'--msp-dir DIR --mspid MSPID --count N [--timeout-ms MS] [--tls-ca FILE [--tls-client-cert FILE ' +
+		'--tls-client-key FILE] [--tls-server-name NAME]] [--verbose]\n');
 	process.exit(2);
 }
 
@@ -95,6 +96,10 @@ function parseArgs(argv) {
 		'--mspid': 'mspid',
 		'--count': 'count',
 		'--timeout-ms': 'timeoutMs',
+		'--tls-ca': 'tlsCa',
+		'--tls-client-cert': 'tlsClientCert',
+		'--tls-client-key': 'tlsClientKey',
+		'--tls-server-name': 'tlsServerName',
 	};
 	for (let i = 0; i < argv.length; i++) {
 		const arg = argv[i];
@@ -123,8 +128,16 @@ function parseArgs(argv) {
 	if (!Number.isInteger(opts.timeoutMs) || opts.timeoutMs < 1) {
 		usage('--timeout-ms must be a positive integer');
 	}
-	// Accept "host:port" or "grpc://host:port". TLS (grpcs) is not used here.
-	opts.url = /^grpcs?:\/\//.test(opts.orderer) ? opts.orderer : `grpc://${opts.orderer}`;
+	// Accept "host:port" or "grpc://host:port"; with --tls-ca, grpcs.
+	const scheme = opts.tlsCa ? 'grpcs' : 'grpc';
+	opts.url = /^grpcs?:\/\//.test(opts.orderer) ? opts.orderer : `${scheme}://${opts.orderer}`;
+	if (opts.tlsCa) {
+		opts.tls = {
+			ca: fs.readFileSync(opts.tlsCa),
+			cert: opts.tlsClientCert ? fs.readFileSync(opts.tlsClientCert) : undefined,
+			key: opts.tlsClientKey ? fs.readFileSync(opts.tlsClientKey) : undefined,
+		};
+	}
 	return opts;
 }
 
@@ -236,7 +249,20 @@ const hex = (b) => Buffer.from(b || []).toString('hex');
 
 /** Step 1: broadcast N MESSAGE envelopes with fabric-common's Committer. */
 async function broadcastAll(opts, client, channel, idContext) {
-	const endpoint = client.newEndpoint({url: opts.url, requestTimeout: opts.timeoutMs});
+	// fabric-common's TLS options: the CA (pem), the client certificate
+	// (clientCert/clientKey, mutual TLS) and the name override.
+	const endpointOpts = {url: opts.url, requestTimeout: opts.timeoutMs};
+	if (opts.tls) {
+		endpointOpts.pem = opts.tls.ca.toString();
+		if (opts.tls.cert) {
+			endpointOpts.clientCert = opts.tls.cert.toString();
+			endpointOpts.clientKey = opts.tls.key.toString();
+		}
+		if (opts.tlsServerName) {
+			endpointOpts['ssl-target-name-override'] = opts.tlsServerName;
+		}
+	}
+	const endpoint = client.newEndpoint(endpointOpts);
 	const committer = client.newCommitter('consenter-host', opts.mspid);
 	await committer.connect(endpoint);
 	const txIds = [];
@@ -276,10 +302,16 @@ function deliverUntil(opts, channel, idContext, txIds) {
 
 	const addr = opts.url.replace(/^grpcs?:\/\//, '');
 	const AtomicBroadcast = fabproto6.services.orderer.AtomicBroadcast;
-	const service = new AtomicBroadcast(addr, require('fabric-protos/grpc').credentials.createInsecure(), {
-		'grpc.max_receive_message_length': -1,
-		'grpc.max_send_message_length': -1,
-	});
+	const grpc = require('fabric-protos/grpc');
+	const credentials = opts.tls ?
+		grpc.credentials.createSsl(opts.tls.ca, opts.tls.key || null, opts.tls.cert || null) :
+		grpc.credentials.createInsecure();
+	const grpcOpts = {'grpc.max_receive_message_length': -1, 'grpc.max_send_message_length': -1};
+	if (opts.tlsServerName) {
+		grpcOpts['grpc.ssl_target_name_override'] = opts.tlsServerName;
+		grpcOpts['grpc.default_authority'] = opts.tlsServerName;
+	}
+	const service = new AtomicBroadcast(addr, credentials, grpcOpts);
 
 	const pending = new Set(txIds);
 	const blocks = [];

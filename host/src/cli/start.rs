@@ -398,6 +398,9 @@ pub(crate) fn cluster_setup(a: &StartArgs) -> Result<Option<ClusterServing>> {
         (Some(c), Some(k), _, _) | (None, None, Some(c), Some(k)) => (c, k),
         _ => return Ok(None),
     };
+    if a.tls_root_cas.is_empty() {
+        tracing::warn!("the cluster transport trusts no root CA: pass --tls-root-ca to reach other consenters");
+    }
     let identity =
         ClientIdentity::from_files(identity.0, identity.1, &a.tls_root_cas).context("the cluster's TLS client")?;
     let transport = Transport::new(identity.clone(), TransportLimits::default());

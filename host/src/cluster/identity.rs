@@ -73,7 +73,7 @@ impl ClientIdentity {
         self.chain.first().map(|c| c.as_ref()).unwrap_or_default()
     }
 
-    /// The root CAs (for the block puller, which dials any endpoint).
+    /// The root CAs server certificates must chain to.
     pub fn roots(&self) -> Arc<RootCertStore> {
         self.roots.clone()
     }
@@ -84,7 +84,7 @@ impl ClientIdentity {
     pub fn client_config(&self, pin: Option<Vec<u8>>) -> Result<Arc<ClientConfig>, TlsError> {
         let webpki = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), tls::provider())
             .build()
-            .map_err(|e| TlsError::Pem { what: "cluster root CAs", path: PathBuf::new(), reason: e.to_string() })?;
+            .map_err(TlsError::ServerVerifier)?;
         let verifier: Arc<dyn ServerCertVerifier> = match pin {
             Some(spki) => Arc::new(PinnedServer { webpki, spki }),
             None => webpki,

@@ -113,7 +113,9 @@ pub(crate) fn spawn(rt: &tokio::runtime::Handle, ctx: PeerCtx) -> Peer {
 enum Ended {
     /// The queue's sender is gone: the member was removed.
     Removed,
-    /// The attempt or the stream failed.
+    /// The attempt or the stream failed; `was_up`: the stream had lived
+    /// long enough (the longest backoff) to count as a working connection,
+    /// so the backoff starts over.
     Failed { reason: String, connection: Option<Arc<Channel>>, was_up: bool },
 }
 
@@ -168,6 +170,8 @@ async fn attempt(ctx: &PeerCtx, rx: &mut mpsc::Receiver<StepRequest>, failed: Op
     ctx.counters.connections.fetch_add(1, Relaxed);
     ctx.events.send(TransportEvent::Connected { channel: ctx.channel.clone(), peer: ctx.id });
     tracing::debug!(channel = %ctx.channel, peer = ctx.id, endpoint = %ctx.endpoint, "cluster: stream to member open");
+    let opened = std::time::Instant::now();
+    let lived = || opened.elapsed() >= ctx.limits.backoff_max;
     let mut call = call;
     loop {
         tokio::select! {
@@ -177,19 +181,22 @@ async fn attempt(ctx: &PeerCtx, rx: &mut mpsc::Receiver<StepRequest>, failed: Op
                     Ok(Err(e)) => e,
                     Err(e) => format!("stream task: {e}"),
                 };
-                return Ended::Failed { reason, connection: Some(conn), was_up: true };
+                return Ended::Failed { reason, connection: Some(conn), was_up: lived() };
             }
             m = rx.recv() => match m {
                 None => return Ended::Removed,
                 Some(m) => {
+                    // Counted first: the receiver may have it before this
+                    // task runs again.
+                    ctx.counters.sent.fetch_add(1, Relaxed);
                     if tx.send(m).await.is_err() {
+                        ctx.counters.sent.fetch_sub(1, Relaxed);
                         let reason = match (&mut call.0).await {
                             Ok(Err(e)) => e,
                             _ => "the stream ended".to_string(),
                         };
-                        return Ended::Failed { reason, connection: Some(conn), was_up: true };
+                        return Ended::Failed { reason, connection: Some(conn), was_up: lived() };
                     }
-                    ctx.counters.sent.fetch_add(1, Relaxed);
                 }
             }
         }

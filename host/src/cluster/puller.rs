@@ -68,7 +68,7 @@ pub enum Failure {
     #[error("deliver failed: {0}")]
     Rpc(String),
     /// It answered a status instead of the block.
-    #[error("answered {} ({status})", crate::loadgen::status_name(*status))]
+    #[error("answered {} ({status})", status_name(*status))]
     Status {
         /// The common.Status.
         status: i32,
@@ -139,6 +139,11 @@ pub enum PullError {
         /// Each endpoint's failure.
         failures: Vec<EndpointFailure>,
     },
+}
+
+/// Fabric's name of a status (e.g. FORBIDDEN).
+fn status_name(status: i32) -> &'static str {
+    crate::proto::common::Status::try_from(status).map(|s| s.as_str_name()).unwrap_or("UNKNOWN_STATUS")
 }
 
 fn list(f: &[EndpointFailure]) -> String {

@@ -83,7 +83,8 @@ pub struct PeerStats {
     pub dropped: u64,
     /// Whether a connection to it is up now.
     pub connected: bool,
-    /// Connections made to it so far (reconnections included).
+    /// Streams opened to it so far (one per connection attempt that
+    /// reached it; reconnections included).
     pub connections: u64,
     /// Messages accepted from it.
     pub received: u64,

@@ -42,7 +42,7 @@ pub enum VerifyError {
         got: u64,
     },
     /// Its previous_hash is not the previous block's header hash.
-    #[error("block {number}: previous hash {found} is not the header hash {expected} of block {}", number - 1)]
+    #[error("block {number}: previous hash {found} is not the header hash {expected} of block {}", number.saturating_sub(1))]
     PreviousHash {
         /// Its number.
         number: u64,

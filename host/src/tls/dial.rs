@@ -20,6 +20,12 @@ use super::{HANDSHAKE_TIMEOUT, TlsError};
 /// How long a TCP connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// HTTP/2 pings on a connection this often (Fabric's client default).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A ping unanswered this long ends the connection (Fabric's default).
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A gRPC client's TLS: the rustls config (ALPN h2) and the server name
 /// to verify (default: the host of the address).
 #[derive(Clone)]
@@ -124,7 +130,14 @@ fn hint_for(e: &rustls::Error, has_client_cert: bool) -> &'static str {
 fn endpoint(addr: &str, scheme: &str) -> Result<Endpoint, DialError> {
     Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| DialError::Address { addr: addr.to_string(), reason: e.to_string() })
-        .map(|e| e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true))
+        .map(|e| {
+            // Fabric's client keepalive (General.Keepalive.ClientInterval,
+            // ClientTimeout): a peer that vanished without closing is noticed.
+            e.connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        })
 }
 
 /// A channel to `addr` that connects on first use and reconnects after a
@@ -169,7 +182,7 @@ pub fn from_transport(
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(d) = err.downcast_ref::<DialError>() {
-            return clone_dial(d);
+            return clone_dial(addr, d);
         }
         // TLS 1.3: a refused client certificate shows after the handshake,
         // as an alert read by the HTTP/2 layer.
@@ -191,7 +204,7 @@ pub fn from_transport(
 
 /// DialError holds sources that are not Clone; rebuild the variants the
 /// connector makes.
-fn clone_dial(d: &DialError) -> DialError {
+fn clone_dial(at: &str, d: &DialError) -> DialError {
     match d {
         DialError::Handshake { addr, source, hint } => {
             DialError::Handshake { addr: addr.clone(), source: source.clone(), hint }
@@ -207,7 +220,7 @@ fn clone_dial(d: &DialError) -> DialError {
             addr: addr.clone(),
             source: std::io::Error::new(source.kind(), source.to_string()),
         },
-        other => DialError::Grpc { addr: String::new(), reason: other.to_string(), hint: "" },
+        other => DialError::Grpc { addr: at.to_string(), reason: other.to_string(), hint: "" },
     }
 }
 
@@ -230,7 +243,7 @@ type Connecting = std::pin::Pin<Box<dyn Future<Output = Result<TokioIo<Prefixed>
 type TlsIo = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// A TLS stream with the bytes already read from it in front.
-pub struct Prefixed {
+pub(crate) struct Prefixed {
     head: Vec<u8>,
     at: usize,
     io: TlsIo,

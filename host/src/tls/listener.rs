@@ -120,12 +120,17 @@ async fn accept_loop(
         let tx = tx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(s.timeout, acceptor.accept(stream)).await {
+            // Fallible: a refused handshake gives the socket back, so the
+            // refusal is logged before the peer sees the connection close.
+            match tokio::time::timeout(s.timeout, acceptor.accept(stream).into_fallible()).await {
                 Ok(Ok(tls)) => {
                     tracing::debug!(listener = s.label, %peer, "TLS handshake done");
                     let _ = tx.send((tls, peer)).await;
                 }
-                Ok(Err(e)) => tracing::warn!(listener = s.label, %peer, error = %e, "TLS handshake refused"),
+                Ok(Err((e, socket))) => {
+                    tracing::warn!(listener = s.label, %peer, error = %e, "TLS handshake refused");
+                    drop(socket);
+                }
                 Err(_) => tracing::warn!(listener = s.label, %peer, timeout = ?s.timeout, "TLS handshake timed out"),
             }
         });

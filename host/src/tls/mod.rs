@@ -94,6 +94,9 @@ pub enum TlsError {
     /// The client certificate verifier could not be built.
     #[error("client certificate verifier: {0}")]
     Verifier(#[from] VerifierBuilderError),
+    /// The server certificate verifier could not be built (no root CA).
+    #[error("server certificate verifier: {0} (the root CAs to trust come from --tls-root-ca)")]
+    ServerVerifier(#[source] VerifierBuilderError),
     /// No protocol version the provider supports.
     #[error("TLS protocol versions: {0}")]
     Protocol(#[source] rustls::Error),
