@@ -182,7 +182,6 @@ pub struct SimNet {
     plugin: Plugin,
     signer: Arc<Signer>,
     clock: Arc<ManualClock>,
-    consenters: Vec<Consenter>,
     nodes: Vec<SimNode>,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     events: BTreeMap<u64, Event>,
@@ -268,7 +267,7 @@ impl SimNet {
         cfg: SimConfig,
         genesis: Block,
     ) -> Result<SimNet, RuntimeError> {
-        let config = ChannelConfig::from_config_block(&genesis)
+        ChannelConfig::from_config_block(&genesis)
             .map_err(|e| RuntimeError::Engine(format!("simulator: bad genesis block: {e}")))?;
         let mut nodes = Vec::new();
         for i in 0..cfg.nodes {
@@ -291,7 +290,6 @@ impl SimNet {
             plugin: plugin.clone(),
             signer,
             clock: ManualClock::new(),
-            consenters: config.consenters.clone(),
             nodes,
             queue: BinaryHeap::new(),
             events: BTreeMap::new(),
@@ -387,6 +385,68 @@ impl SimNet {
     /// Heals every partition.
     pub fn heal(&mut self) {
         self.cut.clear();
+    }
+
+    /// Submits a CONFIG_UPDATE envelope at node `i` as Broadcast does: the
+    /// update is checked and applied to the node's current config, and the
+    /// resulting CONFIG envelope is offered to its plugin. Err says why the
+    /// update was refused.
+    pub fn submit_config_update(&mut self, i: usize, update: Bytes) -> Result<bool, String> {
+        let cfg = self.nodes[i].status.config().ok_or("the node has no config")?;
+        let env = Envelope::parse(update.clone()).map_err(|e| e.to_string())?;
+        let pb = crate::proto::common::Envelope::decode(update).map_err(|e| e.to_string())?;
+        let types = vec![cfg.consensus_type.clone()];
+        let config_env = consenter_runtime::processor::config_update(&cfg, &self.signer, &pb, &env, &types)
+            .map_err(|e| e.to_string())?;
+        let Some(core) = self.nodes[i].core.as_mut() else { return Ok(false) };
+        let ok = core.enqueue(config_env).is_ok();
+        self.drain(i);
+        Ok(ok)
+    }
+
+    /// The consenter entry standing for node `i` (whether or not it is in
+    /// the channel), for config updates that add it.
+    pub fn consenter_entry(i: usize) -> crate::proto::etcdraft::Consenter {
+        let pem = pem::encode(&pem::Pem::new("CERTIFICATE", sim_cert(i))).into_bytes();
+        crate::proto::etcdraft::Consenter {
+            host: "sim".into(),
+            port: 7050 + 100 * i as u32,
+            client_tls_cert: pem.clone().into(),
+            server_tls_cert: pem.into(),
+        }
+    }
+
+    /// Adds node `len()` to the network, onboarded with node `from`'s
+    /// ledger up to its last config block (what `channel join` with that
+    /// block pulls), and starts it. Its index.
+    pub fn join(&mut self, from: usize) -> Result<usize, RuntimeError> {
+        let i = self.nodes.len();
+        let src = self.nodes[from].ledger.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let last = self.blocks(from).last().map(|b| block::last_config_and_metadata(b).0).unwrap_or(0);
+        let ledger = MemorySink::default();
+        *ledger.0.lock().unwrap_or_else(|p| p.into_inner()) = src.into_iter().take(last as usize + 1).collect();
+        self.nodes.push(SimNode {
+            core: None,
+            ledger,
+            store: SharedStore(Arc::new(Mutex::new(MemStore::new(1 << 30)))),
+            out: Arc::default(),
+            members: Arc::default(),
+            status: Arc::new(ChainStatus::default()),
+            cert: sim_cert(i),
+            starts: 0,
+        });
+        self.restart(i)?;
+        Ok(i)
+    }
+
+    /// What node `i`'s plugin reports of the cluster (leader, members).
+    pub fn cluster(&self, i: usize) -> Option<consenter_runtime::support::ClusterReport> {
+        self.nodes[i].status.cluster()
+    }
+
+    /// Node `i`'s channel config now.
+    pub fn config(&self, i: usize) -> Option<Arc<ChannelConfig>> {
+        self.nodes[i].status.config()
     }
 
     /// Offers an envelope at node `i`, validated under its current config
@@ -588,7 +648,7 @@ impl SimNet {
 
     fn node_of(&self, members: &BTreeMap<u64, Consenter>, id: u64) -> Option<usize> {
         let c = members.get(&id)?;
-        self.consenters.iter().position(|x| x == c)
+        self.nodes.iter().position(|n| cert_is(c, &n.cert))
     }
 
     fn delay(&mut self) -> Duration {

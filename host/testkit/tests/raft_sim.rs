@@ -19,6 +19,8 @@ fn signer() -> Arc<Signer> {
 }
 
 fn net(cfg: SimConfig) -> SimNet {
+    // RUST_LOG=info shows the plugins' log lines.
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
     let rt = Runtime::new(Limits::default()).unwrap();
     let bytes = std::fs::read(consenter_test_plugins::path("consenter_raft.wasm")).unwrap();
     let raft = rt.load("etcdraft", &bytes).unwrap();
@@ -180,4 +182,78 @@ fn the_same_seed_gives_the_same_run() {
     let (a, b) = (run(5), run(5));
     assert!(a.0[0].len() > 3, "the run ordered blocks");
     assert_eq!(a, b, "same seed, same blocks and the same number of events");
+}
+
+/// A CONFIG_UPDATE setting the channel's etcdraft consenters (the sim's
+/// channel has no organizations: no signature is needed).
+fn consenters_update(n: &SimNet, from: usize, consenters: Vec<consenter_testkit::proto::etcdraft::Consenter>) -> Bytes {
+    use consenter_testkit::proto::common::{ConfigGroup, ConfigUpdate, ConfigUpdateEnvelope};
+    use consenter_testkit::proto::etcdraft::ConfigMetadata;
+    use consenter_testkit::proto::orderer::ConsensusType;
+    use prost::Message;
+    let cfg = n.config(from).unwrap();
+    let root = cfg.config.channel_group.as_ref().unwrap();
+    let orderer = &root.groups["Orderer"];
+    let mut v = orderer.values["ConsensusType"].clone();
+    let mut ct = ConsensusType::decode(v.value.clone()).unwrap();
+    let mut md = ConfigMetadata::decode(ct.metadata.clone()).unwrap();
+    md.consenters = consenters;
+    ct.metadata = md.encode_to_vec().into();
+    v.value = ct.encode_to_vec().into();
+    v.version += 1;
+    let stub = |v: u64| ConfigGroup { version: v, ..Default::default() };
+    let mut read = stub(root.version);
+    read.groups.insert("Orderer".into(), stub(orderer.version));
+    let mut write = read.clone();
+    write.groups.get_mut("Orderer").unwrap().values.insert("ConsensusType".into(), v);
+    let update = ConfigUpdate {
+        channel_id: "simchannel".into(),
+        read_set: Some(read),
+        write_set: Some(write),
+        ..Default::default()
+    };
+    let cue = ConfigUpdateEnvelope { config_update: update.encode_to_vec().into(), signatures: vec![] };
+    envelope::build("simchannel", HeaderType::ConfigUpdate, "", cue.encode_to_vec().into(), None).unwrap()
+}
+
+#[test]
+fn a_consenter_is_added_then_another_removed_while_load_runs() {
+    let mut n = net(SimConfig { seed: 21, ..SimConfig::default() });
+    n.run_for(Duration::from_secs(5));
+    let mut accepted = load(&mut n, "a", 20);
+    // Add node 3 (ids 1..3 exist: it gets id 4).
+    let four: Vec<_> = (0..4).map(SimNet::consenter_entry).collect();
+    assert!(n.submit_config_update(0, consenters_update(&n, 0, four)).unwrap());
+    n.run_for(Duration::from_secs(2));
+    for i in 0..3 {
+        assert_eq!(n.config(i).unwrap().consenters.len(), 4, "node {i} applied the config");
+    }
+    let joined = n.join(0).unwrap();
+    n.run_for(Duration::from_secs(5));
+    accepted.extend(load(&mut n, "b", 20));
+    n.run_for(Duration::from_secs(3));
+    n.check_safety().unwrap();
+    assert!(n.errored(joined).is_none(), "{:?}", n.errored(joined));
+    assert_eq!(n.tx_ids(joined), n.tx_ids(0), "the new consenter holds the whole chain");
+    let r = n.cluster(joined).unwrap();
+    assert_eq!(r.self_id, 4, "{r:?}");
+    assert!(r.leader != 0);
+    // Remove node 1 (id 2): the other three keep ordering.
+    let without: Vec<_> = [0, 2, 3].into_iter().map(SimNet::consenter_entry).collect();
+    assert!(n.submit_config_update(0, consenters_update(&n, 0, without)).unwrap());
+    n.run_for(Duration::from_secs(3));
+    n.crash(1);
+    accepted.extend(load(&mut n, "c", 20));
+    n.run_for(Duration::from_secs(3));
+    n.check_safety().unwrap();
+    let ids = n.tx_ids(0);
+    for t in &accepted {
+        assert!(ids.contains(t), "{t} lost");
+    }
+    for i in [2, 3] {
+        assert_eq!(n.tx_ids(i), ids, "node {i}");
+        assert!(n.errored(i).is_none(), "node {i}: {:?}", n.errored(i));
+    }
+    let r = n.cluster(0).unwrap();
+    assert!(!r.active.contains(&2) || r.leader != 2, "{r:?}");
 }

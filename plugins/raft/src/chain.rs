@@ -751,8 +751,7 @@ impl Raft {
 
     /// As leader, brings raft's voters to the config's consenters, one
     /// conf change at a time (Fabric's etcdraft proposes AddNode or
-    /// RemoveNode after the config block). Before adding a node the log is
-    /// compacted, so the new node starts from a snapshot.
+    /// RemoveNode after the config block).
     fn reconcile_voters(&mut self) {
         if !self.can_cut() || self.conf_change.is_some() {
             return;
@@ -765,14 +764,6 @@ impl Raft {
             (None, Some(id)) => (ConfChangeType::RemoveNode, id),
             (None, None) => return,
         };
-        if kind == ConfChangeType::AddNode && !self.last_block.is_empty() {
-            let (index, block) = (self.applied, self.last_block.clone());
-            self.node.mut_store().compact(index, block);
-            if let Err(e) = self.node.mut_store().flush() {
-                self.fail(&e);
-                return;
-            }
-        }
         let mut cc = ConfChange::default();
         cc.set_change_type(kind);
         cc.node_id = id;
@@ -792,6 +783,15 @@ impl Raft {
             self.conf_change = None;
         }
         info(&format!("conf change applied at index {index}: {kind:?} {id}; voters {:?}", self.node.store().voters()));
+        // A new node starts from a snapshot whose conf state has it (raft
+        // refuses one without it): the leader compacts its log here.
+        if kind == ConfChangeType::AddNode && self.is_leader() && !self.last_block.is_empty() {
+            let block = self.last_block.clone();
+            self.node.mut_store().compact(index, block);
+            if let Err(e) = self.node.mut_store().flush() {
+                self.fail(&e);
+            }
+        }
         if kind == ConfChangeType::RemoveNode && id == self.me {
             info("this node was removed from the channel's consenters: it stops taking part");
             self.removed = true;
