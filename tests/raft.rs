@@ -27,8 +27,28 @@ use tonic::transport::Channel;
 
 const CHANNEL: &str = "raftchannel";
 
-/// The genesis block fixes the nodes' ports: one cluster at a time.
+/// The genesis block fixes the nodes' ports: one cluster at a time, in
+/// this process (a mutex) and across test processes (a file lock).
 static PORTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Holds the fixture's ports for the lifetime of the guard.
+struct PortsGuard {
+    _in_process: tokio::sync::MutexGuard<'static, ()>,
+    _file: std::fs::File,
+}
+
+async fn lock_ports() -> PortsGuard {
+    let g = PORTS.lock().await;
+    let path = std::env::temp_dir().join("consenter-host-fabric-fixture-ports.lock");
+    let file = tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::create(&path).unwrap();
+        f.lock().unwrap();
+        f
+    })
+    .await
+    .unwrap();
+    PortsGuard { _in_process: g, _file: file }
+}
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/fabric")
@@ -238,7 +258,7 @@ async fn until_ordered(i: usize, txs: &[String]) -> Vec<Block> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_order_through_any_node_and_agree() {
-    let _ports = PORTS.lock().await;
+    let _ports = lock_ports().await;
     let dir = tempfile::tempdir().unwrap();
     let _nodes: Vec<NodeProc> = (0..3).map(|i| raft_node(i, &dir.path().join(format!("n{i}")))).collect();
     let mut all = Vec::new();
@@ -263,7 +283,7 @@ async fn three_nodes_order_through_any_node_and_agree() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_ten_times_loses_no_written_block() {
-    let _ports = PORTS.lock().await;
+    let _ports = lock_ports().await;
     let dir = tempfile::tempdir().unwrap();
     let data = |i: usize| dir.path().join(format!("k{i}"));
     let mut nodes: Vec<Option<NodeProc>> = (0..3).map(|i| Some(raft_node(i, &data(i)))).collect();
@@ -310,4 +330,113 @@ async fn killing_the_leader_ten_times_loses_no_written_block() {
     let leader_changes =
         nodes.iter().flatten().filter_map(cluster_info).map(|c| c["leaderChanges"].as_u64().unwrap_or(0)).max();
     assert!(leader_changes.is_some_and(|n| n >= 1), "{leader_changes:?}");
+}
+
+/// A CONFIG_UPDATE of the raft channel setting its etcdraft consenters,
+/// signed by the orderer org's admin (the ConsensusType value's Admins
+/// policy), from the channel's config in `last_config`.
+fn consenters_update(last_config: &Block, consenters: Vec<consenter_host::proto::etcdraft::Consenter>) -> Envelope {
+    use consenter_host::proto::common::{ConfigSignature, ConfigUpdateEnvelope};
+    use consenter_host::proto::etcdraft::ConfigMetadata;
+    use consenter_host::proto::orderer::ConsensusType;
+    let config = config_in(last_config);
+    let orderer = &config.channel_group.as_ref().unwrap().groups["Orderer"];
+    let mut ct = ConsensusType::decode(orderer.values["ConsensusType"].value.clone()).unwrap();
+    let mut md = ConfigMetadata::decode(ct.metadata.clone()).unwrap();
+    md.consenters = consenters;
+    ct.metadata = md.encode_to_vec().into();
+    let update = orderer_value_update(CHANNEL, &config, "ConsensusType", ct.encode_to_vec());
+    let admin_dir = fixtures().join("crypto/ordererOrganizations/example.com/users/Admin@example.com/msp");
+    let admin = Signer::from_msp_dir(&admin_dir, "OrdererMSP").unwrap();
+    let cu: bytes::Bytes = update.encode_to_vec().into();
+    let sh = admin.new_signature_header().encode_to_vec();
+    let mut msg = sh.clone();
+    msg.extend_from_slice(&cu);
+    let sig = ConfigSignature { signature_header: sh.into(), signature: admin.sign(&msg).unwrap().into() };
+    let cue = ConfigUpdateEnvelope { config_update: cu, signatures: vec![sig] };
+    let b = envelope::build(CHANNEL, HeaderType::ConfigUpdate, "", cue.encode_to_vec().into(), Some(&admin)).unwrap();
+    Envelope::decode(b).unwrap()
+}
+
+/// The etcdraft consenter entry of orderer`i` (127.0.0.1:7050 + 100·i).
+fn consenter_entry(i: usize) -> consenter_host::proto::etcdraft::Consenter {
+    let cert = std::fs::read(orderer(i, "tls/server.crt")).unwrap();
+    consenter_host::proto::etcdraft::Consenter {
+        host: "127.0.0.1".into(),
+        port: 7050 + 100 * i as u32,
+        client_tls_cert: cert.clone().into(),
+        server_tls_cert: cert.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consenter_is_added_by_config_update_and_joins_from_the_latest_config_block() {
+    let _ports = lock_ports().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Option<NodeProc>> = (0..3).map(|i| Some(raft_node(i, &dir.path().join(format!("m{i}"))))).collect();
+    let first: Vec<String> = (0..10).map(|k| format!("before-{k}")).collect();
+    let first = broadcast_until_ok(1, &first).await;
+    let blocks = until_ordered(0, &first).await;
+    // Add orderer3 as a consenter.
+    let update = consenters_update(&blocks[0], (0..4).map(consenter_entry).collect());
+    let mut c = client(0).await;
+    let acks = broadcast_all(&mut c, vec![update]).await;
+    assert_eq!(acks[0].0, 200, "{acks:?}");
+    // The config block: the last block once it is written.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let config_block = loop {
+        let h = blocks.len() as u64;
+        let b = blocks_of(0, h).await;
+        if let Some(last) = b.last()
+            && config_in_opt(last).is_some()
+        {
+            break last.clone();
+        }
+        assert!(Instant::now() < deadline, "the config block was written");
+    };
+    let join_file = dir.path().join("join.block");
+    std::fs::write(&join_file, config_block.encode_to_vec()).unwrap();
+    // orderer3 joins from that block: it onboards, then takes part.
+    let n3 = raft_node_joining(3, &dir.path().join("m3"));
+    let (ok, out) = cli(&["channel", "join", "-o", n3.admin.as_ref().unwrap(), "-b", join_file.to_str().unwrap()]);
+    assert!(ok && (out.contains("\"status\": \"onboarding\"") || out.contains("\"status\": \"active\"")), "{out}");
+    nodes.push(Some(n3));
+    // Onboarding, then active (as osnadmin shows it in Fabric 2.3+).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out) = cli(&["channel", "show", "-o", nodes[3].as_ref().unwrap().admin.as_ref().unwrap(), "-c", CHANNEL]);
+        if ok && out.contains("\"status\": \"active\"") {
+            break;
+        }
+        assert!(ok && out.contains("\"status\": \"onboarding\""), "{out}");
+        assert!(Instant::now() < deadline, "orderer3 became active: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let second: Vec<String> = (0..10).map(|k| format!("after-{k}")).collect();
+    let second = broadcast_until_ok(3, &second).await;
+    let all = until_ordered(0, &second).await;
+    let on3 = blocks_of(3, all.len() as u64 - 1).await;
+    same_chain(&on3, &all);
+    let info = cluster_info(nodes[3].as_ref().unwrap()).expect("orderer3 reports its cluster");
+    assert_eq!(info["selfId"], 4, "{info}");
+}
+
+/// The Config of a config block, if it is one.
+fn config_in_opt(b: &Block) -> Option<consenter_host::proto::common::Config> {
+    use consenter_host::proto::common::{ChannelHeader, ConfigEnvelope, Payload};
+    let env = Envelope::decode(b.data.as_ref()?.data.first()?.clone()).ok()?;
+    let p = Payload::decode(env.payload).ok()?;
+    let ch = ChannelHeader::decode(p.header.as_ref()?.channel_header.clone()).ok()?;
+    (ch.r#type == HeaderType::Config as i32).then(|| ConfigEnvelope::decode(p.data).ok()?.config).flatten()
+}
+
+/// orderer`i` with no channel yet (it joins one through its admin API).
+fn raft_node_joining(i: usize, data: &Path) -> NodeProc {
+    let listen = format!("127.0.0.1:{}", 7050 + 100 * i);
+    let (msp, cert, key, ca) = (orderer(i, "msp"), orderer(i, "tls/server.crt"), orderer(i, "tls/server.key"), tlsca());
+    let args = [
+        "--listen", &listen, "--msp-dir", &msp, "--mspid", "OrdererMSP", "--tls-cert", &cert, "--tls-key", &key,
+        "--tls-root-ca", &ca, "--no-dev-channel",
+    ];
+    NodeProc::start_logged(data, &args, &data.with_extension("log"))
 }

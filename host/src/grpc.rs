@@ -125,6 +125,12 @@ fn check_one(node: &Arc<Node>, pb: common::Envelope) -> Check {
                     format!("channel {} is not running: {reason}", env.channel_id),
                 )));
             }
+            if node.is_onboarding(&env.channel_id) {
+                return Check::Done(Err(resp(
+                    common::Status::ServiceUnavailable,
+                    format!("channel {} is onboarding: its blocks are being pulled from its consenters", env.channel_id),
+                )));
+            }
             // A CONFIG_UPDATE for an unknown channel creates it through the
             // system channel, if the node has one.
             match (is_update, node.system_channel()) {

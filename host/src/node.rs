@@ -118,6 +118,8 @@ pub struct Node {
     chains: RwLock<HashMap<String, Arc<Chain>>>,
     cluster: Option<NodeCluster>,
     storage_quota: u64,
+    /// Channels pulling their blocks to join (their ledger so far).
+    onboarding: RwLock<HashMap<String, Ledger>>,
     /// Channels that could not start: the reason and the ledger's height
     /// (read when it failed, so showing it reads no ledger).
     broken: RwLock<HashMap<String, (String, u64)>>,
@@ -179,6 +181,7 @@ impl Node {
             chains: RwLock::new(HashMap::new()),
             cluster: cfg.cluster,
             storage_quota: cfg.storage_quota,
+            onboarding: RwLock::new(HashMap::new()),
             broken: RwLock::new(HashMap::new()),
         });
         let chains_dir = node.chains_dir();
@@ -240,7 +243,12 @@ impl Node {
 
     /// Every channel the node has, running or not, sorted.
     pub fn all_channels(&self) -> Vec<String> {
-        let mut v: Vec<String> = read(&self.chains).keys().chain(read(&self.broken).keys()).cloned().collect();
+        let mut v: Vec<String> = read(&self.chains)
+            .keys()
+            .chain(read(&self.broken).keys())
+            .chain(read(&self.onboarding).keys())
+            .cloned()
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -252,8 +260,24 @@ impl Node {
         read(&self.chains).values().find(|c| c.status().config().is_some_and(|c| c.system)).cloned()
     }
 
+    /// Whether the node is pulling `channel`'s blocks to join it.
+    pub fn is_onboarding(&self, channel: &str) -> bool {
+        read(&self.onboarding).contains_key(channel)
+    }
+
     /// What the channel participation API shows of a channel.
     pub fn info(&self, channel: &str) -> Option<ChannelInfo> {
+        if let Some(l) = read(&self.onboarding).get(channel) {
+            return Some(ChannelInfo {
+                name: channel.to_string(),
+                status: "onboarding",
+                consensus_relation: "consenter",
+                height: l.height(),
+                system: false,
+                error: None,
+                consenter: None,
+            });
+        }
         if let Some(c) = self.chain(channel) {
             let status = if c.status().errored().is_some() { "failed" } else { "active" };
             // Fabric: a consenter that reports no cluster relation (solo,
@@ -317,7 +341,10 @@ impl Node {
         if let Some(sys) = self.system_channel() {
             return Err(NodeError::SystemChannelExists { system: sys.channel().to_string() });
         }
-        if self.chain(&channel).is_some() || self.broken(&channel).is_some() {
+        if self.chain(&channel).is_some()
+            || self.broken(&channel).is_some()
+            || read(&self.onboarding).contains_key(&channel)
+        {
             return Err(NodeError::Exists(channel));
         }
         if cfg.system && !self.all_channels().is_empty() {
@@ -325,16 +352,100 @@ impl Node {
         }
         let number = block.header.as_ref().map(|h| h.number).unwrap_or_default();
         if number != 0 {
-            return Err(NodeError::Channel {
-                channel,
-                what: format!(
-                    "the join block is block {number}: only a genesis block (block 0) can be joined, since this \
-                     node cannot replicate earlier blocks from other orderers"
-                ),
-            });
+            return self.onboard(block, cfg);
         }
         self.create_channel_from_bytes(raw)?;
         self.info(&channel).ok_or(NodeError::NotFound(channel))
+    }
+
+    /// Joins a running channel from one of its later config blocks (block
+    /// `N` > 0), as Fabric 2.3+ does: the node must be one of the
+    /// consenters it names and run their consensus type as a clustered
+    /// plugin; it answers at once with status `onboarding`, pulls blocks
+    /// 0..=N from those consenters (each verified: hash chain, data hash,
+    /// the BlockValidation policy of the config in force), checks that
+    /// block N is the join block, and then starts the chain (`active`).
+    fn onboard(&self, join: Block, cfg: ChannelConfig) -> Result<ChannelInfo, NodeError> {
+        let channel = cfg.channel_id.clone();
+        let number = join.header.as_ref().map(|h| h.number).unwrap_or_default();
+        let refuse = |what: String| NodeError::Channel { channel: channel.clone(), what };
+        let plugin = self.plugin_for(&channel, &cfg)?;
+        let Some(cluster) = self.cluster.clone().filter(|_| plugin.world().is_clustered()) else {
+            return Err(refuse(format!(
+                "the join block is block {number}: joining a running channel needs its blocks from the other \
+                 consenters, and consensus type {} on this node {}",
+                cfg.consensus_type,
+                if plugin.world().is_clustered() { "has no cluster (start it with --tls-cert and --tls-key)" } else { "is a single-node plugin" }
+            )));
+        };
+        let me = crate::runtime::cluster::Membership::new(Some(cluster.identity.cert_der().to_vec()));
+        let Some(idx) = me.self_index(&cfg.consenters) else {
+            return Err(refuse(format!(
+                "this node's TLS certificate is in none of the consenter entries of join block {number}: add it \
+                 as a consenter first (following a channel without being a consenter is not supported)"
+            )));
+        };
+        let endpoints: Vec<String> = cfg
+            .consenters
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != idx as usize)
+            .map(|(_, c)| format!("{}:{}", c.host, c.port))
+            .collect();
+        let dir = self.channel_dir(&channel);
+        if dir.exists() {
+            return Err(NodeError::Exists(channel));
+        }
+        let ledger = Ledger::open(&dir)?;
+        write(&self.onboarding).insert(channel.clone(), ledger.clone());
+        tracing::info!(channel = %channel, join_block = number, ?endpoints, "onboarding: pulling the channel's blocks");
+        let me = self.me.clone();
+        let signer = self.signer.clone();
+        let ch = channel.clone();
+        cluster.runtime.spawn(async move {
+            use crate::cluster::puller::{BlockPuller, PullerConfig};
+            use crate::cluster::verify::BlockVerifier;
+            let cfgp = PullerConfig::new(&ch, endpoints, cluster.identity.clone(), signer);
+            let mut puller = BlockPuller::new(cfgp, BlockVerifier::new(cfg, 0, None));
+            let r = async {
+                let mut next = 0;
+                while next <= number {
+                    let last = (next + 63).min(number);
+                    let blocks = puller.pull(next, last).await.map_err(|e| e.to_string())?;
+                    if last == number
+                        && let Some(b) = blocks.last()
+                        && b.header != join.header
+                    {
+                        return Err(format!("block {number} pulled from the consenters is not the join block"));
+                    }
+                    let bytes: Vec<Bytes> = blocks.iter().map(|b| Bytes::from(b.encode_to_vec())).collect();
+                    ledger.append(&bytes).map_err(|e| e.to_string())?;
+                    next = last + 1;
+                }
+                Ok::<(), String>(())
+            }
+            .await;
+            let Some(node) = me.upgrade() else { return };
+            // Still onboarding until the chain runs (or failed to).
+            let started = r.and_then(|()| node.start_chain(&ch, ledger.clone()).map_err(|e| e.to_string()));
+            write(&node.onboarding).remove(&ch);
+            match started {
+                Ok(_) => tracing::info!(channel = %ch, height = ledger.height(), "onboarding done: the channel is active"),
+                Err(e) => {
+                    tracing::error!(channel = %ch, error = %e, "onboarding failed");
+                    write(&node.broken).insert(ch.clone(), (format!("onboarding failed: {e}"), ledger.height()));
+                }
+            }
+        });
+        Ok(ChannelInfo {
+            name: channel,
+            status: "onboarding",
+            consensus_relation: "consenter",
+            height: 0,
+            system: false,
+            error: None,
+            consenter: None,
+        })
     }
 
     /// Removes a channel: halts its chain and deletes its ledger. Refused

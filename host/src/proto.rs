@@ -3,7 +3,7 @@
 //! crate's build script against those messages. May touch nothing.
 #![allow(clippy::all, missing_docs)]
 
-pub use consenter_protos::{common, msp};
+pub use consenter_protos::{common, etcdraft, msp};
 
 /// `orderer` package: its messages and the AtomicBroadcast and Cluster
 /// clients and servers.
