@@ -243,3 +243,164 @@ impl storage::Host for PluginState {
         Ok(self.support.storage.as_ref().map_or(0, |s| s.quota_bytes()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    use bytes::Bytes;
+    use prost::Message;
+
+    use super::*;
+    use crate::channel::{ChannelConfig, ChannelTemplate, Consenter};
+    use crate::cluster::ClusterSink;
+    use crate::proto::etcdraft::{ConfigMetadata, Consenter as PbConsenter};
+    use crate::signer::Signer;
+    use crate::support::{BlockSink, ChainPosition, Clock, OnDurable, Support, SupportLimits};
+    use cluster::Host as _;
+    use replication::Host as _;
+    use storage::Host as _;
+
+    struct Wall;
+    impl Clock for Wall {
+        fn now(&self) -> Instant {
+            Instant::now()
+        }
+    }
+
+    struct NoLedger;
+    impl BlockSink for NoLedger {
+        fn write(&mut self, _: u64, _: Bytes, _: Option<OnDurable>) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// What the plugin sent, to whom.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<(u64, usize)>>>);
+    impl ClusterSink for Recorder {
+        fn set_members(&mut self, _: Option<u64>, _: &[(u64, Consenter)]) {}
+        fn send(&mut self, to: u64, payload: Bytes) -> Result<(), String> {
+            self.0.lock().unwrap().push((to, payload.len()));
+            Ok(())
+        }
+        fn forward(&mut self, _: u64, _: u64, _: Bytes) -> Result<(), String> {
+            Ok(())
+        }
+        fn catch_up(&mut self, _: u64, _: u64) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn pem_of(i: u8) -> Vec<u8> {
+        pem::encode(&pem::Pem::new("CERTIFICATE", vec![i; 8])).into_bytes()
+    }
+
+    /// A three-consenter etcdraft channel seen from consenter 0.
+    fn state(limits: SupportLimits) -> (PluginState, Recorder) {
+        let dir = tempfile::tempdir().unwrap();
+        let id = crate::signer::ensure_dev_identity(dir.path()).unwrap();
+        let signer = Arc::new(Signer::from_msp_dir(&id.orderer_msp, &id.mspid).unwrap());
+        let consenters = (0..3)
+            .map(|i| PbConsenter {
+                host: "h".into(),
+                port: 7050 + i,
+                client_tls_cert: pem_of(i as u8).into(),
+                server_tls_cert: pem_of(i as u8).into(),
+            })
+            .collect();
+        let mut t = ChannelTemplate::solo("unit");
+        t.consensus_type = "etcdraft".into();
+        t.consensus_metadata = ConfigMetadata { consenters, options: None }.encode_to_vec().into();
+        let genesis = t.genesis_block();
+        let cfg = Arc::new(ChannelConfig::from_config_block(&genesis).unwrap());
+        let hash = crate::block::header_hash(genesis.header.as_ref().unwrap());
+        let mut s = Support::new(
+            "unit",
+            cfg,
+            signer,
+            Box::new(NoLedger),
+            Arc::new(Wall),
+            ChainPosition { height: 1, last_hash: hash, last_config: 0 },
+            limits,
+        );
+        let rec = Recorder::default();
+        s.set_cluster(Box::new(rec.clone()), Some(vec![0u8; 8]));
+        s.set_storage(Box::new(consenter_storage::MemStore::new(1000)));
+        (PluginState::for_test(s), rec)
+    }
+
+    #[test]
+    fn sends_go_only_to_bound_peers_and_bad_ids_are_refused() {
+        let (mut st, rec) = state(SupportLimits::default());
+        assert_eq!(st.self_index().unwrap(), Some(0));
+        // Before bind-ids, nobody is a member.
+        assert!(matches!(st.send(2, vec![1]).unwrap(), Err(types::SupportError::Invalid(_))));
+        // Bad bindings: wrong length, a zero id, a repeated id.
+        for ids in [vec![1, 2], vec![0, 2, 3], vec![1, 1, 3]] {
+            assert!(matches!(st.bind_ids(ids).unwrap(), Err(types::SupportError::Invalid(_))));
+        }
+        st.bind_ids(vec![1, 2, 3]).unwrap().unwrap();
+        st.send(2, vec![7; 10]).unwrap().unwrap();
+        st.send(3, vec![7; 20]).unwrap().unwrap();
+        // To itself, or to an id that is no member: refused, nothing sent.
+        assert!(matches!(st.send(1, vec![1]).unwrap(), Err(types::SupportError::Invalid(_))));
+        assert!(matches!(st.send(99, vec![1]).unwrap(), Err(types::SupportError::Invalid(_))));
+        assert_eq!(*rec.0.lock().unwrap(), vec![(2, 10), (3, 20)]);
+    }
+
+    #[test]
+    fn a_flood_of_refused_sends_fails_the_chain() {
+        let (mut st, _) = state(SupportLimits { max_refusals: 5, ..SupportLimits::default() });
+        st.bind_ids(vec![1, 2, 3]).unwrap().unwrap();
+        for _ in 0..4 {
+            assert!(st.send(42, vec![]).unwrap().is_err());
+        }
+        assert!(st.support.failure().is_none());
+        // The fifth refusal fails the chain, and the call traps (the
+        // plugin may not keep the chain's thread busy with refused calls).
+        assert!(st.send(42, vec![]).is_err(), "at the cap the call traps");
+        assert!(st.support.failure().is_some_and(|f| f.contains("refused calls")));
+    }
+
+    #[test]
+    fn storage_quota_and_catch_up_target_are_enforced() {
+        let (mut st, _) = state(SupportLimits::default());
+        st.write(vec![storage::Op::Put((b"k".to_vec(), vec![0; 500]))]).unwrap().unwrap();
+        assert_eq!(st.get(b"k".to_vec()).unwrap().unwrap().map(|v| v.len()), Some(500));
+        // Past the 1000-byte quota: refused, nothing written.
+        let r = st.write(vec![storage::Op::Put((b"j".to_vec(), vec![0; 600]))]).unwrap();
+        assert!(matches!(r, Err(types::SupportError::LimitExceeded(_))), "{r:?}");
+        assert_eq!(st.get(b"j".to_vec()).unwrap().unwrap(), None);
+        assert_eq!(st.used_bytes().unwrap(), 501);
+        // A catch-up must aim above the height (1).
+        assert!(matches!(st.catch_up(1).unwrap(), Err(types::SupportError::Invalid(_))));
+        st.catch_up(5).unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_foreign_block_must_be_the_next_and_well_formed() {
+        let (mut st, _) = state(SupportLimits::default());
+        let r = st.block_from_bytes(b"not a block".to_vec()).unwrap();
+        assert!(matches!(r, Err(types::SupportError::Invalid(_))), "{r:?}");
+        // Block 5 when the next is 1.
+        let b = crate::block::new_block(5, &[1; 32], vec![]);
+        let r = st.block_from_bytes(b.encode_to_vec()).unwrap();
+        assert!(matches!(r, Err(types::SupportError::OutOfOrder(_))), "{r:?}");
+        // The next number, but a data hash that does not match its data.
+        let prev = st.support.last_hash;
+        let env = crate::envelope::build("unit", crate::proto::common::HeaderType::Message, "t", Bytes::new(), None)
+            .unwrap();
+        let mut b = crate::block::new_block(1, &prev, vec![env]);
+        b.header.as_mut().unwrap().data_hash = vec![0; 32].into();
+        let r = st.block_from_bytes(b.encode_to_vec()).unwrap();
+        assert!(matches!(r, Err(types::SupportError::Invalid(_))), "{r:?}");
+        // An envelope of another channel.
+        let other = crate::envelope::build("other", crate::proto::common::HeaderType::Message, "t", Bytes::new(), None)
+            .unwrap();
+        let b = crate::block::new_block(1, &prev, vec![other]);
+        let r = st.block_from_bytes(b.encode_to_vec()).unwrap();
+        assert!(matches!(&r, Err(types::SupportError::Invalid(m)) if m.contains("for channel other")), "{r:?}");
+    }
+}
