@@ -373,7 +373,8 @@ fn consenter_entry(i: usize) -> consenter_host::proto::etcdraft::Consenter {
 async fn a_consenter_is_added_by_config_update_and_joins_from_the_latest_config_block() {
     let _ports = lock_ports().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes: Vec<Option<NodeProc>> = (0..3).map(|i| Some(raft_node(i, &dir.path().join(format!("m{i}"))))).collect();
+    let mut nodes: Vec<Option<NodeProc>> =
+        (0..3).map(|i| Some(raft_node(i, &dir.path().join(format!("m{i}"))))).collect();
     let first: Vec<String> = (0..10).map(|k| format!("before-{k}")).collect();
     let first = broadcast_until_ok(1, &first).await;
     let blocks = until_ordered(0, &first).await;
@@ -404,7 +405,8 @@ async fn a_consenter_is_added_by_config_update_and_joins_from_the_latest_config_
     // Onboarding, then active (as osnadmin shows it in Fabric 2.3+).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (ok, out) = cli(&["channel", "show", "-o", nodes[3].as_ref().unwrap().admin.as_ref().unwrap(), "-c", CHANNEL]);
+        let (ok, out) =
+            cli(&["channel", "show", "-o", nodes[3].as_ref().unwrap().admin.as_ref().unwrap(), "-c", CHANNEL]);
         if ok && out.contains("\"status\": \"active\"") {
             break;
         }
@@ -435,8 +437,19 @@ fn raft_node_joining(i: usize, data: &Path) -> NodeProc {
     let listen = format!("127.0.0.1:{}", 7050 + 100 * i);
     let (msp, cert, key, ca) = (orderer(i, "msp"), orderer(i, "tls/server.crt"), orderer(i, "tls/server.key"), tlsca());
     let args = [
-        "--listen", &listen, "--msp-dir", &msp, "--mspid", "OrdererMSP", "--tls-cert", &cert, "--tls-key", &key,
-        "--tls-root-ca", &ca, "--no-dev-channel",
+        "--listen",
+        &listen,
+        "--msp-dir",
+        &msp,
+        "--mspid",
+        "OrdererMSP",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-root-ca",
+        &ca,
+        "--no-dev-channel",
     ];
     NodeProc::start_logged(data, &args, &data.with_extension("log"))
 }

@@ -128,7 +128,10 @@ fn check_one(node: &Arc<Node>, pb: common::Envelope) -> Check {
             if node.is_onboarding(&env.channel_id) {
                 return Check::Done(Err(resp(
                     common::Status::ServiceUnavailable,
-                    format!("channel {} is onboarding: its blocks are being pulled from its consenters", env.channel_id),
+                    format!(
+                        "channel {} is onboarding: its blocks are being pulled from its consenters",
+                        env.channel_id
+                    ),
                 )));
             }
             // A CONFIG_UPDATE for an unknown channel creates it through the

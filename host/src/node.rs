@@ -375,7 +375,11 @@ impl Node {
                 "the join block is block {number}: joining a running channel needs its blocks from the other \
                  consenters, and consensus type {} on this node {}",
                 cfg.consensus_type,
-                if plugin.world().is_clustered() { "has no cluster (start it with --tls-cert and --tls-key)" } else { "is a single-node plugin" }
+                if plugin.world().is_clustered() {
+                    "has no cluster (start it with --tls-cert and --tls-key)"
+                } else {
+                    "is a single-node plugin"
+                }
             )));
         };
         let me = crate::runtime::cluster::Membership::new(Some(cluster.identity.cert_der().to_vec()));
@@ -430,7 +434,9 @@ impl Node {
             let started = r.and_then(|()| node.start_chain(&ch, ledger.clone()).map_err(|e| e.to_string()));
             write(&node.onboarding).remove(&ch);
             match started {
-                Ok(_) => tracing::info!(channel = %ch, height = ledger.height(), "onboarding done: the channel is active"),
+                Ok(_) => {
+                    tracing::info!(channel = %ch, height = ledger.height(), "onboarding done: the channel is active")
+                }
                 Err(e) => {
                     tracing::error!(channel = %ch, error = %e, "onboarding failed");
                     write(&node.broken).insert(ch.clone(), (format!("onboarding failed: {e}"), ledger.height()));

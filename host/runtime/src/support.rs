@@ -355,7 +355,7 @@ impl Support {
 
     /// A block made by another consenter, from its bytes, as a handle to
     /// write (`replication.block-from-bytes`): it must be the next block to
-    /// create, link to the block before it, have the data hash of its data
+    /// write (height), link to the last written block, have the data hash of its data
     /// and envelopes that parse, for this channel. Its envelopes count as
     /// validated under the current sequence (the leader's host validated
     /// them); a config envelope's config must be what its last update gives
@@ -377,10 +377,12 @@ impl Support {
         let b = Block::decode(bytes).map_err(|e| E::Invalid(format!("not a common.Block: {e}")))?;
         let header = b.header.as_ref().ok_or_else(|| E::Invalid("the block has no header".into()))?;
         let n = header.number;
-        let (next, prev) = self.created;
+        // The next block to write: blocks this node created and did not
+        // write (a leader that lost its leadership) are void.
+        let (next, prev) = (self.height, self.last_hash);
         if n != next || (n > 0 && header.previous_hash.as_ref() != prev) {
             return Err(E::OutOfOrder(format!(
-                "block {n} is not the next block to create: that is {next}, linking to {}",
+                "block {n} is not the next block: that is {next}, linking to {}",
                 block::hex(&prev)
             )));
         }

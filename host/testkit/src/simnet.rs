@@ -382,8 +382,16 @@ impl SimNet {
         }
     }
 
-    /// Heals every partition.
+    /// Heals every partition and stops dropping and duplicating messages
+    /// (delays stay).
     pub fn heal(&mut self) {
+        self.cut.clear();
+        self.cfg.drop = 0.0;
+        self.cfg.duplicate = 0.0;
+    }
+
+    /// Heals partitions only, keeping the drop and duplication rates.
+    pub fn heal_partitions(&mut self) {
         self.cut.clear();
     }
 
@@ -634,8 +642,14 @@ impl SimNet {
                     }
                 }
                 Out::Forward(to, seq, env) => {
-                    if let Some(j) = self.node_of(&members, to) {
-                        self.schedule_faulty(i, j, |at| (at, Event::Forward { to: j, seq, env: env.clone() }));
+                    // A forward travels on a stream: lost with a cut or a
+                    // drop, never duplicated.
+                    if let Some(j) = self.node_of(&members, to)
+                        && !self.cut.contains(&(i, j))
+                        && self.rng.unit() >= self.cfg.drop
+                    {
+                        let at = self.clock.now() + self.delay();
+                        self.schedule(at, Event::Forward { to: j, seq, env: env.clone() });
                     }
                 }
                 Out::CatchUp(from, target) => {

@@ -546,6 +546,9 @@ impl Raft {
             self.send(m);
             let committed = light.take_committed_entries();
             self.apply(committed);
+            // A snapshot restored by raft moves its applied index past ours:
+            // what it covers is in the ledger or being pulled.
+            self.applied = self.applied.max(self.node.raft.raft_log.applied);
             self.node.advance_apply_to(self.applied);
             if let Err(e) = self.node.mut_store().flush() {
                 self.fail(&e);

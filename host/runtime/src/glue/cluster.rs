@@ -390,8 +390,8 @@ mod tests {
         assert!(matches!(r, Err(types::SupportError::OutOfOrder(_))), "{r:?}");
         // The next number, but a data hash that does not match its data.
         let prev = st.support.last_hash;
-        let env = crate::envelope::build("unit", crate::proto::common::HeaderType::Message, "t", Bytes::new(), None)
-            .unwrap();
+        let env =
+            crate::envelope::build("unit", crate::proto::common::HeaderType::Message, "t", Bytes::new(), None).unwrap();
         let mut b = crate::block::new_block(1, &prev, vec![env]);
         b.header.as_mut().unwrap().data_hash = vec![0; 32].into();
         let r = st.block_from_bytes(b.encode_to_vec()).unwrap();
