@@ -421,6 +421,40 @@ async fn a_consenter_is_added_by_config_update_and_joins_from_the_latest_config_
     same_chain(&on3, &all);
     let info = cluster_info(nodes[3].as_ref().unwrap()).expect("orderer3 reports its cluster");
     assert_eq!(info["selfId"], 4, "{info}");
+
+    // Then orderer1 is removed, while load runs through orderer3.
+    let last_config = all.iter().rev().find(|b| config_in_opt(b).is_some()).unwrap().clone();
+    let load = tokio::spawn(async {
+        let txs: Vec<String> = (0..30).map(|k| format!("during-removal-{k}")).collect();
+        broadcast_until_ok(3, &txs).await
+    });
+    let update = consenters_update(&last_config, [0, 2, 3].into_iter().map(consenter_entry).collect());
+    let acks = broadcast_all(&mut client(0).await, vec![update]).await;
+    assert_eq!(acks[0].0, 200, "{acks:?}");
+    let during = load.await.unwrap();
+    // Once the config commits, orderer1 is out: stop it; the others order.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let b = blocks_of(0, all.len() as u64).await;
+        if b.iter().skip(all.len()).any(|b| config_in_opt(b).is_some()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the removal's config block was written");
+        let _ = broadcast_until_ok(0, &[format!("nudge-{}", b.len())]).await;
+    }
+    nodes[1].as_mut().unwrap().kill();
+    nodes[1] = None;
+    let after: Vec<String> = (0..10).map(|k| format!("after-removal-{k}")).collect();
+    let after = broadcast_until_ok(2, &after).await;
+    let end = until_ordered(0, &after).await;
+    for i in [2, 3] {
+        same_chain(&blocks_of(i, end.len() as u64 - 1).await, &end);
+    }
+    let ids = tx_ids(&end);
+    let mut seen = std::collections::BTreeSet::new();
+    assert!(ids.iter().all(|t| seen.insert(t)), "an envelope ordered twice");
+    let ordered_during = during.iter().filter(|t| ids.contains(t)).count();
+    eprintln!("{ordered_during} of {} envelopes sent during the removal were ordered", during.len());
 }
 
 /// The Config of a config block, if it is one.
@@ -452,4 +486,34 @@ fn raft_node_joining(i: usize, data: &Path) -> NodeProc {
         "--no-dev-channel",
     ];
     NodeProc::start_logged(data, &args, &data.with_extension("log"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_while_the_log_is_compacted_catches_up_by_pulling_blocks() {
+    // SnapshotIntervalSize is 16 MiB in the fixture: 20,000 envelopes of
+    // 1 KiB while orderer2 is down make the others compact past it.
+    let _ports = lock_ports().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = |i: usize| dir.path().join(format!("c{i}"));
+    let mut nodes: Vec<Option<NodeProc>> = (0..3).map(|i| Some(raft_node(i, &data(i)))).collect();
+    let warm = broadcast_until_ok(0, &["warm".to_string()]).await;
+    until_ordered(2, &warm).await;
+    nodes[2].as_mut().unwrap().kill();
+    nodes[2] = None;
+    let signer = user1();
+    let mut sent = Vec::new();
+    for round in 0..20 {
+        let txs: Vec<String> = (0..1000).map(|k| format!("bulk{round}-{k}")).collect();
+        let envs = txs.iter().map(|t| signed_message(CHANNEL, t, 1024, Some(&signer))).collect();
+        let acks = broadcast_all(&mut client(0).await, envs).await;
+        assert!(acks.iter().all(|(st, _)| *st == 200), "{:?}", acks.iter().find(|a| a.0 != 200));
+        sent.extend(txs);
+    }
+    let last = sent.last().cloned().unwrap();
+    let done = until_ordered(0, std::slice::from_ref(&last)).await;
+    let bytes: usize = done.iter().map(|b| b.encode_to_vec().len()).sum();
+    assert!(bytes > 16 << 20, "the others wrote past SnapshotIntervalSize ({bytes} bytes)");
+    nodes[2] = Some(raft_node(2, &data(2)));
+    let back = blocks_of(2, done.len() as u64 - 1).await;
+    same_chain(&back, &done);
 }
