@@ -538,7 +538,9 @@ impl Raft {
                 let m = ready.take_persisted_messages();
                 self.send(m);
             }
-            let mut light = self.node.advance(ready);
+            // advance_append, not advance: raft must not count as applied
+            // the entries held back during a catch-up.
+            let mut light = self.node.advance_append(ready);
             if let Some(c) = light.commit_index() {
                 self.node.mut_store().set_commit(c);
             }
@@ -549,7 +551,9 @@ impl Raft {
             // A snapshot restored by raft moves its applied index past ours:
             // what it covers is in the ledger or being pulled.
             self.applied = self.applied.max(self.node.raft.raft_log.applied);
-            self.node.advance_apply_to(self.applied);
+            if self.applied > self.node.raft.raft_log.applied {
+                self.node.advance_apply_to(self.applied);
+            }
             if let Err(e) = self.node.mut_store().flush() {
                 self.fail(&e);
                 return;
