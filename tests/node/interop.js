@@ -32,6 +32,13 @@
  * Usage:
  *   node interop.js --orderer 127.0.0.1:7050 --channel devchannel \
  *        --msp-dir DIR --mspid DevMSP --count N [--timeout-ms 30000] [--verbose]
+ *        [--tls-ca CA.pem [--tls-server-name NAME]]
+ *
+ * With --tls-ca the script speaks TLS (grpcs) to the orderer, whose
+ * certificate must chain to CA.pem, as a Fabric client configured with the
+ * orderer's TLS CA does: fabric-common's Endpoint gets it as `pem` (and
+ * NAME as `ssl-target-name-override`), the Deliver client as
+ * grpc.credentials.createSsl (and grpc.ssl_target_name_override).
  */
 
 'use strict';
@@ -82,7 +89,8 @@ function usage(msg) {
 		process.stderr.write(`interop: ${msg}\n`);
 	}
 	process.stderr.write(`usage: node ${path.basename(__filename)} --orderer HOST:PORT --channel NAME ` +
-		'--msp-dir DIR --mspid MSPID --count N [--timeout-ms MS] [--verbose]\n');
+		'--msp-dir DIR --mspid MSPID --count N [--timeout-ms MS] [--tls-ca FILE [--tls-server-name NAME]] ' +
+		'[--verbose]\n');
 	process.exit(2);
 }
 
@@ -95,6 +103,8 @@ function parseArgs(argv) {
 		'--mspid': 'mspid',
 		'--count': 'count',
 		'--timeout-ms': 'timeoutMs',
+		'--tls-ca': 'tlsCa',
+		'--tls-server-name': 'tlsServerName',
 	};
 	for (let i = 0; i < argv.length; i++) {
 		const arg = argv[i];
@@ -123,8 +133,13 @@ function parseArgs(argv) {
 	if (!Number.isInteger(opts.timeoutMs) || opts.timeoutMs < 1) {
 		usage('--timeout-ms must be a positive integer');
 	}
-	// Accept "host:port" or "grpc://host:port". TLS (grpcs) is not used here.
-	opts.url = /^grpcs?:\/\//.test(opts.orderer) ? opts.orderer : `grpc://${opts.orderer}`;
+	if (opts.tlsServerName && !opts.tlsCa) {
+		usage('--tls-server-name needs --tls-ca');
+	}
+	// Accept "host:port" or "grpc[s]://host:port"; --tls-ca means grpcs.
+	const hostPort = opts.orderer.replace(/^grpcs?:\/\//, '');
+	opts.url = opts.tlsCa ? `grpcs://${hostPort}` : `grpc://${hostPort}`;
+	opts.pem = opts.tlsCa ? fs.readFileSync(opts.tlsCa, 'utf8') : null;
 	return opts;
 }
 
@@ -236,7 +251,14 @@ const hex = (b) => Buffer.from(b || []).toString('hex');
 
 /** Step 1: broadcast N MESSAGE envelopes with fabric-common's Committer. */
 async function broadcastAll(opts, client, channel, idContext) {
-	const endpoint = client.newEndpoint({url: opts.url, requestTimeout: opts.timeoutMs});
+	const endpointOptions = {url: opts.url, requestTimeout: opts.timeoutMs};
+	if (opts.pem) {
+		endpointOptions.pem = opts.pem;
+		if (opts.tlsServerName) {
+			endpointOptions['ssl-target-name-override'] = opts.tlsServerName;
+		}
+	}
+	const endpoint = client.newEndpoint(endpointOptions);
 	const committer = client.newCommitter('consenter-host', opts.mspid);
 	await committer.connect(endpoint);
 	const txIds = [];
@@ -276,10 +298,17 @@ function deliverUntil(opts, channel, idContext, txIds) {
 
 	const addr = opts.url.replace(/^grpcs?:\/\//, '');
 	const AtomicBroadcast = fabproto6.services.orderer.AtomicBroadcast;
-	const service = new AtomicBroadcast(addr, require('fabric-protos/grpc').credentials.createInsecure(), {
+	const grpcCredentials = require('fabric-protos/grpc').credentials;
+	const credentials = opts.pem ? grpcCredentials.createSsl(Buffer.from(opts.pem)) : grpcCredentials.createInsecure();
+	const channelOptions = {
 		'grpc.max_receive_message_length': -1,
 		'grpc.max_send_message_length': -1,
-	});
+	};
+	if (opts.tlsServerName) {
+		channelOptions['grpc.ssl_target_name_override'] = opts.tlsServerName;
+		channelOptions['grpc.default_authority'] = opts.tlsServerName;
+	}
+	const service = new AtomicBroadcast(addr, credentials, channelOptions);
 
 	const pending = new Set(txIds);
 	const blocks = [];
