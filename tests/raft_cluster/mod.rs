@@ -173,8 +173,13 @@ impl Net {
 
     /// Blocks 0..=stop of node `i`, waiting up to 60 s for them.
     pub async fn blocks_of(&self, i: usize, stop: u64) -> Vec<Block> {
+        self.blocks_range(i, 0, stop).await
+    }
+
+    /// Blocks start..=stop of node `i`, waiting up to 60 s for them.
+    pub async fn blocks_range(&self, i: usize, start: u64, stop: u64) -> Vec<Block> {
         let mut c = self.client(i).await;
-        let req = tokio_stream::iter(vec![self.seek(0, stop, &user1())]);
+        let req = tokio_stream::iter(vec![self.seek(start, stop, &user1())]);
         let fut = async {
             let mut s = c.deliver(req).await.unwrap().into_inner();
             let mut out = vec![];
@@ -235,16 +240,18 @@ impl Net {
     /// its blocks then (0 up to the first height that holds them all).
     pub async fn until_ordered(&self, i: usize, txs: &[String]) -> Vec<Block> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut stop = 1;
-        loop {
-            let blocks = self.blocks_of(i, stop).await;
-            let ids = tx_ids(&blocks);
-            if txs.iter().all(|t| ids.contains(t)) {
-                return blocks;
+        let mut missing: std::collections::HashSet<&String> = txs.iter().collect();
+        let mut blocks = self.blocks_of(i, 0).await;
+        while !missing.is_empty() {
+            assert!(Instant::now() < deadline, "node {i}: {} envelopes not ordered in time", missing.len());
+            let n = blocks.len() as u64;
+            let next = self.blocks_range(i, n, n).await;
+            for t in next.iter().flat_map(block_tx_ids) {
+                missing.remove(&t);
             }
-            assert!(Instant::now() < deadline, "node {i}: not every envelope ordered in time");
-            stop += 1;
+            blocks.extend(next);
         }
+        blocks
     }
 
     /// Waits until every node in `which` has blocks holding every id of
@@ -349,13 +356,16 @@ pub fn txs(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|k| format!("{prefix}-{k}")).collect()
 }
 
+/// The transaction ids of a block's envelopes.
+pub fn block_tx_ids(b: &Block) -> Vec<String> {
+    let data = b.data.as_ref().map(|d| d.data.clone()).unwrap_or_default();
+    data.into_iter().map(|d| consenter_host::envelope::Envelope::parse(d).unwrap().tx_id).collect()
+}
+
+/// The transaction ids of the envelopes of `blocks` after the genesis
+/// block (a chain from block 0).
 pub fn tx_ids(blocks: &[Block]) -> Vec<String> {
-    blocks
-        .iter()
-        .skip(1)
-        .flat_map(|b| b.data.as_ref().map(|d| d.data.clone()).unwrap_or_default())
-        .map(|d| consenter_host::envelope::Envelope::parse(d).unwrap().tx_id)
-        .collect()
+    blocks.iter().skip(1).flat_map(block_tx_ids).collect()
 }
 
 /// Headers and data of two ledgers are identical, and each verifies (data
