@@ -36,6 +36,11 @@ pub const BASE: &str = "/participation/v1/";
 /// Path prefix of the channel participation API.
 pub const CHANNELS: &str = "/participation/v1/channels";
 
+/// The cluster transport's counters (not part of Fabric's API): what the
+/// node sent, dropped and received per channel and member, and every
+/// inbound message it refused, by reason ([`ClusterStatsView`]).
+pub const CLUSTER_STATS: &str = "/cluster/v1/stats";
+
 /// Largest join request accepted (a config block is far smaller; Fabric's
 /// default AbsoluteMaxBytes plus room for the multipart framing).
 pub const MAX_BODY: usize = 11 * 1024 * 1024;
@@ -79,6 +84,80 @@ pub struct ChannelView {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consenter: Option<ConsenterInfo>,
+}
+
+/// [`CLUSTER_STATS`]: a snapshot of the transport's counters
+/// ([`crate::cluster::TransportStats`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatsView {
+    /// Inbound messages refused, by reason (every reason, zeros included):
+    /// `noCertificate`, `unknownChannel`, `notMember`, `oversized`,
+    /// `malformed`.
+    pub refused: std::collections::BTreeMap<String, u64>,
+    /// Per channel the transport has members for.
+    pub channels: std::collections::BTreeMap<String, ChannelStatsView>,
+}
+
+/// One channel of [`ClusterStatsView`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelStatsView {
+    /// This node's member id.
+    pub self_id: u64,
+    /// Messages naming this channel refused because the sender is not a
+    /// member (or sent no certificate).
+    pub refused: u64,
+    /// The other members, by id.
+    pub peers: std::collections::BTreeMap<u64, PeerStatsView>,
+}
+
+/// One member of [`ChannelStatsView`] ([`crate::cluster::PeerStats`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatsView {
+    pub endpoint: String,
+    pub sent: u64,
+    pub dropped: u64,
+    pub connected: bool,
+    pub connections: u64,
+    pub received: u64,
+    /// Messages from it that were refused (oversized, malformed).
+    pub refused: u64,
+    /// Submits it refused.
+    pub refused_by_peer: u64,
+}
+
+impl From<crate::cluster::TransportStats> for ClusterStatsView {
+    fn from(s: crate::cluster::TransportStats) -> Self {
+        use crate::cluster::Refusal;
+        let refused = Refusal::ALL.iter().map(|r| (r.name().to_string(), s.refused_for(*r))).collect();
+        let channels = s
+            .channels
+            .into_iter()
+            .map(|(name, c)| {
+                let peers = c
+                    .peers
+                    .into_iter()
+                    .map(|(id, p)| {
+                        let view = PeerStatsView {
+                            endpoint: p.endpoint,
+                            sent: p.sent,
+                            dropped: p.dropped,
+                            connected: p.connected,
+                            connections: p.connections,
+                            received: p.received,
+                            refused: p.refused,
+                            refused_by_peer: p.refused_by_peer,
+                        };
+                        (id, view)
+                    })
+                    .collect();
+                (name, ChannelStatsView { self_id: c.self_id, refused: c.refused, peers })
+            })
+            .collect();
+        ClusterStatsView { refused, channels }
+    }
 }
 
 /// Fabric's ErrorResponse.
@@ -148,6 +227,7 @@ impl Access {
 #[derive(Clone)]
 struct AppState {
     node: Arc<Node>,
+    cluster: Option<crate::cluster::Transport>,
 }
 
 /// The channel participation router over `node`. Serve it with
@@ -156,7 +236,13 @@ struct AppState {
 /// every answer carries `X-Request-Id` (the request's own, else a new
 /// UUID); 200s carry `Cache-Control: no-store`.
 pub fn router(node: Arc<Node>, access: Access) -> Router {
+    router_with_cluster(node, access, None)
+}
+
+/// [`router`], plus [`CLUSTER_STATS`] over the node's cluster transport.
+pub fn router_with_cluster(node: Arc<Node>, access: Access, cluster: Option<crate::cluster::Transport>) -> Router {
     Router::new()
+        .route(CLUSTER_STATS, get(cluster_stats).fallback(not_allowed_base))
         .route(CHANNELS, get(list).post(join).fallback(not_allowed_list))
         .route(&format!("{CHANNELS}/{{channel}}"), get(show).delete(remove).fallback(not_allowed_channel))
         .route(BASE, get(redirect_base).fallback(not_allowed_base))
@@ -164,27 +250,28 @@ pub fn router(node: Arc<Node>, access: Access) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(Arc::new(access), check_access))
         .layer(axum::middleware::from_fn(request_id))
-        .with_state(AppState { node })
+        .with_state(AppState { node, cluster })
 }
 
 /// Serves the admin endpoint on `listener` until `shutdown` resolves:
 /// plain HTTP for loopback clients, or HTTPS with client certificates
-/// when `tls` is given.
+/// when `tls` is given; with `cluster`, the transport's counters too.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     node: Arc<Node>,
+    cluster: Option<crate::cluster::Transport>,
     tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     match tls {
         None => {
-            let app = router(node, Access::LoopbackOnly);
+            let app = router_with_cluster(node, Access::LoopbackOnly, cluster);
             axum::serve(listener, app.into_make_service_with_connect_info::<AdminPeer>())
                 .with_graceful_shutdown(shutdown)
                 .await
         }
         Some(tls) => {
-            let app = router(node, Access::Authenticated { admin_cns: tls.admin_cns });
+            let app = router_with_cluster(node, Access::Authenticated { admin_cns: tls.admin_cns }, cluster);
             let listener = TlsListener::new(listener, tls.config, tls::HANDSHAKE_TIMEOUT, "admin endpoint", false)?;
             axum::serve(listener, app.into_make_service_with_connect_info::<AdminPeer>())
                 .with_graceful_shutdown(shutdown)
@@ -360,6 +447,16 @@ async fn show(State(st): State<AppState>, Path(channel): Path<String>) -> Respon
     match st.node.info(&channel) {
         Some(i) => ok_no_store(&ChannelView::from(i)),
         None => error(StatusCode::NOT_FOUND, NodeError::NotFound(channel).to_string()),
+    }
+}
+
+async fn cluster_stats(State(st): State<AppState>) -> Response {
+    match &st.cluster {
+        Some(t) => ok_no_store(&ClusterStatsView::from(t.stats())),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "this node has no cluster transport (it serves one with --tls-cert and --tls-key, or --cluster-tls-cert)",
+        ),
     }
 }
 

@@ -458,11 +458,12 @@ pub(crate) async fn serve(
         let (scheme, how) = if tls.is_some() { ("https", ", mutual TLS") } else { ("http", ", loopback clients") };
         println!("admin endpoint on {scheme}://{} (channel participation API{how})", l.local_addr()?);
         let n = node.clone();
+        let transport = cluster.as_ref().map(|c| c.transport.clone());
         tokio::spawn(async move {
             let stop = async {
                 let _ = admin_stop_rx.await;
             };
-            if let Err(e) = admin::serve(l, n, tls, stop).await {
+            if let Err(e) = admin::serve(l, n, transport, tls, stop).await {
                 tracing::error!(error = %e, "admin endpoint stopped");
             }
         });

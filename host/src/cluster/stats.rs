@@ -29,6 +29,17 @@ impl Refusal {
     pub const ALL: [Refusal; 5] =
         [Refusal::NoCertificate, Refusal::UnknownChannel, Refusal::NotMember, Refusal::Oversized, Refusal::Malformed];
 
+    /// Its name in the admin endpoint's cluster stats.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::NoCertificate => "noCertificate",
+            Refusal::UnknownChannel => "unknownChannel",
+            Refusal::NotMember => "notMember",
+            Refusal::Oversized => "oversized",
+            Refusal::Malformed => "malformed",
+        }
+    }
+
     /// Fabric's text where it has one (orderer/common/cluster/comm.go).
     pub fn text(self) -> &'static str {
         match self {
