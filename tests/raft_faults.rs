@@ -166,15 +166,11 @@ async fn crashes(net: &Net, node: &NodeProc) -> u64 {
 /// A leader that loses its quorum after it created a block (accepted
 /// Broadcasts, cut a batch, proposed it) steps down; when the others
 /// return and the cluster orders again, it must follow without its plugin
-/// crashing. Today its host still counts the block it created and never
-/// wrote, so the next block committed at that height (its own old
-/// proposal, or the new leader's) is refused by `block-from-bytes`
-/// (`block N is not the next block to create: that is N+1`), the plugin
-/// fails the chain and then panics in raft-rs (`applied(..) is out of
-/// range`), and the instance is reloaded.
+/// crashing. (It used to: its host still counted the block it created
+/// and never wrote, so the next block committed at that height was
+/// refused by `block-from-bytes`; a foreign block is now checked against
+/// the last written block, voiding what a deposed leader created.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "raft plugin bug: a leader that stepped down with a created, unwritten block has the next committed block \
-            refused (block-from-bytes: not the next block to create) and its plugin crashes; see the test's doc"]
 async fn a_leader_that_lost_its_quorum_with_a_block_in_flight_follows_without_crashing() {
     let _ports = PORTS.lock().await;
     let net = Net::raft3();
@@ -220,16 +216,11 @@ async fn a_leader_that_lost_its_quorum_with_a_block_in_flight_follows_without_cr
 
 /// A follower stopped while the others order past their log compaction
 /// (SnapshotIntervalSize, 16 MiB by default) gets a snapshot when it
-/// returns and catches up by pulling blocks, while load goes on. Today the
-/// returning node's plugin panics in raft-rs as soon as an entry commits
-/// while its catch-up runs: the entry is deferred, `process` has already
-/// let `RawNode::advance` move raft's applied index past it, and
-/// `advance_apply_to(self.applied)` with the lower index panics
-/// (`applied(18) is out of range [prev_applied(20), ...]`, raft_log.rs:314);
-/// every reload panics the same way in `start`, and the channel fails.
+/// returns and catches up by pulling blocks, while load goes on. (Its
+/// plugin used to panic in raft-rs as soon as an entry committed during
+/// the catch-up: `RawNode::advance` counted the held-back entry as
+/// applied; the plugin now uses `advance_append` and applies itself.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "raft plugin bug: an entry committed during a catch-up is deferred, then advance_apply_to(applied) below \
-            raft's applied index panics; the returning node crash-loops (see the test's doc)"]
 async fn a_node_behind_the_compacted_log_catches_up_by_pulling_under_load() {
     let _ports = PORTS.lock().await;
     let t0 = Instant::now();
