@@ -346,7 +346,7 @@ async fn non_members_unknown_channels_and_malformed_messages_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_members_queue_fills_and_drops_without_blocking() {
-    let a = TestNode::start(0, TransportLimits { queue_depth: 8, ..limits() });
+    let a = TestNode::start(0, TransportLimits { queue_depth: 8, submit_queue_depth: 4, ..limits() });
     // A port nobody listens on.
     let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let mut a = a;
@@ -356,9 +356,14 @@ async fn an_unreachable_members_queue_fills_and_drops_without_blocking() {
     for r in &results[8..] {
         assert_eq!(r, &Err(SendError::QueueFull { channel: "ch".into(), id: 2, depth: 8 }));
     }
+    // Forwarded envelopes have room of their own beyond raft's depth
+    // (submit_queue_depth), and are bounded too.
+    let submits: Vec<_> = (0..5).map(|i| a.t.send_submit("ch", 2, 0, envelope(i))).collect();
+    assert!(submits[..4].iter().all(|r| r.is_ok()), "{submits:?}");
+    assert!(matches!(submits[4], Err(SendError::QueueFull { .. })), "{submits:?}");
     let s = a.t.stats();
     let p = s.peer("ch", 2).unwrap();
-    assert_eq!((p.sent, p.dropped, p.connected, p.connections), (0, 12, false, 0), "{s:?}");
+    assert_eq!((p.sent, p.dropped, p.connected, p.connections), (0, 13, false, 0), "{s:?}");
     // It keeps trying.
     let reason = a.event(|e| match e {
         TransportEvent::Disconnected { peer: 2, reason, .. } => Some(reason.clone()),

@@ -156,6 +156,12 @@ pub struct TransportLimits {
     /// Messages queued per (channel, member) before sends are dropped
     /// (Fabric's General.Cluster.SendBufferSize, default 100).
     pub queue_depth: usize,
+    /// Forwarded envelopes (SubmitRequests) queued per (channel, member)
+    /// on top of `queue_depth`: a follower forwards every Broadcast to the
+    /// leader, and a burst of them must not be dropped at raft's depth
+    /// (Fabric's follower blocks on the stream instead; ours may not block
+    /// the chain). Envelopes are at most AbsoluteMaxBytes each.
+    pub submit_queue_depth: usize,
     /// Largest payload (a consensus message, or a forwarded envelope)
     /// sent or accepted, in bytes (Fabric's default gRPC limit: 100 MiB).
     pub max_message_bytes: usize,
@@ -169,6 +175,7 @@ impl Default for TransportLimits {
     fn default() -> Self {
         TransportLimits {
             queue_depth: 100,
+            submit_queue_depth: 10_000,
             max_message_bytes: 100 * 1024 * 1024,
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),

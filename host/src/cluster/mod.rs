@@ -317,9 +317,16 @@ impl Transport {
         let unknown = || SendError::UnknownMember { channel: channel.to_string(), id: to };
         let entry = table.channels.get(channel).and_then(|c| c.members.get(&to)).ok_or_else(unknown)?;
         let peer = entry.outbound.as_ref().ok_or_else(unknown)?;
-        match peer.tx.try_send(req) {
-            Ok(()) => Ok(()),
-            Err(_) => {
+        let consensus = outbound::is_consensus(&req);
+        let depth = self.shared.limits.queue_depth.max(1);
+        let room = !consensus || peer.consensus_queued.fetch_add(1, Relaxed) < depth;
+        let sent = room && peer.tx.try_send(req).is_ok();
+        if consensus && !sent {
+            peer.consensus_queued.fetch_sub(1, Relaxed);
+        }
+        match sent {
+            true => Ok(()),
+            false => {
                 entry.counters.dropped.fetch_add(1, Relaxed);
                 Err(SendError::QueueFull {
                     channel: channel.to_string(),

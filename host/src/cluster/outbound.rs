@@ -81,6 +81,9 @@ impl ConnPool {
 /// the connection closes if no other channel uses it).
 pub(crate) struct Peer {
     pub tx: mpsc::Sender<StepRequest>,
+    /// Consensus messages queued now (at most `queue_depth`; the rest of
+    /// the queue's room is for forwarded envelopes).
+    pub consensus_queued: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::AbortHandle,
 }
 
@@ -104,9 +107,16 @@ pub(crate) struct PeerCtx {
 
 /// Starts a member's worker on `rt`.
 pub(crate) fn spawn(rt: &tokio::runtime::Handle, ctx: PeerCtx) -> Peer {
-    let (tx, rx) = mpsc::channel(ctx.limits.queue_depth.max(1));
-    let task = rt.spawn(run(ctx, rx));
-    Peer { tx, task: task.abort_handle() }
+    let (tx, rx) = mpsc::channel(ctx.limits.queue_depth.max(1) + ctx.limits.submit_queue_depth);
+    let consensus_queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let task = rt.spawn(run(ctx, rx, consensus_queued.clone()));
+    Peer { tx, consensus_queued, task: task.abort_handle() }
+}
+
+/// Whether a queued request is a consensus message (counted against
+/// `queue_depth`).
+pub(crate) fn is_consensus(r: &StepRequest) -> bool {
+    matches!(r.payload, Some(crate::proto::orderer::step_request::Payload::ConsensusRequest(_)))
 }
 
 /// How one connection attempt ended.
@@ -128,12 +138,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn run(ctx: PeerCtx, mut rx: mpsc::Receiver<StepRequest>) {
+async fn run(ctx: PeerCtx, mut rx: mpsc::Receiver<StepRequest>, consensus_queued: Arc<std::sync::atomic::AtomicUsize>) {
     let mut backoff = ctx.limits.backoff_initial;
     let mut failed: Option<Arc<Channel>> = None;
     let mut quiet = false;
     loop {
-        match attempt(&ctx, &mut rx, failed.take()).await {
+        match attempt(&ctx, &mut rx, &consensus_queued, failed.take()).await {
             Ended::Removed => return,
             Ended::Failed { reason, connection, was_up } => {
                 ctx.counters.connected.store(false, Relaxed);
@@ -156,7 +166,12 @@ async fn run(ctx: PeerCtx, mut rx: mpsc::Receiver<StepRequest>) {
     }
 }
 
-async fn attempt(ctx: &PeerCtx, rx: &mut mpsc::Receiver<StepRequest>, failed: Option<Arc<Channel>>) -> Ended {
+async fn attempt(
+    ctx: &PeerCtx,
+    rx: &mut mpsc::Receiver<StepRequest>,
+    consensus_queued: &std::sync::atomic::AtomicUsize,
+    failed: Option<Arc<Channel>>,
+) -> Ended {
     let conn = match ctx.pool.get(&ctx.endpoint, &ctx.server_der, failed.as_ref()).await {
         Ok(c) => c,
         Err(reason) => return Ended::Failed { reason, connection: None, was_up: false },
@@ -186,6 +201,9 @@ async fn attempt(ctx: &PeerCtx, rx: &mut mpsc::Receiver<StepRequest>, failed: Op
             m = rx.recv() => match m {
                 None => return Ended::Removed,
                 Some(m) => {
+                    if is_consensus(&m) {
+                        consensus_queued.fetch_sub(1, Relaxed);
+                    }
                     // Counted first: the receiver may have it before this
                     // task runs again.
                     ctx.counters.sent.fetch_add(1, Relaxed);
