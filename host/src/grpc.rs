@@ -5,6 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use tokio::sync::mpsc;
@@ -15,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::chain::{Chain, EnqueueError};
 use crate::channel::{ChannelConfig, READERS};
 use crate::envelope::{Envelope, MessageClass};
+use crate::metrics::{BroadcastMetrics, BroadcastOutcome, DeliverMetrics};
 use crate::node::Node;
 use crate::processor::{self, Refusal};
 use crate::proto::common::{self, Block, HeaderType, Payload};
@@ -70,10 +72,37 @@ enum Answer {
 type Checked = Result<(Arc<Chain>, Envelope), BroadcastResponse>;
 
 /// An envelope being checked: done already, or its signature check
-/// running on another worker (results are taken in order).
+/// running on another worker (results are taken in order; the check's
+/// own end time comes with it, for `broadcast_validate_duration`).
 enum Check {
     Done(Checked),
-    Verifying(tokio::task::JoinHandle<Checked>),
+    Verifying(tokio::task::JoinHandle<(Checked, Instant)>),
+}
+
+/// Runs a check on another worker.
+fn verifying(check: impl Future<Output = Checked> + Send + 'static) -> Check {
+    Check::Verifying(tokio::spawn(async move {
+        let r = check.await;
+        (r, Instant::now())
+    }))
+}
+
+/// What the metrics need of an envelope: its channel and header type (if
+/// it parsed) and when its checks began.
+struct Tag {
+    channel: String,
+    header_type: Option<i32>,
+    started: Instant,
+}
+
+/// An envelope's answer on its way to the responder, with what its
+/// metrics need: its tag, how long its checks took and their status, and
+/// when it was handed to its chain.
+struct Pending {
+    answer: Answer,
+    tag: Tag,
+    validate: (Duration, i32),
+    enqueued: Option<Instant>,
 }
 
 fn refusal(r: Refusal) -> BroadcastResponse {
@@ -88,11 +117,21 @@ fn refusal(r: Refusal) -> BroadcastResponse {
 /// channel, size, then the channel's policies. A normal message's
 /// signature check (the costly part) is spawned so that the envelopes of
 /// one stream are verified on all cores at once.
-fn check_one(node: &Arc<Node>, pb: common::Envelope) -> Check {
+fn check_one(node: &Arc<Node>, pb: common::Envelope) -> (Check, Tag) {
+    let started = Instant::now();
     let env = match Envelope::from_message(pb.clone()) {
         Ok(e) => e,
-        Err(e) => return Check::Done(Err(resp(common::Status::BadRequest, e.to_string()))),
+        Err(e) => {
+            let tag = Tag { channel: String::new(), header_type: None, started };
+            return (Check::Done(Err(resp(common::Status::BadRequest, e.to_string()))), tag);
+        }
     };
+    let tag = Tag { channel: env.channel_id.clone(), header_type: Some(env.header_type), started };
+    (check_parsed(node, pb, env), tag)
+}
+
+/// [`check_one`] after the envelope parsed.
+fn check_parsed(node: &Arc<Node>, pb: common::Envelope, env: Envelope) -> Check {
     // Fabric's classification: a CONFIG (or ORDERER_TRANSACTION) envelope
     // is never taken from a client as is; config changes arrive as
     // CONFIG_UPDATE and are checked against the modification policies.
@@ -154,7 +193,7 @@ fn check_one(node: &Arc<Node>, pb: common::Envelope) -> Check {
     };
     if is_update {
         let node = node.clone();
-        return Check::Verifying(tokio::spawn(async move {
+        return verifying(async move {
             let types = node.plugin_names();
             let made = if chain.channel() == env.channel_id {
                 processor::config_update(&cfg, node.signer(), &pb, &env, &types)
@@ -162,17 +201,17 @@ fn check_one(node: &Arc<Node>, pb: common::Envelope) -> Check {
                 processor::channel_creation(&cfg, node.signer(), &pb, &env, &types)
             };
             made.map(|e| (chain, e)).map_err(refusal)
-        }));
+        });
     }
     let mut env = env;
     env.config_seq = cfg.sequence;
     if cfg.open_writers {
         return Check::Done(Ok((chain, env)));
     }
-    Check::Verifying(tokio::spawn(async move {
+    verifying(async move {
         processor::check_writers(&cfg, &env).map_err(refusal)?;
         Ok((chain, env))
-    }))
+    })
 }
 
 fn enqueue_response(r: Result<(), EnqueueError>) -> BroadcastResponse {
@@ -200,8 +239,8 @@ impl AtomicBroadcast for Service {
         let mut input = req.into_inner();
         let node = self.node.clone();
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
-        let (check_tx, mut check_rx) = mpsc::channel::<Result<Check, Status>>(IN_FLIGHT);
-        let (pending_tx, mut pending_rx) = mpsc::channel::<Result<Answer, Status>>(IN_FLIGHT);
+        let (check_tx, mut check_rx) = mpsc::channel::<Result<(Check, Tag), Status>>(IN_FLIGHT);
+        let (pending_tx, mut pending_rx) = mpsc::channel::<Result<Pending, Status>>(IN_FLIGHT);
         // Reader: parses and checks envelopes as they arrive (signature
         // checks run in parallel).
         tokio::spawn(async move {
@@ -222,18 +261,34 @@ impl AtomicBroadcast for Service {
         tokio::spawn(async move {
             while let Some(item) = check_rx.recv().await {
                 let checked = match item {
-                    Ok(Check::Done(c)) => Ok(c),
-                    Ok(Check::Verifying(h)) => Ok(h.await.unwrap_or_else(|e| {
-                        Err(resp(common::Status::InternalServerError, format!("checking the envelope: {e}")))
-                    })),
+                    Ok((Check::Done(c), tag)) => Ok((c, Instant::now(), tag)),
+                    Ok((Check::Verifying(h), tag)) => Ok(match h.await {
+                        Ok((c, at)) => (c, at, tag),
+                        Err(e) => {
+                            let r = resp(common::Status::InternalServerError, format!("checking the envelope: {e}"));
+                            (Err(r), Instant::now(), tag)
+                        }
+                    }),
                     Err(status) => Err(status),
                 };
-                let answer = match checked {
-                    Ok(Ok((chain, env))) => Ok(match chain.submit(env).await {
-                        Ok(answer) => Answer::Later(Box::pin(answer)),
-                        Err(e) => Answer::Now(enqueue_response(Err(e))),
-                    }),
-                    Ok(Err(r)) => Ok(Answer::Now(r)),
+                let answer = checked.map(|(checked, validated, tag)| {
+                    let took = validated.saturating_duration_since(tag.started);
+                    (checked, took, tag)
+                });
+                let answer = match answer {
+                    Ok((Ok((chain, env)), took, tag)) => {
+                        let enqueued = Instant::now();
+                        let answer = match chain.submit(env).await {
+                            Ok(answer) => Answer::Later(Box::pin(answer)),
+                            Err(e) => Answer::Now(enqueue_response(Err(e))),
+                        };
+                        let validate = (took, common::Status::Success as i32);
+                        Ok(Pending { answer, tag, validate, enqueued: Some(enqueued) })
+                    }
+                    Ok((Err(r), took, tag)) => {
+                        let validate = (took, r.status);
+                        Ok(Pending { answer: Answer::Now(r), tag, validate, enqueued: None })
+                    }
                     Err(status) => Err(status),
                 };
                 let end = answer.is_err();
@@ -244,10 +299,23 @@ impl AtomicBroadcast for Service {
         });
         // Responder: one answer per envelope, in order.
         tokio::spawn(async move {
+            let mut metrics = BroadcastMetrics::default();
             while let Some(item) = pending_rx.recv().await {
                 let out = match item {
-                    Ok(Answer::Now(r)) => Ok(r),
-                    Ok(Answer::Later(f)) => Ok(enqueue_response(f.await)),
+                    Ok(p) => {
+                        let r = match p.answer {
+                            Answer::Now(r) => r,
+                            Answer::Later(f) => enqueue_response(f.await),
+                        };
+                        metrics.record(&BroadcastOutcome {
+                            channel: &p.tag.channel,
+                            header_type: p.tag.header_type,
+                            validate: p.validate,
+                            enqueue: p.enqueued.map(|t| t.elapsed()),
+                            status: r.status,
+                        });
+                        Ok(r)
+                    }
                     Err(status) => Err(status),
                 };
                 if tx.send(out).await.is_err() {
@@ -265,7 +333,16 @@ impl AtomicBroadcast for Service {
         let mut input = req.into_inner();
         let node = self.node.clone();
         let (tx, rx) = mpsc::channel(16);
+        crate::metrics::deliver_stream_opened();
         tokio::spawn(async move {
+            /// Counts the stream closed however its task ends.
+            struct Closed;
+            impl Drop for Closed {
+                fn drop(&mut self) {
+                    crate::metrics::deliver_stream_closed();
+                }
+            }
+            let _closed = Closed;
             loop {
                 let msg = match input.message().await {
                     Ok(Some(m)) => m,
@@ -347,6 +424,24 @@ async fn deliver_one(
             return Some(common::Status::BadRequest);
         }
     };
+    let metrics = DeliverMetrics::received(&channel);
+    let status = deliver_seek(node, &pb, channel, seek, creator, tx, &metrics).await;
+    if let Some(s) = status {
+        metrics.completed(s as i32);
+    }
+    status
+}
+
+/// [`deliver_one`] after the request parsed.
+async fn deliver_seek(
+    node: &Node,
+    pb: &common::Envelope,
+    channel: String,
+    seek: SeekInfo,
+    creator: bytes::Bytes,
+    tx: &mpsc::Sender<Result<DeliverResponse, Status>>,
+    metrics: &DeliverMetrics,
+) -> Option<common::Status> {
     if let Err(e) = crate::configtx::validate_channel_id(&channel) {
         tracing::warn!("deliver request refused: invalid channel ID: {e}");
         return Some(common::Status::BadRequest);
@@ -426,6 +521,7 @@ async fn deliver_one(
         if tx.send(Ok(r)).await.is_err() {
             return None;
         }
+        metrics.block_sent();
         if n == stop {
             return Some(common::Status::Success);
         }

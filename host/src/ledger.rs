@@ -200,6 +200,9 @@ struct Inner {
     index: RwLock<Index>,
     /// Durable height, for waiters.
     height_tx: watch::Sender<u64>,
+    /// Fabric's ledger metrics (height, commit time), labelled with the
+    /// channel (the directory's name).
+    metrics: crate::metrics::LedgerMetrics,
 }
 
 struct Writer {
@@ -332,8 +335,11 @@ impl Ledger {
             Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "ledger: cannot keep {INDEX_FILE}; \
                 every open will scan all of {BLOCK_FILE}"),
         }
+        let metrics = crate::metrics::LedgerMetrics::new(&dir.file_name().unwrap_or_default().to_string_lossy());
+        metrics.height(scan.offsets.len() as u64);
         Ok(Ledger {
             inner: Arc::new(Inner {
+                metrics,
                 dir: dir.to_path_buf(),
                 reader,
                 writer: Mutex::new(writer),
@@ -433,6 +439,7 @@ impl Ledger {
         let first = w.height;
         let last = first + blocks.len() as u64 - 1;
         let start = w.end;
+        let started = std::time::Instant::now();
         let written = write_all_vectored(&mut w.file, &mut slices)
             .map_err(|e| ("writing", e))
             .and_then(|()| w.file.sync_data().map_err(|e| ("fsyncing", e)));
@@ -458,6 +465,8 @@ impl Ledger {
             index.last_hash = last_hash;
         }
         inner.height_tx.send_replace(last + 1);
+        inner.metrics.committed(started.elapsed());
+        inner.metrics.height(last + 1);
         Ok(())
     }
 

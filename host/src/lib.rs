@@ -23,6 +23,7 @@ pub mod cluster;
 pub mod grpc;
 pub mod ledger;
 pub mod loadgen;
+pub mod metrics;
 pub mod node;
 pub mod proto;
 pub mod tls;

@@ -164,6 +164,7 @@ impl Node {
             };
             let (p, source) = runtime.load_with_source(&name, &bytes)?;
             let p = p.with_limits(limits);
+            crate::runtime::observe::plugin_loaded(&name, source == crate::cache::LoadSource::Cached);
             tracing::info!(plugin = %name, bytes = bytes.len(), ms = t.elapsed().as_millis() as u64, ?source, "plugin loaded");
             // Before it serves any channel: a throw-away chain must start.
             crate::canary::run(&p, cfg.signer.clone())?;

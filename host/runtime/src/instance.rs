@@ -68,6 +68,8 @@ pub struct Instance {
     pub(crate) deadline: Option<Duration>,
     /// Envelopes written in blocks by the support of a dropped Store.
     pub(crate) written_before_trap: u64,
+    /// Calls, durations, traps and held bytes (metrics).
+    pub(crate) metrics: crate::observe::InstanceMetrics,
 }
 
 impl Instance {
@@ -113,7 +115,11 @@ impl Instance {
             s.host_time = Duration::ZERO;
             store.set_epoch_deadline(deadline_ticks(d));
         }
-        match f(&self.bindings, store) {
+        let started = Instant::now();
+        let r = f(&self.bindings, store);
+        self.metrics.call(name, started.elapsed(), r.is_err());
+        self.metrics.held_bytes(if r.is_err() { 0 } else { store.data().held_bytes });
+        match r {
             Ok(r) => Ok(r),
             Err(e) => {
                 // A trap ends this Store; the node and other chains go on.

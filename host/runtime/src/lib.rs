@@ -7,7 +7,8 @@
 //! (`glue/`: one module per contract interface) over the native
 //! ConsenterSupport state machine (`support`), which knows nothing of
 //! wasmtime. Plugin packages, signatures and the trust store (`package`),
-//! the compiled-artifact cache (`cache`), and the deterministic core of a
+//! the compiled-artifact cache (`cache`), the metrics it records
+//! (`observe`, through the `metrics` facade), and the deterministic core of a
 //! chain (`chain_core`, `status`) that the node's chain actor and the
 //! testkit both drive. May depend on the Fabric data model and wasmtime;
 //! never on gRPC, HTTP or TLS.
@@ -22,6 +23,7 @@ pub mod engine;
 pub mod glue;
 pub mod instance;
 pub mod limits;
+pub mod observe;
 pub mod package;
 pub mod plugin;
 pub mod status;

@@ -110,11 +110,12 @@ impl Plugin {
         })?;
         Ok(Instance {
             plugin: self.name.clone(),
-            channel,
+            channel: channel.clone(),
             store: Some(store),
             bindings,
             deadline,
             written_before_trap: 0,
+            metrics: crate::observe::InstanceMetrics::new(&self.name, &channel),
         })
     }
 }

@@ -183,6 +183,8 @@ pub struct Support {
     pub(crate) chain_id: String,
     pub(crate) config: Arc<ChannelConfig>,
     pub(crate) cutter: BlockCutter<Envelope>,
+    /// Fabric's block fill time of the cutter (a metric).
+    pub(crate) fill: crate::observe::FillTimer,
     pub(crate) signer: Arc<Signer>,
     pub(crate) sink: Box<dyn BlockSink>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -272,6 +274,7 @@ impl Support {
             chain_id: chain_id.to_string(),
             config,
             cutter: BlockCutter::default(),
+            fill: crate::observe::FillTimer::new(chain_id),
             signer,
             sink,
             clock,

@@ -30,7 +30,10 @@ macro_rules! support_host {
         fn ordered(&mut self, env: Resource<EnvelopeRes>) -> wasmtime::Result<support::OrderedResult> {
             let env = self.take_envelope(env)?;
             let bs = self.support.config.batch_size;
+            let before = self.support.cutter.pending_len();
             let r = self.support.cutter.ordered(env, &bs);
+            let s = &mut self.support;
+            s.fill.ordered(s.clock.now(), before, s.cutter.pending_len(), r.batches.len());
             let mut batches = Vec::with_capacity(r.batches.len());
             for b in r.batches {
                 batches.push(self.push(BatchRes(b))?);
@@ -45,7 +48,10 @@ macro_rules! support_host {
             let mut pending = Vec::with_capacity(envs.len());
             for env in envs {
                 let env = self.take_envelope(env)?;
+                let before = self.support.cutter.pending_len();
                 let r = self.support.cutter.ordered(env, &bs);
+                let s = &mut self.support;
+                s.fill.ordered(s.clock.now(), before, s.cutter.pending_len(), r.batches.len());
                 for b in r.batches {
                     batches.push(self.push(BatchRes(b))?);
                 }
@@ -55,7 +61,10 @@ macro_rules! support_host {
         }
 
         fn cut(&mut self) -> wasmtime::Result<Resource<BatchRes>> {
+            let before = self.support.cutter.pending_len();
             let b = self.support.cutter.cut();
+            let s = &mut self.support;
+            s.fill.cut(s.clock.now(), before);
             self.push(BatchRes(b))
         }
 
