@@ -23,6 +23,7 @@ pub mod cluster;
 pub mod grpc;
 pub mod ledger;
 pub mod loadgen;
+pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod proto;
