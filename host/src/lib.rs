@@ -20,6 +20,7 @@ pub use consenter_testkit::{canary, testhost};
 pub mod admin;
 pub mod chain;
 pub mod cluster;
+pub mod config;
 pub mod grpc;
 pub mod ledger;
 pub mod loadgen;
