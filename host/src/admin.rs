@@ -263,15 +263,44 @@ pub async fn serve(
     tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_participation(listener, node, cluster, tls, true, shutdown).await
+}
+
+/// Fabric's answer to every participation request when
+/// `ChannelParticipation.Enabled` is false: 503 `channel participation
+/// API is disabled`.
+async fn participation_disabled() -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, "channel participation API is disabled")
+}
+
+/// [`serve`], with the participation API answering 503 unless `enabled`
+/// (Fabric's `ChannelParticipation.Enabled`).
+pub async fn serve_participation(
+    listener: tokio::net::TcpListener,
+    node: Arc<Node>,
+    cluster: Option<crate::cluster::Transport>,
+    tls: Option<ServerTls>,
+    enabled: bool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let gate = |r: Router| {
+        if enabled {
+            r
+        } else {
+            r.route_layer(axum::middleware::from_fn(|_req: axum::extract::Request, _next: axum::middleware::Next| {
+                participation_disabled()
+            }))
+        }
+    };
     match tls {
         None => {
-            let app = router_with_cluster(node, Access::LoopbackOnly, cluster);
+            let app = gate(router_with_cluster(node, Access::LoopbackOnly, cluster));
             axum::serve(listener, app.into_make_service_with_connect_info::<AdminPeer>())
                 .with_graceful_shutdown(shutdown)
                 .await
         }
         Some(tls) => {
-            let app = router_with_cluster(node, Access::Authenticated { admin_cns: tls.admin_cns }, cluster);
+            let app = gate(router_with_cluster(node, Access::Authenticated { admin_cns: tls.admin_cns }, cluster));
             let listener = TlsListener::new(listener, tls.config, tls::HANDSHAKE_TIMEOUT, "admin endpoint", false)?;
             axum::serve(listener, app.into_make_service_with_connect_info::<AdminPeer>())
                 .with_graceful_shutdown(shutdown)
@@ -323,7 +352,7 @@ pub const REQUEST_ID: &str = "x-request-id";
 
 /// Fabric's request-id middleware: every answer carries `X-Request-Id`,
 /// the request's own if it sent one, else a new random (v4) UUID.
-async fn request_id(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+pub(crate) async fn request_id(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let id = req.headers().get(REQUEST_ID).filter(|v| !v.is_empty()).cloned();
     let id = id.unwrap_or_else(|| HeaderValue::from_str(&new_uuid()).unwrap_or(HeaderValue::from_static("0")));
     let mut r = next.run(req).await;

@@ -27,5 +27,6 @@ pub mod loadgen;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod operations;
 pub mod proto;
 pub mod tls;

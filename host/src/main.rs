@@ -16,6 +16,7 @@ use consenter_host::admin;
 use consenter_host::block::{self, hex};
 use consenter_host::chain::{RestartPolicies, RestartPolicy};
 use consenter_host::channel::ChannelTemplate;
+use consenter_host::config::settings::Settings;
 use consenter_host::envelope::Envelope;
 use consenter_host::ledger;
 use consenter_host::node::{self, Node, NodeConfig};
@@ -30,6 +31,7 @@ use consenter_host::support::SupportLimits;
 mod cli {
     pub mod bench;
     pub mod channel;
+    pub mod config;
     pub mod ledger;
     pub mod plugin;
     pub mod start;
@@ -37,6 +39,7 @@ mod cli {
 
 use cli::bench::*;
 use cli::channel::*;
+use cli::config::*;
 use cli::ledger::*;
 use cli::plugin::*;
 use cli::start::*;
@@ -74,6 +77,11 @@ enum Cmd {
     /// endpoint.
     #[command(subcommand)]
     Channel(ChannelCmd),
+    /// The effective configuration: `config show` prints every setting of
+    /// `start` (defaults < orderer.yaml < ORDERER_* variables < flags) and
+    /// where each value came from.
+    #[command(subcommand)]
+    Config(ConfigCmd),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -81,24 +89,20 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let sub = |name: &str| matches.subcommand_matches(name).cloned().unwrap_or_default();
     match cli.cmd {
-        Cmd::Start(a) => start(*a),
+        Cmd::Start(a) => start(*a, &sub("start")),
+        Cmd::Config(c) => config_cmd(c, &sub("config")),
         Cmd::Ledger(LedgerCmd::Verify { data_dir, channel }) => verify(&data_dir, channel.as_deref()),
         Cmd::Ledger(LedgerCmd::Inspect { data_dir, channel, block }) => inspect(&data_dir, &channel, block),
         Cmd::Bench(a) => bench(a),
         Cmd::Plugin(c) => plugin_cmd(c),
         Cmd::Channel(c) => channel_cmd(c),
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }

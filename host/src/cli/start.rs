@@ -1,16 +1,51 @@
-//! Running a node: its flags, the embedded default, serving gRPC and the admin endpoint, a clean stop on SIGINT or SIGTERM.
+//! Running a node: its flags, the embedded default, serving gRPC, the admin and operations endpoints, a clean stop on SIGINT or SIGTERM.
+//! Every setting comes from the effective configuration (`cli/config.rs`): defaults < orderer.yaml < ORDERER_* < flags.
 
 use crate::*;
 
 #[derive(Args)]
 pub(crate) struct StartArgs {
+    /// Fabric's orderer.yaml (with an optional ConsenterHost section).
+    /// Default: $FABRIC_CFG_PATH/orderer.yaml if it exists. ORDERER_*
+    /// variables override it, flags override both (`config show`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Address of the operations endpoint (Fabric's
+    /// Operations.ListenAddress): /healthz, /metrics, /logspec, /version
+    /// and a status page at /.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    operations_listen: String,
+    /// TLS certificate (PEM) of the operations endpoint
+    /// (Operations.TLS.Certificate); /metrics, /logspec and the status page
+    /// then need a client certificate.
+    #[arg(long, value_name = "FILE", requires = "operations_tls_key")]
+    operations_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --operations-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "operations_tls_cert")]
+    operations_tls_key: Option<PathBuf>,
+    /// Root CA (PEM) of operations client certificates; given, client
+    /// certificates are required (Operations.TLS.ClientAuthRequired).
+    /// Repeatable.
+    #[arg(long = "operations-tls-client-ca", value_name = "FILE", requires = "operations_tls_cert")]
+    operations_tls_client_cas: Vec<PathBuf>,
+    /// Do not serve the operations endpoint.
+    #[arg(long)]
+    no_operations: bool,
+    /// Log format: fabric (Fabric's console format) or json.
+    #[arg(long, default_value = "fabric")]
+    log_format: String,
+    /// Log spec in Fabric's syntax, e.g. info:consenter_host::chain=debug
+    /// (also FABRIC_LOGGING_SPEC; RUST_LOG's syntax when only RUST_LOG is
+    /// set). Changeable at run time with PUT /logspec.
+    #[arg(long, default_value = "info")]
+    log_spec: String,
     /// Data directory: ledgers under chains/<channel>/, the development
     /// identity under dev-identity/.
     #[arg(long, default_value = "consenter-data")]
     data_dir: PathBuf,
     /// Address of the AtomicBroadcast gRPC service.
     #[arg(long, default_value = "127.0.0.1:7050")]
-    listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// TLS certificate (PEM) of the gRPC service (Fabric's
     /// General.TLS.Certificate). With --tls-key, the port speaks TLS only.
     /// Client certificates are asked for but not required (Fabric's
@@ -34,7 +69,7 @@ pub(crate) struct StartArgs {
     /// of the gRPC port (Fabric's General.Cluster.ListenAddress), with
     /// client certificates required and checked against --tls-root-ca.
     #[arg(long, value_name = "ADDR", requires_all = ["cluster_tls_cert", "cluster_tls_key"])]
-    cluster_listen: Option<SocketAddr>,
+    pub(crate) cluster_listen: Option<SocketAddr>,
     /// TLS certificate (PEM) of --cluster-listen (General.Cluster.
     /// ServerCertificate); also the client certificate the node presents to
     /// other consenters. Default for the latter: --tls-cert.
@@ -188,72 +223,99 @@ pub(crate) fn parse_restart_policy(spec: &str) -> Result<(PolicyTarget, String, 
     Ok((kind, name.to_string(), policy))
 }
 
-pub(crate) fn start(a: StartArgs) -> Result<()> {
-    init_tracing();
-    std::fs::create_dir_all(&a.data_dir)
-        .with_context(|| format!("creating data directory {}", a.data_dir.display()))?;
-    let (signer, dev) = match (&a.msp_dir, &a.mspid) {
-        (Some(dir), Some(id)) => (Signer::from_msp_dir(dir, id)?, None),
-        _ => {
-            let dev = signer::ensure_dev_identity(&a.data_dir.join("dev-identity"))?;
+pub(crate) fn start(a: StartArgs, m: &clap::ArgMatches) -> Result<()> {
+    let cfg = cli::config::effective_config(&a, m)?;
+    let s = Settings::from_config(&cfg).context("the configuration")?;
+    let logs = init_logging(&s, &cfg)?;
+    announce_config(&cfg, &s);
+    let version = consenter_host::operations::Version::of_binary();
+    // Before anything records: handles made earlier would stay no-ops.
+    let exporter = if s.metrics { Some(consenter_host::metrics::install(&version.version)?) } else { None };
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("creating data directory {}", s.data_dir.display()))?;
+    let (signer, dev) = match &s.local_msp {
+        Some((dir, id)) => (Signer::from_msp_dir(dir, id)?, None),
+        None => {
+            let dev = signer::ensure_dev_identity(&s.data_dir.join("dev-identity"))?;
             (Signer::from_msp_dir(&dev.orderer_msp, &dev.mspid)?, Some(dev))
         }
     };
     let mut extra = Vec::new();
-    let trust_dir = a.plugin_trust_dir.clone().unwrap_or_else(|| a.data_dir.join("trusted-keys"));
+    let trust_dir = s.plugin_trust_dir.clone().unwrap_or_else(|| s.data_dir.join("trusted-keys"));
     let policy = package::Policy {
-        trust: if a.plugins.is_empty() {
+        trust: if s.plugins.is_empty() {
             package::TrustStore::default()
         } else {
             package::TrustStore::load(&trust_dir)?
         },
-        allow_unsigned: a.allow_unsigned_plugins,
+        allow_unsigned: s.allow_unsigned_plugins,
     };
-    for p in &a.plugins {
-        let Some((name, path)) = p.split_once('=') else { bail!("--plugin {p:?}: expected TYPE=PATH") };
-        let bytes = std::fs::read(path).with_context(|| format!("reading plugin {name} from {path}"))?;
-        package::admit(&policy, name, Path::new(path), &bytes).with_context(|| format!("plugin {name} refused"))?;
+    let mut plugin_versions = std::collections::BTreeMap::new();
+    for (name, bytes) in consenter_host::node::embedded::EMBEDDED {
+        plugin_versions.insert(name.to_string(), manifest_version(name, bytes));
+    }
+    for (name, path) in &s.plugins {
+        let bytes = std::fs::read(path).with_context(|| format!("reading plugin {name} from {}", path.display()))?;
+        package::admit(&policy, name, path, &bytes).with_context(|| format!("plugin {name} refused"))?;
+        plugin_versions.insert(name.clone(), manifest_version(name, &bytes));
         extra.push((name.to_string(), bytes));
     }
-    let limits =
-        Limits { memory_bytes: a.plugin_memory_mib << 20, call_deadline: a.plugin_call_deadline, ..Limits::default() };
-    let admin_tls = match (&a.admin_tls_cert, &a.admin_tls_key) {
-        (Some(cert), Some(key)) if !a.no_admin => {
-            let client_cas = if a.admin_tls_client_cas.is_empty() {
-                let msp = a.msp_dir.clone().or_else(|| dev.as_ref().map(|d| d.orderer_msp.clone()));
-                match msp {
-                    Some(msp) => admin::tls::msp_tls_cas(&msp)?,
-                    None => bail!("the admin endpoint's TLS needs client root CAs: pass --admin-tls-client-ca"),
-                }
-            } else {
-                a.admin_tls_client_cas.clone()
-            };
-            let files = admin::tls::ServerFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_cas,
-                admin_cns: a.admin_client_cns.clone(),
-            };
-            let tls = admin::tls::ServerTls::load(&files).context("admin endpoint TLS")?;
-            tracing::info!(
-                cert = %files.cert.display(),
-                client_cas = ?files.client_cas,
-                admin_cns = ?files.admin_cns,
-                "admin endpoint: mutual TLS"
-            );
-            Some(tls)
-        }
-        _ => None,
+    let limits = Limits {
+        memory_bytes: (s.plugin_memory_mib as usize) << 20,
+        call_deadline: s.plugin_call_deadline,
+        ..Limits::default()
     };
-    if !a.no_admin && admin_tls.is_none() && !a.admin_listen.ip().is_loopback() {
+    let admin_tls = match &s.admin {
+        Some(ep) => match &ep.tls {
+            Some(t) => {
+                let client_cas = if t.client_root_cas.is_empty() {
+                    let msp = s
+                        .local_msp
+                        .as_ref()
+                        .map(|m| m.0.clone())
+                        .or_else(|| dev.as_ref().map(|d| d.orderer_msp.clone()));
+                    match msp {
+                        Some(msp) => admin::tls::msp_tls_cas(&msp)?,
+                        None => bail!("the admin endpoint's TLS needs client root CAs: pass --admin-tls-client-ca"),
+                    }
+                } else {
+                    t.client_root_cas.clone()
+                };
+                let files = admin::tls::ServerFiles {
+                    cert: t.certificate.clone(),
+                    key: t.private_key.clone(),
+                    client_cas,
+                    admin_cns: s.admin_client_cns.clone(),
+                };
+                let tls = admin::tls::ServerTls::load(&files).context("admin endpoint TLS")?;
+                tracing::info!(
+                    cert = %files.cert.display(),
+                    client_cas = ?files.client_cas,
+                    admin_cns = ?files.admin_cns,
+                    "admin endpoint: mutual TLS"
+                );
+                Some(tls)
+            }
+            None => None,
+        },
+        None => None,
+    };
+    if let Some(ep) = &s.admin
+        && admin_tls.is_none()
+        && !ep.listen.ip().is_loopback()
+    {
         bail!(
             "--admin-listen {}: without TLS (--admin-tls-cert, --admin-tls-key) the admin endpoint may only listen \
              on a loopback address",
-            a.admin_listen
+            ep.listen
         );
     }
+    let ops_tls = match s.operations.as_ref().and_then(|o| o.tls.as_ref()) {
+        Some(t) => Some(consenter_host::operations::tls::server_config(t).context("operations endpoint TLS")?),
+        None => None,
+    };
     let mut plugin_limits = std::collections::BTreeMap::new();
-    for spec in &a.plugin_limits {
+    for spec in &s.plugin_limits {
         let Some((name, kv)) = spec.split_once(':') else {
             bail!("--plugin-limits {spec:?}: expected TYPE:KEY=VALUE,...")
         };
@@ -262,42 +324,43 @@ pub(crate) fn start(a: StartArgs) -> Result<()> {
         plugin_limits.insert(name.to_string(), l);
     }
     let mut restart = RestartPolicies::default();
-    restart.backoff.initial_backoff = a.restart_backoff_initial;
-    restart.backoff.max_backoff = a.restart_backoff_max;
-    restart.backoff.max_crashes = a.restart_max_crashes.max(1);
-    restart.backoff.crash_window = a.restart_crash_window;
-    for spec in &a.restart_policy {
+    restart.backoff.initial_backoff = s.restart_backoff_initial;
+    restart.backoff.max_backoff = s.restart_backoff_max;
+    restart.backoff.max_crashes = s.restart_max_crashes.max(1);
+    restart.backoff.crash_window = s.restart_crash_window;
+    for spec in &s.restart_policy {
         let (kind, name, policy) = parse_restart_policy(spec)?;
         match kind {
             PolicyTarget::Channel => restart.by_channel.insert(name, policy),
             PolicyTarget::Plugin => restart.by_plugin.insert(name, policy),
         };
     }
+    let disk_reserve = s.disk_reserve_mib.saturating_mul(1 << 20);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let mut cluster = {
         let _in_runtime = rt.enter();
-        cluster_setup(&a)?
+        cluster_setup(&s)?
     };
     let node = Node::open(NodeConfig {
-        data_dir: a.data_dir.clone(),
+        data_dir: s.data_dir.clone(),
         signer: Arc::new(signer),
         limits,
         plugin_limits,
         restart,
         support_limits: SupportLimits::default(),
-        disk_reserve: a.disk_reserve_mib.saturating_mul(1 << 20),
+        disk_reserve,
         extra_plugins: extra,
         cluster: cluster.as_ref().map(|c| consenter_host::chain::cluster::NodeCluster {
             transport: c.transport.clone(),
             identity: c.identity.clone(),
             runtime: rt.handle().clone(),
         }),
-        storage_quota: a.storage_mib.saturating_mul(1 << 20),
+        storage_quota: s.storage_mib.saturating_mul(1 << 20),
     })?;
     if let Some(c) = cluster.as_mut() {
         c.inbound = node.cluster_inbound();
     }
-    if let Some(path) = &a.genesis_block {
+    if let Some(path) = &s.bootstrap_file {
         let bytes =
             Bytes::from(std::fs::read(path).with_context(|| format!("reading genesis block {}", path.display()))?);
         let block =
@@ -309,58 +372,129 @@ pub(crate) fn start(a: StartArgs) -> Result<()> {
             node.create_channel_from_bytes(bytes).with_context(|| format!("creating channel {}", cfg.channel_id))?;
         }
     }
-    if !a.no_dev_channel
-        && a.genesis_block.is_none()
+    if let Some(d) = &s.dev_channel
+        && s.bootstrap_file.is_none()
         && node.system_channel().is_none()
-        && node.chain(&a.dev_channel).is_none()
-        && node.broken(&a.dev_channel).is_none()
+        && node.chain(&d.name).is_none()
+        && node.broken(&d.name).is_none()
     {
-        let mut t = ChannelTemplate::solo(&a.dev_channel);
-        t.consensus_type = a.dev_consensus.clone();
-        t.consensus_metadata = Bytes::from(a.dev_consensus_metadata.clone().into_bytes());
-        t.batch_timeout = a.dev_batch_timeout;
-        t.batch_size.max_message_count = a.dev_max_message_count;
-        t.batch_size.absolute_max_bytes = a.dev_absolute_max_bytes;
-        t.batch_size.preferred_max_bytes = t.batch_size.preferred_max_bytes.min(a.dev_absolute_max_bytes);
-        node.create_channel(&t.genesis_block()).with_context(|| format!("creating channel {}", a.dev_channel))?;
+        let mut t = ChannelTemplate::solo(&d.name);
+        t.consensus_type = d.consensus.clone();
+        t.consensus_metadata = Bytes::from(d.consensus_metadata.clone().into_bytes());
+        t.batch_timeout = d.batch_timeout;
+        t.batch_size.max_message_count = d.max_message_count;
+        t.batch_size.absolute_max_bytes = d.absolute_max_bytes;
+        t.batch_size.preferred_max_bytes = t.batch_size.preferred_max_bytes.min(d.absolute_max_bytes);
+        node.create_channel(&t.genesis_block()).with_context(|| format!("creating channel {}", d.name))?;
     }
-    let grpc_tls = general_tls(&a)?;
-    let admin = if a.no_admin { None } else { Some((a.admin_listen, admin_tls)) };
-    rt.block_on(serve(node.clone(), Listeners { grpc: a.listen, tls: grpc_tls, cluster }, admin, dev))?;
+    let grpc_tls = general_tls(&s)?;
+    let admin = s.admin.as_ref().map(|ep| (ep.listen, admin_tls));
+    let extras = Extras {
+        participation: s.participation,
+        operations: s.operations.as_ref().map(|ep| OperationsServe {
+            listen: ep.listen,
+            explicit: ep.explicit,
+            tls: ops_tls,
+            ops: consenter_host::operations::Operations {
+                node: node.clone(),
+                exporter,
+                logs: Some(logs),
+                version,
+                plugin_versions,
+                data_dir: s.data_dir.clone(),
+                disk_reserve,
+                history: Default::default(),
+                started: std::time::Instant::now(),
+            },
+        }),
+    };
+    rt.block_on(serve(node.clone(), Listeners { grpc: s.listen, tls: grpc_tls, cluster }, admin, dev, extras))?;
     node.shutdown();
     tracing::info!("stopped");
     Ok(())
 }
 
-/// The gRPC port's TLS (Fabric's General.TLS), if --tls-cert is given.
-pub(crate) fn general_tls(a: &StartArgs) -> Result<Option<Arc<rustls::ServerConfig>>> {
+/// The version in a plugin's manifest ("" without one).
+fn manifest_version(name: &str, bytes: &[u8]) -> String {
+    package::Package::parse(name, bytes).ok().and_then(|p| p.manifest).map(|m| m.version).unwrap_or_default()
+}
+
+/// Logging from the settings: Fabric's format or JSON on stderr, the spec
+/// from the settings (or `RUST_LOG`'s directives when only it is set).
+fn init_logging(s: &Settings, cfg: &consenter_host::config::Config) -> Result<consenter_host::logging::LogControl> {
+    use std::io::IsTerminal;
+    let rust_log = Settings::rust_log_wins(cfg).then(|| std::env::var("RUST_LOG").unwrap_or_default());
+    Ok(consenter_host::logging::init(s.log_format, &s.log_spec, rust_log.as_deref(), std::io::stderr().is_terminal())?)
+}
+
+/// Logs, once, which file was read, the Fabric settings that are ignored,
+/// the unknown ones, and the settings that do not do what they say here.
+fn announce_config(cfg: &consenter_host::config::Config, s: &Settings) {
+    match &cfg.file {
+        Some(f) => tracing::info!(file = %f.display(), "configuration file"),
+        None => tracing::debug!("no configuration file: built-in defaults, ORDERER_* variables and flags"),
+    }
+    if !cfg.ignored.is_empty() {
+        tracing::info!(keys = %cfg.ignored.join(", "), "Fabric settings this node does not use (ignored)");
+    }
+    for k in &cfg.unknown {
+        tracing::warn!(key = %k, "unknown setting (ignored): {k}");
+    }
+    for w in &s.warnings {
+        tracing::warn!("{w}");
+    }
+}
+
+/// The operations endpoint to serve.
+pub(crate) struct OperationsServe {
+    listen: SocketAddr,
+    /// Configured (a bind failure stops the start) or the built-in default
+    /// (a bind failure is a warning: another node may hold the port).
+    explicit: bool,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    ops: consenter_host::operations::Operations,
+}
+
+/// What `serve` serves besides gRPC and the admin endpoint.
+pub(crate) struct Extras {
+    /// Whether the participation API answers (Fabric's ChannelParticipation.Enabled).
+    participation: bool,
+    operations: Option<OperationsServe>,
+}
+
+/// The gRPC port's TLS (Fabric's General.TLS: --tls-cert, --tls-key,
+/// --tls-client-root-ca), when enabled.
+pub(crate) fn general_tls(s: &Settings) -> Result<Option<Arc<rustls::ServerConfig>>> {
     use consenter_host::tls::{self, ClientAuth};
-    let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) else { return Ok(None) };
-    let client_auth = if a.tls_client_root_cas.is_empty() {
-        ClientAuth::Request
-    } else {
+    let Some(t) = &s.general_tls else { return Ok(None) };
+    let client_auth = if t.client_auth_required {
+        if t.client_root_cas.is_empty() {
+            bail!("General.TLS.ClientAuthRequired needs General.TLS.ClientRootCAs (--tls-client-root-ca)");
+        }
         ClientAuth::Require(Arc::new(tls::load_roots(
-            "TLS client root CA (--tls-client-root-ca)",
-            &a.tls_client_root_cas,
+            "TLS client root CA (General.TLS.ClientRootCAs, --tls-client-root-ca)",
+            &t.client_root_cas,
         )?))
+    } else {
+        ClientAuth::Request
     };
     let config = tls::server_config(
-        cert,
-        key,
-        ("TLS certificate (--tls-cert)", "TLS key (--tls-key)"),
+        &t.certificate,
+        &t.private_key,
+        ("TLS certificate (General.TLS.Certificate, --tls-cert)", "TLS key (General.TLS.PrivateKey, --tls-key)"),
         client_auth,
         tls::ALPN_H2,
     )?;
     // The client side (cluster, block pulling) is checked now too, so a bad
     // --tls-root-ca stops the start rather than the first connection.
-    if !a.tls_root_cas.is_empty() {
-        tls::load_roots("TLS root CA (--tls-root-ca)", &a.tls_root_cas)?;
+    if !t.root_cas.is_empty() {
+        tls::load_roots("TLS root CA (General.TLS.RootCAs, --tls-root-ca)", &t.root_cas)?;
     }
     tracing::info!(
-        cert = %cert.display(),
-        client_root_cas = ?a.tls_client_root_cas,
+        cert = %t.certificate.display(),
+        client_root_cas = ?t.client_root_cas,
         "gRPC: TLS{}",
-        if a.tls_client_root_cas.is_empty() { "" } else { ", client certificates required" }
+        if t.client_auth_required { ", client certificates required" } else { "" }
     );
     Ok(Some(config))
 }
@@ -389,27 +523,45 @@ impl consenter_host::cluster::Inbound for Unconsumed {
     }
 }
 
-/// The cluster transport, when the node has a TLS identity (--tls-cert or
-/// --cluster-tls-cert): the cluster only speaks mutual TLS.
-pub(crate) fn cluster_setup(a: &StartArgs) -> Result<Option<ClusterServing>> {
+/// The cluster transport, when the node has a TLS identity (General.TLS
+/// or General.Cluster's certificates): the cluster only speaks mutual TLS.
+/// The node presents General.Cluster.ClientCertificate, else
+/// ServerCertificate, else General.TLS.Certificate, and trusts
+/// General.TLS.RootCAs and General.Cluster.RootCAs.
+pub(crate) fn cluster_setup(s: &Settings) -> Result<Option<ClusterServing>> {
     use consenter_host::cluster::{ClientIdentity, Transport, TransportLimits};
     use consenter_host::tls::{self, ClientAuth};
-    let identity = match (&a.cluster_tls_cert, &a.cluster_tls_key, &a.tls_cert, &a.tls_key) {
-        (Some(c), Some(k), _, _) | (None, None, Some(c), Some(k)) => (c, k),
-        _ => return Ok(None),
+    let c = &s.cluster;
+    let general = s.general_tls.as_ref();
+    let identity = match (&c.client_certificate, &c.client_private_key, &c.server_certificate, &c.server_private_key) {
+        (Some(cert), Some(key), _, _) | (None, _, Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        _ => match general {
+            Some(t) => (t.certificate.clone(), t.private_key.clone()),
+            None => return Ok(None),
+        },
     };
-    if a.tls_root_cas.is_empty() {
+    let mut roots: Vec<PathBuf> = general.map(|t| t.root_cas.clone()).unwrap_or_default();
+    roots.extend(c.root_cas.iter().cloned());
+    if roots.is_empty() {
         tracing::warn!("the cluster transport trusts no root CA: pass --tls-root-ca to reach other consenters");
     }
-    let identity =
-        ClientIdentity::from_files(identity.0, identity.1, &a.tls_root_cas).context("the cluster's TLS client")?;
+    let identity = ClientIdentity::from_files(&identity.0, &identity.1, &roots).context("the cluster's TLS client")?;
     let transport = Transport::new(identity.clone(), TransportLimits::default());
-    let listen = match (&a.cluster_listen, &a.cluster_tls_cert, &a.cluster_tls_key) {
-        (Some(addr), Some(cert), Some(key)) => {
-            if a.tls_root_cas.is_empty() {
+    let listen = match (&c.listen_address, c.listen_port, &c.server_certificate, &c.server_private_key) {
+        (Some(host), Some(port), Some(cert), Some(key)) => {
+            if roots.is_empty() {
                 bail!("--cluster-listen requires client certificates: pass --tls-root-ca (the consenters' TLS CA)");
             }
-            let roots = tls::load_roots("TLS root CA (--tls-root-ca)", &a.tls_root_cas)?;
+            let text = if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            let at = std::net::ToSocketAddrs::to_socket_addrs(&text)
+                .ok()
+                .and_then(|mut a| a.next())
+                .with_context(|| format!("General.Cluster.ListenAddress {text:?} is not an address"))?;
+            let roots = tls::load_roots("TLS root CA (--tls-root-ca)", &roots)?;
             let config = tls::server_config(
                 cert,
                 key,
@@ -417,11 +569,11 @@ pub(crate) fn cluster_setup(a: &StartArgs) -> Result<Option<ClusterServing>> {
                 ClientAuth::Require(Arc::new(roots)),
                 tls::ALPN_H2,
             )?;
-            Some((*addr, config))
+            Some((at, config))
         }
         _ => None,
     };
-    if listen.is_none() && a.tls_cert.is_none() {
+    if listen.is_none() && general.is_none() {
         bail!(
             "--cluster-tls-cert without --cluster-listen: the cluster service is on the gRPC port, which needs --tls-cert"
         );
@@ -441,8 +593,10 @@ pub(crate) async fn serve(
     listeners: Listeners,
     admin: Option<(SocketAddr, Option<admin::tls::ServerTls>)>,
     dev: Option<signer::DevIdentity>,
+    extras: Extras,
 ) -> Result<()> {
     let Listeners { grpc: listen, tls, cluster } = listeners;
+    let ops_stop_tx = serve_operations(extras.operations).await?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     let cluster_here = cluster.as_ref().is_some_and(|c| c.listen.is_none());
@@ -463,7 +617,7 @@ pub(crate) async fn serve(
             let stop = async {
                 let _ = admin_stop_rx.await;
             };
-            if let Err(e) = admin::serve(l, n, transport, tls, stop).await {
+            if let Err(e) = admin::serve_participation(l, n, transport, tls, extras.participation, stop).await {
                 tracing::error!(error = %e, "admin endpoint stopped");
             }
         });
@@ -536,6 +690,7 @@ pub(crate) async fn serve(
             let _ = stop_tx.send(());
             let _ = admin_stop_tx.send(());
             let _ = cluster_stop_tx.send(());
+            let _ = ops_stop_tx.send(());
             // Halting makes queued blocks durable, answers in-flight
             // Broadcasts and ends waiting Deliver streams.
             let n = node.clone();
@@ -547,6 +702,39 @@ pub(crate) async fn serve(
         }
     }
     Ok(())
+}
+
+/// Binds and serves the operations endpoint (before the gRPC port, so its
+/// line comes first); returns what stops it. A bind failure of the
+/// built-in default address is a warning, of a configured one an error.
+async fn serve_operations(o: Option<OperationsServe>) -> Result<tokio::sync::oneshot::Sender<()>> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let Some(o) = o else { return Ok(stop_tx) };
+    match tokio::net::TcpListener::bind(o.listen).await {
+        Ok(l) => {
+            let scheme = if o.tls.is_some() { "https" } else { "http" };
+            println!(
+                "operations endpoint on {scheme}://{} (/healthz, /metrics, /logspec, /version, status page /)",
+                l.local_addr()?
+            );
+            tokio::spawn(async move {
+                let stop = async {
+                    let _ = stop_rx.await;
+                };
+                if let Err(e) = consenter_host::operations::serve(l, o.ops, o.tls, stop).await {
+                    tracing::error!(error = %e, "operations endpoint stopped");
+                }
+            });
+        }
+        Err(e) if !o.explicit => tracing::warn!(
+            addr = %o.listen,
+            error = %e,
+            "operations endpoint not served (the default address is taken; set Operations.ListenAddress or \
+             --operations-listen)"
+        ),
+        Err(e) => return Err(e).with_context(|| format!("operations endpoint on {}", o.listen)),
+    }
+    Ok(stop_tx)
 }
 
 /// Waits for SIGINT (Ctrl-C) or SIGTERM (what systemd and container

@@ -174,6 +174,12 @@ pub const SETTINGS: &[Spec] = &[
     s("ConsenterHost.RestartPolicy", List, None, "channel:NAME=POLICY or plugin:TYPE=POLICY (--restart-policy)"),
     s("ConsenterHost.DiskReserveMiB", U64, Some("128"), "free space kept on the ledger disk (--disk-reserve-mib)"),
     s(
+        "ConsenterHost.StorageMiB",
+        U64,
+        Some("1024"),
+        "plugin storage per clustered chain, e.g. a raft log (--storage-mib)",
+    ),
+    s(
         "ConsenterHost.RestartBackoffInitial",
         Duration,
         Some("100ms"),

@@ -174,6 +174,8 @@ pub struct Settings {
     pub restart_policy: Vec<String>,
     /// Disk reserve, MiB.
     pub disk_reserve_mib: u64,
+    /// Plugin storage per clustered chain, MiB.
+    pub storage_mib: u64,
     /// First restart delay.
     pub restart_backoff_initial: Duration,
     /// Longest restart delay.
@@ -341,6 +343,7 @@ impl Settings {
             plugin_limits: c.list("ConsenterHost.PluginLimits"),
             restart_policy: c.list("ConsenterHost.RestartPolicy"),
             disk_reserve_mib: c.num("ConsenterHost.DiskReserveMiB").unwrap_or(128),
+            storage_mib: c.num("ConsenterHost.StorageMiB").unwrap_or(1024),
             restart_backoff_initial: dur("ConsenterHost.RestartBackoffInitial", 100),
             restart_backoff_max: dur("ConsenterHost.RestartBackoffMax", 10_000),
             restart_max_crashes: c.num("ConsenterHost.RestartMaxCrashes").unwrap_or(5) as u32,
