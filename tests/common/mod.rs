@@ -23,6 +23,8 @@ pub struct NodeProc {
     pub addr: String,
     /// The admin endpoint (host:port), unless started with --no-admin.
     pub admin: Option<String>,
+    /// The operations endpoint (host:port), if it serves one.
+    pub operations: Option<String>,
     /// Stdout lines up to the listening line.
     pub banner: Vec<String>,
     /// Stdout lines after it.
@@ -63,9 +65,19 @@ impl NodeProc {
         if !given.iter().any(|a| a == "--no-admin" || a == "--admin-listen") {
             cmd.args(["--admin-listen", "127.0.0.1:0"]);
         }
+        if !given.iter().any(|a| a == "--no-operations" || a == "--operations-listen") {
+            cmd.args(["--operations-listen", "127.0.0.1:0"]);
+        }
         if !given.iter().any(|a| a == "--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
+        Self::spawn_as_is(cmd, stderr, given.iter().any(|a| a == "--no-admin"))
+    }
+
+    /// Starts `cmd` as it is (no flag added: its addresses come from its
+    /// configuration, port 0 for free ports) and waits for the listening
+    /// line; `no_admin` if it serves no admin endpoint.
+    pub fn spawn_as_is(mut cmd: Command, stderr: Stdio, no_admin: bool) -> NodeProc {
         let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().expect("starting consenter-host");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
@@ -80,8 +92,14 @@ impl NodeProc {
         // The rest of the banner, then keep draining stdout so the node
         // never blocks on a full pipe.
         let (tx, rx) = std::sync::mpsc::channel();
+        let operations = banner.iter().find_map(|l| {
+            let a = l
+                .strip_prefix("operations endpoint on http://")
+                .or_else(|| l.strip_prefix("operations endpoint on https://"))?;
+            Some(a.split_whitespace().next()?.to_string())
+        });
         let mut admin = None;
-        if !given.iter().any(|a| a == "--no-admin") {
+        if !no_admin {
             let line = lines.next().expect("node exited before the admin line").expect("reading node stdout");
             banner.push(line.clone());
             let a = line
@@ -95,7 +113,22 @@ impl NodeProc {
                 let _ = tx.send(l);
             }
         });
-        NodeProc { child, addr, admin, banner, rest: rx }
+        NodeProc { child, addr, admin, operations, banner, rest: rx }
+    }
+
+    /// A one-shot HTTP request to the operations endpoint.
+    pub fn ops(&self, method: &str, path: &str, body: Option<(&str, &[u8])>) -> consenter_host::admin::HttpAnswer {
+        let addr = self.operations.as_deref().expect("the node serves an operations endpoint");
+        consenter_host::admin::request(addr, method, path, body).expect("talking to the operations endpoint")
+    }
+
+    /// The value of the Prometheus sample `name{labels}` (labels as
+    /// rendered, in the order the node gives them, e.g.
+    /// `channel="x",type="MESSAGE",status="SUCCESS"`), or
+    /// None if the node does not show it.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let text = String::from_utf8(self.ops("GET", "/metrics", None).body).unwrap();
+        metric_in(&text, sample)
     }
 
     /// The next stdout line (waits up to 10 s).
@@ -124,6 +157,11 @@ impl Drop for NodeProc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The value of sample `name{labels}` in Prometheus text.
+pub fn metric_in(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// Runs the `consenter-host` binary with `args`; returns whether it

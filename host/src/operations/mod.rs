@@ -247,8 +247,17 @@ pub fn router(ops: Operations, tls: bool) -> Router {
         .route("/healthz", any(healthz))
         .route("/version", any(version))
         .merge(secure)
+        .layer(axum::middleware::from_fn(log_request))
         .layer(axum::middleware::from_fn(crate::admin::request_id))
         .with_state(ops)
+}
+
+/// Every request, at debug level (target `consenter_host::operations`).
+async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let r = next.run(req).await;
+    tracing::debug!(%method, %path, status = r.status().as_u16(), "operations request");
+    r
 }
 
 /// Fabric's `RequireCert`: over TLS, a verified client certificate or 401.
