@@ -65,16 +65,36 @@ impl std::fmt::Display for LogFormat {
 pub enum LogSpecError {
     /// A segment that is neither a level nor `logger[,logger]=level`.
     #[error("invalid logging specification '{spec}': bad segment '{segment}'")]
-    BadSegment { spec: String, segment: String },
+    BadSegment {
+        /// The spec.
+        spec: String,
+        /// The segment.
+        segment: String,
+    },
     /// `=level` with no logger.
     #[error("invalid logging specification '{spec}': no logger specified in segment '{segment}'")]
-    NoLogger { spec: String, segment: String },
+    NoLogger {
+        /// The spec.
+        spec: String,
+        /// The segment.
+        segment: String,
+    },
     /// A logger name with characters Fabric does not allow.
     #[error("invalid logging specification '{spec}': bad logger name '{logger}'")]
-    BadLogger { spec: String, logger: String },
+    BadLogger {
+        /// The spec.
+        spec: String,
+        /// The logger name.
+        logger: String,
+    },
     /// The filter built from a spec was refused by `tracing`.
     #[error("logging specification '{spec}': {reason}")]
-    Filter { spec: String, reason: String },
+    Filter {
+        /// The spec.
+        spec: String,
+        /// What `tracing` said.
+        reason: String,
+    },
     /// The filter could not be swapped in (the subscriber is gone).
     #[error("changing the log filter: {0}")]
     Reload(String),
@@ -108,7 +128,9 @@ fn segments(spec: &str) -> Vec<String> {
         if c == ':' {
             if chars.peek() == Some(&':') {
                 chars.next();
-                out.last_mut().map(|s| s.push_str("::"));
+                if let Some(s) = out.last_mut() {
+                    s.push_str("::");
+                }
                 continue;
             }
             out.push(String::new());

@@ -217,7 +217,8 @@ impl Settings {
             Ok(Some(Tls {
                 certificate,
                 private_key,
-                root_cas: paths(c.list(&k("RootCAs"))),
+                // Only General.TLS dials out (Fabric ignores the others' RootCAs).
+                root_cas: if prefix == "General" { paths(c.list(&k("RootCAs"))) } else { vec![] },
                 client_auth_required: c.bool(&k("ClientAuthRequired")),
                 client_root_cas: paths(c.list(&k("ClientRootCAs"))),
             }))
@@ -395,6 +396,15 @@ mod tests {
         c.set_text("General.TLS.Enabled", "true", Source::Default).unwrap();
         let e = Settings::from_config(&c).unwrap_err().to_string();
         assert_eq!(e, "General.TLS.Enabled needs its Certificate and PrivateKey");
+        for p in ["Admin", "Operations"] {
+            let mut c = Config::defaults();
+            c.set_text(&format!("{p}.TLS.Enabled"), "true", Source::Default).unwrap();
+            c.set_text(&format!("{p}.TLS.Certificate"), "/c.crt", Source::Default).unwrap();
+            c.set_text(&format!("{p}.TLS.PrivateKey"), "/c.key", Source::Default).unwrap();
+            let s = Settings::from_config(&c).unwrap();
+            let ep = if p == "Admin" { s.admin } else { s.operations };
+            assert_eq!(ep.unwrap().tls.unwrap().certificate, PathBuf::from("/c.crt"));
+        }
         let mut c = Config::defaults();
         c.set_text("General.BootstrapMethod", "kafka", Source::Default).unwrap();
         assert!(Settings::from_config(&c).unwrap_err().to_string().contains("file or none"));
