@@ -189,8 +189,13 @@ struct BroadcastHandles {
 /// first of its kind.
 #[derive(Default)]
 pub struct BroadcastMetrics {
-    by_channel: HashMap<String, HashMap<(i32, i32), BroadcastHandles>>,
-    accepted: HashMap<String, Arc<AtomicU64>>,
+    by_channel: HashMap<String, ChannelHandles>,
+}
+
+/// The cached handles of one channel.
+struct ChannelHandles {
+    kinds: HashMap<(i32, i32), BroadcastHandles>,
+    accepted: Arc<AtomicU64>,
 }
 
 /// What is known of one envelope when its answer goes out.
@@ -224,24 +229,18 @@ impl BroadcastMetrics {
             }
         };
         if !self.by_channel.contains_key(o.channel) {
-            self.by_channel.insert(o.channel.to_string(), HashMap::new());
+            let entry = ChannelHandles { kinds: HashMap::new(), accepted: accepted(o.channel) };
+            self.by_channel.insert(o.channel.to_string(), entry);
         }
-        let Some(kinds) = self.by_channel.get_mut(o.channel) else { return };
-        kinds.entry((ty, o.validate.1)).or_insert_with(|| handles(o.validate.1)).validate.record(o.validate.0);
-        let h = kinds.entry((ty, o.status)).or_insert_with(|| handles(o.status));
+        let Some(ch) = self.by_channel.get_mut(o.channel) else { return };
+        ch.kinds.entry((ty, o.validate.1)).or_insert_with(|| handles(o.validate.1)).validate.record(o.validate.0);
+        let h = ch.kinds.entry((ty, o.status)).or_insert_with(|| handles(o.status));
         if let Some(d) = o.enqueue {
             h.enqueue.record(d);
         }
         h.processed.increment(1);
         if o.status == Status::Success as i32 {
-            match self.accepted.get(o.channel) {
-                Some(c) => c.fetch_add(1, Ordering::Relaxed),
-                None => {
-                    let c = accepted(o.channel);
-                    self.accepted.insert(o.channel.to_string(), c.clone());
-                    c.fetch_add(1, Ordering::Relaxed)
-                }
-            };
+            ch.accepted.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
