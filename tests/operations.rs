@@ -348,3 +348,52 @@ async fn status_page_in_headless_chromium() {
     let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot ({e}): {out:?}"));
     assert!(png.starts_with(b"\x89PNG") && png.len() > 5_000, "a real screenshot ({} bytes)", png.len());
 }
+
+/// Operations.TLS: with client root CAs a client certificate is required
+/// (ClientAuthRequired); without them, the TLS endpoint serves /healthz and
+/// /version to anyone and answers 401 on /metrics, /logspec and the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_tls_as_fabric() {
+    let org = fixtures().join("crypto/ordererOrganizations/example.com");
+    let s = |p: &str| org.join(p).to_string_lossy().into_owned();
+    let (cert, key) =
+        (s("orderers/orderer0.example.com/tls/server.crt"), s("orderers/orderer0.example.com/tls/server.key"));
+    let ca = org.join("tlsca/tlsca.example.com-cert.pem");
+    let (ccert, ckey) =
+        (org.join("users/Admin@example.com/tls/client.crt"), org.join("users/Admin@example.com/tls/client.key"));
+    let client = |identity: bool| consenter_host::admin::ClientTls {
+        config: Some(
+            consenter_host::admin::tls::client_config(&ca, identity.then_some((ccert.as_path(), ckey.as_path())))
+                .unwrap(),
+        ),
+        has_client_cert: identity,
+        ..Default::default()
+    };
+    let get = |node: &NodeProc, tls: &consenter_host::admin::ClientTls, path: &str| {
+        consenter_host::admin::request_with(node.operations.as_deref().unwrap(), tls, "GET", path, None)
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let required = NodeProc::start(
+        &dir.path().join("a"),
+        &[
+            "--operations-tls-cert",
+            &cert,
+            "--operations-tls-key",
+            &key,
+            "--operations-tls-client-ca",
+            ca.to_str().unwrap(),
+        ],
+    );
+    assert!(required.banner.iter().any(|l| l.starts_with("operations endpoint on https://")));
+    assert_eq!(get(&required, &client(true), "/metrics").unwrap().status, 200);
+    assert!(get(&required, &client(false), "/healthz").is_err(), "no client certificate: refused");
+
+    let optional =
+        NodeProc::start(&dir.path().join("b"), &["--operations-tls-cert", &cert, "--operations-tls-key", &key]);
+    assert_eq!(get(&optional, &client(false), "/healthz").unwrap().status, 200);
+    assert_eq!(get(&optional, &client(false), "/version").unwrap().status, 200);
+    for path in ["/metrics", "/logspec", "/"] {
+        assert_eq!(get(&optional, &client(false), path).unwrap().status, 401, "{path}");
+    }
+}

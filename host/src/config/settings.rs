@@ -279,11 +279,20 @@ impl Settings {
             }
         };
         let log_format = c.str("ConsenterHost.Logging.Format").unwrap_or("fabric");
-        let log_format: LogFormat = log_format.parse().map_err(|_| SettingsError::Invalid {
-            key: "ConsenterHost.Logging.Format",
-            value: log_format.into(),
-            expected: "fabric or json",
-        })?;
+        let log_format: LogFormat = if log_format.contains("%{") {
+            // A flogging format string (FABRIC_LOGGING_FORMAT): its verbs are
+            // not interpreted here; Fabric's default layout is used.
+            warnings.push(format!(
+                "log format {log_format:?}: custom flogging formats are not supported; using Fabric's default format"
+            ));
+            LogFormat::Fabric
+        } else {
+            log_format.parse().map_err(|_| SettingsError::Invalid {
+                key: "ConsenterHost.Logging.Format",
+                value: log_format.into(),
+                expected: "fabric, json, or a flogging format string",
+            })?
+        };
         let dev_channel = c.bool("ConsenterHost.DevChannel.Enabled").then(|| DevChannel {
             name: c.str("ConsenterHost.DevChannel.Name").unwrap_or("devchannel").to_string(),
             batch_timeout: dur("ConsenterHost.DevChannel.BatchTimeout", 2000),
