@@ -42,4 +42,5 @@ run "$n2" "$work/b.out"
 ir() { grep -E '^(summary|totals):' "$1" | head -1 | awk '{print $2}'; }
 a=$(ir "$work/a.out"); b=$(ir "$work/b.out")
 echo "Ir($n1)=$a Ir($n2)=$b per envelope: $(( (b - a) / (n2 - n1) ))"
+if [ -n "${KEEP:-}" ]; then cp "$work/a.out" "$work/b.out" "$KEEP"/; fi
 rm -rf "$work"

@@ -185,23 +185,38 @@ struct BroadcastHandles {
 }
 
 /// Broadcast metrics of one stream: handles cached by channel, header type
-/// and status, so that recording an envelope allocates nothing after the
-/// first of its kind.
+/// and status, so that recording an envelope allocates and hashes nothing
+/// after the first of its kind (a stream sends to few channels and sees few
+/// kinds: short lists, the last channel first).
 #[derive(Default)]
 pub struct BroadcastMetrics {
-    by_channel: HashMap<String, ChannelHandles>,
+    channels: Vec<ChannelHandles>,
 }
 
 /// The cached handles of one channel.
 struct ChannelHandles {
-    kinds: HashMap<(i32, i32), BroadcastHandles>,
+    channel: Arc<str>,
+    kinds: Vec<((i32, i32), BroadcastHandles)>,
     accepted: Arc<AtomicU64>,
+}
+
+impl ChannelHandles {
+    fn kind(&mut self, key: (i32, i32), make: impl FnOnce() -> BroadcastHandles) -> &BroadcastHandles {
+        let i = match self.kinds.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                self.kinds.push((key, make()));
+                self.kinds.len() - 1
+            }
+        };
+        &self.kinds[i].1
+    }
 }
 
 /// What is known of one envelope when its answer goes out.
 pub struct BroadcastOutcome<'a> {
     /// Its channel ("" if it did not parse).
-    pub channel: &'a str,
+    pub channel: &'a Arc<str>,
     /// Its header type, if it parsed.
     pub header_type: Option<i32>,
     /// How long its checks took, and their status.
@@ -228,13 +243,29 @@ impl BroadcastMetrics {
                 processed: counter!(BROADCAST_PROCESSED, &labels),
             }
         };
-        if !self.by_channel.contains_key(o.channel) {
-            let entry = ChannelHandles { kinds: HashMap::new(), accepted: accepted(o.channel) };
-            self.by_channel.insert(o.channel.to_string(), entry);
+        let found = match self.channels.first() {
+            Some(c) if Arc::ptr_eq(&c.channel, o.channel) => Some(0),
+            _ => self.channels.iter().position(|c| *c.channel == **o.channel),
+        };
+        let i = match found {
+            Some(i) => i,
+            None => {
+                let accepted = accepted(o.channel);
+                self.channels.push(ChannelHandles { channel: o.channel.clone(), kinds: vec![], accepted });
+                self.channels.len() - 1
+            }
+        };
+        if i > 0 {
+            // The last channel first: the next envelope is most likely its.
+            self.channels.swap(0, i);
         }
-        let Some(ch) = self.by_channel.get_mut(o.channel) else { return };
-        ch.kinds.entry((ty, o.validate.1)).or_insert_with(|| handles(o.validate.1)).validate.record(o.validate.0);
-        let h = ch.kinds.entry((ty, o.status)).or_insert_with(|| handles(o.status));
+        let ch = &mut self.channels[0];
+        // Keep the pointer of the stream's current name for the fast path.
+        if !Arc::ptr_eq(&ch.channel, o.channel) {
+            ch.channel = o.channel.clone();
+        }
+        ch.kind((ty, o.validate.1), || handles(o.validate.1)).validate.record(o.validate.0);
+        let h = ch.kind((ty, o.status), || handles(o.status));
         if let Some(d) = o.enqueue {
             h.enqueue.record(d);
         }
