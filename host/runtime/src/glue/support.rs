@@ -46,12 +46,14 @@ macro_rules! support_host {
             let bs = self.support.config.batch_size;
             let mut batches = Vec::new();
             let mut pending = Vec::with_capacity(envs.len());
+            // One clock read for the call: its envelopes arrived together.
+            let now = self.support.clock.now();
             for env in envs {
                 let env = self.take_envelope(env)?;
                 let before = self.support.cutter.pending_len();
                 let r = self.support.cutter.ordered(env, &bs);
                 let s = &mut self.support;
-                s.fill.ordered(s.clock.now(), before, s.cutter.pending_len(), r.batches.len());
+                s.fill.ordered(now, before, s.cutter.pending_len(), r.batches.len());
                 for b in r.batches {
                     batches.push(self.push(BatchRes(b))?);
                 }
