@@ -385,7 +385,7 @@ async fn operations_tls_as_fabric() {
             ca.to_str().unwrap(),
         ],
     );
-    assert!(required.banner.iter().any(|l| l.starts_with("operations endpoint on https://")));
+    assert!(required.banner.iter().any(|l| l.starts_with("operations endpoint on https://")), "{:?}", required.banner);
     assert_eq!(get(&required, &client(true), "/metrics").unwrap().status, 200);
     assert!(get(&required, &client(false), "/healthz").is_err(), "no client certificate: refused");
 

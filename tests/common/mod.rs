@@ -25,7 +25,8 @@ pub struct NodeProc {
     pub admin: Option<String>,
     /// The operations endpoint (host:port), if it serves one.
     pub operations: Option<String>,
-    /// Stdout lines up to the listening line.
+    /// Stdout lines up to the listening line, then the admin and
+    /// operations endpoints' lines.
     pub banner: Vec<String>,
     /// Stdout lines after it.
     pub rest: std::sync::mpsc::Receiver<String>,
@@ -92,12 +93,6 @@ impl NodeProc {
         // The rest of the banner, then keep draining stdout so the node
         // never blocks on a full pipe.
         let (tx, rx) = std::sync::mpsc::channel();
-        let operations = banner.iter().find_map(|l| {
-            let a = l
-                .strip_prefix("operations endpoint on http://")
-                .or_else(|| l.strip_prefix("operations endpoint on https://"))?;
-            Some(a.split_whitespace().next()?.to_string())
-        });
         let mut admin = None;
         if !no_admin {
             let line = lines.next().expect("node exited before the admin line").expect("reading node stdout");
@@ -108,6 +103,22 @@ impl NodeProc {
                 .expect("the admin endpoint line");
             admin = Some(a.split_whitespace().next().unwrap().to_string());
         }
+        // The operations endpoint's line follows, when it serves one (a
+        // node whose default address was taken has none).
+        let line = lines.next().expect("node exited after its first lines").expect("reading node stdout");
+        let operations = match line
+            .strip_prefix("operations endpoint on http://")
+            .or_else(|| line.strip_prefix("operations endpoint on https://"))
+        {
+            Some(a) => {
+                banner.push(line.clone());
+                a.split_whitespace().next().map(str::to_string)
+            }
+            None => {
+                let _ = tx.send(line);
+                None
+            }
+        };
         std::thread::spawn(move || {
             for l in lines.map_while(Result::ok) {
                 let _ = tx.send(l);

@@ -336,6 +336,8 @@ pub(crate) fn start(a: StartArgs, m: &clap::ArgMatches) -> Result<()> {
         };
     }
     let disk_reserve = s.disk_reserve_mib.saturating_mul(1 << 20);
+    // The gRPC port's TLS first: its errors name the flags and files.
+    let grpc_tls = general_tls(&s)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let mut cluster = {
         let _in_runtime = rt.enter();
@@ -387,7 +389,6 @@ pub(crate) fn start(a: StartArgs, m: &clap::ArgMatches) -> Result<()> {
         t.batch_size.preferred_max_bytes = t.batch_size.preferred_max_bytes.min(d.absolute_max_bytes);
         node.create_channel(&t.genesis_block()).with_context(|| format!("creating channel {}", d.name))?;
     }
-    let grpc_tls = general_tls(&s)?;
     let admin = s.admin.as_ref().map(|ep| (ep.listen, admin_tls));
     let extras = Extras {
         participation: s.participation,
@@ -471,24 +472,21 @@ pub(crate) fn general_tls(s: &Settings) -> Result<Option<Arc<rustls::ServerConfi
         if t.client_root_cas.is_empty() {
             bail!("General.TLS.ClientAuthRequired needs General.TLS.ClientRootCAs (--tls-client-root-ca)");
         }
-        ClientAuth::Require(Arc::new(tls::load_roots(
-            "TLS client root CA (General.TLS.ClientRootCAs, --tls-client-root-ca)",
-            &t.client_root_cas,
-        )?))
+        ClientAuth::Require(Arc::new(tls::load_roots("TLS client root CA (--tls-client-root-ca)", &t.client_root_cas)?))
     } else {
         ClientAuth::Request
     };
     let config = tls::server_config(
         &t.certificate,
         &t.private_key,
-        ("TLS certificate (General.TLS.Certificate, --tls-cert)", "TLS key (General.TLS.PrivateKey, --tls-key)"),
+        ("TLS certificate (--tls-cert)", "TLS key (--tls-key)"),
         client_auth,
         tls::ALPN_H2,
     )?;
     // The client side (cluster, block pulling) is checked now too, so a bad
     // --tls-root-ca stops the start rather than the first connection.
     if !t.root_cas.is_empty() {
-        tls::load_roots("TLS root CA (General.TLS.RootCAs, --tls-root-ca)", &t.root_cas)?;
+        tls::load_roots("TLS root CA (--tls-root-ca)", &t.root_cas)?;
     }
     tracing::info!(
         cert = %t.certificate.display(),
@@ -596,7 +594,6 @@ pub(crate) async fn serve(
     extras: Extras,
 ) -> Result<()> {
     let Listeners { grpc: listen, tls, cluster } = listeners;
-    let ops_stop_tx = serve_operations(extras.operations).await?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     let cluster_here = cluster.as_ref().is_some_and(|c| c.listen.is_none());
@@ -622,6 +619,8 @@ pub(crate) async fn serve(
             }
         });
     }
+    // After the admin line (scripts and tests read the first lines in order).
+    let ops_stop_tx = serve_operations(extras.operations).await?;
     let (cluster_stop_tx, cluster_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut on_grpc_port = None;
     if let Some(c) = cluster {
@@ -704,8 +703,8 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// Binds and serves the operations endpoint (before the gRPC port, so its
-/// line comes first); returns what stops it. A bind failure of the
+/// Binds and serves the operations endpoint (its line follows the admin
+/// endpoint's); returns what stops it. A bind failure of the
 /// built-in default address is a warning, of a configured one an error.
 async fn serve_operations(o: Option<OperationsServe>) -> Result<tokio::sync::oneshot::Sender<()>> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
