@@ -1,10 +1,16 @@
 //! The container image without a container engine: the Dockerfile's
 //! runtime interface (ENTRYPOINT, CMD, USER, EXPOSE, VOLUME, every ENV)
 //! is the one the README documents, the image's orderer.yaml loads under
-//! those variables with no unknown key, and the compose file's mounts
-//! exist. (.ci/run builds the image where an engine is running.)
+//! those variables with no unknown key, the compose file's mounts exist,
+//! and its three raft nodes, run as processes with the image's variables
+//! and the compose file's environment (mounts mapped to the fixtures),
+//! order a transaction. (.ci/run builds the image where an engine runs.)
+
+mod common;
+mod raft_cluster;
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use consenter_host::config::Config;
 use consenter_host::config::settings::Settings;
@@ -127,4 +133,128 @@ fn compose_mounts_exist() {
         );
     }
     assert!(text.contains("raftchannel.genesis.block"));
+}
+
+/// The compose file's services: (name, environment, volumes as
+/// (host path, container path)), read line by line.
+fn compose_services() -> Vec<(String, Vec<(String, String)>, Vec<(PathBuf, String)>)> {
+    let dir = repo().join("docker");
+    let text = std::fs::read_to_string(dir.join("compose.yaml")).unwrap();
+    let mut out: Vec<(String, Vec<(String, String)>, Vec<(PathBuf, String)>)> = vec![];
+    let mut section = "";
+    let mut top = "";
+    for line in text.lines() {
+        if let Some(t) = line.strip_suffix(':').filter(|l| !l.starts_with(' ') && !l.starts_with('#')) {
+            top = if t == "services" { "services" } else { "" };
+            continue;
+        }
+        if top != "services" {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':')).filter(|n| !n.starts_with(' ')) {
+            if name.starts_with("orderer") {
+                out.push((name.to_string(), vec![], vec![]));
+            }
+            continue;
+        }
+        let t = line.trim();
+        if t == "environment:" || t == "volumes:" {
+            section = if t == "environment:" { "env" } else { "vol" };
+            continue;
+        }
+        let Some(svc) = out.last_mut() else { continue };
+        if !line.starts_with("      ") {
+            continue;
+        }
+        match section {
+            "env" => {
+                let (k, v) = t.split_once(": ").expect("KEY: VALUE");
+                svc.1.push((k.to_string(), v.trim_matches('"').to_string()));
+            }
+            "vol" => {
+                let m = t.strip_prefix("- ").unwrap();
+                let mut parts = m.split(':');
+                let (host, container) = (parts.next().unwrap(), parts.next().unwrap());
+                if host.starts_with('.') {
+                    svc.2.push((dir.join(host), container.to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The fixture's raft ports, held across test processes (the lock file
+/// tests/raft.rs and tests/raft_faults.rs take too).
+async fn lock_fixture_ports() -> std::fs::File {
+    let path = std::env::temp_dir().join("consenter-host-fabric-fixture-ports.lock");
+    tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::create(&path).unwrap();
+        f.lock().unwrap();
+        f
+    })
+    .await
+    .unwrap()
+}
+
+/// The compose file's network, as processes: each node gets the image's
+/// variables, then its service's environment, with every path under a
+/// mount mapped to the mounted fixture path, `FABRIC_CFG_PATH` at
+/// docker/ (the image's orderer.yaml) and the ledger volume in a temporary
+/// directory. The consensus ports stay the compose file's (the genesis
+/// block names them); the admin and operations endpoints take free ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_network_orders_as_processes() {
+    let _ports = lock_fixture_ports().await;
+    let dir = tempfile::Builder::new().keep(std::env::var_os("KEEP_COMPOSE_LOGS").is_some()).tempdir().unwrap();
+    eprintln!("compose network logs in {}", dir.path().display());
+    let services = compose_services();
+    assert_eq!(services.len(), 3);
+    let mut nodes = vec![];
+    for (name, env, vols) in &services {
+        let map = |v: &str| -> String {
+            let mut best: Option<(&PathBuf, &String)> = None;
+            for (host, container) in vols {
+                if (v == container || v.starts_with(&format!("{container}/")))
+                    && best.is_none_or(|(_, c)| container.len() > c.len())
+                {
+                    best = Some((host, container));
+                }
+            }
+            match best {
+                Some((host, container)) => format!("{}{}", host.display(), &v[container.len()..]),
+                None => v.to_string(),
+            }
+        };
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_consenter-host"));
+        cmd.arg("start").env_remove("RUST_LOG");
+        for (k, v) in image_env().iter().chain(env.iter()) {
+            let v = if k.starts_with("ORDERER_") && v.starts_with('[') {
+                let items: Vec<String> = v.trim_matches(['[', ']']).split(',').map(|i| map(i.trim())).collect();
+                format!("[{}]", items.join(","))
+            } else {
+                map(v)
+            };
+            cmd.env(k, v);
+        }
+        cmd.env("FABRIC_CFG_PATH", repo().join("docker"))
+            .env("ORDERER_FILELEDGER_LOCATION", dir.path().join(name))
+            .env("ORDERER_ADMIN_LISTENADDRESS", "127.0.0.1:0")
+            .env("ORDERER_OPERATIONS_LISTENADDRESS", "127.0.0.1:0");
+        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+        nodes.push(common::NodeProc::spawn_as_is(cmd, Stdio::from(log), false));
+    }
+    for n in &nodes {
+        assert!(n.banner.iter().any(|l| l.contains("orderer.AtomicBroadcast, orderer.Cluster, TLS")), "{:?}", n.banner);
+        assert!(n.admin.is_some() && n.banner.iter().any(|l| l.starts_with("admin endpoint on https://")));
+    }
+    let net = raft_cluster::Net::raft3();
+    let txs = raft_cluster::txs("compose", 3);
+    net.broadcast_until_ok(1, &txs).await;
+    net.all_agree(&[0, 1, 2], &txs).await;
+    for n in &nodes {
+        let h = n.ops("GET", "/healthz", None);
+        assert_eq!(h.status, 200, "{}", String::from_utf8_lossy(&h.body));
+    }
 }
