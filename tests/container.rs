@@ -135,12 +135,15 @@ fn compose_mounts_exist() {
     assert!(text.contains("raftchannel.genesis.block"));
 }
 
-/// The compose file's services: (name, environment, volumes as
-/// (host path, container path)), read line by line.
-fn compose_services() -> Vec<(String, Vec<(String, String)>, Vec<(PathBuf, String)>)> {
+/// One service of the compose file: its name, environment and volumes as
+/// (host path, container path).
+type Service = (String, Vec<(String, String)>, Vec<(PathBuf, String)>);
+
+/// The compose file's services, read line by line.
+fn compose_services() -> Vec<Service> {
     let dir = repo().join("docker");
     let text = std::fs::read_to_string(dir.join("compose.yaml")).unwrap();
-    let mut out: Vec<(String, Vec<(String, String)>, Vec<(PathBuf, String)>)> = vec![];
+    let mut out: Vec<Service> = vec![];
     let mut section = "";
     let mut top = "";
     for line in text.lines() {
@@ -207,7 +210,8 @@ async fn lock_fixture_ports() -> std::fs::File {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compose_network_orders_as_processes() {
     let _ports = lock_fixture_ports().await;
-    let dir = tempfile::Builder::new().keep(std::env::var_os("KEEP_COMPOSE_LOGS").is_some()).tempdir().unwrap();
+    let dir =
+        tempfile::Builder::new().disable_cleanup(std::env::var_os("KEEP_COMPOSE_LOGS").is_some()).tempdir().unwrap();
     eprintln!("compose network logs in {}", dir.path().display());
     let services = compose_services();
     assert_eq!(services.len(), 3);

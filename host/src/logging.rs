@@ -396,9 +396,21 @@ fn caller(meta: &tracing::Metadata<'_>) -> String {
     }
 }
 
-/// The civil UTC time of `t`: (year, month, day, hour, minute, second,
-/// millisecond) and the seconds since the epoch with their fraction.
-fn civil(t: SystemTime) -> ((i64, u32, u32, u32, u32, u32, u32), f64) {
+/// A civil UTC time.
+struct Civil {
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u32,
+    minute: u32,
+    second: u32,
+    milli: u32,
+    /// Seconds since the epoch, with their fraction.
+    unix: f64,
+}
+
+/// The civil UTC time of `t`.
+fn civil(t: SystemTime) -> Civil {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
     let days = secs.div_euclid(86_400);
@@ -413,13 +425,22 @@ fn civil(t: SystemTime) -> ((i64, u32, u32, u32, u32, u32, u32), f64) {
     let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
-    ((year, month, day, sod / 3600, sod / 60 % 60, sod % 60, d.subsec_millis()), d.as_secs_f64())
+    Civil {
+        year,
+        month,
+        day,
+        hour: sod / 3600,
+        minute: sod / 60 % 60,
+        second: sod % 60,
+        milli: d.subsec_millis(),
+        unix: d.as_secs_f64(),
+    }
 }
 
 /// RFC 3339 UTC time with nanoseconds, as Go's `time.Time` marshals to
 /// JSON (e.g. `2024-05-01T12:00:00.123456789Z`).
 pub fn rfc3339(t: SystemTime) -> String {
-    let ((y, mo, d, h, mi, s, _), _) = civil(t);
+    let Civil { year: y, month: mo, day: d, hour: h, minute: mi, second: s, .. } = civil(t);
     let nanos = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
     let frac = if nanos == 0 { String::new() } else { format!(".{nanos:09}").trim_end_matches('0').to_string() };
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{frac}Z")
@@ -479,7 +500,7 @@ fn fabric_line(
     f: &Fields,
     color: bool,
 ) -> String {
-    let ((y, mo, d, h, mi, s, ms), _) = civil(now);
+    let Civil { year: y, month: mo, day: d, hour: h, minute: mi, second: s, milli: ms, .. } = civil(now);
     let mut out = String::with_capacity(160);
     let c = level_color(level);
     if color {
@@ -506,7 +527,7 @@ fn fabric_line(
 }
 
 fn json_line(now: SystemTime, level: Level, target: &str, caller: String, f: &Fields) -> String {
-    let (_, ts) = civil(now);
+    let ts = civil(now).unix;
     let mut m = serde_json::Map::new();
     let level = match level {
         Level::TRACE | Level::DEBUG => "debug",
@@ -566,8 +587,8 @@ mod tests {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::new(1_714_564_800, 123_000_000);
         assert_eq!(rfc3339(t), "2024-05-01T12:00:00.123Z");
         assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let ((y, mo, d, ..), _) = civil(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400));
-        assert_eq!((y, mo, d), (2000, 2, 29));
+        let c = civil(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400));
+        assert_eq!((c.year, c.month, c.day), (2000, 2, 29));
     }
 
     #[test]
