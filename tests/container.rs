@@ -257,8 +257,17 @@ async fn compose_network_orders_as_processes() {
     let txs = raft_cluster::txs("compose", 3);
     net.broadcast_until_ok(1, &txs).await;
     net.all_agree(&[0, 1, 2], &txs).await;
+    let mut leaders = 0.0;
     for n in &nodes {
         let h = n.ops("GET", "/healthz", None);
         assert_eq!(h.status, 200, "{}", String::from_utf8_lossy(&h.body));
+        // Fabric's etcdraft metrics, from what the raft plugin reports.
+        assert_eq!(n.metric(r#"consensus_etcdraft_cluster_size{channel="raftchannel"}"#), Some(3.0));
+        leaders += n.metric(r#"consensus_etcdraft_is_leader{channel="raftchannel"}"#).unwrap_or(0.0);
+        let s: serde_json::Value = serde_json::from_slice(&n.ops("GET", "/status.json", None).body).unwrap();
+        let ch = &s["channels"][0];
+        assert_eq!((&ch["name"], &ch["consensus"]), (&"raftchannel".into(), &"etcdraft".into()), "{s}");
+        assert!(ch["leader"].as_u64().is_some_and(|l| (1..=3).contains(&l)) || ch["is_leader"] == true, "{s}");
     }
+    assert_eq!(leaders, 1.0, "one leader among the three");
 }

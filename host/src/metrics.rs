@@ -376,10 +376,12 @@ struct ConsensusInner {
 }
 
 /// The consensus metrics of `channel` (made on first use; the same handle
-/// afterwards). For the host side of a clustered plugin: call
+/// afterwards). [`collect`] fills them before each scrape from what a
+/// clustered plugin reports (the channel's `consenter.cluster`: leader,
+/// active nodes, leader changes) and the channel's config (cluster size)
+/// and height (committed block); code with fresher values may call
 /// `set_is_leader`, `leader_changed`, `set_committed_block_number`,
-/// `set_cluster_size`, `set_active_nodes` and `set_leader` as raft reports
-/// them.
+/// `set_cluster_size`, `set_active_nodes` and `set_leader` itself.
 pub fn consensus(channel: &str) -> ConsensusMetrics {
     if let Some(m) = read(consensus_registry()).get(channel) {
         return m.clone();
@@ -494,6 +496,18 @@ pub fn collect(node: &Node) {
             counter!(CRASHES, &[ch()]).absolute(c.crashes);
             counter!(RESTARTS, &[ch()]).absolute(c.restarts);
             counter!(LOST, &[ch()]).absolute(c.lost_envelopes);
+            // What a clustered plugin reported (raft's `cluster.report`),
+            // as Fabric's etcdraft metrics.
+            if let Some(cl) = &c.cluster {
+                let m = consensus(&name);
+                m.set_is_leader(cl.is_leader);
+                m.inner.leader_changes.absolute(cl.leader_changes);
+                m.set_leader(Some(cl.leader).filter(|l| *l != 0));
+                m.set_active_nodes(cl.active_nodes.len() as u64);
+                m.set_committed_block_number(info.height.saturating_sub(1));
+                let size = node.chain(&name).and_then(|c| c.status().config()).map_or(0, |c| c.consenters.len());
+                m.set_cluster_size(size as u64);
+            }
         }
     }
 }

@@ -206,14 +206,22 @@ impl Operations {
                     .unwrap_or_default();
                 let plugin = info.consenter.as_ref().map(|c| c.plugin.clone()).unwrap_or_else(|| consensus.clone());
                 let raft = crate::metrics::consensus_known(&name);
+                let cluster = info.consenter.as_ref().and_then(|c| c.cluster.clone());
                 Some(page::ChannelStatus {
                     plugin_version: self.plugin_versions.get(&plugin).cloned().unwrap_or_default(),
                     consensus,
                     height: info.height,
                     status: info.status.to_string(),
                     state: info.consenter.as_ref().map_or_else(|| "failed".to_string(), |c| c.state.clone()),
-                    leader: raft.as_ref().and_then(|r| r.leader()),
-                    is_leader: raft.as_ref().and_then(|r| r.is_leader()),
+                    leader: cluster
+                        .as_ref()
+                        .map(|c| c.leader)
+                        .filter(|l| *l != 0)
+                        .or_else(|| raft.as_ref().and_then(|r| r.leader())),
+                    is_leader: cluster
+                        .as_ref()
+                        .map(|c| c.is_leader)
+                        .or_else(|| raft.as_ref().and_then(|r| r.is_leader())),
                     crashes: info.consenter.as_ref().map_or(0, |c| c.crashes),
                     restarts: info.consenter.as_ref().map_or(0, |c| c.restarts),
                     last_crash: info.consenter.as_ref().and_then(|c| c.last_crash.clone()).or(info.error),
