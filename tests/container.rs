@@ -210,6 +210,14 @@ async fn lock_fixture_ports() -> std::fs::File {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compose_network_orders_as_processes() {
     let _ports = lock_fixture_ports().await;
+    // Processes that do not take the lock (a raft bench) may hold the
+    // genesis block's ports: wait for them, then say so.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while let Some(p) = [7050, 7150, 7250].into_iter().find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_err())
+    {
+        assert!(std::time::Instant::now() < end, "port {p} of the raft fixture is held by another process");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
     let dir =
         tempfile::Builder::new().disable_cleanup(std::env::var_os("KEEP_COMPOSE_LOGS").is_some()).tempdir().unwrap();
     eprintln!("compose network logs in {}", dir.path().display());
