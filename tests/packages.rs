@@ -154,14 +154,14 @@ async fn signed_plugin_is_verified_inspected_and_orders() {
         let node = NodeProc::start(&data, &args);
         orders(&node, "devchannel", 3).await;
     }
-    // Its compiled artifacts were cached (solo and mysolo), and a restart
+    // Its compiled artifacts were cached (solo, etcdraft and mysolo), and a restart
     // with the default trust dir (<data>/trusted-keys) loads it again.
     let cached: Vec<_> = std::fs::read_dir(data.join("plugin-cache"))
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
         .collect();
-    assert_eq!(cached.len(), 2, "one entry per plugin");
+    assert_eq!(cached.len(), 3, "one entry per plugin (solo, etcdraft, mysolo)");
     std::fs::create_dir_all(data.join("trusted-keys")).unwrap();
     std::fs::copy(keys.join("alice.pub"), data.join("trusted-keys/alice.pub")).unwrap();
     let node = NodeProc::start(&data, &["--plugin", &plugin, "--dev-consensus", "mysolo"]);

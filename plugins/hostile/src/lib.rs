@@ -9,8 +9,9 @@
 //! - `recurse:<event>`: unbounded recursion (the stack limit must stop it);
 //! - `wasi-fs`, `wasi-net`, `wasi-env`, `wasi-clock`, `wasi-random`
 //!   `:<event>`: std::fs, std::net, std::env::var, SystemTime::now, a raw
-//!   `wasi:random` import (each must trap; if one returns, the plugin
-//!   reports what it got with `fail`);
+//!   `wasi:random` import (each must trap, except `wasi:random`, which the
+//!   host serves from the chain's seeded generator; if one returns, the
+//!   plugin reports what it got with `fail`);
 //! - `huge-log:<event>`: an 8 MiB log line (over the per-call byte cap);
 //! - `reuse-handle:<event>`: passes a batch handle again after
 //!   `create-next-block` consumed it;
