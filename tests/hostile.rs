@@ -246,7 +246,10 @@ async fn wasi_calls_trap_naming_the_call() {
         if ch == "wasi-random" {
             // The one WASI interface the host serves: randomness from the
             // chain's seeded generator (raft's election timeouts), so the
-            // call returns and the plugin reports what it got.
+            // call returns and the plugin reports what it got (`fail`),
+            // which the next Broadcast names.
+            let (st, info) = send(&mut c, ch, "again").await;
+            assert_eq!(st, SERVICE_UNAVAILABLE, "{ch}: {info}");
             assert!(info.contains("wasi:random/random#get-random-u64 returned"), "{ch}: {info:?}");
         } else {
             assert!(
