@@ -15,7 +15,7 @@
 pub use consenter_fabric::{block, channel, configtx, cutter, envelope, msp, policy, processor, signer};
 pub use consenter_runtime as runtime;
 pub use consenter_runtime::{cache, package, support};
-pub use consenter_testkit::{canary, testhost};
+pub use consenter_testkit::{canary, conformance, testhost};
 
 pub mod admin;
 pub mod chain;

@@ -32,6 +32,7 @@ mod cli {
     pub mod bench;
     pub mod channel;
     pub mod config;
+    pub mod conformance;
     pub mod ledger;
     pub mod plugin;
     pub mod start;
@@ -40,6 +41,7 @@ mod cli {
 use cli::bench::*;
 use cli::channel::*;
 use cli::config::*;
+use cli::conformance::*;
 use cli::ledger::*;
 use cli::plugin::*;
 use cli::start::*;
@@ -82,6 +84,12 @@ enum Cmd {
     /// where each value came from.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Test a plugin against the reference host before anyone runs it:
+    /// named checks (contract, ordering, Fabric's cutter semantics,
+    /// restart, determinism, resources; for clustered plugins seeded fault
+    /// schedules on a simulated network in virtual time), each pass or
+    /// fail with a reason; exits non-zero if any fails.
+    Conformance(Box<ConformanceArgs>),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -104,5 +112,6 @@ fn main() -> Result<()> {
         Cmd::Bench(a) => bench(a),
         Cmd::Plugin(c) => plugin_cmd(c),
         Cmd::Channel(c) => channel_cmd(c),
+        Cmd::Conformance(a) => conformance_cmd(*a),
     }
 }

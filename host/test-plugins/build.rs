@@ -1,6 +1,8 @@
 //! Builds every plugin the tests load (solo, the hostile modes, the plugin
 //! with an unknown import, the one built for another contract version, the
-//! one that fails its canary) and a packaged solo, as the node ships it.
+//! one that fails its canary), the mutants the conformance suite must
+//! catch (solo and raft each built with one planted bug) and a packaged
+//! solo, as the node ships it.
 
 use std::path::PathBuf;
 
@@ -13,9 +15,23 @@ const PACKAGES: &[&str] = &[
     "consenter-hostile-canary",
 ];
 
+/// (package, feature, its output, the mutant's file name).
+const MUTANTS: &[(&str, &str, &str, &str)] = &[
+    ("consenter-solo", "mutant-no-timer", "consenter_solo.wasm", "mutant_solo_no_timer.wasm"),
+    ("consenter-solo", "mutant-drop-1000th", "consenter_solo.wasm", "mutant_solo_drop_1000th.wasm"),
+    ("consenter-solo", "mutant-config-in-block", "consenter_solo.wasm", "mutant_solo_config_in_block.wasm"),
+    ("consenter-raft", "mutant-minority-commit", "consenter_raft.wasm", "mutant_raft_minority_commit.wasm"),
+    ("consenter-raft", "mutant-no-hardstate", "consenter_raft.wasm", "mutant_raft_no_hardstate.wasm"),
+];
+
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = consenter_plugin_build::repo_root(&manifest_dir);
+    // Mutants first: each is a plugin built with one cargo feature that
+    // plants a bug the conformance suite must catch.
+    for (package, feature, file, out) in MUTANTS {
+        consenter_plugin_build::build_variant(&root, package, feature, file, out);
+    }
     let dir = consenter_plugin_build::build(&root, PACKAGES);
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let solo = consenter_plugin_build::packaged(&root, &dir, "solo", "consenter_solo.wasm", &[]);

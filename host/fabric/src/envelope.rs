@@ -123,8 +123,22 @@ pub fn build(
     data: Bytes,
     signer: Option<&crate::signer::Signer>,
 ) -> Result<Bytes, crate::signer::SignerError> {
-    use crate::proto::common::Header;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    build_at(channel, header_type, tx_id, data, signer, now)
+}
+
+/// [`build`] with the channel header's timestamp given (`now`, since the
+/// Unix epoch): the same arguments give the same bytes, as deterministic
+/// test runs need (unsigned, or signed with RFC 6979 nonces).
+pub fn build_at(
+    channel: &str,
+    header_type: HeaderType,
+    tx_id: &str,
+    data: Bytes,
+    signer: Option<&crate::signer::Signer>,
+    now: std::time::Duration,
+) -> Result<Bytes, crate::signer::SignerError> {
+    use crate::proto::common::Header;
     let ch = ChannelHeader {
         r#type: header_type as i32,
         version: 0,

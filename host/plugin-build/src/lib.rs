@@ -30,21 +30,50 @@ pub fn repo_root(manifest_dir: &Path) -> PathBuf {
 /// `.wasm` files (`target/plugins/wasm32-wasip2/release`, or under
 /// `$CONSENTER_PLUGINS_TARGET_DIR`).
 pub fn build(root: &Path, packages: &[&str]) -> PathBuf {
+    let target_dir = env::var_os("CONSENTER_PLUGINS_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target").join("plugins"));
+    cargo_build(root, packages, &[], &target_dir);
+    target_dir.join(WASM_TARGET).join("release")
+}
+
+/// Builds `package` of `plugins/` with cargo `features` (a mutant of a
+/// plugin, for tests) in a target directory of its own (so that what
+/// [`build`] ships is never overwritten by a mutant) and copies its output
+/// `file` to `out` in the directory [`build`] returns. Returns `out`'s path.
+pub fn build_variant(root: &Path, package: &str, features: &str, file: &str, out: &str) -> PathBuf {
+    let base = env::var_os("CONSENTER_PLUGINS_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target").join("plugins"));
+    let variants = base.with_file_name(format!(
+        "{}-variants",
+        base.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "plugins".into())
+    ));
+    cargo_build(root, &[package], &[features], &variants);
+    let built = variants.join(WASM_TARGET).join("release").join(file);
+    let dir = base.join(WASM_TARGET).join("release");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    let dest = dir.join(out);
+    std::fs::copy(&built, &dest).unwrap_or_else(|e| panic!("copying {} to {}: {e}", built.display(), dest.display()));
+    dest
+}
+
+fn cargo_build(root: &Path, packages: &[&str], features: &[&str], target_dir: &Path) {
     let plugins_dir = root.join("plugins");
     println!("cargo:rerun-if-changed={}", plugins_dir.display());
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
     println!("cargo:rerun-if-env-changed=CONSENTER_PLUGINS_TARGET_DIR");
     ensure_wasm_target();
-    let target_dir = env::var_os("CONSENTER_PLUGINS_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target").join("plugins"));
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&plugins_dir).args(["build", "--release", "--target", WASM_TARGET]);
     for p in packages {
         cmd.args(["-p", p]);
     }
-    cmd.arg("--target-dir").arg(&target_dir);
+    for f in features {
+        cmd.args(["--features", f]);
+    }
+    cmd.arg("--target-dir").arg(target_dir);
     // The outer build's flags are for the host target, not for wasm.
     for var in
         ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR", "RUSTC_WORKSPACE_WRAPPER"]
@@ -54,11 +83,11 @@ pub fn build(root: &Path, packages: &[&str]) -> PathBuf {
     let status = cmd.status().unwrap_or_else(|e| panic!("running cargo to build plugins/: {e}"));
     if !status.success() {
         panic!(
-            "building the wasm plugins {packages:?} in {} failed ({status}); see the cargo output above",
+            "building the wasm plugins {packages:?} (features {features:?}) in {} failed ({status}); see the cargo \
+             output above",
             plugins_dir.display()
         );
     }
-    target_dir.join(WASM_TARGET).join("release")
 }
 
 /// `file` (a plugin built by [`build`]) with its manifest appended: the

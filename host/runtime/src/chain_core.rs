@@ -73,6 +73,11 @@ impl ChainCore {
         self.instance.support()
     }
 
+    /// What the instance holds of the host now (None once it trapped).
+    pub fn resources(&self) -> Option<crate::instance::Resources> {
+        self.instance.resources()
+    }
+
     /// Envelopes written in blocks so far (also after a trap).
     pub fn written_envelopes(&self) -> u64 {
         self.instance.written_envelopes()

@@ -211,6 +211,15 @@ impl World {
         }
     }
 
+    /// The contract and world, e.g. `fabric:consenter@0.2.0 clustered-consenter`.
+    pub fn name(self) -> &'static str {
+        match self {
+            World::V0_1 => "fabric:consenter@0.1.0 consenter",
+            World::V0_2 => "fabric:consenter@0.2.0 consenter",
+            World::V0_2Clustered => "fabric:consenter@0.2.0 clustered-consenter",
+        }
+    }
+
     /// Whether plugins of this world replicate across nodes.
     pub fn is_clustered(self) -> bool {
         self == World::V0_2Clustered

@@ -58,6 +58,21 @@ macro_rules! offered {
     }};
 }
 
+/// What an instance holds of the host at one moment (the conformance
+/// suite's resource check reads it after each event).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// Envelope, batch and block handles the plugin holds.
+    pub handles: usize,
+    /// Bytes of envelopes, batches and blocks held for it.
+    pub held_bytes: usize,
+    /// Timers armed.
+    pub timers: usize,
+    /// Support calls refused so far (the plugin asked something the
+    /// host's invariants forbid).
+    pub refusals: u32,
+}
+
 /// One chain's instance of a plugin. After a trap the Store is dropped and
 /// every further call answers [`RuntimeError::Dead`].
 pub struct Instance {
@@ -94,6 +109,17 @@ impl Instance {
     /// own grouping never makes an honest plugin pass it.
     pub fn max_group_bytes(&self) -> usize {
         self.store.as_ref().map_or(usize::MAX, |s| s.data().held_budget() / 4)
+    }
+
+    /// What the instance holds of the host now (None once it trapped).
+    pub fn resources(&self) -> Option<Resources> {
+        let st = self.store.as_ref()?.data();
+        Some(Resources {
+            handles: st.handles,
+            held_bytes: st.held_bytes,
+            timers: st.support.armed_timers(),
+            refusals: st.support.refusals(),
+        })
     }
 
     /// Whether the Store is still alive.

@@ -31,6 +31,6 @@ pub mod support;
 
 pub use engine::{Runtime, RuntimeError, WIT_PACKAGE, WIT_PACKAGES, World};
 pub use glue::PluginState;
-pub use instance::Instance;
+pub use instance::{Instance, Resources};
 pub use limits::{CallLimits, Limits, LimitsError};
 pub use plugin::Plugin;

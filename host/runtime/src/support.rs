@@ -497,6 +497,16 @@ impl Support {
         self.fail(reason);
     }
 
+    /// Timers armed now.
+    pub fn armed_timers(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Calls refused so far.
+    pub fn refusals(&self) -> u32 {
+        self.refusals
+    }
+
     /// The earliest armed timer deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.timers.values().min().copied()

@@ -51,6 +51,8 @@ pub struct SimConfig {
     pub batch_timeout: Duration,
     /// etcdraft SnapshotIntervalSize (bytes of blocks between snapshots).
     pub snapshot_interval_size: u32,
+    /// The channel's consensus type (`etcdraft` by default).
+    pub consensus_type: String,
 }
 
 impl Default for SimConfig {
@@ -66,6 +68,7 @@ impl Default for SimConfig {
             max_message_count: 10,
             batch_timeout: Duration::from_millis(200),
             snapshot_interval_size: 16 << 20,
+            consensus_type: "etcdraft".into(),
         }
     }
 }
@@ -191,6 +194,11 @@ pub struct SimNet {
     cut: BTreeSet<(usize, usize)>,
     /// Events handled (the simulator's work).
     pub handled: u64,
+    /// Virtual time at the start.
+    started: Instant,
+    /// When the last forward from one node to another is delivered: a
+    /// forward travels on a stream, in order.
+    forward_at: BTreeMap<(usize, usize), Instant>,
 }
 
 /// A cluster sink that drops everything (the canary's).
@@ -246,7 +254,7 @@ pub fn sim_template(cfg: &SimConfig) -> ChannelTemplate {
         }),
     };
     let mut t = ChannelTemplate::solo("simchannel");
-    t.consensus_type = "etcdraft".into();
+    t.consensus_type = cfg.consensus_type.clone();
     t.consensus_metadata = md.encode_to_vec().into();
     t.batch_size.max_message_count = cfg.max_message_count;
     t.batch_timeout = cfg.batch_timeout;
@@ -284,18 +292,21 @@ impl SimNet {
                 starts: 0,
             });
         }
+        let clock = ManualClock::new();
         let mut net = SimNet {
+            started: clock.now(),
             rng: SimRng::new(cfg.seed),
             cfg,
             plugin: plugin.clone(),
             signer,
-            clock: ManualClock::new(),
+            clock,
             nodes,
             queue: BinaryHeap::new(),
             events: BTreeMap::new(),
             next_event: 0,
             cut: BTreeSet::new(),
             handled: 0,
+            forward_at: BTreeMap::new(),
         };
         for i in 0..net.nodes.len() {
             net.restart(i)?;
@@ -313,9 +324,35 @@ impl SimNet {
         self.nodes.is_empty()
     }
 
-    /// Virtual time since the start.
+    /// Virtual time now.
     pub fn now(&self) -> Instant {
         self.clock.now()
+    }
+
+    /// Virtual time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.clock.now() - self.started
+    }
+
+    /// Nodes up.
+    pub fn up(&self) -> usize {
+        self.nodes.iter().filter(|n| n.core.is_some()).count()
+    }
+
+    /// What node `i`'s instance holds of the host (None: down or trapped).
+    pub fn resources(&self, i: usize) -> Option<consenter_runtime::Resources> {
+        self.nodes[i].core.as_ref().and_then(|c| c.resources())
+    }
+
+    /// Bytes node `i`'s plugin keeps in its storage.
+    pub fn storage_bytes(&self, i: usize) -> u64 {
+        self.nodes[i].store.used_bytes()
+    }
+
+    /// The shape of every ledger: per node, per block, its transaction ids
+    /// (what a deterministic run must repeat; blocks' signatures differ).
+    pub fn shapes(&self) -> Vec<Vec<Vec<String>>> {
+        (0..self.nodes.len()).map(|i| self.blocks(i).iter().map(crate::conformance::block_txs).collect()).collect()
     }
 
     /// Starts (or restarts after a crash) node `i` from its ledger and
@@ -494,24 +531,13 @@ impl SimNet {
             .collect()
     }
 
-    /// Safety: every ledger verifies (numbers, hash chain, data hashes),
+    /// Safety: every ledger verifies (numbers, hash chain, data hashes,
+    /// config envelopes alone),
     /// and no two nodes hold different blocks at one height.
     pub fn check_safety(&self) -> Result<(), String> {
         let ledgers: Vec<Vec<Block>> = (0..self.nodes.len()).map(|i| self.blocks(i)).collect();
         for (i, l) in ledgers.iter().enumerate() {
-            for (h, b) in l.iter().enumerate() {
-                let hd = b.header.as_ref().ok_or(format!("node {i}: block {h} has no header"))?;
-                if hd.number != h as u64 {
-                    return Err(format!("node {i}: block at height {h} is numbered {}", hd.number));
-                }
-                block::check_data_hash(b).map_err(|e| format!("node {i}: block {h}: {e}"))?;
-                if h > 0 {
-                    let prev = l[h - 1].header.as_ref().map(block::header_hash).unwrap_or_default();
-                    if hd.previous_hash.as_ref() != prev {
-                        return Err(format!("node {i}: block {h} does not link to block {}", h - 1));
-                    }
-                }
-            }
+            crate::conformance::verify_ledger(l).map_err(|e| format!("node {i}: {e}"))?;
         }
         let top = ledgers.iter().map(Vec::len).max().unwrap_or(0);
         for h in 0..top {
@@ -643,12 +669,16 @@ impl SimNet {
                 }
                 Out::Forward(to, seq, env) => {
                     // A forward travels on a stream: lost with a cut or a
-                    // drop, never duplicated.
+                    // drop, never duplicated or overtaken.
                     if let Some(j) = self.node_of(&members, to)
                         && !self.cut.contains(&(i, j))
                         && self.rng.unit() >= self.cfg.drop
                     {
-                        let at = self.clock.now() + self.delay();
+                        let mut at = self.clock.now() + self.delay();
+                        if let Some(prev) = self.forward_at.get(&(i, j)) {
+                            at = at.max(*prev);
+                        }
+                        self.forward_at.insert((i, j), at);
                         self.schedule(at, Event::Forward { to: j, seq, env: env.clone() });
                     }
                 }

@@ -63,6 +63,8 @@ impl BlockSink for MemorySink {
 /// A plugin running on one in-memory chain.
 pub struct TestHost {
     core: ChainCore,
+    plugin: Plugin,
+    signer: Arc<Signer>,
     clock: Arc<ManualClock>,
     blocks: MemorySink,
     status: Arc<ChainStatus>,
@@ -90,7 +92,7 @@ impl TestHost {
         let support = Support::new(
             &channel,
             Arc::new(config),
-            signer,
+            signer.clone(),
             Box::new(blocks.clone()),
             clock.clone(),
             ChainPosition { height: 1, last_hash: hash, last_config: 0 },
@@ -98,7 +100,75 @@ impl TestHost {
         );
         let status = Arc::new(ChainStatus::default());
         let core = ChainCore::start(plugin, support, &[], status.clone())?;
-        Ok(TestHost { core, clock, blocks, status, seen: 1 })
+        Ok(TestHost { core, plugin: plugin.clone(), signer, clock, blocks, status, seen: 1 })
+    }
+
+    /// Halts the instance and starts a new one of the same plugin from the
+    /// blocks written so far, as a node does after a restart: the last
+    /// block's consenter metadata to `handle-chain`, the config of the last
+    /// config block, the chain's position after the last block. What the
+    /// old instance had pending (not in a block) is gone.
+    pub fn restart(&mut self) -> Result<(), RuntimeError> {
+        self.restart_with(&self.plugin.clone())
+    }
+
+    /// [`restart`](Self::restart) with another plugin (a new build of it).
+    pub fn restart_with(&mut self, plugin: &Plugin) -> Result<(), RuntimeError> {
+        self.core.halt();
+        let blocks = self.blocks();
+        let last = blocks.last().ok_or_else(|| RuntimeError::Engine("test host: empty ledger".into()))?;
+        let (last_config, metadata) = block::last_config_and_metadata(last);
+        let last_config = if blocks.len() == 1 { 0 } else { last_config };
+        let config_block = blocks.get(last_config as usize).unwrap_or(&blocks[0]);
+        let config = ChannelConfig::from_config_block(config_block)
+            .map_err(|e| RuntimeError::Engine(format!("test host: config block {last_config}: {e}")))?;
+        let pos = ChainPosition {
+            height: blocks.len() as u64,
+            last_hash: last.header.as_ref().map(block::header_hash).unwrap_or_default(),
+            last_config,
+        };
+        let mut support = Support::new(
+            &config.channel_id.clone(),
+            Arc::new(config),
+            self.signer.clone(),
+            Box::new(self.blocks.clone()),
+            self.clock.clone(),
+            pos,
+            SupportLimits::default(),
+        );
+        support.set_last_metadata(metadata.clone());
+        self.status = Arc::new(ChainStatus::default());
+        self.core = ChainCore::start(plugin, support, &metadata, self.status.clone())?;
+        self.plugin = plugin.clone();
+        Ok(())
+    }
+
+    /// Submits a CONFIG_UPDATE envelope as Broadcast does: it is checked and
+    /// applied to the current config, and the resulting CONFIG envelope is
+    /// offered to the plugin. Err says why it was refused or not accepted.
+    pub fn submit_config_update(&mut self, update: Bytes) -> Result<(), String> {
+        let cfg = self.status.config().ok_or("the chain has no config")?;
+        let env = Envelope::parse(update.clone()).map_err(|e| e.to_string())?;
+        let pb = crate::proto::common::Envelope::decode(update).map_err(|e| e.to_string())?;
+        let types = vec![cfg.consensus_type.clone()];
+        let config_env = consenter_runtime::processor::config_update(&cfg, &self.signer, &pb, &env, &types)
+            .map_err(|e| e.to_string())?;
+        self.core.enqueue(config_env).map_err(|e| e.to_string())
+    }
+
+    /// What the instance holds of the host now (None once it trapped).
+    pub fn resources(&self) -> Option<consenter_runtime::Resources> {
+        self.core.resources()
+    }
+
+    /// The config sequence now.
+    pub fn sequence(&self) -> u64 {
+        self.status.sequence()
+    }
+
+    /// Virtual time now.
+    pub fn now(&self) -> Instant {
+        self.clock.now()
     }
 
     /// Offers an envelope (parsed from its bytes), validated under the

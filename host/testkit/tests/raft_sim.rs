@@ -190,33 +190,7 @@ fn the_same_seed_gives_the_same_run() {
 /// A CONFIG_UPDATE setting the channel's etcdraft consenters (the sim's
 /// channel has no organizations: no signature is needed).
 fn consenters_update(n: &SimNet, from: usize, consenters: Vec<consenter_testkit::proto::etcdraft::Consenter>) -> Bytes {
-    use consenter_testkit::proto::common::{ConfigGroup, ConfigUpdate, ConfigUpdateEnvelope};
-    use consenter_testkit::proto::etcdraft::ConfigMetadata;
-    use consenter_testkit::proto::orderer::ConsensusType;
-    use prost::Message;
-    let cfg = n.config(from).unwrap();
-    let root = cfg.config.channel_group.as_ref().unwrap();
-    let orderer = &root.groups["Orderer"];
-    let mut v = orderer.values["ConsensusType"].clone();
-    let mut ct = ConsensusType::decode(v.value.clone()).unwrap();
-    let mut md = ConfigMetadata::decode(ct.metadata.clone()).unwrap();
-    md.consenters = consenters;
-    ct.metadata = md.encode_to_vec().into();
-    v.value = ct.encode_to_vec().into();
-    v.version += 1;
-    let stub = |v: u64| ConfigGroup { version: v, ..Default::default() };
-    let mut read = stub(root.version);
-    read.groups.insert("Orderer".into(), stub(orderer.version));
-    let mut write = read.clone();
-    write.groups.get_mut("Orderer").unwrap().values.insert("ConsensusType".into(), v);
-    let update = ConfigUpdate {
-        channel_id: "simchannel".into(),
-        read_set: Some(read),
-        write_set: Some(write),
-        ..Default::default()
-    };
-    let cue = ConfigUpdateEnvelope { config_update: update.encode_to_vec().into(), signatures: vec![] };
-    envelope::build("simchannel", HeaderType::ConfigUpdate, "", cue.encode_to_vec().into(), None).unwrap()
+    consenter_testkit::conformance::update::consenters(&n.config(from).unwrap(), consenters)
 }
 
 #[test]
@@ -261,99 +235,5 @@ fn a_consenter_is_added_then_another_removed_while_load_runs() {
     assert!(!r.active.contains(&2) || r.leader != 2, "{r:?}");
 }
 
-/// One seeded schedule: faults on the network, crashes, restarts and
-/// partitions drawn from `seed`, load at random nodes; then every fault
-/// heals. Safety holds throughout; afterwards every envelope submitted
-/// after healing is ordered (liveness) and nothing is ordered twice.
-fn schedule(seed: u64) -> Result<(), String> {
-    use consenter_testkit::simnet::SimRng;
-    let mut rng = SimRng::new(seed);
-    let cfg = SimConfig {
-        seed,
-        drop: rng.unit() * 0.2,
-        duplicate: rng.unit() * 0.1,
-        max_delay: Duration::from_millis(1 + rng.below(30)),
-        snapshot_interval_size: if rng.below(2) == 0 { 4096 } else { 16 << 20 },
-        ..SimConfig::default()
-    };
-    let mut n = net(cfg);
-    n.run_for(Duration::from_secs(3));
-    for step in 0..8 {
-        match rng.below(4) {
-            0 => {
-                let v = rng.below(3) as usize;
-                if n.is_up(v) && (0..3).filter(|i| n.is_up(*i)).count() == 3 {
-                    n.crash(v);
-                }
-            }
-            1 => {
-                for v in 0..3 {
-                    if !n.is_up(v) {
-                        n.restart(v).map_err(|e| e.to_string())?;
-                    }
-                }
-            }
-            2 => {
-                let (a, b) = (rng.below(3) as usize, rng.below(3) as usize);
-                if a != b {
-                    n.partition(a, b, true);
-                }
-            }
-            _ => n.heal_partitions(),
-        }
-        let up: Vec<usize> = (0..3).filter(|i| n.is_up(*i)).collect();
-        for k in 0..5 {
-            let at = up[rng.below(up.len() as u64) as usize];
-            n.submit(at, env(&format!("s{seed}-{step}-{k}")));
-            n.run_for(Duration::from_millis(rng.below(50)));
-        }
-        n.run_for(Duration::from_millis(rng.below(2000)));
-        n.check_safety().map_err(|e| format!("step {step}: {e}"))?;
-    }
-    n.heal();
-    for v in 0..3 {
-        if !n.is_up(v) {
-            n.restart(v).map_err(|e| e.to_string())?;
-        }
-    }
-    n.run_for(Duration::from_secs(5));
-    let mut last = Vec::new();
-    for k in 0..10 {
-        let tx = format!("s{seed}-final-{k}");
-        for _ in 0..100 {
-            if n.submit(k % 3, env(&tx)) {
-                break;
-            }
-            n.run_for(Duration::from_millis(100));
-        }
-        last.push(tx);
-    }
-    n.run_for(Duration::from_secs(5));
-    n.check_safety()?;
-    for i in 0..3 {
-        if let Some(e) = n.errored(i) {
-            return Err(format!("node {i} errored: {e}"));
-        }
-        let ids = n.tx_ids(i);
-        let mut seen = std::collections::BTreeSet::new();
-        if let Some(d) = ids.iter().find(|t| !seen.insert(*t)) {
-            return Err(format!("node {i}: {d} ordered twice"));
-        }
-        if let Some(t) = last.iter().find(|t| !ids.contains(t)) {
-            return Err(format!("node {i}: {t}, submitted after the faults healed, was not ordered"));
-        }
-    }
-    Ok(())
-}
-
-#[test]
-fn seeded_fault_schedules_keep_safety_and_liveness() {
-    // CONSENTER_SIM_SCHEDULES raises the count (the conformance runs use
-    // thousands); each failure names its seed, which replays exactly.
-    let count: u64 = std::env::var("CONSENTER_SIM_SCHEDULES").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
-    let started = std::time::Instant::now();
-    let failures: Vec<String> =
-        (1..=count).filter_map(|seed| schedule(seed).err().map(|e| format!("seed {seed}: {e}"))).collect();
-    eprintln!("{count} schedules in {:?}", started.elapsed());
-    assert!(failures.is_empty(), "{failures:#?}");
-}
+// Seeded fault schedules (safety, no loss, liveness) are the conformance
+// suite's `schedules` check: tests/conformance.rs runs 1,000 of them.

@@ -162,6 +162,8 @@ pub struct Raft {
     last_block: Vec<u8>,
     /// A catch-up in progress: the height it pulls to.
     catching_up: Option<u64>,
+    /// Leader: ticks each follower has spent waiting for a snapshot.
+    snapshot_ticks: std::collections::BTreeMap<u64, usize>,
     /// Committed entries held back until the catch-up ends.
     deferred: VecDeque<Entry>,
     failed: bool,
@@ -244,6 +246,7 @@ impl Raft {
             applied,
             last_block: Vec::new(),
             catching_up: None,
+            snapshot_ticks: Default::default(),
             deferred: VecDeque::new(),
             failed: false,
         })
@@ -411,6 +414,32 @@ impl Raft {
         self.inflight.push_back(Proposal { index, term: self.node.raft.term, block, config });
     }
 
+    /// A snapshot sent to a follower may be lost (the cluster drops what an
+    /// unreachable member misses); raft then waits for it forever, sending
+    /// that follower nothing else. As Fabric's etcdraft reports a failed
+    /// snapshot send, a follower still waiting after an election timeout is
+    /// reported failed, so raft probes it and sends a new snapshot.
+    fn retry_lost_snapshots(&mut self) {
+        let waiting: Vec<u64> = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(_, pr)| pr.state == raft::ProgressState::Snapshot)
+            .map(|(id, _)| *id)
+            .collect();
+        self.snapshot_ticks.retain(|id, _| waiting.contains(id));
+        for id in waiting {
+            let t = self.snapshot_ticks.entry(id).or_insert(0);
+            *t += 1;
+            if *t >= self.opts.election_tick {
+                self.snapshot_ticks.remove(&id);
+                info(&format!("no answer from node {id} to its snapshot: sending it again"));
+                self.node.report_snapshot(id, raft::SnapshotStatus::Failure);
+            }
+        }
+    }
+
     /// A raft tick or Fabric's batch timer.
     pub fn on_timer(&mut self, id: u32) {
         if self.failed || self.removed {
@@ -421,6 +450,7 @@ impl Raft {
                 self.node.tick();
                 self.arm(TICK, self.opts.tick_ms);
                 if self.is_leader() {
+                    self.retry_lost_snapshots();
                     self.report();
                 }
             }
@@ -525,6 +555,16 @@ impl Raft {
             if !ready.entries().is_empty() {
                 let entries = ready.entries().clone();
                 self.node.mut_store().append(&entries);
+                #[cfg(feature = "mutant-minority-commit")]
+                if self.node.raft.state == StateRole::Leader {
+                    // Mutant: the leader writes what it proposed before a
+                    // quorum has it (a quorum of one).
+                    for e in entries.into_iter().filter(|e| !e.data.is_empty()) {
+                        if e.get_entry_type() == EntryType::EntryNormal {
+                            self.apply(vec![e]);
+                        }
+                    }
+                }
             }
             if let Some(hs) = ready.hs() {
                 let hs = hs.clone();
@@ -551,8 +591,9 @@ impl Raft {
             // A snapshot restored by raft moves its applied index past ours:
             // what it covers is in the ledger or being pulled.
             self.applied = self.applied.max(self.node.raft.raft_log.applied);
-            if self.applied > self.node.raft.raft_log.applied {
-                self.node.advance_apply_to(self.applied);
+            let applied = self.applied.min(self.node.raft.raft_log.committed);
+            if applied > self.node.raft.raft_log.applied {
+                self.node.advance_apply_to(applied);
             }
             if let Err(e) = self.node.mut_store().flush() {
                 self.fail(&e);

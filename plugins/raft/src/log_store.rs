@@ -121,7 +121,11 @@ impl LogStore {
 
     /// Sets the hard state.
     pub fn set_hard_state(&mut self, hs: HardState) {
-        self.pending.push(Op::Put((HARD_STATE.to_vec(), hs.write_to_bytes().unwrap_or_default())));
+        // Mutant: the hard state (term, vote, commit) is never persisted,
+        // so a restarted node may vote again in a term it voted in.
+        if !cfg!(feature = "mutant-no-hardstate") {
+            self.pending.push(Op::Put((HARD_STATE.to_vec(), hs.write_to_bytes().unwrap_or_default())));
+        }
         self.hard_state = hs;
     }
 

@@ -16,10 +16,17 @@ struct Solo {
     /// The config sequence; only config blocks this plugin writes change
     /// it, so it is read once and after each config block.
     sequence: u64,
+    /// Envelopes offered (the drop-every-1000th mutant counts them).
+    #[cfg(feature = "mutant-drop-1000th")]
+    offered: u64,
 }
 
 impl Solo {
     fn arm(&mut self) {
+        if cfg!(feature = "mutant-no-timer") {
+            // Mutant: forgets the batch timer.
+            return;
+        }
         let timeout = support::shared_config().batch_timeout_ms;
         match timers::set(BATCH_TIMER, timeout) {
             Ok(()) => self.timer_armed = true,
@@ -88,7 +95,13 @@ impl Solo {
 
 impl Consenter for Solo {
     fn handle_chain(_metadata: Vec<u8>) -> Result<Self, String> {
-        Ok(Solo { timer_armed: false, failed: false, sequence: support::sequence() })
+        Ok(Solo {
+            timer_armed: false,
+            failed: false,
+            sequence: support::sequence(),
+            #[cfg(feature = "mutant-drop-1000th")]
+            offered: 0,
+        })
     }
 
     fn enqueue(&mut self, env: Envelope, info: EnvelopeInfo) -> bool {
@@ -104,6 +117,14 @@ impl Consenter for Solo {
                 continue;
             }
             answers.push(true);
+            #[cfg(feature = "mutant-drop-1000th")]
+            {
+                // Mutant: accepts every 1000th envelope and forgets it.
+                self.offered += 1;
+                if self.offered.is_multiple_of(1000) {
+                    continue;
+                }
+            }
             // Revalidate a message validated under an older config (Fabric's
             // rule); it was accepted, so a failure only drops it.
             if info.config_sequence < self.sequence
@@ -114,6 +135,8 @@ impl Consenter for Solo {
             }
             match info.class {
                 MessageClass::Normal => run.push(env),
+                // Mutant: a config envelope goes into a normal block.
+                MessageClass::Config if cfg!(feature = "mutant-config-in-block") => run.push(env),
                 MessageClass::Config => {
                     self.order_normal_run(std::mem::take(&mut run));
                     if !self.failed {
