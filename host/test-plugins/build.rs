@@ -9,6 +9,7 @@ use std::path::PathBuf;
 const PACKAGES: &[&str] = &[
     "consenter-raft",
     "consenter-solo",
+    "consenter-template",
     "consenter-hostile",
     "consenter-hostile-import",
     "consenter-hostile-wit",

@@ -26,8 +26,7 @@ pub(crate) struct ConformanceArgs {
     /// Fault schedules to run (clustered plugins).
     #[arg(long, default_value_t = 100)]
     schedules: u64,
-    /// Rerun one schedule (clustered) or seed (single-node) and print its
-    /// whole trace.
+    /// Rerun one fault schedule and print its whole trace.
     #[arg(long, value_name = "SEED")]
     replay: Option<u64>,
     /// Print the report as JSON (for CI).
@@ -64,10 +63,16 @@ pub(crate) fn conformance_cmd(a: ConformanceArgs) -> Result<()> {
     let file = a.plugin.display().to_string();
     let bytes = std::fs::read(&a.plugin).with_context(|| format!("reading {file}"))?;
     let pkg = package::Package::parse(&file, &bytes)?;
+    // The consensus type: given, the manifest's, else for a clustered
+    // plugin etcdraft (the consenter set the host reads), for a single-node
+    // one the file's name.
+    let stem = a.plugin.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let clustered = runtime::World::of(&pkg).is_clustered();
     let ty = match (&a.consensus_type, &pkg.manifest) {
         (Some(t), _) => t.clone(),
         (None, Some(m)) => m.consensus_type.clone(),
-        (None, None) => a.plugin.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        (None, None) if clustered => "etcdraft".to_string(),
+        (None, None) => stem,
     };
     let admission = match &a.trust_dir {
         Some(dir) => {

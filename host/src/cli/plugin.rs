@@ -53,6 +53,18 @@ pub(crate) enum PluginCmd {
         /// The plugin file.
         file: PathBuf,
     },
+    /// Write a new plugin crate: Fabric's solo on the contract's WIT alone
+    /// (no path dependency on this repository), ready to build with
+    /// `cargo build --target wasm32-wasip2 --release`, test with
+    /// `consenter-host conformance`, sign and run.
+    New {
+        /// The plugin's name (lower case letters, digits, `-`, `_`): the
+        /// crate's name and the consensus type its README uses.
+        name: String,
+        /// Where to write it (default: ./NAME); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Print a plugin's manifest, signatures (key ids), size, SHA-256 and
     /// its WIT imports and exports.
     Inspect {
@@ -61,8 +73,67 @@ pub(crate) enum PluginCmd {
     },
 }
 
+/// The files of a new plugin crate (`plugin new`): the template crate
+/// `plugins/template` (built and conformance-tested with the tests), the
+/// contract, and the plugins workspace's lock file (the same wit-bindgen).
+const TEMPLATE_LIB: &str = include_str!("../../../plugins/template/src/lib.rs");
+const TEMPLATE_WIT: &str = include_str!("../../../wit/consenter.wit");
+const TEMPLATE_LOCK: &str = include_str!("../../../plugins/Cargo.lock");
+/// `wit-bindgen` as `plugins/Cargo.toml` has it (a test keeps them equal).
+pub(crate) const TEMPLATE_WIT_BINDGEN: &str =
+    r#"wit-bindgen = { version = "0.61", default-features = false, features = ["macros", "realloc", "std"] }"#;
+
+fn new_plugin(name: &str, dir: Option<PathBuf>) -> Result<()> {
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !valid {
+        bail!("plugin name {name:?}: use lower case letters, digits, '-' and '_', starting with a letter");
+    }
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{}: exists and is not empty; choose another --dir", dir.display());
+    }
+    let lib = name.replace('-', "_");
+    let cargo = format!(
+        "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = \
+         [\"cdylib\"]\n\n[dependencies]\n{TEMPLATE_WIT_BINDGEN}\n\n# Its own workspace, wherever it is.\n\
+         [workspace]\n\n[profile.release]\nopt-level = 3\nlto = true\ncodegen-units = 1\npanic = \"abort\"\n\
+         strip = true\n"
+    );
+    let readme = format!(
+        "# {name}\n\nA consenter plugin for consenter-host (Fabric's solo, to change into your own \
+         algorithm; the contract is `wit/consenter.wit`).\n\n```sh\ncargo build --target wasm32-wasip2 \
+         --release\nconsenter-host conformance target/wasm32-wasip2/release/{lib}.wasm --consensus-type \
+         {name}\nconsenter-host plugin keygen --out keys/me\nconsenter-host plugin sign --key keys/me.key \
+         --name {name} --version 0.1.0 --consensus-type {name} target/wasm32-wasip2/release/{lib}.wasm -o \
+         {name}.wasm\nmkdir -p consenter-data/trusted-keys && cp keys/me.pub consenter-data/trusted-keys/\n\
+         consenter-host start --plugin {name}={name}.wasm --dev-consensus {name}\n```\n"
+    );
+    let files: [(&str, &str); 6] = [
+        ("Cargo.toml", &cargo),
+        ("Cargo.lock", TEMPLATE_LOCK),
+        ("src/lib.rs", TEMPLATE_LIB),
+        ("wit/consenter.wit", TEMPLATE_WIT),
+        ("README.md", &readme),
+        (".gitignore", "/target\n"),
+    ];
+    for (path, text) in files {
+        let p = dir.join(path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    println!("wrote plugin crate {name} in {}", dir.display());
+    println!("  build:   cd {} && cargo build --target wasm32-wasip2 --release", dir.display());
+    println!("  test:    consenter-host conformance target/wasm32-wasip2/release/{lib}.wasm --consensus-type {name}");
+    println!("  then sign it and run it in a node: see its README.md");
+    Ok(())
+}
+
 pub(crate) fn plugin_cmd(c: PluginCmd) -> Result<()> {
     match c {
+        PluginCmd::New { name, dir } => new_plugin(&name, dir),
         PluginCmd::Keygen { out } => {
             let (key, public, id) = package::keygen(&out)?;
             println!("private key: {} (keep it secret)", key.display());

@@ -192,7 +192,8 @@ pub struct SimNet {
     rng: SimRng,
     /// Pairs of nodes that cannot reach each other.
     cut: BTreeSet<(usize, usize)>,
-    /// Events handled (the simulator's work).
+    /// Events handled (the simulator's work): messages, forwards,
+    /// catch-ups, timers fired, envelopes submitted.
     pub handled: u64,
     /// Virtual time at the start.
     started: Instant,
@@ -501,6 +502,7 @@ impl SimNet {
         e.config_seq = self.nodes[i].status.sequence();
         let Some(core) = self.nodes[i].core.as_mut() else { return false };
         let ok = core.enqueue(e).is_ok();
+        self.handled += 1;
         self.drain(i);
         ok
     }

@@ -23,6 +23,11 @@ use crate::simnet::{SimConfig, SimNet, SimRng};
 /// The simulated channel.
 pub const CHANNEL: &str = "simchannel";
 
+/// The `schedules` check, also run for single-node plugins (on one node).
+pub(crate) fn schedules_check(s: &Suite, out: &mut Outcome) -> Result<String, String> {
+    schedules(s, out)
+}
+
 pub(crate) fn checks() -> Vec<(&'static str, CheckFn)> {
     vec![
         ("contract", contract),
@@ -35,7 +40,25 @@ pub(crate) fn checks() -> Vec<(&'static str, CheckFn)> {
 }
 
 fn net(s: &Suite, cfg: SimConfig) -> Result<SimNet, String> {
-    let cfg = SimConfig { nodes: s.opts.nodes.max(1), consensus_type: s.consensus_type(), ..cfg };
+    if !s.plugin.world().is_clustered() {
+        // A single-node plugin's schedules: one node, its own channel.
+        let mut t = crate::channel::ChannelTemplate::solo(CHANNEL);
+        t.consensus_type = s.consensus_type();
+        t.consensus_metadata = s.opts.metadata.clone();
+        t.batch_size.max_message_count = cfg.max_message_count;
+        t.batch_timeout = cfg.batch_timeout;
+        let cfg = SimConfig { nodes: 1, consensus_type: t.consensus_type.clone(), ..cfg };
+        return SimNet::start_from_genesis(&s.plugin, s.signer.clone(), cfg, t.genesis_block())
+            .map_err(|e| format!("the simulated node did not start: {e}"));
+    }
+    let ty = s.opts.consensus_type.clone().unwrap_or_else(|| "etcdraft".into());
+    if ty != "etcdraft" {
+        return Err(format!(
+            "a clustered plugin is tested on an etcdraft channel (the consenter set the host reads is etcdraft's \
+             ConfigMetadata); consensus type {ty:?} names no consenters"
+        ));
+    }
+    let cfg = SimConfig { nodes: s.opts.nodes.max(1), consensus_type: ty, ..cfg };
     SimNet::start(&s.plugin, s.signer.clone(), cfg).map_err(|e| format!("the network did not start: {e}"))
 }
 
@@ -358,7 +381,8 @@ fn execute_traced(s: &Suite, p: &Plan, trace: bool) -> Result<Ran, (String, Vec<
                 }
             }
             Action::Reboot(i) => {
-                if n.is_up(*i) && len - n.up() < max_down {
+                // One node alone reboots too (what it had pending is lost).
+                if n.is_up(*i) && (len - n.up() < max_down || len == 1) {
                     n.crash(*i);
                     if let Err(e) = n.restart(*i) {
                         fail!("action {k} ({a}): node {i} did not restart: {e}");
@@ -535,7 +559,7 @@ pub fn shrink(s: &Suite, p: &Plan, budget: usize) -> Plan {
 }
 
 fn schedules(s: &Suite, out: &mut Outcome) -> Result<String, String> {
-    let nodes = s.opts.nodes.max(1);
+    let nodes = if s.plugin.world().is_clustered() { s.opts.nodes.max(1) } else { 1 };
     if let Some(seed) = s.opts.replay {
         let p = plan(seed, nodes);
         out.details.push(format!(
@@ -546,6 +570,7 @@ fn schedules(s: &Suite, out: &mut Outcome) -> Result<String, String> {
             p.cfg.max_delay.as_millis(),
             p.cfg.snapshot_interval_size
         ));
+        let p = if s.plugin.world().is_clustered() { p } else { plan(seed, 1) };
         return match execute_traced(s, &p, true) {
             Ok(r) => {
                 out.details.extend(r.trace);
@@ -612,11 +637,12 @@ fn schedules(s: &Suite, out: &mut Outcome) -> Result<String, String> {
         return Err(format!("{} of {} schedules failed; first: schedule {seed}: {e}", failures.len(), results.len()));
     }
     Ok(format!(
-        "{} seeded schedules ({}..{}) on {nodes} nodes: no fork, every ledger verifies, everything submitted after \
+        "{} seeded schedules ({}..{}) on {nodes} node{}: no fork, every ledger verifies, everything submitted after \
          healing ordered once ({lost} of {in_faults} envelopes accepted during faults were lost, as Fabric may)",
         results.len(),
         s.opts.seed,
-        s.opts.seed + s.opts.schedules.saturating_sub(1)
+        s.opts.seed + s.opts.schedules.saturating_sub(1),
+        if nodes == 1 { "" } else { "s" }
     ))
 }
 

@@ -43,8 +43,7 @@ pub struct Options {
     pub seed: u64,
     /// Fault schedules to run (clustered plugins).
     pub schedules: u64,
-    /// Rerun only this schedule (clustered) or seed (single-node), printing
-    /// its whole trace.
+    /// Rerun only this fault schedule, printing its whole trace.
     pub replay: Option<u64>,
     /// Run only the check of this name.
     pub only: Option<String>,
@@ -172,7 +171,7 @@ impl Suite {
 
 /// The checks run for a plugin of the single-node world, in order.
 pub const SINGLE_CHECKS: &[&str] =
-    &["contract", "ordering", "revalidation", "cutter", "restart", "determinism", "resources"];
+    &["contract", "ordering", "revalidation", "cutter", "restart", "determinism", "schedules", "resources"];
 
 /// The checks run for a plugin of the clustered world, in order.
 pub const CLUSTERED_CHECKS: &[&str] = &["contract", "ordering", "restart", "determinism", "schedules", "resources"];
@@ -187,7 +186,7 @@ pub fn run(plugin: &Plugin, signer: Arc<Signer>, opts: &Options) -> Report {
     let wanted = |name: &str| match (&opts.only, opts.replay) {
         (Some(only), _) => only == name,
         // A replay reruns the seeded check with its whole trace.
-        (None, Some(_)) => name == if clustered { "schedules" } else { "ordering" },
+        (None, Some(_)) => name == "schedules",
         (None, None) => true,
     };
     for (name, f) in checks {

@@ -23,6 +23,7 @@ pub(crate) fn checks() -> Vec<(&'static str, CheckFn)> {
         ("cutter", cutter),
         ("restart", restart),
         ("determinism", determinism),
+        ("schedules", super::clustered::schedules_check),
         ("resources", resources),
     ]
 }
@@ -168,7 +169,7 @@ fn contract(s: &Suite, _: &mut Outcome) -> Result<String, String> {
 }
 
 fn seed(s: &Suite) -> u64 {
-    s.opts.replay.unwrap_or(s.opts.seed)
+    s.opts.seed
 }
 
 fn ordering(s: &Suite, out: &mut Outcome) -> Result<String, String> {
@@ -211,12 +212,9 @@ fn ordering(s: &Suite, out: &mut Outcome) -> Result<String, String> {
         d.verify()
     })();
     if let Err(e) = r {
-        out.details.push(format!("seed {seed} (--replay {seed} reruns it); the last events:"));
+        out.details.push(format!("seed {seed} (`--seed {seed} --only ordering` reruns it); the last events:"));
         out.details.extend(d.recent.iter().cloned());
         return Err(e);
-    }
-    if s.opts.replay.is_some() {
-        out.details.push(format!("replay of seed {seed}: {} events, height {}", d.events, d.host.blocks().len()));
     }
     let blocks = d.host.blocks();
     let config_blocks = ordered_ids(&blocks).iter().filter(|t| *t == "<config>").count();
