@@ -299,6 +299,9 @@ impl Node {
                     restarts: c.status().restarts(),
                     lost_envelopes: c.status().lost_envelopes(),
                     last_crash: c.status().last_crash_reason(),
+                    swaps: c.status().swaps(),
+                    previous_plugin: c.status().previous_plugin(),
+                    handed_over: c.status().handed_over(),
                     cluster: c.status().cluster().map(|r| ClusterInfo {
                         is_leader: r.leader != 0 && r.leader == r.self_id,
                         self_id: r.self_id,
@@ -532,6 +535,45 @@ impl Node {
         Ok(())
     }
 
+    /// Checks a config update that changes a channel's consensus type (a
+    /// live swap) before it is ordered: the new type's plugin must pass its
+    /// canary with the channel's new config (which also checks the new
+    /// metadata: a plugin refuses metadata it cannot use in
+    /// `handle-chain`). Swaps to or from a clustered type are refused: the
+    /// cluster's side of a swap is not built yet. `config_env` is the
+    /// CONFIG envelope the update made; Ok also when the type is the same.
+    pub fn check_swap(&self, current: &ChannelConfig, config_env: &crate::envelope::Envelope) -> Result<(), String> {
+        use prost::Message;
+        let payload = crate::proto::common::Payload::decode(config_env.payload.clone())
+            .map_err(|e| format!("the config envelope's payload: {e}"))?;
+        let ce = crate::proto::common::ConfigEnvelope::decode(payload.data)
+            .map_err(|e| format!("the config envelope: {e}"))?;
+        let config = ce.config.ok_or("the config envelope carries no config")?;
+        let new = ChannelConfig::from_config(&current.channel_id, &config).map_err(|e| e.to_string())?;
+        let (from, to) = (current.consensus_type.clone(), new.consensus_type.clone());
+        if from == to {
+            return Ok(());
+        }
+        let plugin = self.plugins.get(&to).ok_or_else(|| {
+            format!("ConsensusType.type {to:?} has no plugin on this node; the channel keeps {from:?}")
+        })?;
+        let old_clustered = self.plugins.get(&from).is_some_and(|p| p.world().is_clustered());
+        if plugin.world().is_clustered() || old_clustered {
+            return Err(format!(
+                "ConsensusType.type cannot change from {from:?} to {to:?} on a running channel: this node swaps \
+                 single-node consensus plugins live, not yet to or from a clustered one (the channel keeps {from:?})"
+            ));
+        }
+        consenter_testkit::canary::run_on_config(plugin, self.signer.clone(), Arc::new(new)).map_err(|e| {
+            format!(
+                "ConsensusType.type {to:?}: its plugin fails its canary with this channel's new config: {}; the \
+                 channel keeps {from:?}",
+                e.reason
+            )
+        })?;
+        Ok(())
+    }
+
     fn plugin_for(&self, channel: &str, cfg: &ChannelConfig) -> Result<Plugin, NodeError> {
         self.plugins.get(&cfg.consensus_type).cloned().ok_or_else(|| NodeError::NoPlugin {
             channel: channel.into(),
@@ -546,7 +588,7 @@ impl Node {
         let plugin = self.plugin_for(channel, &resume.config)?;
         let restart = self.restart.for_chain(channel, plugin.name(), self.shipped.contains(plugin.name()));
         let signer = self.signer.clone();
-        let limits = plugin.limits().support_limits(&self.support_limits);
+        let base_limits = self.support_limits.clone();
         let ch = channel.to_string();
         let me = self.me.clone();
         let types = self.plugin_names();
@@ -556,12 +598,15 @@ impl Node {
             Some((setup, tx, rx)) => (Some((setup, tx.clone())), Some((tx, rx))),
             None => (None, None),
         };
+        let plugins = self.plugins.clone();
+        let resolve: crate::chain::PluginResolver = Box::new(move |ty| plugins.get(ty).cloned());
         let chain = Chain::spawn(
             channel,
             plugin,
-            Box::new(move |sink, pos, cfg, status| {
+            Box::new(move |plugin, sink, pos, cfg, status| {
                 let system = cfg.system;
-                let mut s = Support::new(&ch, cfg, signer.clone(), sink, Arc::new(SystemClock), pos, limits.clone());
+                let limits = plugin.limits().support_limits(&base_limits);
+                let mut s = Support::new(&ch, cfg, signer.clone(), sink, Arc::new(SystemClock), pos, limits);
                 s.set_consensus_types(types.clone());
                 s.set_disk_used(disk.size_bytes());
                 if system {
@@ -588,7 +633,7 @@ impl Node {
             }),
             ledger,
             resume,
-            ChainOptions { restart, disk_reserve: self.disk_reserve, cluster: events },
+            ChainOptions { restart, disk_reserve: self.disk_reserve, cluster: events, resolve: Some(resolve) },
         )?;
         tracing::info!(channel, height, "chain started");
         write(&self.chains).insert(channel.to_string(), chain.clone());
@@ -748,6 +793,16 @@ pub struct ConsenterInfo {
     pub lost_envelopes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_crash: Option<String>,
+    /// Live consensus-type swaps since the chain started.
+    #[serde(default)]
+    pub swaps: u64,
+    /// The plugin that ordered the chain before the last swap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_plugin: Option<String>,
+    /// Envelopes the old plugin had accepted but not written (in the host's
+    /// cutter) that swaps handed to the new one.
+    #[serde(default)]
+    pub handed_over: u64,
     /// What a clustered plugin reports of its cluster (raft's leader).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterInfo>,

@@ -90,9 +90,8 @@ fn authorize_signed(cfg: &ChannelConfig, path: &str, signed: &[TxSigned]) -> Res
 /// node, validated under the channel's current sequence.
 ///
 /// `types` are the consensus types this node has plugins for: an update
-/// that changes `ConsensusType.type` is refused (naming the type and
-/// them), since a channel's plugin is not swapped live yet and a type
-/// with no plugin would leave the channel unable to start.
+/// that changes `ConsensusType.type` to a type without one is refused
+/// (naming the type and them): the channel would be unable to start.
 pub fn config_update(
     cfg: &ChannelConfig,
     signer: &Signer,
@@ -119,19 +118,16 @@ pub fn config_update(
     Ok(out)
 }
 
-/// Refuses a change of the consensus type: to a type with no plugin here
-/// (the channel would not start again), and, until plugins are swapped on
-/// a live channel, to any other type.
+/// Refuses a change of the consensus type to a type with no plugin here
+/// (the channel would not start again). A change to a type that has one is
+/// a live swap: the node checks the new plugin (its canary with the new
+/// config) before it orders the update, and the chain swaps plugins at the
+/// config block.
 pub fn check_consensus_type(current: &str, new: &str, types: &[String]) -> Result<(), String> {
     if current == new {
         return Ok(());
     }
-    has_plugin(new, types).map_err(|e| format!("{e}; the channel keeps {current:?}"))?;
-    Err(format!(
-        "ConsensusType.type cannot change from {current:?} to {new:?} on a running channel: this node does not swap \
-         consensus plugins live yet (available: {})",
-        types.join(", ")
-    ))
+    has_plugin(new, types).map_err(|e| format!("{e}; the channel keeps {current:?}"))
 }
 
 /// Err (naming the plugins available) unless `types` has a plugin for `ty`.

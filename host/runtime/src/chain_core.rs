@@ -73,6 +73,21 @@ impl ChainCore {
         self.instance.support()
     }
 
+    /// The consensus type of the config in force now (a config block the
+    /// plugin wrote may have changed it: the chain then swaps plugins).
+    pub fn consensus_type(&self) -> Option<String> {
+        self.instance.support().map(|s| s.config().consensus_type.clone())
+    }
+
+    /// Takes the envelopes the host's cutter holds for the plugin (accepted,
+    /// not yet in a block), in order, and counts them as handed over (not
+    /// lost): a live swap offers them to the next plugin.
+    pub fn take_pending(&mut self) -> Vec<Envelope> {
+        let pending = self.instance.support_mut().map(Support::take_pending).unwrap_or_default();
+        self.accepted = self.accepted.saturating_sub(pending.len() as u64);
+        pending
+    }
+
     /// What the instance holds of the host now (None once it trapped).
     pub fn resources(&self) -> Option<crate::instance::Resources> {
         self.instance.resources()

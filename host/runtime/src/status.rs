@@ -66,6 +66,14 @@ pub struct ChainStatus {
     /// how often the leader changed.
     cluster: Mutex<Option<crate::support::ClusterReport>>,
     leader_changes: AtomicU64,
+    /// Live consensus-type swaps so far, and the plugin ordered before the
+    /// last one.
+    swaps: AtomicU64,
+    previous_plugin: Mutex<Option<String>>,
+    /// Envelopes handed from an old plugin to the new one at swaps.
+    handed_over: AtomicU64,
+    /// The plugin (consensus type) ordering the chain now.
+    plugin: Mutex<String>,
 }
 
 impl Default for ChainStatus {
@@ -83,11 +91,58 @@ impl Default for ChainStatus {
             last_crash: Mutex::new(None),
             cluster: Mutex::new(None),
             leader_changes: AtomicU64::new(0),
+            swaps: AtomicU64::new(0),
+            previous_plugin: Mutex::new(None),
+            handed_over: AtomicU64::new(0),
+            plugin: Mutex::new(String::new()),
         }
     }
 }
 
 impl ChainStatus {
+    /// Records a live swap from plugin `from` to `to`; the number of swaps.
+    pub fn record_swap(&self, from: &str, to: &str) -> u64 {
+        *self.previous_plugin.lock().unwrap_or_else(|p| p.into_inner()) = Some(from.to_string());
+        self.set_plugin(to);
+        self.swaps.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Sets the plugin ordering the chain.
+    pub fn set_plugin(&self, name: &str) {
+        *self.plugin.lock().unwrap_or_else(|p| p.into_inner()) = name.to_string();
+    }
+
+    /// The plugin (consensus type) ordering the chain now.
+    pub fn plugin(&self) -> String {
+        self.plugin.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Counts envelopes lost outside a crash (a swap away from a plugin
+    /// that held envelopes of its own).
+    pub fn add_lost(&self, n: u64) {
+        self.lost_envelopes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts envelopes handed from the old plugin to the new one.
+    pub fn add_handed_over(&self, n: u64) {
+        self.handed_over.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Envelopes handed from an old plugin to the new one at swaps so far.
+    pub fn handed_over(&self) -> u64 {
+        self.handed_over.load(Ordering::Relaxed)
+    }
+
+    /// Live consensus-type swaps so far.
+    pub fn swaps(&self) -> u64 {
+        self.swaps.load(Ordering::Relaxed)
+    }
+
+    /// The plugin that ordered the chain before the last swap.
+    pub fn previous_plugin(&self) -> Option<String> {
+        self.previous_plugin.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Records what the plugin reported of its cluster (counting leader
     /// changes).
     pub fn set_cluster(&self, r: &crate::support::ClusterReport) {

@@ -497,6 +497,12 @@ impl Support {
         self.fail(reason);
     }
 
+    /// Takes what the cutter holds (accepted, not yet in a batch), in
+    /// order: what a live swap hands to the next plugin.
+    pub fn take_pending(&mut self) -> Vec<Envelope> {
+        self.cutter.cut()
+    }
+
     /// Timers armed now.
     pub fn armed_timers(&self) -> usize {
         self.timers.len()

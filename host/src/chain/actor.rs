@@ -1,6 +1,7 @@
 //! The chain actor's loop on the chain's own thread: waits for the next
-//! envelope, timer or end of a backoff, drives the [`ChainCore`], and
-//! applies the restart policy when the instance crashes.
+//! envelope, timer or end of a backoff, drives the [`ChainCore`], applies
+//! the restart policy when the instance crashes, and swaps plugins when a
+//! config block changes the channel's consensus type.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use super::restart::{RestartConfig, RestartPolicy};
 use super::resume::ResumePoint;
 use super::writer::ledger_sink;
-use super::{ClusterEvent, MAX_GROUP, Offer, SupportFactory};
+use super::{ClusterEvent, MAX_GROUP, Offer, PluginResolver, SupportFactory};
 use crate::chain::{ChainCore, ChainState, ChainStatus, EnqueueError};
 use crate::ledger::Ledger;
 use crate::runtime::{Plugin, RuntimeError};
@@ -33,6 +34,8 @@ pub(super) struct Runner {
     pub(super) start_height: u64,
     /// When the plugin crashed within the crash window.
     pub(super) crash_times: VecDeque<Instant>,
+    /// The plugins of other consensus types (live swaps).
+    pub(super) resolve: Option<PluginResolver>,
 }
 
 /// The actor's phase.
@@ -50,7 +53,7 @@ impl Runner {
     pub(super) fn start_instance(&mut self, rp: ResumePoint) -> Result<ChainCore, RuntimeError> {
         let (sink, writer) = ledger_sink(&self.channel, self.ledger.clone(), self.status.clone(), self.disk_reserve)?;
         self.start_height = rp.pos.height;
-        let support = (self.make_support)(sink, rp.pos, rp.config, &self.status);
+        let support = (self.make_support)(&self.plugin, sink, rp.pos, rp.config, &self.status);
         match ChainCore::start(&self.plugin, support, &rp.metadata, self.status.clone()) {
             Ok(core) => {
                 self.writer = Some(writer);
@@ -112,6 +115,64 @@ impl Runner {
         st.set_state(ChainState::Restarting);
         st.replace_errored(format!("restarting the plugin instance in {delay:?} after a crash: {reason}"));
         Phase::Backoff(now + delay)
+    }
+
+    /// Swaps plugins at the config block the running instance just wrote,
+    /// which changed the channel's consensus type to `to`: the old instance
+    /// is halted and its blocks made durable; the new plugin starts from
+    /// the ledger with empty metadata; what the host's cutter held for the
+    /// old one is offered to the new one first, in order.
+    fn swap(&mut self, mut core: ChainCore, to: String) -> Phase {
+        let started = Instant::now();
+        let from = self.plugin.name().to_string();
+        let ch = self.channel.clone();
+        let pending = core.take_pending();
+        let lost = self.tear_down(core);
+        if lost > 0 {
+            // Envelopes the old plugin kept to itself (not in the host's
+            // cutter) do not survive it.
+            self.status.add_lost(lost);
+            tracing::warn!(channel = %ch, from = %from, lost, "envelopes the old plugin held were lost in the swap");
+        }
+        let next = self.resolve.as_ref().and_then(|r| r(&to));
+        let Some(next) = next else {
+            let reason = format!(
+                "a config block changed the consensus type from {from:?} to {to:?}, which has no plugin on this node"
+            );
+            return self.on_crash(reason, false, pending.len() as u64);
+        };
+        let rp = ResumePoint::read(&self.channel, &self.ledger);
+        self.plugin = next;
+        let started_core = rp
+            .map_err(|e| RuntimeError::Instantiate { plugin: to.clone(), channel: ch.clone(), reason: e.to_string() })
+            .and_then(|mut rp| {
+                // Fabric: a new consensus type starts without metadata.
+                rp.metadata.clear();
+                self.start_instance(rp)
+            });
+        match started_core {
+            Ok(mut core) => {
+                let swaps = self.status.record_swap(&from, &to);
+                crate::metrics::plugin_swapped(&ch, &from, &to);
+                let handed = pending.len();
+                self.status.add_handed_over(handed as u64);
+                if !pending.is_empty() {
+                    // Accepted already: their answers went out.
+                    let _ = core.enqueue_many(pending);
+                }
+                tracing::info!(
+                    channel = %ch, from = %from, to = %to, swaps, handed_over = handed, height = self.start_height,
+                    pause_us = started.elapsed().as_micros() as u64,
+                    "consensus plugin swapped at the config block"
+                );
+                Phase::Running(Box::new(core))
+            }
+            Err(e) => {
+                // The old plugin cannot order the new type's config: the
+                // chain errs with the reason, as a chain that cannot start.
+                self.on_crash(format!("starting plugin {to} after a consensus-type change: {e}"), false, 0)
+            }
+        }
     }
 
     /// Starts a new instance after a backoff.
@@ -229,7 +290,11 @@ fn settle(phase: Phase, runner: &mut Runner) -> Phase {
                 let lost = runner.tear_down(*core);
                 runner.on_crash(reason, restartable, lost)
             }
-            None => Phase::Running(core),
+            // A config block it wrote changed the consensus type.
+            None => match core.consensus_type() {
+                Some(to) if to != runner.plugin.name() => runner.swap(*core, to),
+                _ => Phase::Running(core),
+            },
         },
         Phase::Backoff(at) if at <= Instant::now() => runner.restart(),
         other => other,

@@ -10,6 +10,13 @@
 //! instance wrote, and applies the channel's [`RestartPolicy`]: stay errored
 //! (`fail-closed`) or start a new instance from the last written block
 //! (`reload`) after an exponential backoff, up to a crash-loop cap.
+//! When a config block it wrote changes the channel's consensus type, the
+//! actor swaps plugins at that block: the old instance is halted (its
+//! blocks made durable), the new type's plugin starts from `handle-chain`
+//! with empty metadata (Fabric's rule after a type change), and what the
+//! host's cutter held for the old one is offered to it first, in order,
+//! before anything queued after.
+//!
 //! Envelopes the crashed instance accepted but did not write are reported
 //! as lost (counted in [`ChainStatus::lost_envelopes`] and logged), not
 //! re-enqueued: a poison envelope would crash the new instance too, and a
@@ -63,11 +70,15 @@ pub enum ClusterEvent {
 /// dropped (raft resends).
 pub const CLUSTER_QUEUE: usize = 4096;
 
-/// Builds a chain's support around a block sink, at a position, under a
-/// configuration, for the chain with that status (called again for every
-/// restarted instance).
+/// Builds a chain's support for an instance of a plugin around a block
+/// sink, at a position, under a configuration, for the chain with that
+/// status (called again for every restarted instance, and for the new
+/// plugin of a live swap).
 pub type SupportFactory =
-    Box<dyn Fn(Box<dyn BlockSink>, ChainPosition, Arc<ChannelConfig>, &Arc<ChainStatus>) -> Support + Send>;
+    Box<dyn Fn(&Plugin, Box<dyn BlockSink>, ChainPosition, Arc<ChannelConfig>, &Arc<ChainStatus>) -> Support + Send>;
+
+/// The plugin of a consensus type, for a live swap (None: no plugin).
+pub type PluginResolver = Box<dyn Fn(&str) -> Option<Plugin> + Send>;
 
 /// How a chain runs: its restart policy, the disk space its ledger writer
 /// keeps free, and (for a clustered plugin) its cluster event queue.
@@ -78,13 +89,15 @@ pub struct ChainOptions {
     pub disk_reserve: u64,
     /// The cluster event queue (sender and receiver) of a clustered chain.
     pub cluster: Option<(mpsc::Sender<ClusterEvent>, mpsc::Receiver<ClusterEvent>)>,
+    /// Where a live swap finds the plugin of the new consensus type (None:
+    /// the chain errs when a config block changes its type).
+    pub resolve: Option<PluginResolver>,
 }
 
 /// A running chain: its actor thread (which owns the ledger writer) and
 /// its status.
 pub struct Chain {
     channel: String,
-    plugin: String,
     policy: RestartPolicy,
     halt: watch::Sender<bool>,
     tx: mpsc::Sender<Offer>,
@@ -116,13 +129,13 @@ impl Chain {
         resume: ResumePoint,
         opts: ChainOptions,
     ) -> Result<Arc<Chain>, RuntimeError> {
-        let ChainOptions { restart, disk_reserve, cluster } = opts;
+        let ChainOptions { restart, disk_reserve, cluster, resolve } = opts;
         let (cluster_tx, cluster_rx) = match cluster {
             Some((tx, rx)) => (Some(tx), Some(rx)),
             None => (None, None),
         };
         let status = Arc::new(ChainStatus::default());
-        let plugin_name = plugin.name().to_string();
+        status.set_plugin(plugin.name());
         let policy = restart.policy;
         let (tx, rx) = mpsc::channel(QUEUE);
         let (halt_tx, halt_rx) = watch::channel(false);
@@ -138,6 +151,7 @@ impl Chain {
             writer: None,
             start_height: 0,
             crash_times: VecDeque::new(),
+            resolve,
         };
         let actor = std::thread::Builder::new()
             .name(format!("chain-{channel}"))
@@ -160,7 +174,6 @@ impl Chain {
         }
         Ok(Arc::new(Chain {
             channel: channel.to_string(),
-            plugin: plugin_name,
             policy,
             halt: halt_tx,
             tx,
@@ -176,9 +189,10 @@ impl Chain {
         &self.channel
     }
 
-    /// The consenter plugin ordering this chain (its consensus type).
-    pub fn plugin(&self) -> &str {
-        &self.plugin
+    /// The consenter plugin ordering this chain now (its consensus type;
+    /// a live swap changes it).
+    pub fn plugin(&self) -> String {
+        self.status.plugin()
     }
 
     /// What the chain does when its plugin crashes.

@@ -16,7 +16,8 @@ pub struct ResumePoint {
     pub pos: ChainPosition,
     /// The configuration in force.
     pub config: Arc<ChannelConfig>,
-    /// The consenter metadata of the last block (handed to `handle-chain`).
+    /// The consenter metadata of the last block (handed to `handle-chain`);
+    /// empty when that block changed the consensus type.
     pub metadata: Vec<u8>,
 }
 
@@ -47,6 +48,19 @@ impl ResumePoint {
             ledger.block(last_config)?.ok_or_else(|| missing(format!("config block {last_config} is missing")))?;
         let config = ChannelConfig::from_config_block(&config_block)
             .map_err(|source| ResumeError::Config { channel: channel.into(), source })?;
+        let mut metadata = metadata;
+        // The last block changed the consensus type (a live swap): the new
+        // type's plugin starts without metadata, as Fabric's rule says,
+        // also when it restarts before writing a block of its own.
+        if last_config == height - 1 && height >= 2 {
+            let before = ledger.block(height - 2)?.map(|b| block::last_config_and_metadata(&b).0);
+            if let Some(prev) = before.and_then(|n| ledger.block(n).ok().flatten())
+                && let Ok(prev) = ChannelConfig::from_config_block(&prev)
+                && prev.consensus_type != config.consensus_type
+            {
+                metadata.clear();
+            }
+        }
         Ok(ResumePoint { pos: ChainPosition { height, last_hash, last_config }, config: Arc::new(config), metadata })
     }
 }

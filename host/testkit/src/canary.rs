@@ -50,7 +50,6 @@ pub fn run(plugin: &Plugin, signer: Arc<Signer>) -> Result<Duration, CanaryError
 /// Runs the canary on a channel made from `template` (tests choose its
 /// consensus metadata).
 pub fn run_on(plugin: &Plugin, signer: Arc<Signer>, template: &ChannelTemplate) -> Result<Duration, CanaryError> {
-    let t = Instant::now();
     let reject = |reason: String| CanaryError { plugin: plugin.name().to_string(), reason };
     let genesis = template.genesis_block();
     let config =
@@ -58,9 +57,33 @@ pub fn run_on(plugin: &Plugin, signer: Arc<Signer>, template: &ChannelTemplate) 
     let hash = genesis.header.as_ref().map(block::header_hash).unwrap_or_default();
     let sink = MemorySink::default();
     sink.0.lock().unwrap_or_else(|p| p.into_inner()).push(genesis.encode_to_vec().into());
+    run_with(plugin, signer, Arc::new(config), sink, hash)
+}
+
+/// Runs the canary on a new chain with `config` (a channel's config as a
+/// config update would make it: a live swap checks the new plugin with it
+/// before the update is ordered).
+pub fn run_on_config(
+    plugin: &Plugin,
+    signer: Arc<Signer>,
+    config: Arc<ChannelConfig>,
+) -> Result<Duration, CanaryError> {
+    run_with(plugin, signer, config, MemorySink::default(), block::Hash::default())
+}
+
+fn run_with(
+    plugin: &Plugin,
+    signer: Arc<Signer>,
+    config: Arc<ChannelConfig>,
+    sink: MemorySink,
+    hash: block::Hash,
+) -> Result<Duration, CanaryError> {
+    let t = Instant::now();
+    let reject = |reason: String| CanaryError { plugin: plugin.name().to_string(), reason };
+    let channel = config.channel_id.clone();
     let mut support = Support::new(
-        &template.channel_id,
-        Arc::new(config),
+        &channel,
+        config,
         signer,
         Box::new(sink),
         ManualClock::new(),

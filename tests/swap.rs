@@ -1,0 +1,175 @@
+//! Live consensus-type swaps on a real node: config updates alternate the
+//! development channel between two solo builds (the shipped `solo` and the
+//! template crate loaded as `solo2`) while a client keeps broadcasting;
+//! every envelope acknowledged SUCCESS is in exactly one block, the ledger
+//! verifies, the channel never errs, and after a restart it keeps the last
+//! type. Updates naming a type with no plugin, a plugin that fails its
+//! canary with the new config (its metadata), or a clustered type are
+//! refused up front with the reason.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use consenter_host::envelope::Envelope as Parsed;
+use consenter_host::proto::common::{Config, Envelope, HeaderType};
+use consenter_host::proto::orderer::ConsensusType;
+use prost::Message;
+
+const CH: &str = "devchannel";
+const SWAPS: usize = 100;
+
+fn type_update(current: &Config, ty: &str) -> Envelope {
+    type_update_with(current, ty, b"")
+}
+
+fn type_update_with(current: &Config, ty: &str, metadata: &[u8]) -> Envelope {
+    let v = ConsensusType { r#type: ty.into(), metadata: metadata.to_vec().into(), state: 0 }.encode_to_vec();
+    orderer_update(CH, current, "ConsensusType", v)
+}
+
+/// `current` after an update of ConsensusType to `ty` (only that value
+/// and its version change, as Fabric computes the next config).
+fn applied(mut current: Config, ty: &str) -> Config {
+    let root = current.channel_group.as_mut().unwrap();
+    let v = root.groups.get_mut("Orderer").unwrap().values.get_mut("ConsensusType").unwrap();
+    v.value = ConsensusType { r#type: ty.into(), metadata: Default::default(), state: 0 }.encode_to_vec().into();
+    v.version += 1;
+    current
+}
+
+fn consenter_view(node: &NodeProc) -> serde_json::Value {
+    let admin = node.admin.as_deref().expect("the admin endpoint");
+    let (ok, out) = cli(&["channel", "show", "-o", admin, "-c", CH]);
+    assert!(ok && out.starts_with("Status: 200"), "{out}");
+    let json = out.split_once('\n').map(|(_, j)| j).unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(json).unwrap()["consenter"].clone()
+}
+
+fn start(data: &std::path::Path) -> NodeProc {
+    let solo2 = format!("solo2={}", consenter_test_plugins::path("consenter_template.wasm").display());
+    let hostile = format!("hostile={}", consenter_test_plugins::path("consenter_hostile.wasm").display());
+    NodeProc::start(
+        data,
+        &[
+            "--allow-unsigned-plugins",
+            "--plugin",
+            &solo2,
+            "--plugin",
+            &hostile,
+            "--dev-max-message-count",
+            "10",
+            "--dev-batch-timeout",
+            "100ms",
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_live_swaps_under_load_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut node = start(&data);
+    let mut c = node.client().await;
+    let genesis = deliver(&mut c, CH, 0, 0).await.remove(0);
+    let mut current = config_in(&genesis);
+
+    // Refused up front, with the reason; the channel keeps solo.
+    // (The hostile plugin passes its canary with empty metadata, so the
+    // node loads it; with metadata "trap:start" it traps in start.)
+    for (ty, md, expect) in [
+        ("kafka", "", "ConsensusType.type \"kafka\" has no plugin on this node"),
+        (
+            "hostile",
+            "trap:start",
+            "ConsensusType.type \"hostile\": its plugin fails its canary with this channel's new config: start trapped",
+        ),
+        ("etcdraft", "", "not yet to or from a clustered one (the channel keeps \"solo\")"),
+    ] {
+        let r = broadcast_all(&mut c, vec![type_update_with(&current, ty, md.as_bytes())]).await.remove(0);
+        assert_eq!(r.0, 400, "{ty}: {r:?}");
+        assert!(r.1.contains(expect), "{ty}: {:?} should say {expect:?}", r.1);
+    }
+
+    // Load on its own stream while the swaps go on.
+    let mut load_client = node.client().await;
+    let load = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for round in 0..30 {
+            let envs: Vec<_> = (0..100).map(|k| message(CH, &format!("l{round}-{k}"), 512)).collect();
+            for (k, (st, info)) in broadcast_all(&mut load_client, envs).await.into_iter().enumerate() {
+                assert_eq!(st, 200, "l{round}-{k}: {info}");
+                acked.push(format!("l{round}-{k}"));
+            }
+        }
+        acked
+    });
+    let mut ty = "solo";
+    for i in 0..SWAPS {
+        let next = if ty == "solo" { "solo2" } else { "solo" };
+        let r = broadcast_all(&mut c, vec![type_update(&current, next)]).await.remove(0);
+        assert_eq!(r.0, 200, "swap {i} to {next}: {r:?}");
+        current = applied(current, next);
+        ty = next;
+        // A few envelopes between swaps on this stream too.
+        let envs: Vec<_> = (0..3).map(|k| message(CH, &format!("s{i}-{k}"), 256)).collect();
+        for (st, info) in broadcast_all(&mut c, envs).await {
+            assert_eq!(st, 200, "after swap {i}: {info}");
+        }
+    }
+    let mut acked = load.await.unwrap();
+    acked.extend((0..SWAPS).flat_map(|i| (0..3).map(move |k| format!("s{i}-{k}"))));
+
+    // Every acknowledged envelope in exactly one block; one config block
+    // per swap; the plugin is the last type.
+    let want_configs = SWAPS;
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    let mut configs = 0;
+    let mut next = 1;
+    while seen.len() < acked.len() || configs < want_configs {
+        let blocks = tokio::time::timeout(Duration::from_secs(20), deliver(&mut c, CH, next, next)).await.unwrap();
+        let b = &blocks[0];
+        for d in &b.data.as_ref().unwrap().data {
+            let e = Parsed::parse(d.clone()).unwrap();
+            if e.header_type == HeaderType::Config as i32 {
+                configs += 1;
+            } else if let Some(prev) = seen.insert(e.tx_id.clone(), next) {
+                panic!("{} is in block {prev} and block {next}", e.tx_id);
+            }
+        }
+        next += 1;
+    }
+    for t in &acked {
+        assert!(seen.contains_key(t), "{t} was acknowledged but is in no block");
+    }
+    assert_eq!(configs, want_configs);
+    let v = consenter_view(&node);
+    assert_eq!(v["plugin"], ty, "{v}");
+    assert_eq!(v["swaps"], SWAPS as u64, "{v}");
+    assert_eq!(v["previousPlugin"], if ty == "solo" { "solo2" } else { "solo" }, "{v}");
+    assert_eq!((&v["state"], &v["crashes"], &v["lostEnvelopes"]), (&"running".into(), &0.into(), &0.into()), "{v}");
+    // Envelopes queued behind a config update went to the old plugin's
+    // cutter after its config block; the swap handed them to the new one.
+    assert!(v["handedOver"].as_u64().unwrap() > 0, "{v}");
+
+    // The swaps' metric, by plugin pair.
+    let metrics = String::from_utf8(node.ops("GET", "/metrics", None).body).unwrap();
+    let line = metrics.lines().find(|l| l.starts_with("consenter_plugin_swaps{") && l.contains("to=\"solo2\""));
+    let n: Option<f64> = line.and_then(|l| l.rsplit(' ').next()?.parse().ok());
+    assert_eq!(n, Some((SWAPS / 2) as f64), "{metrics}");
+
+    // Stopped and started again: the channel keeps the last type.
+    let pid = node.child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(node.child.wait().unwrap().success());
+    let (ok, out) = cli(&["ledger", "verify", "--data-dir", &data.display().to_string()]);
+    assert!(ok, "{out}");
+    let node = start(&data);
+    let mut c = node.client().await;
+    let r = broadcast_all(&mut c, vec![message(CH, "after-restart", 100)]).await.remove(0);
+    assert_eq!(r.0, 200, "{r:?}");
+    assert_eq!(consenter_view(&node)["plugin"], ty);
+}
