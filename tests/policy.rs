@@ -542,3 +542,30 @@ fn measure_per_envelope_cost() {
         "per envelope: {total:?} (identity cache hit {lookup:?}, /Channel/Writers {policy:?}); uncached validation {uncached:?}"
     );
 }
+
+/// In maintenance mode a message's signature must satisfy
+/// `/Channel/Orderer/Writers` (Fabric's SigFilter), not `/Channel/Writers`:
+/// an application org's user is refused, the orderer org's admin is not.
+#[test]
+fn maintenance_mode_checks_the_orderer_writers() {
+    use consenter_host::envelope::{self as env_mod, Envelope as Parsed};
+    use consenter_host::processor::{self, Refusal};
+    let raw = std::fs::read(fabric().join("blocks/solochannel.genesis.block")).unwrap();
+    let block = Block::decode(Bytes::from(raw)).unwrap();
+    let mut cfg = consenter_host::channel::ChannelConfig::from_config_block(&block).unwrap();
+    let msg = |s: &Signer| {
+        let b = env_mod::build(&cfg.channel_id, HeaderType::Message, "tx", Bytes::from_static(b"x"), Some(s)).unwrap();
+        Parsed::parse(b).unwrap()
+    };
+    let user = signer(USER1_ORG1, "Org1MSP");
+    let admin = signer(ORDERER_ADMIN, "OrdererMSP");
+    let (u, a) = (msg(&user), msg(&admin));
+    processor::check_writers(&cfg, &u).unwrap();
+    cfg.consensus_state = processor::STATE_MAINTENANCE;
+    assert_eq!(processor::writers_path(&cfg), "/Channel/Orderer/Writers");
+    match processor::check_writers(&cfg, &u) {
+        Err(Refusal::Forbidden(e)) => assert!(e.contains("permission denied"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    processor::check_writers(&cfg, &a).unwrap();
+}

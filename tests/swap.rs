@@ -17,7 +17,9 @@ use common::*;
 use consenter_host::envelope::Envelope as Parsed;
 use consenter_host::proto::common::{Config, Envelope, HeaderType};
 use consenter_host::proto::orderer::ConsensusType;
+use consenter_host::proto::orderer::atomic_broadcast_client::AtomicBroadcastClient;
 use prost::Message;
+use tonic::transport::Channel;
 
 const CH: &str = "devchannel";
 const SWAPS: usize = 100;
@@ -172,4 +174,66 @@ async fn a_hundred_live_swaps_under_load_lose_nothing() {
     let r = broadcast_all(&mut c, vec![message(CH, "after-restart", 100)]).await.remove(0);
     assert_eq!(r.0, 200, "{r:?}");
     assert_eq!(consenter_view(&node)["plugin"], ty);
+}
+
+fn state_update(current: &Config, ty: &str, state: i32) -> Envelope {
+    let v = ConsensusType { r#type: ty.into(), metadata: Default::default(), state }.encode_to_vec();
+    orderer_update(CH, current, "ConsensusType", v)
+}
+
+/// `current` after an update of ConsensusType to (`ty`, `state`).
+fn applied_state(mut current: Config, ty: &str, state: i32) -> Config {
+    let root = current.channel_group.as_mut().unwrap();
+    let v = root.groups.get_mut("Orderer").unwrap().values.get_mut("ConsensusType").unwrap();
+    v.value = ConsensusType { r#type: ty.into(), metadata: Default::default(), state }.encode_to_vec().into();
+    v.version += 1;
+    current
+}
+
+/// Fabric's maintenance flow keeps working: in maintenance mode normal
+/// Broadcasts get SERVICE_UNAVAILABLE with Fabric's text, config updates
+/// go on (signed to satisfy /Channel/Orderer/Writers), the type may change
+/// there, and leaving maintenance lets normal messages in again; state and
+/// type may not change in one update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_mode_follows_fabric() {
+    const MAINTENANCE: i32 = 1;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&dir.path().join("data"));
+    let mut c = node.client().await;
+    let genesis = deliver(&mut c, CH, 0, 0).await.remove(0);
+    let mut current = config_in(&genesis);
+
+    let r = send(&mut c, state_update(&current, "solo2", MAINTENANCE)).await;
+    assert_eq!(r.0, 400, "{r:?}");
+    assert!(r.1.contains("at the same time"), "{r:?}");
+
+    let r = send(&mut c, state_update(&current, "solo", MAINTENANCE)).await;
+    assert_eq!(r.0, 200, "{r:?}");
+    current = applied_state(current, "solo", MAINTENANCE);
+    let r = send(&mut c, message(CH, "in-maintenance", 100)).await;
+    assert_eq!(r, (503, "normal transactions are rejected: maintenance mode".to_string()));
+
+    // The type changes in maintenance (Fabric's procedure), then the state.
+    let r = send(&mut c, state_update(&current, "solo2", MAINTENANCE)).await;
+    assert_eq!(r.0, 200, "{r:?}");
+    current = applied_state(current, "solo2", MAINTENANCE);
+    let r = send(&mut c, message(CH, "still-in-maintenance", 100)).await;
+    assert_eq!(r.0, 503, "{r:?}");
+    let r = send(&mut c, state_update(&current, "solo2", 0)).await;
+    assert_eq!(r.0, 200, "{r:?}");
+    let r = send(&mut c, message(CH, "after-maintenance", 100)).await;
+    assert_eq!(r.0, 200, "{r:?}");
+    // The envelope is ordered by the new plugin: block 4 (three config
+    // blocks after genesis).
+    let b = tokio::time::timeout(Duration::from_secs(10), deliver(&mut c, CH, 4, 4)).await.unwrap().remove(0);
+    let tx = Parsed::parse(b.data.unwrap().data[0].clone()).unwrap().tx_id;
+    assert_eq!(tx, "after-maintenance");
+    let v = consenter_view(&node);
+    assert_eq!((&v["plugin"], &v["swaps"]), (&"solo2".into(), &1.into()), "{v}");
+}
+
+/// One envelope on its own Broadcast stream: its status and info.
+async fn send(c: &mut AtomicBroadcastClient<Channel>, env: Envelope) -> (i32, String) {
+    broadcast_all(c, vec![env]).await.remove(0)
 }

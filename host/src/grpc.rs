@@ -223,6 +223,10 @@ fn check_parsed(node: &Arc<Node>, pb: common::Envelope, env: Envelope) -> Check 
             made.map(|e| (chain, e)).map_err(refusal)
         });
     }
+    if cfg.consensus_state == processor::STATE_MAINTENANCE {
+        // Fabric: only config updates while the channel is in maintenance.
+        return Check::Done(Err(resp(common::Status::ServiceUnavailable, processor::MAINTENANCE_REFUSAL)));
+    }
     let mut env = env;
     env.config_seq = cfg.sequence;
     if cfg.open_writers {

@@ -72,9 +72,29 @@ pub fn authorize(cfg: &ChannelConfig, path: &str, data: &[u8], creator: &[u8], s
     policy.evaluate_identities(ids).map_err(|e| format!("{e}: {DENIED}"))
 }
 
-/// Broadcast's check of a normal message: `/Channel/Writers`.
+/// `ConsensusType.state` of a channel in maintenance mode.
+pub const STATE_MAINTENANCE: i32 = 1;
+
+/// Fabric's refusal of a normal message while the channel is in
+/// maintenance mode (`ErrMaintenanceMode`; Broadcast answers
+/// SERVICE_UNAVAILABLE).
+pub const MAINTENANCE_REFUSAL: &str = "normal transactions are rejected: maintenance mode";
+
+/// The policy a message's signature must satisfy (Fabric's SigFilter):
+/// `/Channel/Writers`, or `/Channel/Orderer/Writers` while the channel is
+/// in maintenance mode.
+pub fn writers_path(cfg: &ChannelConfig) -> &'static str {
+    if cfg.consensus_state == STATE_MAINTENANCE { ORDERER_WRITERS } else { WRITERS }
+}
+
+/// `/Channel/Orderer/Writers`: who may send anything while a channel is in
+/// maintenance mode.
+pub const ORDERER_WRITERS: &str = "/Channel/Orderer/Writers";
+
+/// Broadcast's signature check of a message: `/Channel/Writers`
+/// (`/Channel/Orderer/Writers` in maintenance mode).
 pub fn check_writers(cfg: &ChannelConfig, env: &Envelope) -> Result<(), Refusal> {
-    authorize(cfg, WRITERS, &env.payload, &env.creator, &env.signature).map_err(Refusal::Forbidden)
+    authorize(cfg, writers_path(cfg), &env.payload, &env.creator, &env.signature).map_err(Refusal::Forbidden)
 }
 
 /// Evaluates a policy path against config-update signatures (for
@@ -111,6 +131,7 @@ pub fn config_update(
     let new =
         ChannelConfig::from_config(channel, next).map_err(|e| applying(format!("the new config is not valid: {e}")))?;
     check_consensus_type(&cfg.consensus_type, &new.consensus_type, types).map_err(applying)?;
+    check_maintenance(cfg, &new).map_err(applying)?;
     let bytes = envelope::build(channel, HeaderType::Config, "", ce.encode_to_vec().into(), Some(signer))
         .map_err(|e| Refusal::Internal(format!("signing the config envelope: {e}")))?;
     let mut out = Envelope::parse(bytes).map_err(|e| Refusal::Internal(e.to_string()))?;
@@ -128,6 +149,27 @@ pub fn check_consensus_type(current: &str, new: &str, types: &[String]) -> Resul
         return Ok(());
     }
     has_plugin(new, types).map_err(|e| format!("{e}; the channel keeps {current:?}"))
+}
+
+/// Fabric's maintenance filter, in part: entering or leaving maintenance
+/// mode must not change the consensus type in the same update. (Fabric
+/// also allows a type change only in maintenance mode; this host swaps
+/// plugins live, so it does not require it.)
+fn check_maintenance(cfg: &ChannelConfig, new: &ChannelConfig) -> Result<(), String> {
+    if cfg.consensus_state != new.consensus_state && cfg.consensus_type != new.consensus_type {
+        return Err(format!(
+            "attempted to change ConsensusType.State ({} to {}) and ConsensusType.Type ({:?} to {:?}) at the same \
+             time: change one, then the other",
+            cfg.consensus_state, new.consensus_state, cfg.consensus_type, new.consensus_type
+        ));
+    }
+    if new.consensus_state != 0 && new.consensus_state != STATE_MAINTENANCE {
+        return Err(format!(
+            "ConsensusType.State {} is neither STATE_NORMAL (0) nor STATE_MAINTENANCE (1)",
+            new.consensus_state
+        ));
+    }
+    Ok(())
 }
 
 /// Err (naming the plugins available) unless `types` has a plugin for `ty`.
@@ -215,6 +257,9 @@ pub fn revalidate(
         let inner = PbEnvelope::decode(inner.data).map_err(|e| format!("ORDERER_TRANSACTION's envelope: {e}"))?;
         let (pb, update) = last_update(config_envelope(&inner.payload)?)?;
         return channel_creation(cfg, signer, &pb, &update, types).map(Some).map_err(|e| e.to_string());
+    }
+    if cfg.consensus_state == STATE_MAINTENANCE {
+        return Err(MAINTENANCE_REFUSAL.into());
     }
     authorize(cfg, WRITERS, &env.payload, &env.creator, &env.signature).map(|()| None)
 }
