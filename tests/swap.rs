@@ -153,9 +153,15 @@ async fn a_hundred_live_swaps_under_load_lose_nothing() {
     assert_eq!(v["swaps"], SWAPS as u64, "{v}");
     assert_eq!(v["previousPlugin"], if ty == "solo" { "solo2" } else { "solo" }, "{v}");
     assert_eq!((&v["state"], &v["crashes"], &v["lostEnvelopes"]), (&"running".into(), &0.into(), &0.into()), "{v}");
-    // Envelopes queued behind a config update went to the old plugin's
-    // cutter after its config block; the swap handed them to the new one.
-    assert!(v["handedOver"].as_u64().unwrap() > 0, "{v}");
+    // (Envelopes queued behind a config update in one plugin call go to the
+    // old plugin's cutter after its config block, and the swap hands them
+    // to the new one: `handedOver`; whether a run has any depends on the
+    // timing, so the testkit's `a_swap_takes_what_the_cutter_holds` shows
+    // that part deterministically.)
+    // The node measured each swap's pause (figures in BENCHMARKS.md, from
+    // `consenter-host bench --swaps`).
+    assert_eq!(v["swapPauseUs"]["count"], SWAPS as u64, "{v}");
+    assert!(v["swapPauseUs"]["max"].as_u64().unwrap() >= v["swapPauseUs"]["p50"].as_u64().unwrap(), "{v}");
 
     // The swaps' metric, by plugin pair.
     let metrics = String::from_utf8(node.ops("GET", "/metrics", None).body).unwrap();

@@ -399,3 +399,93 @@ pub async fn run(
     report.latency_p99 = pct(0.99).unwrap_or_default();
     Ok(report)
 }
+
+/// What `swaps` did: each swap's round trip (the CONFIG_UPDATE sent to its
+/// SUCCESS), and the types swapped between.
+#[derive(Debug, Clone, Default)]
+pub struct SwapReport {
+    /// Swaps acknowledged.
+    pub done: usize,
+    /// The channel's type before the first swap.
+    pub from: String,
+    /// Round trip of each swap's CONFIG_UPDATE.
+    pub round_trips: Vec<Duration>,
+}
+
+/// Swaps `spec.channel`'s consensus type `count` times, alternating between
+/// its type now and `to`, one after the other, while a load runs (an
+/// unsigned CONFIG_UPDATE each: for org-less channels such as the
+/// development channel). The node measures each swap's pause (`channel
+/// show`: `consenter.swapPauseUs`).
+pub async fn swaps(spec: &LoadSpec, to: &str, count: usize) -> Result<SwapReport, LoadError> {
+    use crate::proto::common::{Block, Config};
+    use crate::proto::orderer::ConsensusType;
+    let mut client = connect(spec).await?;
+    let one = |n: u64| {
+        seek(
+            &spec.channel,
+            Pos::Specified(SeekSpecified { number: n }),
+            Pos::Specified(SeekSpecified { number: n }),
+            SeekBehavior::BlockUntilReady,
+            None,
+        )
+    };
+    let newest = seek(
+        &spec.channel,
+        Pos::Newest(SeekNewest {}),
+        Pos::Newest(SeekNewest {}),
+        SeekBehavior::FailIfNotReady,
+        None,
+    )?;
+    async fn first_block(
+        client: &mut AtomicBroadcastClient<Channel>,
+        req: Envelope,
+    ) -> Result<Option<Block>, LoadError> {
+        let mut s = open_deliver(client, req, "deliver (swaps)").await?;
+        let r = s.message().await.map_err(|status| LoadError::Rpc { what: "deliver (swaps)", status })?;
+        if let Some(deliver_response::Type::Block(b)) = r.and_then(|r| r.r#type) {
+            return Ok(Some(b));
+        }
+        Ok(None)
+    }
+    let sign_err = |e: String| LoadError::Sign(format!("the swaps' config: {e}"));
+    let last = first_block(&mut client, newest).await?.ok_or_else(|| sign_err("no newest block".into()))?;
+    let (last_config, _) = crate::block::last_config_and_metadata(&last);
+    let block = first_block(&mut client, one(last_config)?).await?.ok_or_else(|| sign_err("no config block".into()))?;
+    let cfg = crate::channel::ChannelConfig::from_config_block(&block).map_err(|e| sign_err(e.to_string()))?;
+    let mut config: Config = (*cfg.config).clone();
+    let from = cfg.consensus_type.clone();
+    let mut report = SwapReport { from: from.clone(), ..Default::default() };
+    for i in 0..count {
+        let ty = if i % 2 == 0 { to } else { from.as_str() };
+        let cfg =
+            crate::channel::ChannelConfig::from_config(&spec.channel, &config).map_err(|e| sign_err(e.to_string()))?;
+        let value = ConsensusType { r#type: ty.into(), metadata: Default::default(), state: 0 }.encode_to_vec();
+        let update = crate::conformance::update::orderer_value(&cfg, "ConsensusType", value.clone().into());
+        let env = Envelope::decode(update).map_err(|e| sign_err(e.to_string()))?;
+        let t = Instant::now();
+        let mut acks = client
+            .broadcast(tokio_stream::iter(vec![env]))
+            .await
+            .map_err(|status| LoadError::Rpc { what: "broadcast (swap)", status })?
+            .into_inner();
+        let r = acks.message().await.map_err(|status| LoadError::Rpc { what: "broadcast (swap)", status })?;
+        let r = r.ok_or_else(|| sign_err("the swap's Broadcast ended without an answer".into()))?;
+        if r.status != common::Status::Success as i32 {
+            return Err(sign_err(format!("swap {i} to {ty}: {} {}", status_name(r.status), r.info)));
+        }
+        report.round_trips.push(t.elapsed());
+        report.done += 1;
+        // The next config, as the node computed it: the value's version + 1.
+        if let Some(v) = config
+            .channel_group
+            .as_mut()
+            .and_then(|g| g.groups.get_mut("Orderer"))
+            .and_then(|o| o.values.get_mut("ConsensusType"))
+        {
+            v.value = value.into();
+            v.version += 1;
+        }
+    }
+    Ok(report)
+}

@@ -302,6 +302,7 @@ impl Node {
                     swaps: c.status().swaps(),
                     previous_plugin: c.status().previous_plugin(),
                     handed_over: c.status().handed_over(),
+                    swap_pause_us: SwapPauses::of(c.status().swap_pauses()),
                     cluster: c.status().cluster().map(|r| ClusterInfo {
                         is_leader: r.leader != 0 && r.leader == r.self_id,
                         self_id: r.self_id,
@@ -803,9 +804,39 @@ pub struct ConsenterInfo {
     /// cutter) that swaps handed to the new one.
     #[serde(default)]
     pub handed_over: u64,
+    /// The pauses of the last swaps (up to 1,024): from the old plugin's
+    /// config block to the new plugin ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_pause_us: Option<SwapPauses>,
     /// What a clustered plugin reports of its cluster (raft's leader).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterInfo>,
+}
+
+/// Swap pauses, in microseconds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SwapPauses {
+    /// Swaps counted.
+    pub count: usize,
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Longest.
+    pub max: u64,
+    /// The last swap's.
+    pub last: u64,
+}
+
+impl SwapPauses {
+    fn of(pauses: Vec<u64>) -> Option<SwapPauses> {
+        let last = *pauses.last()?;
+        let mut v = pauses;
+        v.sort_unstable();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        Some(SwapPauses { count: v.len(), p50: at(0.5), p99: at(0.99), max: at(1.0), last })
+    }
 }
 
 /// A clustered chain's view of its cluster, as its plugin reports it.

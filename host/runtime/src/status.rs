@@ -72,6 +72,8 @@ pub struct ChainStatus {
     previous_plugin: Mutex<Option<String>>,
     /// Envelopes handed from an old plugin to the new one at swaps.
     handed_over: AtomicU64,
+    /// The pauses of the last swaps (µs), most recent last.
+    swap_pauses: Mutex<std::collections::VecDeque<u64>>,
     /// The plugin (consensus type) ordering the chain now.
     plugin: Mutex<String>,
 }
@@ -94,6 +96,7 @@ impl Default for ChainStatus {
             swaps: AtomicU64::new(0),
             previous_plugin: Mutex::new(None),
             handed_over: AtomicU64::new(0),
+            swap_pauses: Mutex::new(Default::default()),
             plugin: Mutex::new(String::new()),
         }
     }
@@ -121,6 +124,21 @@ impl ChainStatus {
     /// that held envelopes of its own).
     pub fn add_lost(&self, n: u64) {
         self.lost_envelopes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records a swap's pause: from the old plugin's config block to the
+    /// new plugin ready with what was handed over (the last 1,024 kept).
+    pub fn record_swap_pause(&self, pause: std::time::Duration) {
+        let mut p = self.swap_pauses.lock().unwrap_or_else(|p| p.into_inner());
+        if p.len() == 1024 {
+            p.pop_front();
+        }
+        p.push_back(pause.as_micros() as u64);
+    }
+
+    /// The pauses of the last swaps (µs), oldest first.
+    pub fn swap_pauses(&self) -> Vec<u64> {
+        self.swap_pauses.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect()
     }
 
     /// Counts envelopes handed from the old plugin to the new one.

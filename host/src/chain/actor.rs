@@ -160,9 +160,11 @@ impl Runner {
                     // Accepted already: their answers went out.
                     let _ = core.enqueue_many(pending);
                 }
+                let pause = started.elapsed();
+                self.status.record_swap_pause(pause);
                 tracing::info!(
                     channel = %ch, from = %from, to = %to, swaps, handed_over = handed, height = self.start_height,
-                    pause_us = started.elapsed().as_micros() as u64,
+                    pause_us = pause.as_micros() as u64,
                     "consensus plugin swapped at the config block"
                 );
                 Phase::Running(Box::new(core))

@@ -29,6 +29,15 @@ pub(crate) struct BenchArgs {
     /// How long to wait for blocks after the last acknowledgement.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     commit_timeout: Duration,
+    /// Swap the channel's consensus type this many times during the run,
+    /// alternating between its type now and --swap-to (unsigned config
+    /// updates: an org-less channel such as the development channel). The
+    /// node's pauses: `channel show` (consenter.swapPauseUs).
+    #[arg(long, default_value_t = 0, requires = "swap_to")]
+    swaps: usize,
+    /// The other consensus type of --swaps (a plugin the node has).
+    #[arg(long, value_name = "TYPE")]
+    swap_to: Option<String>,
     #[command(flatten)]
     tls: GrpcTlsArgs,
 }
@@ -92,13 +101,35 @@ pub(crate) fn bench(a: BenchArgs) -> Result<()> {
         spec.messages, spec.size, spec.clients, spec.orderer, spec.channel
     );
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    let r = rt.block_on(consenter_host::loadgen::run(&spec, signer.map(Arc::new), |acked, committed| {
+    let load = consenter_host::loadgen::run(&spec, signer.map(Arc::new), |acked, committed| {
         eprintln!("  acknowledged {acked}, committed {committed}");
-    }))?;
+    });
+    let (r, swapped) = match (a.swaps, &a.swap_to) {
+        (n, Some(to)) if n > 0 => {
+            let (r, s) = rt.block_on(async { tokio::join!(load, consenter_host::loadgen::swaps(&spec, to, n)) });
+            (r?, Some(s?))
+        }
+        _ => (rt.block_on(load)?, None),
+    };
     println!("acknowledged: {:.0} tx/s ({} in {:.2} s)", r.ack_rate(), r.acknowledged, r.ack_secs);
     println!("committed: {:.0} tx/s ({} in {:.2} s)", r.commit_rate(), r.committed, r.commit_secs);
     println!("latency: p50 {:.1} ms, p99 {:.1} ms (send to delivery)", ms(r.latency_p50), ms(r.latency_p99));
     println!("blocks: {}, envelopes seen: {}", r.blocks, r.envelopes_seen);
+    if let Some(s) = &swapped {
+        let mut rt: Vec<_> = s.round_trips.clone();
+        rt.sort();
+        let at = |q: f64| rt.get(((rt.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or_default();
+        println!(
+            "swaps: {} between {} and {} during the run; config update round trip p50 {:.2} ms, p99 {:.2} ms (the \
+             node's pause per swap: consenter-host channel show -c {} → consenter.swapPauseUs)",
+            s.done,
+            s.from,
+            a.swap_to.as_deref().unwrap_or_default(),
+            ms(at(0.5)),
+            ms(at(0.99)),
+            spec.channel
+        );
+    }
     for (status, info) in &r.refusals {
         println!("refused: {} ({status}): {info}", consenter_host::loadgen::status_name(*status));
     }

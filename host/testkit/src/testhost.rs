@@ -156,6 +156,34 @@ impl TestHost {
         self.core.enqueue(config_env).map_err(|e| e.to_string())
     }
 
+    /// The CONFIG envelope a CONFIG_UPDATE makes (checked and applied to
+    /// the current config as Broadcast does), with `types` the consensus
+    /// types the update may name; not offered to the plugin.
+    pub fn config_envelope(&self, update: Bytes, types: &[String]) -> Result<Envelope, String> {
+        let cfg = self.status.config().ok_or("the chain has no config")?;
+        let env = Envelope::parse(update.clone()).map_err(|e| e.to_string())?;
+        let pb = crate::proto::common::Envelope::decode(update).map_err(|e| e.to_string())?;
+        consenter_runtime::processor::config_update(&cfg, &self.signer, &pb, &env, types).map_err(|e| e.to_string())
+    }
+
+    /// Offers envelopes as Broadcast's checks left them, in one plugin
+    /// call; one answer each.
+    pub fn enqueue_many_validated(&mut self, envs: Vec<Envelope>) -> Vec<Result<(), EnqueueError>> {
+        self.core.enqueue_many(envs)
+    }
+
+    /// The consensus type of the config in force (a config block the plugin
+    /// wrote may have changed it: a node then swaps plugins).
+    pub fn consensus_type(&self) -> Option<String> {
+        self.core.consensus_type()
+    }
+
+    /// Takes what the host's cutter holds for the plugin (what a live swap
+    /// hands to the next plugin).
+    pub fn take_pending(&mut self) -> Vec<Envelope> {
+        self.core.take_pending()
+    }
+
     /// What the instance holds of the host now (None once it trapped).
     pub fn resources(&self) -> Option<consenter_runtime::Resources> {
         self.core.resources()
