@@ -89,6 +89,14 @@ async fn a_hundred_live_swaps_under_load_lose_nothing() {
             "trap:start",
             "ConsensusType.type \"hostile\": its plugin fails its canary with this channel's new config: start trapped",
         ),
+        // Passes handle-chain and start, traps on the first envelope: the
+        // swap check offers one, so it is refused rather than swapped in.
+        (
+            "hostile",
+            "trap:enqueue",
+            "ConsensusType.type \"hostile\": its plugin fails its canary with this channel's new config: enqueue \
+             trapped",
+        ),
         ("etcdraft", "", "not yet to or from a clustered one (the channel keeps \"solo\")"),
     ] {
         let r = broadcast_all(&mut c, vec![type_update_with(&current, ty, md.as_bytes())]).await.remove(0);

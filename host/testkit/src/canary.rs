@@ -57,18 +57,20 @@ pub fn run_on(plugin: &Plugin, signer: Arc<Signer>, template: &ChannelTemplate) 
     let hash = genesis.header.as_ref().map(block::header_hash).unwrap_or_default();
     let sink = MemorySink::default();
     sink.0.lock().unwrap_or_else(|p| p.into_inner()).push(genesis.encode_to_vec().into());
-    run_with(plugin, signer, Arc::new(config), sink, hash)
+    run_with(plugin, signer, Arc::new(config), sink, hash, false)
 }
 
-/// Runs the canary on a new chain with `config` (a channel's config as a
-/// config update would make it: a live swap checks the new plugin with it
-/// before the update is ordered).
+/// The check of a live swap's new plugin, before the update is ordered: the
+/// canary on a new chain with `config` (the channel's config as the update
+/// makes it, so metadata the plugin cannot use is caught), and between
+/// `start` and `halt` one envelope offered and the batch timeout waited
+/// out, so a plugin that traps at once is refused rather than swapped in.
 pub fn run_on_config(
     plugin: &Plugin,
     signer: Arc<Signer>,
     config: Arc<ChannelConfig>,
 ) -> Result<Duration, CanaryError> {
-    run_with(plugin, signer, config, MemorySink::default(), block::Hash::default())
+    run_with(plugin, signer, config, MemorySink::default(), block::Hash::default(), true)
 }
 
 fn run_with(
@@ -77,16 +79,19 @@ fn run_with(
     config: Arc<ChannelConfig>,
     sink: MemorySink,
     hash: block::Hash,
+    exercise: bool,
 ) -> Result<Duration, CanaryError> {
     let t = Instant::now();
     let reject = |reason: String| CanaryError { plugin: plugin.name().to_string(), reason };
     let channel = config.channel_id.clone();
+    let (sequence, timeout) = (config.sequence, config.batch_timeout);
+    let clock = ManualClock::new();
     let mut support = Support::new(
         &channel,
         config,
         signer,
         Box::new(sink),
-        ManualClock::new(),
+        clock.clone(),
         ChainPosition { height: 1, last_hash: hash, last_config: 0 },
         SupportLimits::default(),
     );
@@ -110,6 +115,24 @@ fn run_with(
     instance.start().map_err(|e| reject(describe("start", e)))?;
     if let Some(f) = failed(&instance, "start") {
         return Err(reject(f));
+    }
+    if exercise {
+        let bytes = crate::conformance::test_envelope(&channel, "canary", 64);
+        let mut env = crate::envelope::Envelope::parse(bytes).map_err(|e| reject(format!("the test envelope: {e}")))?;
+        env.config_seq = sequence;
+        instance.enqueue(vec![env]).map_err(|e| reject(describe("enqueue", e)))?;
+        if let Some(f) = failed(&instance, "enqueue") {
+            return Err(reject(f));
+        }
+        clock.advance(timeout + Duration::from_millis(1));
+        let now = crate::support::Clock::now(&*clock);
+        let due = instance.support_mut().map(|s| s.take_due_timers(now)).unwrap_or_default();
+        for id in due {
+            instance.on_timer(id).map_err(|e| reject(describe("on-timer", e)))?;
+        }
+        if let Some(f) = failed(&instance, "on-timer") {
+            return Err(reject(f));
+        }
     }
     instance.halt().map_err(|e| reject(describe("halt", e)))?;
     let took = t.elapsed();
