@@ -88,6 +88,13 @@ impl ChainCore {
         pending
     }
 
+    /// Ends the chain's instance (after `halt`) and returns its support:
+    /// the block sink, the position and the config in force, for the next
+    /// plugin of a live swap. None once the instance trapped.
+    pub fn into_support(self) -> Option<Support> {
+        self.instance.into_support()
+    }
+
     /// What the instance holds of the host now (None once it trapped).
     pub fn resources(&self) -> Option<crate::instance::Resources> {
         self.instance.resources()

@@ -235,6 +235,13 @@ impl Instance {
     pub fn halt(&mut self) -> Result<(), RuntimeError> {
         self.call("halt", |b, s| on_chain!(b, |c| c.call_halt(s)))
     }
+
+    /// Ends the instance and returns its support (None once it trapped):
+    /// a live swap hands the support's block sink and position to the next
+    /// plugin's support.
+    pub fn into_support(self) -> Option<Support> {
+        self.store.map(|s| s.into_data().support)
+    }
 }
 
 /// A one-line reason for a trap: the trap code (out of time, memory, stack,

@@ -497,6 +497,18 @@ impl Support {
         self.fail(reason);
     }
 
+    /// Where the chain is: the next block's number, the last written
+    /// block's hash, the last config block.
+    pub fn position(&self) -> ChainPosition {
+        ChainPosition { height: self.height, last_hash: self.last_hash, last_config: self.last_config }
+    }
+
+    /// Ends the support, returning its block sink (a live swap gives it to
+    /// the next plugin's support: blocks keep one writer, in order).
+    pub fn into_sink(self) -> Box<dyn BlockSink> {
+        self.sink
+    }
+
     /// Takes what the cutter holds (accepted, not yet in a batch), in
     /// order: what a live swap hands to the next plugin.
     pub fn take_pending(&mut self) -> Vec<Envelope> {

@@ -127,7 +127,8 @@ impl Runner {
         let from = self.plugin.name().to_string();
         let ch = self.channel.clone();
         let pending = core.take_pending();
-        let lost = self.tear_down(core);
+        core.halt();
+        let lost = core.accepted().saturating_sub(core.written_envelopes());
         if lost > 0 {
             // Envelopes the old plugin kept to itself (not in the host's
             // cutter) do not survive it.
@@ -135,22 +136,27 @@ impl Runner {
             tracing::warn!(channel = %ch, from = %from, lost, "envelopes the old plugin held were lost in the swap");
         }
         let next = self.resolve.as_ref().and_then(|r| r(&to));
-        let Some(next) = next else {
+        // The old support's block sink, position and config go to the new
+        // plugin: the ledger writer keeps running (no wait for its fsync),
+        // blocks stay in one queue, in order.
+        let Some((next, old)) = next.zip(core.into_support()) else {
             let reason = format!(
-                "a config block changed the consensus type from {from:?} to {to:?}, which has no plugin on this node"
+                "a config block changed the consensus type from {from:?} to {to:?}, which has no plugin on this node \
+                 (or the old instance ended)"
             );
+            if let Some(w) = self.writer.take() {
+                let _ = w.join();
+            }
             return self.on_crash(reason, false, pending.len() as u64);
         };
-        let rp = ResumePoint::read(&self.channel, &self.ledger);
+        let pos = old.position();
+        let config = old.config().clone();
+        let sink = old.into_sink();
         self.plugin = next;
-        let started_core = rp
-            .map_err(|e| RuntimeError::Instantiate { plugin: to.clone(), channel: ch.clone(), reason: e.to_string() })
-            .and_then(|mut rp| {
-                // Fabric: a new consensus type starts without metadata.
-                rp.metadata.clear();
-                self.start_instance(rp)
-            });
-        match started_core {
+        self.start_height = pos.height;
+        let support = (self.make_support)(&self.plugin, sink, pos, config, &self.status);
+        // Fabric: a new consensus type starts without metadata.
+        match ChainCore::start(&self.plugin, support, &[], self.status.clone()) {
             Ok(mut core) => {
                 let swaps = self.status.record_swap(&from, &to);
                 crate::metrics::plugin_swapped(&ch, &from, &to);
@@ -170,6 +176,11 @@ impl Runner {
                 Phase::Running(Box::new(core))
             }
             Err(e) => {
+                // The failed instance took the sink with it: the writer ends
+                // once what was queued is durable.
+                if let Some(w) = self.writer.take() {
+                    let _ = w.join();
+                }
                 // The old plugin cannot order the new type's config: the
                 // chain errs with the reason, as a chain that cannot start.
                 self.on_crash(format!("starting plugin {to} after a consensus-type change: {e}"), false, 0)
