@@ -20,7 +20,7 @@ use crate::channel::{ChannelConfig, ChannelTemplate, Consenter};
 use crate::envelope::Envelope;
 use crate::proto::common::Block;
 use crate::signer::Signer;
-use crate::support::{ChainPosition, Clock, Support, SupportLimits};
+use crate::support::{Clock, Support, SupportLimits};
 use crate::testhost::{ManualClock, MemorySink};
 use consenter_runtime::chain_core::ChainCore;
 use consenter_runtime::cluster::ClusterSink;
@@ -359,18 +359,7 @@ impl SimNet {
     /// Starts (or restarts after a crash) node `i` from its ledger and
     /// storage, as a node process does.
     pub fn restart(&mut self, i: usize) -> Result<(), RuntimeError> {
-        let blocks = self.blocks(i);
-        let last = blocks.last().ok_or_else(|| RuntimeError::Engine("simulator: empty ledger".into()))?;
-        let (last_config, metadata) = block::last_config_and_metadata(last);
-        let last_config = if blocks.len() == 1 { 0 } else { last_config };
-        let config_block = blocks.get(last_config as usize).unwrap_or(&blocks[0]);
-        let config = ChannelConfig::from_config_block(config_block)
-            .map_err(|e| RuntimeError::Engine(format!("simulator: config block {last_config}: {e}")))?;
-        let pos = ChainPosition {
-            height: blocks.len() as u64,
-            last_hash: last.header.as_ref().map(block::header_hash).unwrap_or_default(),
-            last_config,
-        };
+        let (config, pos, metadata) = crate::testhost::resume_point(&self.blocks(i), "simulator")?;
         let n = &mut self.nodes[i];
         n.starts += 1;
         let clock: Arc<dyn Clock> = self.clock.clone();

@@ -60,6 +60,28 @@ impl BlockSink for MemorySink {
     }
 }
 
+/// Where a chain resumes from the blocks of an in-memory ledger (genesis
+/// first): the config of its last config block, its position after the
+/// last block, and that block's consenter metadata (what a node reads from
+/// its ledger at a restart). `who` names the caller in errors.
+pub(crate) fn resume_point(
+    blocks: &[Block],
+    who: &str,
+) -> Result<(ChannelConfig, ChainPosition, Vec<u8>), RuntimeError> {
+    let last = blocks.last().ok_or_else(|| RuntimeError::Engine(format!("{who}: empty ledger")))?;
+    let (last_config, metadata) = block::last_config_and_metadata(last);
+    let last_config = if blocks.len() == 1 { 0 } else { last_config };
+    let config_block = blocks.get(last_config as usize).unwrap_or(&blocks[0]);
+    let config = ChannelConfig::from_config_block(config_block)
+        .map_err(|e| RuntimeError::Engine(format!("{who}: config block {last_config}: {e}")))?;
+    let pos = ChainPosition {
+        height: blocks.len() as u64,
+        last_hash: last.header.as_ref().map(block::header_hash).unwrap_or_default(),
+        last_config,
+    };
+    Ok((config, pos, metadata))
+}
+
 /// A plugin running on one in-memory chain.
 pub struct TestHost {
     core: ChainCore,
@@ -115,18 +137,7 @@ impl TestHost {
     /// [`restart`](Self::restart) with another plugin (a new build of it).
     pub fn restart_with(&mut self, plugin: &Plugin) -> Result<(), RuntimeError> {
         self.core.halt();
-        let blocks = self.blocks();
-        let last = blocks.last().ok_or_else(|| RuntimeError::Engine("test host: empty ledger".into()))?;
-        let (last_config, metadata) = block::last_config_and_metadata(last);
-        let last_config = if blocks.len() == 1 { 0 } else { last_config };
-        let config_block = blocks.get(last_config as usize).unwrap_or(&blocks[0]);
-        let config = ChannelConfig::from_config_block(config_block)
-            .map_err(|e| RuntimeError::Engine(format!("test host: config block {last_config}: {e}")))?;
-        let pos = ChainPosition {
-            height: blocks.len() as u64,
-            last_hash: last.header.as_ref().map(block::header_hash).unwrap_or_default(),
-            last_config,
-        };
+        let (config, pos, metadata) = resume_point(&self.blocks(), "test host")?;
         let mut support = Support::new(
             &config.channel_id.clone(),
             Arc::new(config),
