@@ -10,8 +10,8 @@
 //!   cut by the batch timer, a config update cuts the pending batch and is
 //!   written alone, and `consenter-host ledger verify` passes.
 //!
-//! The component is built once per run (about 15 s) and compiled once
-//! (tens of seconds: CPython is ~18 MB of wasm) into a plugin cache that
+//! The component is built once per run (about 10 s) and compiled once
+//! (8 to 25 s: CPython is ~18 MB of wasm) into a plugin cache that
 //! the node then loads from. Skipped, saying so, only where
 //! componentize-py cannot be installed or run (`.ci/run` installs it).
 
