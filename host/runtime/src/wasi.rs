@@ -11,14 +11,16 @@
 //! | `wasi:filesystem/preopens` | `get-directories` | no directories (every path operation then fails inside the plugin) |
 //! | `wasi:cli/stdout`, `wasi:cli/stderr` | `get-stdout`, `get-stderr` | a stream into the chain's log |
 //! | `wasi:io/streams` | `output-stream`'s `check-write`, `write`, `blocking-write-and-flush`, `flush`, `blocking-flush` | the bytes go to the chain's log, line by line, as `log` lines (truncated, rate-limited) |
-//! | `wasi:io/streams`, `wasi:io/poll` | `output-stream`'s `subscribe`; `pollable`'s `ready`, `block`; `poll` | always ready (the only pollables are those of the output streams, which never wait) |
+//! | `wasi:io/streams`, `wasi:io/poll` | `output-stream`'s `subscribe`; `pollable`'s `ready`, `block` | always ready (the only pollables are those of the output streams, which never wait) |
 //!
 //! None of them reads anything the host has (no file, variable, argument,
 //! clock or socket), and none depends on time, so a plugin stays a
 //! deterministic function of its events and its chain's random seed.
 //! Clocks are not served: a plugin's time is its timers. Every other
 //! function (`wasi:filesystem/types`, sockets, clocks and their
-//! pollables, stdin, terminals, exit, ...) traps.
+//! pollables, `wasi:io/poll`'s `poll`, stdin, terminals, exit, ...) traps.
+//! The writes take their bytes through a typed function, copied as bytes
+//! (at most the plugin's memory) and capped at `max-call-bytes`.
 //! (wasmtime's `define_unknown_imports_as_traps` would also stub the
 //! resource aliases of our own interfaces, with the wrong resource type.)
 
@@ -42,6 +44,17 @@ pub struct Pollable;
 pub const STDOUT: u32 = 1;
 /// The rep of the stream `get-stderr` returns.
 pub const STDERR: u32 = 2;
+
+/// `wasi:io/streams`' `stream-error`, for the typed `write` functions
+/// (which never return it: the log always takes the bytes).
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower)]
+#[component(variant)]
+enum StreamError {
+    #[component(name = "last-operation-failed")]
+    LastOperationFailed(Resource<()>),
+    #[component(name = "closed")]
+    Closed,
+}
 
 /// The longest write an output stream accepts at once (`check-write`'s
 /// answer; WASI's `blocking-write-and-flush` is specified up to 4096).
@@ -70,8 +83,6 @@ pub enum Served {
     Ready,
     /// `pollable.block`: returns at once.
     Block,
-    /// `poll`: every pollable given is ready.
-    Poll,
 }
 
 /// Whether function `func` of WASI interface `import` (any 0.2 version,
@@ -93,7 +104,6 @@ pub fn served(import: &str, func: &str) -> Option<Served> {
         ("wasi:io/streams", "[method]output-stream.subscribe") => Served::Subscribe,
         ("wasi:io/poll", "[method]pollable.ready") => Served::Ready,
         ("wasi:io/poll", "[method]pollable.block") => Served::Block,
-        ("wasi:io/poll", "poll") => Served::Poll,
         _ => return None,
     };
     Some(served)
@@ -114,6 +124,19 @@ pub(crate) fn link(linker: &mut Linker<PluginState>, component: &Component, engi
                 ComponentItem::ComponentFunc(_) => {
                     let what = format!("{import}#{export}");
                     match served(import, export) {
+                        // Typed, so that the bytes are lifted as bytes: a
+                        // dynamic `list<u8>` would cost the host a `Val`
+                        // (tens of bytes) per byte before any cap is checked.
+                        Some(Served::Write) => li.func_wrap(
+                            export,
+                            move |mut store: StoreContextMut<'_, PluginState>,
+                                  (stream, bytes): (Resource<OutputStream>, Vec<u8>)| {
+                                let s = store.data_mut();
+                                s.check_bytes(&what, bytes.len())?;
+                                s.stdio_write(stream.rep(), &bytes);
+                                Ok((Ok::<(), StreamError>(()),))
+                            },
+                        )?,
                         Some(how) => li.func_new(export, move |mut store, _, params, results| {
                             answer(how, &what, &mut store, params, results)
                         })?,
@@ -164,18 +187,7 @@ fn answer(
             stream_of(what, store, params)?;
             Val::Result(Ok(Some(Box::new(Val::U64(WRITE_PERMIT)))))
         }
-        Served::Write => {
-            let rep = stream_of(what, store, params)?;
-            let bytes = match params.get(1) {
-                Some(Val::List(v)) => v,
-                _ => wasmtime::bail!("{what}: expected a list<u8>"),
-            };
-            let s = store.data_mut();
-            s.check_bytes(what, bytes.len())?;
-            let bytes: Vec<u8> = bytes.iter().map(|b| if let Val::U8(b) = b { *b } else { b'?' }).collect();
-            s.stdio_write(rep, &bytes);
-            Val::Result(Ok(None))
-        }
+        Served::Write => unreachable!("linked as a typed function"),
         Served::Flush => {
             stream_of(what, store, params)?;
             Val::Result(Ok(None))
@@ -187,17 +199,6 @@ fn answer(
         Served::Ready => {
             pollable_of(what, store, params)?;
             Val::Bool(true)
-        }
-        Served::Poll => {
-            let n = match params.first() {
-                Some(Val::List(v)) => v.len(),
-                _ => wasmtime::bail!("{what}: expected a list of pollables"),
-            };
-            let max = store.data().call_limits.max_list_len;
-            if n > max {
-                wasmtime::bail!("the plugin passed {n} pollables to {what}, over the cap of {max} (max-list-len)");
-            }
-            Val::List((0..n as u32).map(Val::U32).collect())
         }
     };
     Ok(())
@@ -318,7 +319,7 @@ mod tests {
             assert_eq!(served(&i("cli/stdout"), "get-stdout"), Some(Served::Stream(STDOUT)));
             assert_eq!(served(&i("random/random"), "get-random-u64"), Some(Served::Random));
             assert_eq!(served(&i("io/streams"), "[method]output-stream.blocking-write-and-flush"), Some(Served::Write));
-            assert_eq!(served(&i("io/poll"), "poll"), Some(Served::Poll));
+            assert_eq!(served(&i("io/poll"), "[method]pollable.block"), Some(Served::Block));
             // No I/O capability: files, sockets, clocks, stdin, exit and
             // polling trap.
             for (iface, func) in [
@@ -333,6 +334,7 @@ mod tests {
                 ("cli/terminal-stderr", "get-terminal-stderr"),
                 ("cli/exit", "exit"),
                 ("io/streams", "[method]input-stream.read"),
+                ("io/poll", "poll"),
                 ("io/streams", "[method]output-stream.splice"),
             ] {
                 assert_eq!(served(&i(iface), func), None, "{iface}#{func} must trap");
