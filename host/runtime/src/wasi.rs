@@ -137,6 +137,12 @@ pub(crate) fn link(linker: &mut Linker<PluginState>, component: &Component, engi
                                 Ok((Ok::<(), StreamError>(()),))
                             },
                         )?,
+                        // Likewise the random bytes, lowered as bytes.
+                        Some(Served::Random) if export.ends_with("bytes") => {
+                            li.func_wrap(export, move |mut store: StoreContextMut<'_, PluginState>, (len,): (u64,)| {
+                                Ok((random_bytes(&what, store.data_mut(), len)?,))
+                            })?
+                        }
                         Some(how) => li.func_new(export, move |mut store, _, params, results| {
                             answer(how, &what, &mut store, params, results)
                         })?,
@@ -177,7 +183,7 @@ fn answer(
     let Some(out) = results.first_mut() else { wasmtime::bail!("{what}: no result slot") };
     *out = match how {
         Served::Block => unreachable!("answered above"),
-        Served::Random => random(what, store.data_mut(), params)?,
+        Served::Random => random(what, store.data_mut())?,
         Served::EmptyList => Val::List(vec![]),
         Served::Nothing => Val::Option(None),
         Served::Stream(rep) => {
@@ -220,32 +226,29 @@ fn pollable_of(what: &str, store: &mut StoreContextMut<'_, PluginState>, params:
     }
 }
 
-/// A `wasi:random` call (`get-random-bytes`, `get-random-u64`, their
-/// `insecure` twins, `insecure-seed`) from the chain's generator.
-fn random(what: &str, s: &mut PluginState, params: &[Val]) -> wasmtime::Result<Val> {
-    if what.ends_with("bytes") {
-        let len = match params.first() {
-            Some(Val::U64(n)) => *n,
-            _ => wasmtime::bail!("{what}: expected a u64 length"),
-        };
-        let max = s.call_limits.max_call_bytes as u64;
-        if len > max {
-            wasmtime::bail!("{what}: {len} random bytes asked, over the cap of {max} (max-call-bytes)");
-        }
-        let mut v = Vec::with_capacity(len as usize);
-        while (v.len() as u64) < len {
-            for b in s.next_random().to_le_bytes() {
-                if (v.len() as u64) < len {
-                    v.push(Val::U8(b));
-                }
-            }
-        }
-        Ok(Val::List(v))
-    } else if what.ends_with("insecure-seed") {
+/// A `wasi:random` call (`get-random-u64`, `get-insecure-random-u64`,
+/// `insecure-seed`) from the chain's generator.
+fn random(what: &str, s: &mut PluginState) -> wasmtime::Result<Val> {
+    if what.ends_with("insecure-seed") {
         Ok(Val::Tuple(vec![Val::U64(s.next_random()), Val::U64(s.next_random())]))
     } else {
         Ok(Val::U64(s.next_random()))
     }
+}
+
+/// `get-random-bytes` and `get-insecure-random-bytes`: `len` bytes of the
+/// chain's generator, at most `max-call-bytes`.
+fn random_bytes(what: &str, s: &mut PluginState, len: u64) -> wasmtime::Result<Vec<u8>> {
+    let max = s.call_limits.max_call_bytes as u64;
+    if len > max {
+        wasmtime::bail!("{what}: {len} random bytes asked, over the cap of {max} (max-call-bytes)");
+    }
+    let mut v = Vec::with_capacity(len as usize);
+    while (v.len() as u64) < len {
+        let need = (len as usize - v.len()).min(8);
+        v.extend_from_slice(&s.next_random().to_le_bytes()[..need]);
+    }
+    Ok(v)
 }
 
 /// The partial last lines written to the plugin's stdout and stderr.
@@ -378,13 +381,9 @@ mod plugin_tests {
         }
     }
 
-    /// Runs the hostile plugin in `mode` (e.g. `wasi-env:enqueue`) on one
-    /// envelope: Ok(the reason it gave `fail`), or Err(the trap).
-    fn hostile(mode: &str) -> Result<String, String> {
+    /// A chain's support on a channel whose ConsensusType metadata is `mode`.
+    fn support(mode: &str) -> Support {
         let dir = tempfile::tempdir().unwrap();
-        let bytes = std::fs::read(consenter_test_plugins::path("consenter_hostile.wasm")).unwrap();
-        let rt = Runtime::new(Limits::default()).unwrap();
-        let plugin = rt.load("hostile", &bytes).unwrap();
         let id = crate::signer::ensure_dev_identity(&dir.path().join("id")).unwrap();
         let signer = Arc::new(crate::signer::Signer::from_msp_dir(&id.orderer_msp, &id.mspid).unwrap());
         let mut t = ChannelTemplate::solo("wasi");
@@ -394,9 +393,16 @@ mod plugin_tests {
         let cfg = Arc::new(ChannelConfig::from_config_block(&genesis).unwrap());
         let hash = crate::block::header_hash(genesis.header.as_ref().unwrap());
         let pos = ChainPosition { height: 1, last_hash: hash, last_config: 0 };
-        let support =
-            Support::new("wasi", cfg, signer, Box::new(Discard), Arc::new(SystemClock), pos, SupportLimits::default());
-        let mut inst = plugin.instantiate(support).unwrap();
+        Support::new("wasi", cfg, signer, Box::new(Discard), Arc::new(SystemClock), pos, SupportLimits::default())
+    }
+
+    /// Runs the hostile plugin in `mode` (e.g. `wasi-env:enqueue`) on one
+    /// envelope: Ok(the reason it gave `fail`), or Err(the trap).
+    fn hostile(mode: &str) -> Result<String, String> {
+        let bytes = std::fs::read(consenter_test_plugins::path("consenter_hostile.wasm")).unwrap();
+        let rt = Runtime::new(Limits::default()).unwrap();
+        let plugin = rt.load("hostile", &bytes).unwrap();
+        let mut inst = plugin.instantiate(support(mode)).unwrap();
         inst.handle_chain(&[]).unwrap().unwrap();
         inst.start().unwrap();
         let env = crate::envelope::build(
@@ -423,6 +429,22 @@ mod plugin_tests {
     fn no_directory_is_preopened() {
         let r = hostile("wasi-fs:enqueue").expect("std::fs::read returns");
         assert!(r.contains("std::fs::read returned Err("), "{r}");
+    }
+
+    #[test]
+    fn random_bytes_come_from_the_chain_generator_capped() {
+        let mut s = crate::glue::PluginState::for_test(support(""));
+        let mut twin = crate::glue::PluginState::for_test(support(""));
+        twin.random = s.random;
+        let what = "wasi:random/random@0.2.0#get-random-bytes";
+        assert!(super::random_bytes(what, &mut s, 0).unwrap().is_empty());
+        let got = super::random_bytes(what, &mut s, 13).unwrap();
+        let mut want = twin.next_random().to_le_bytes().to_vec();
+        want.extend_from_slice(&twin.next_random().to_le_bytes()[..5]);
+        assert_eq!(got, want, "the generator's u64s, little-endian, cut to the length");
+        let max = s.call_limits.max_call_bytes as u64;
+        let e = super::random_bytes(what, &mut s, max + 1).unwrap_err();
+        assert!(e.to_string().contains("max-call-bytes"), "{e}");
     }
 
     #[test]
