@@ -3,6 +3,7 @@
 //! - in the test host next to the Rust solo (`plugins/solo`): the same
 //!   envelopes and clock moves give the same blocks (numbers, hashes,
 //!   envelopes, last config), the same armed batch timer and no error;
+//! - through the conformance suite (`consenter-host conformance`);
 //! - in a real node process that trusts only the test's key, on a channel
 //!   joined through the participation API with ConsensusType `pysolo`:
 //!   Fabric's Node.js SDK broadcasts and delivers (every tx in exactly
@@ -378,6 +379,28 @@ fn python_solo_writes_the_same_blocks_as_rust_solo() {
     assert!(py[2].blocks.is_empty(), "after pends (max 2 now)");
     assert_eq!(tx_ids(&py[3]), vec![vec!["after"]]);
     assert!(py.iter().all(|a| a.errored.is_none()));
+}
+
+/// The conformance suite (`consenter-host conformance`, in process on the
+/// plugin compiled above): contract, ordering, revalidation, Fabric's
+/// cutter against the reference solo, restart, determinism, seeded
+/// schedules and resources. Fewer schedules and a shorter long run than
+/// the command's defaults keep it to seconds.
+#[test]
+fn python_solo_passes_the_conformance_suite() {
+    let Some(b) = built() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let opts = consenter_host::conformance::Options {
+        consensus_type: Some(TYPE.into()),
+        schedules: 20,
+        long_run: 2_000,
+        ..Default::default()
+    };
+    let report = consenter_host::conformance::run(&b.plugin, dev_signer(dir.path()), &opts);
+    eprintln!("{}", report.to_text());
+    assert!(report.ok(), "{}", report.to_text());
+    assert_eq!(report.failed, 0);
+    assert_eq!(report.passed, 8, "{}", report.to_text());
 }
 
 // ---------------------------------------------------------- in a real node
