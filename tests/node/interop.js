@@ -25,7 +25,9 @@
  *      verifies), previous_hash == SHA-256(DER(previous header)), and
  *      data_hash == SHA-256(concatenation of the data entries).
  *   4. Print one JSON line on stdout:
- *      {"broadcast_ok":N,"blocks":B,"found":N,"chain_ok":true}
+ *      {"broadcast_ok":N,"blocks":B,"found":N,"chain_ok":true,"in_order":true}
+ *      (in_order: the tx IDs appear in the ledger in broadcast order; each
+ *      broadcast is acknowledged before the next is sent)
  *      and exit 0. On any failure, print the reason on stderr and exit 1.
  *      The exit status is 2 on a usage error.
  *
@@ -368,6 +370,7 @@ function deliverUntil(opts, channel, idContext, txIds) {
 function verify(opts, certPem, txIds, rawBlocks) {
 	const wanted = new Set(txIds);
 	const found = new Set();
+	const order = []; // our tx IDs in ledger order
 	let prevHeader = null;
 	rawBlocks.forEach((raw, i) => {
 		const number = toBigInt(raw.header.number);
@@ -434,13 +437,17 @@ function verify(opts, certPem, txIds, rawBlocks) {
 				throw new Error(`block ${i} envelope ${j}: tx ${ch.tx_id} signature does not verify`);
 			}
 			found.add(ch.tx_id);
+			order.push(ch.tx_id);
 		});
 	});
 	if (found.size !== wanted.size) {
 		const missing = txIds.filter((t) => !found.has(t));
 		throw new Error(`${missing.length} tx IDs not found in the blocks, e.g. ${missing[0]}`);
 	}
-	return found.size;
+	// Each broadcast was acknowledged before the next was sent, so the
+	// ledger must hold them in broadcast order.
+	const inOrder = order.length === txIds.length && order.every((t, k) => t === txIds[k]);
+	return {found: found.size, inOrder};
 }
 
 async function main() {
@@ -452,13 +459,14 @@ async function main() {
 
 	const txIds = await broadcastAll(opts, client, channel, idContext);
 	const blocks = await deliverUntil(opts, channel, idContext, txIds);
-	const found = verify(opts, certPem, txIds, blocks);
+	const {found, inOrder} = verify(opts, certPem, txIds, blocks);
 
 	process.stdout.write(JSON.stringify({
 		broadcast_ok: txIds.length,
 		blocks: blocks.length,
 		found,
 		chain_ok: true,
+		in_order: inOrder,
 	}) + '\n');
 }
 

@@ -1,7 +1,8 @@
 //! The node's one wasm engine and linker ([`Runtime`]): compiles and
 //! pre-links plugins (with the compiled-artifact cache), ticks the epoch
-//! that call deadlines count in. Grants a plugin no WASI capability: any
-//! `wasi:*` import traps when called.
+//! that call deadlines count in. Grants a plugin no WASI capability: a
+//! `wasi:*` import traps when called, but for the few answered without
+//! I/O (`wasi`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -135,7 +136,8 @@ impl Runtime {
 
     /// Compiles a plugin once and pre-links it. Imports outside this host's
     /// contract are refused here, with their names; `wasi:*` imports are
-    /// linked to functions that trap (no WASI capability is granted).
+    /// linked to functions that trap, but for the few [`crate::wasi`]
+    /// answers without I/O (no WASI capability is granted).
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Plugin, RuntimeError> {
         self.load_with_source(name, bytes).map(|(p, _)| p)
     }
@@ -171,7 +173,7 @@ impl Runtime {
             });
         }
         let mut linker = self.inner.linker.clone();
-        stub_wasi_imports(&mut linker, &component, engine)
+        crate::wasi::link(&mut linker, &component, engine)
             .map_err(|e| RuntimeError::Link { plugin: name.to_string(), reason: format!("{e:#}") })?;
         let pre = linker
             .instantiate_pre(&component)
@@ -232,86 +234,6 @@ pub(crate) enum Pre {
     V0_1(v0_1::ConsenterPre<PluginState>),
     V0_2(v0_2::ConsenterPre<PluginState>),
     V0_2Clustered(v0_2_clustered::ClusteredConsenterPre<PluginState>),
-}
-
-/// Links every `wasi:*` import of `component` to a function that traps
-/// (naming the call), so a plugin built with Rust's std for wasm32-wasip2
-/// instantiates but gets no capability. The one exception is randomness
-/// (`wasi:random/*`: raft's randomized election timeouts, std's hash
-/// seeds): it is served from the chain's own seeded generator
-/// ([`PluginState::next_random`]), so a run in the deterministic test host
-/// is reproducible from its seed. (wasmtime's
-/// `define_unknown_imports_as_traps` would also stub the resource aliases
-/// of our own interfaces, with the wrong resource type.)
-fn stub_wasi_imports(linker: &mut Linker<PluginState>, component: &Component, engine: &Engine) -> wasmtime::Result<()> {
-    use wasmtime::component::ResourceType;
-    use wasmtime::component::types::ComponentItem;
-    for (import, item) in component.component_type().imports(engine) {
-        if !import.starts_with("wasi:") {
-            continue;
-        }
-        let ComponentItem::ComponentInstance(inst) = item.ty else { continue };
-        let random = import.starts_with("wasi:random/");
-        let mut li = linker.instance(import)?;
-        for (export, item) in inst.exports(engine) {
-            match item.ty {
-                ComponentItem::ComponentFunc(_) if random => {
-                    let what = format!("{import}#{export}");
-                    li.func_new(export, move |mut store, _, params, results| {
-                        random_call(&what, &mut store, params, results)
-                    })?;
-                }
-                ComponentItem::ComponentFunc(_) => {
-                    let what = format!("{import}#{export}");
-                    li.func_new(export, move |_, _, _, _| {
-                        wasmtime::bail!("the plugin called {what}: plugins are granted no WASI capability")
-                    })?;
-                }
-                ComponentItem::Resource(_) => {
-                    li.resource(export, ResourceType::host::<()>(), |_, _| Ok(()))?;
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Serves a `wasi:random` call (`get-random-bytes`, `get-random-u64`,
-/// their `insecure` twins, `insecure-seed`) from the chain's generator.
-fn random_call(
-    what: &str,
-    store: &mut wasmtime::StoreContextMut<'_, PluginState>,
-    params: &[wasmtime::component::Val],
-    results: &mut [wasmtime::component::Val],
-) -> wasmtime::Result<()> {
-    use wasmtime::component::Val;
-    let s = store.data_mut();
-    let Some(out) = results.first_mut() else { wasmtime::bail!("{what}: no result slot") };
-    if what.ends_with("bytes") {
-        let len = match params.first() {
-            Some(Val::U64(n)) => *n,
-            _ => wasmtime::bail!("{what}: expected a u64 length"),
-        };
-        let max = s.call_limits.max_call_bytes as u64;
-        if len > max {
-            wasmtime::bail!("{what}: {len} random bytes asked, over the cap of {max} (max-call-bytes)");
-        }
-        let mut v = Vec::with_capacity(len as usize);
-        while (v.len() as u64) < len {
-            for b in s.next_random().to_le_bytes() {
-                if (v.len() as u64) < len {
-                    v.push(Val::U8(b));
-                }
-            }
-        }
-        *out = Val::List(v);
-    } else if what.ends_with("insecure-seed") {
-        *out = Val::Tuple(vec![Val::U64(s.next_random()), Val::U64(s.next_random())]);
-    } else {
-        *out = Val::U64(s.next_random());
-    }
-    Ok(())
 }
 
 pub(crate) fn deadline_ticks(d: Duration) -> u64 {

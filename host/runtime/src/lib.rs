@@ -28,6 +28,7 @@ pub mod package;
 pub mod plugin;
 pub mod status;
 pub mod support;
+pub mod wasi;
 
 pub use engine::{Runtime, RuntimeError, WIT_PACKAGE, WIT_PACKAGES, World};
 pub use glue::PluginState;

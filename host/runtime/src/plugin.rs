@@ -75,6 +75,7 @@ impl Plugin {
             call_started: Instant::now(),
             host_time: Duration::ZERO,
             random: support.random_seed(),
+            stdio: Default::default(),
             support,
         };
         let mut store = Store::new(&self.runtime.inner.engine, state);

@@ -7,11 +7,13 @@
 //! - `loop:<event>`: spins forever (the epoch deadline must stop it);
 //! - `oom:<event>`: grows memory without bound (the memory cap must stop it);
 //! - `recurse:<event>`: unbounded recursion (the stack limit must stop it);
-//! - `wasi-fs`, `wasi-net`, `wasi-env`, `wasi-clock`, `wasi-random`
-//!   `:<event>`: std::fs, std::net, std::env::var, SystemTime::now, a raw
-//!   `wasi:random` import (each must trap, except `wasi:random`, which the
-//!   host serves from the chain's seeded generator; if one returns, the
-//!   plugin reports what it got with `fail`);
+//! - `wasi-fs`, `wasi-net`, `wasi-env`, `wasi-clock`, `wasi-random`,
+//!   `wasi-stdio` `:<event>`: std::fs, std::net, std::env::var and
+//!   std::env::args, SystemTime::now, a raw `wasi:random` import, println!
+//!   and eprintln! (sockets and clocks must trap; the host answers the
+//!   rest without I/O: no preopened directory, an empty environment, the
+//!   chain's seeded generator, stdout and stderr into its log; if a call
+//!   returns, the plugin reports what it got with `fail`);
 //! - `huge-log:<event>`: an 8 MiB log line (over the per-call byte cap);
 //! - `reuse-handle:<event>`: passes a batch handle again after
 //!   `create-next-block` consumed it;
@@ -221,7 +223,13 @@ fn misbehave(mode: &str, event: &str, state: Option<&mut Hostile>) {
         }
         "wasi-env" => {
             let r = std::env::var("HOME");
-            support::fail(&format!("std::env::var returned {r:?}"));
+            let args = std::env::args().count();
+            support::fail(&format!("std::env::var returned {r:?}, std::env::args {args} arguments"));
+        }
+        "wasi-stdio" => {
+            println!("hostile plugin on stdout");
+            eprintln!("hostile plugin on stderr");
+            support::fail("println! and eprintln! returned");
         }
         "wasi-clock" => {
             let r = std::time::SystemTime::now();

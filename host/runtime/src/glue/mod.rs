@@ -40,6 +40,8 @@ pub struct PluginState {
     pub support: Support,
     /// The state of the chain's random generator (`wasi:random`).
     pub random: u64,
+    /// Partial lines the plugin wrote to stdout and stderr (`wasi`).
+    pub stdio: crate::wasi::StdioLines,
 }
 
 impl PluginState {
@@ -69,6 +71,7 @@ impl PluginState {
             call_started: Instant::now(),
             host_time: Duration::ZERO,
             random: support.random_seed(),
+            stdio: Default::default(),
             support,
         }
     }
