@@ -8,12 +8,14 @@
 //! killed node restarts and catches up, ten times over.
 
 mod common;
+mod raft_cluster;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use consenter_host::block;
+// The fixture paths, the client identity and the ledger comparisons are
+// shared with tests/raft_faults.rs.
 use consenter_host::envelope;
 use consenter_host::proto::common::{Block, Envelope, HeaderType};
 use consenter_host::proto::orderer::atomic_broadcast_client::AtomicBroadcastClient;
@@ -23,6 +25,7 @@ use consenter_host::proto::orderer::{SeekInfo, SeekPosition, SeekSpecified};
 use consenter_host::signer::Signer;
 use consenter_host::tls::{self, dial};
 use prost::Message;
+use raft_cluster::{fixtures, orderer, same_chain, tlsca, tx_ids, user1};
 use tonic::transport::Channel;
 
 const CHANNEL: &str = "raftchannel";
@@ -48,30 +51,6 @@ async fn lock_ports() -> PortsGuard {
     .await
     .unwrap();
     PortsGuard { _in_process: g, _file: file }
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/fabric")
-}
-
-fn orderer(i: usize, p: &str) -> String {
-    fixtures()
-        .join(format!("crypto/ordererOrganizations/example.com/orderers/orderer{i}.example.com"))
-        .join(p)
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn tlsca() -> String {
-    fixtures()
-        .join("crypto/ordererOrganizations/example.com/tlsca/tlsca.example.com-cert.pem")
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn user1() -> Signer {
-    let dir = fixtures().join("crypto/peerOrganizations/org1.example.com/users/User1@org1.example.com/msp");
-    Signer::from_msp_dir(&dir, "Org1MSP").unwrap()
 }
 
 /// The channel's `consenter.cluster` object on node `node` (its admin
@@ -189,31 +168,6 @@ async fn blocks_range(i: usize, start: u64, stop: u64) -> Vec<Block> {
     tokio::time::timeout(Duration::from_secs(60), fut)
         .await
         .unwrap_or_else(|_| panic!("node {i}: blocks {start}..={stop} in time"))
-}
-
-fn tx_ids(blocks: &[Block]) -> Vec<String> {
-    blocks
-        .iter()
-        .skip(1)
-        .flat_map(|b| b.data.as_ref().map(|d| d.data.clone()).unwrap_or_default())
-        .map(|d| consenter_host::envelope::Envelope::parse(d).unwrap().tx_id)
-        .collect()
-}
-
-/// Headers and data of two ledgers are identical, and each verifies.
-fn same_chain(a: &[Block], b: &[Block]) {
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(b) {
-        assert_eq!(x.header, y.header, "block {:?}", x.header.as_ref().map(|h| h.number));
-        assert_eq!(x.data, y.data);
-        block::check_data_hash(x).unwrap();
-    }
-    for w in a.windows(2) {
-        assert_eq!(
-            w[1].header.as_ref().unwrap().previous_hash.as_ref(),
-            block::header_hash(w[0].header.as_ref().unwrap())
-        );
-    }
 }
 
 /// Broadcasts `txs` to node `i` until each is acknowledged SUCCESS (a
