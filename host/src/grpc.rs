@@ -206,10 +206,10 @@ fn check_parsed(node: &Arc<Node>, pb: common::Envelope, env: Envelope) -> Check 
         return verifying(async move {
             let types = node.plugin_names();
             let made = if chain.channel() == env.channel_id {
-                processor::config_update(&cfg, node.signer(), &pb, &env, &types).and_then(|e| {
+                processor::config_update_with_config(&cfg, node.signer(), &pb, &env, &types).and_then(|(e, new)| {
                     // A change of the consensus type is a live swap: the new
                     // plugin is checked before the update is ordered.
-                    node.check_swap(&cfg, &e).map_err(|reason| {
+                    node.check_swap(&cfg, new).map_err(|reason| {
                         processor::Refusal::BadRequest(format!(
                             "error applying config update to existing channel '{}': {reason}",
                             cfg.channel_id

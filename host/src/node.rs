@@ -541,16 +541,9 @@ impl Node {
     /// canary with the channel's new config (which also checks the new
     /// metadata: a plugin refuses metadata it cannot use in
     /// `handle-chain`). Swaps to or from a clustered type are refused: the
-    /// cluster's side of a swap is not built yet. `config_env` is the
-    /// CONFIG envelope the update made; Ok also when the type is the same.
-    pub fn check_swap(&self, current: &ChannelConfig, config_env: &crate::envelope::Envelope) -> Result<(), String> {
-        use prost::Message;
-        let payload = crate::proto::common::Payload::decode(config_env.payload.clone())
-            .map_err(|e| format!("the config envelope's payload: {e}"))?;
-        let ce = crate::proto::common::ConfigEnvelope::decode(payload.data)
-            .map_err(|e| format!("the config envelope: {e}"))?;
-        let config = ce.config.ok_or("the config envelope carries no config")?;
-        let new = ChannelConfig::from_config(&current.channel_id, &config).map_err(|e| e.to_string())?;
+    /// cluster's side of a swap is not built yet. `new` is the config the
+    /// update makes; Ok also when the type is the same.
+    pub fn check_swap(&self, current: &ChannelConfig, new: ChannelConfig) -> Result<(), String> {
         let (from, to) = (current.consensus_type.clone(), new.consensus_type.clone());
         if from == to {
             return Ok(());

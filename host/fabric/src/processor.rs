@@ -119,6 +119,18 @@ pub fn config_update(
     env: &Envelope,
     types: &[String],
 ) -> Result<Envelope, Refusal> {
+    config_update_with_config(cfg, signer, pb, env, types).map(|(e, _)| e)
+}
+
+/// [`config_update`], also returning the channel's config as the update
+/// makes it (a live swap checks the new plugin against it).
+pub fn config_update_with_config(
+    cfg: &ChannelConfig,
+    signer: &Signer,
+    pb: &PbEnvelope,
+    env: &Envelope,
+    types: &[String],
+) -> Result<(Envelope, ChannelConfig), Refusal> {
     check_writers(cfg, env)?;
     let channel = &cfg.channel_id;
     let applying =
@@ -136,7 +148,7 @@ pub fn config_update(
         .map_err(|e| Refusal::Internal(format!("signing the config envelope: {e}")))?;
     let mut out = Envelope::parse(bytes).map_err(|e| Refusal::Internal(e.to_string()))?;
     out.config_seq = cfg.sequence;
-    Ok(out)
+    Ok((out, new))
 }
 
 /// Refuses a change of the consensus type to a type with no plugin here

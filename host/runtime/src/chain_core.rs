@@ -75,8 +75,8 @@ impl ChainCore {
 
     /// The consensus type of the config in force now (a config block the
     /// plugin wrote may have changed it: the chain then swaps plugins).
-    pub fn consensus_type(&self) -> Option<String> {
-        self.instance.support().map(|s| s.config().consensus_type.clone())
+    pub fn consensus_type(&self) -> Option<&str> {
+        self.instance.support().map(|s| s.config().consensus_type.as_str())
     }
 
     /// Takes the envelopes the host's cutter holds for the plugin (accepted,

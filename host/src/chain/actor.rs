@@ -119,9 +119,10 @@ impl Runner {
 
     /// Swaps plugins at the config block the running instance just wrote,
     /// which changed the channel's consensus type to `to`: the old instance
-    /// is halted and its blocks made durable; the new plugin starts from
-    /// the ledger with empty metadata; what the host's cutter held for the
-    /// old one is offered to the new one first, in order.
+    /// is halted; the new plugin starts with empty metadata on the old
+    /// support's block sink, position and config (the ledger writer goes
+    /// on, blocks stay in order); what the host's cutter held for the old
+    /// one is offered to the new one first, in order.
     fn swap(&mut self, mut core: ChainCore, to: String) -> Phase {
         let started = Instant::now();
         let from = self.plugin.name().to_string();
@@ -304,9 +305,9 @@ fn settle(phase: Phase, runner: &mut Runner) -> Phase {
                 runner.on_crash(reason, restartable, lost)
             }
             // A config block it wrote changed the consensus type.
-            None => match core.consensus_type() {
-                Some(to) if to != runner.plugin.name() => runner.swap(*core, to),
-                _ => Phase::Running(core),
+            None => match core.consensus_type().filter(|t| *t != runner.plugin.name()).map(str::to_string) {
+                Some(to) => runner.swap(*core, to),
+                None => Phase::Running(core),
             },
         },
         Phase::Backoff(at) if at <= Instant::now() => runner.restart(),

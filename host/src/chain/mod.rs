@@ -11,9 +11,9 @@
 //! (`fail-closed`) or start a new instance from the last written block
 //! (`reload`) after an exponential backoff, up to a crash-loop cap.
 //! When a config block it wrote changes the channel's consensus type, the
-//! actor swaps plugins at that block: the old instance is halted (its
-//! blocks made durable), the new type's plugin starts from `handle-chain`
-//! with empty metadata (Fabric's rule after a type change), and what the
+//! actor swaps plugins at that block: the old instance is halted, the new
+//! type's plugin starts from `handle-chain` with empty metadata (Fabric's
+//! rule after a type change) on the same ledger writer, and what the
 //! host's cutter held for the old one is offered to it first, in order,
 //! before anything queued after.
 //!

@@ -185,7 +185,7 @@ impl TestHost {
 
     /// The consensus type of the config in force (a config block the plugin
     /// wrote may have changed it: a node then swaps plugins).
-    pub fn consensus_type(&self) -> Option<String> {
+    pub fn consensus_type(&self) -> Option<&str> {
         self.core.consensus_type()
     }
 

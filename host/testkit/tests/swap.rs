@@ -43,7 +43,7 @@ fn a_swap_takes_what_the_cutter_holds() {
     // offered the rest to the cutter under the new config.
     let blocks = host.new_blocks();
     assert_eq!(blocks.len(), 2);
-    assert_eq!(host.consensus_type().as_deref(), Some("solo2"));
+    assert_eq!(host.consensus_type(), Some("solo2"));
     let pending: Vec<String> = host.take_pending().into_iter().map(|e| e.tx_id).collect();
     assert_eq!(pending, ["after-0", "after-1", "after-2"]);
     assert!(host.take_pending().is_empty(), "taken once");

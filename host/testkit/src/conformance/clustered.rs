@@ -23,11 +23,6 @@ use crate::simnet::{SimConfig, SimNet, SimRng};
 /// The simulated channel.
 pub const CHANNEL: &str = "simchannel";
 
-/// The `schedules` check, also run for single-node plugins (on one node).
-pub(crate) fn schedules_check(s: &Suite, out: &mut Outcome) -> Result<String, String> {
-    schedules(s, out)
-}
-
 pub(crate) fn checks() -> Vec<(&'static str, CheckFn)> {
     vec![
         ("contract", contract),
@@ -558,7 +553,8 @@ pub fn shrink(s: &Suite, p: &Plan, budget: usize) -> Plan {
     best
 }
 
-fn schedules(s: &Suite, out: &mut Outcome) -> Result<String, String> {
+/// The `schedules` check (also run for single-node plugins, on one node).
+pub(crate) fn schedules(s: &Suite, out: &mut Outcome) -> Result<String, String> {
     let nodes = if s.plugin.world().is_clustered() { s.opts.nodes.max(1) } else { 1 };
     if let Some(seed) = s.opts.replay {
         let p = plan(seed, nodes);

@@ -23,7 +23,7 @@ pub(crate) fn checks() -> Vec<(&'static str, CheckFn)> {
         ("cutter", cutter),
         ("restart", restart),
         ("determinism", determinism),
-        ("schedules", super::clustered::schedules_check),
+        ("schedules", super::clustered::schedules),
         ("resources", resources),
     ]
 }
@@ -115,12 +115,12 @@ impl Driver {
         self.note(format!("advance {} ms", d.as_millis()))
     }
 
+    /// A config update of BatchSize (MaxMessageCount, PreferredMaxBytes);
+    /// the batch timeout stays.
     fn configure(&mut self, st: Settings) -> Result<(), String> {
         let cfg = self.host.config().ok_or("the chain has no config")?;
-        let mut u = update::batch_size(&cfg, st.max_message_count, st.preferred_max_bytes);
-        if st.batch_timeout != self.settings.batch_timeout {
-            u = update::batch_timeout(&cfg, &format!("{}ms", st.batch_timeout.as_millis()));
-        }
+        let u = update::batch_size(&cfg, st.max_message_count, st.preferred_max_bytes);
+        let st = Settings { batch_timeout: self.settings.batch_timeout, ..st };
         let t = Instant::now();
         let r = self.host.submit_config_update(u);
         self.in_calls += t.elapsed();

@@ -1,6 +1,6 @@
 //! CONFIG_UPDATE envelopes the checks submit to their test channels (which
 //! have no organizations, so Fabric's zero-children rule lets anyone sign
-//! an update): new batch settings, a Writers policy nobody satisfies, a
+//! an update): new batch sizes, a Writers policy nobody satisfies, a
 //! new etcdraft consenter set.
 
 use bytes::Bytes;
@@ -13,7 +13,7 @@ use crate::proto::common::{
     SignaturePolicyEnvelope, signature_policy,
 };
 use crate::proto::msp::{MspPrincipal, MspRole};
-use crate::proto::orderer::{BatchSize, BatchTimeout};
+use crate::proto::orderer::BatchSize;
 
 fn stub(version: u64) -> ConfigGroup {
     ConfigGroup { version, ..Default::default() }
@@ -55,11 +55,6 @@ pub fn batch_size(cfg: &ChannelConfig, max_message_count: u32, preferred_max_byt
     let bs =
         BatchSize { max_message_count, absolute_max_bytes: cfg.batch_size.absolute_max_bytes, preferred_max_bytes };
     orderer_value(cfg, "BatchSize", bs.encode_to_vec().into())
-}
-
-/// An update of `BatchTimeout` (Go duration text, e.g. `300ms`).
-pub fn batch_timeout(cfg: &ChannelConfig, timeout: &str) -> Bytes {
-    orderer_value(cfg, "BatchTimeout", BatchTimeout { timeout: timeout.into() }.encode_to_vec().into())
 }
 
 /// An update replacing `/Channel/Writers` with a signature policy only a
