@@ -61,7 +61,11 @@ fn bench_reports_an_unknown_channel() {
 /// orderer) about response headers: a call's headers go out only with its
 /// first message. In tonic the headers leave when the handler returns, so
 /// each handler returns only once it has its first message. Blocks are cut
-/// every `CUT` envelopes and when a Broadcast stream ends.
+/// every `CUT` envelopes and when a Broadcast stream ends, but only once a
+/// Deliver call asking for a block that does not exist yet has arrived:
+/// so that call's headers are always held back, however the client's tasks
+/// are scheduled, and a client that waits for them before broadcasting
+/// waits forever.
 mod headerless {
     use std::pin::Pin;
     use std::sync::{Arc, Mutex};
@@ -86,6 +90,8 @@ mod headerless {
     struct Ledger {
         blocks: Vec<Block>,
         pending: Vec<Bytes>,
+        /// A Deliver call for a future block has arrived; blocks may be cut.
+        follower: bool,
     }
 
     pub struct Server {
@@ -98,14 +104,14 @@ mod headerless {
     impl Server {
         pub fn new() -> Server {
             let genesis = block::new_block(0, &[], vec![Bytes::from_static(b"genesis")]);
-            let ledger = Ledger { blocks: vec![genesis], pending: vec![] };
+            let ledger = Ledger { blocks: vec![genesis], pending: vec![], follower: false };
             Server { ledger: Arc::new(Mutex::new(ledger)), height: watch::channel(1).0, held_back: Default::default() }
         }
     }
 
     fn cut(ledger: &Mutex<Ledger>, height: &watch::Sender<u64>) {
         let mut l = ledger.lock().unwrap();
-        if l.pending.is_empty() {
+        if l.pending.is_empty() || !l.follower {
             return;
         }
         let prev = block::header_hash(l.blocks.last().unwrap().header.as_ref().unwrap());
@@ -171,8 +177,11 @@ mod headerless {
             let (start, stop) = (pos(&seek.start), pos(&seek.stop));
             // Hold the headers back until the first block exists.
             let mut rx = self.height.subscribe();
-            if start >= *rx.borrow() {
+            let now = *rx.borrow();
+            if start >= now {
                 self.held_back.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.ledger.lock().unwrap().follower = true;
+                cut(&self.ledger, &self.height);
             }
             rx.wait_for(|h| *h > start).await.map_err(|_| Status::internal("server gone"))?;
             let (tx, out) = mpsc::channel(16);
