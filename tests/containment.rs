@@ -35,6 +35,8 @@ fn node(dir: &std::path::Path) -> Arc<Node> {
         extra_plugins: vec![("hostile".into(), hostile)],
         cluster: None,
         storage_quota: consenter_host::node::DEFAULT_STORAGE_QUOTA,
+        plugin_policy: Default::default(),
+        probation: consenter_host::chain::DEFAULT_PROBATION,
     })
     .unwrap()
 }

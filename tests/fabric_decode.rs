@@ -38,6 +38,8 @@ async fn blocks_we_write_decode_with_fabric_block_decoder() {
         extra_plugins: vec![],
         cluster: None,
         storage_quota: consenter_host::node::DEFAULT_STORAGE_QUOTA,
+        plugin_policy: Default::default(),
+        probation: consenter_host::chain::DEFAULT_PROBATION,
     })
     .unwrap();
     let mut t = ChannelTemplate::solo("interop");

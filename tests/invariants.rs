@@ -89,6 +89,8 @@ async fn a_stamp_is_never_replaced_so_a_stale_update_is_revalidated() {
         extra_plugins: vec![],
         cluster: None,
         storage_quota: consenter_host::node::DEFAULT_STORAGE_QUOTA,
+        plugin_policy: Default::default(),
+        probation: consenter_host::chain::DEFAULT_PROBATION,
     })
     .unwrap();
     let t = template("race", "solo", "");

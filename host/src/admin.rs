@@ -7,8 +7,10 @@
 //! chains to the client root CAs (mutual TLS, as Fabric's osnadmin
 //! endpoint); with an admin CN list, only certificates with one of those
 //! subject CNs are admins, others get 403. May touch the node (join, list,
-//! show, remove channels) and its own sockets.
+//! show, remove channels; install plugins, [`plugins`]) and its own
+//! sockets.
 
+pub mod plugins;
 pub mod tls;
 
 use std::io::{Read, Write};
@@ -243,6 +245,13 @@ pub fn router(node: Arc<Node>, access: Access) -> Router {
 pub fn router_with_cluster(node: Arc<Node>, access: Access, cluster: Option<crate::cluster::Transport>) -> Router {
     Router::new()
         .route(CLUSTER_STATS, get(cluster_stats).fallback(not_allowed_base))
+        .route(
+            plugins::PLUGINS,
+            get(plugins::list)
+                .post(plugins::install)
+                .layer(DefaultBodyLimit::max(plugins::MAX_PLUGIN))
+                .fallback(plugins::not_allowed),
+        )
         .route(CHANNELS, get(list).post(join).fallback(not_allowed_list))
         .route(&format!("{CHANNELS}/{{channel}}"), get(show).delete(remove).fallback(not_allowed_channel))
         .route(BASE, get(redirect_base).fallback(not_allowed_base))
@@ -427,8 +436,8 @@ fn internal(e: &NodeError) -> bool {
             | NodeError::Io { .. }
             | NodeError::Canary(_)
             | NodeError::Resume(_)
-            | NodeError::LimitsForUnknownPlugin { .. }
-    )
+            | NodeError::Registry(_)
+    ) || matches!(e, NodeError::Install(i) if i.is_internal())
 }
 
 /// Fabric's answers to a refused join (restapi.go sendJoinError).

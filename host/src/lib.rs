@@ -29,4 +29,5 @@ pub mod metrics;
 pub mod node;
 pub mod operations;
 pub mod proto;
+pub mod registry;
 pub mod tls;

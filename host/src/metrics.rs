@@ -118,6 +118,8 @@ const CRASHES: &str = "consenter_plugin_crashes";
 const RESTARTS: &str = "consenter_plugin_restarts";
 const LOST: &str = "consenter_lost_envelopes";
 const SWAPS: &str = "consenter_plugin_swaps";
+const UPGRADES: &str = "consenter_plugin_upgrades";
+const ROLLBACKS: &str = "consenter_plugin_rollbacks";
 
 fn describe() {
     use consenter_runtime::observe as o;
@@ -160,6 +162,8 @@ fn describe() {
     describe_counter!(RESTARTS, "Restarts of a chain's plugin instance after a crash.");
     describe_counter!(LOST, "Envelopes accepted by crashed plugin instances and never written.");
     describe_counter!(SWAPS, "Live swaps of a chain's consenter plugin.");
+    describe_counter!(UPGRADES, "Live upgrades of a chain's consenter plugin to a new build of its type.");
+    describe_counter!(ROLLBACKS, "Plugin upgrades rolled back after the new build failed on probation.");
 }
 
 /// The text of a Broadcast status for the `status` label (Fabric's
@@ -470,6 +474,16 @@ impl ConsensusMetrics {
 pub fn plugin_swapped(channel: &str, from: &str, to: &str) {
     let labels = [("channel", channel.to_string()), ("from", from.to_string()), ("to", to.to_string())];
     counter!(SWAPS, &labels).increment(1);
+}
+
+/// Counts a live upgrade of `channel`'s plugin (consensus type `plugin`).
+pub fn plugin_upgraded(channel: &str, plugin: &str) {
+    counter!(UPGRADES, "channel" => channel.to_string(), "plugin" => plugin.to_string()).increment(1);
+}
+
+/// Counts a rollback of `channel`'s plugin upgrade.
+pub fn plugin_rolled_back(channel: &str, plugin: &str) {
+    counter!(ROLLBACKS, "channel" => channel.to_string(), "plugin" => plugin.to_string()).increment(1);
 }
 
 /// Fabric's participation gauges and our crash counters, read from the

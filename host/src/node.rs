@@ -18,7 +18,8 @@ use crate::channel::ChannelConfig;
 use crate::configtx::validate_channel_id;
 use crate::ledger::{Ledger, LedgerError};
 use crate::proto::common::Block;
-use crate::runtime::{Limits, Plugin, Runtime, RuntimeError};
+use crate::registry::{InstallError, PluginView, Registry, RegistryConfig};
+use crate::runtime::{Limits, Plugin, RuntimeError};
 use crate::signer::Signer;
 use crate::support::{Support, SupportLimits, SystemClock};
 
@@ -69,8 +70,10 @@ pub enum NodeError {
     Canary(#[from] crate::canary::CanaryError),
     #[error(transparent)]
     Resume(#[from] ResumeError),
-    #[error("plugin limits given for {name:?}, which is not a plugin of this node (available: {available})")]
-    LimitsForUnknownPlugin { name: String, available: String },
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    Install(#[from] crate::registry::InstallError),
 }
 
 /// What a node is made of.
@@ -99,6 +102,12 @@ pub struct NodeConfig {
     pub cluster: Option<NodeCluster>,
     /// Bytes of plugin storage each clustered chain may hold.
     pub storage_quota: u64,
+    /// Who may sign a plugin: `--plugin` files are admitted by the caller
+    /// with it; live installs and builds installed earlier by the node.
+    pub plugin_policy: crate::package::Policy,
+    /// How long a live upgrade's new build is on probation (a failure
+    /// meanwhile rolls the chain back).
+    pub probation: std::time::Duration,
 }
 
 /// The default plugin storage quota of a chain: 1 GiB.
@@ -111,9 +120,9 @@ pub struct Node {
     signer: Arc<Signer>,
     support_limits: SupportLimits,
     disk_reserve: u64,
-    plugins: BTreeMap<String, Plugin>,
-    /// Plugin types shipped in the binary (not replaced by a file).
-    shipped: std::collections::BTreeSet<String>,
+    plugins: Arc<Registry>,
+    /// How long a live upgrade's new build is on probation.
+    probation: std::time::Duration,
     restart: RestartPolicies,
     chains: RwLock<HashMap<String, Arc<Chain>>>,
     cluster: Option<NodeCluster>,
@@ -130,46 +139,14 @@ impl Node {
     /// directory. A channel that cannot start is reported (see
     /// [`Node::broken`]) and the others run.
     pub fn open(cfg: NodeConfig) -> Result<Arc<Node>, NodeError> {
-        // Compiled plugins are cached in the data directory (see cache.rs);
-        // without a usable cache the node compiles every start.
-        let cache = crate::cache::PluginCache::open(&cfg.data_dir)
-            .inspect_err(|e| tracing::warn!(error = %e, "plugin cache unavailable; compiling plugins"))
-            .ok()
-            .map(Arc::new);
-        // One engine per wasm stack size (an engine-wide setting).
-        let mut runtimes = BTreeMap::new();
-        runtimes.insert(cfg.limits.stack_bytes, Runtime::new_with_cache(cfg.limits.clone(), cache.clone())?);
-        let mut plugins = BTreeMap::new();
-        let mut sources: BTreeMap<String, Vec<u8>> =
-            embedded::EMBEDDED.iter().map(|(n, b)| (n.to_string(), b.to_vec())).collect();
-        let mut shipped: std::collections::BTreeSet<String> = sources.keys().cloned().collect();
-        for (n, b) in cfg.extra_plugins {
-            shipped.remove(&n);
-            sources.insert(n, b);
-        }
-        if let Some(name) = cfg.plugin_limits.keys().find(|n| !sources.contains_key(*n)) {
-            let available = sources.keys().cloned().collect::<Vec<_>>().join(", ");
-            return Err(NodeError::LimitsForUnknownPlugin { name: name.clone(), available });
-        }
-        for (name, bytes) in sources {
-            let t = std::time::Instant::now();
-            let limits = cfg.plugin_limits.get(&name).unwrap_or(&cfg.limits).clone();
-            let runtime = match runtimes.get(&limits.stack_bytes) {
-                Some(r) => r.clone(),
-                None => {
-                    let r = Runtime::new_with_cache(limits.clone(), cache.clone())?;
-                    runtimes.insert(limits.stack_bytes, r.clone());
-                    r
-                }
-            };
-            let (p, source) = runtime.load_with_source(&name, &bytes)?;
-            let p = p.with_limits(limits);
-            crate::runtime::observe::plugin_loaded(&name, source == crate::cache::LoadSource::Cached);
-            tracing::info!(plugin = %name, bytes = bytes.len(), ms = t.elapsed().as_millis() as u64, ?source, "plugin loaded");
-            // Before it serves any channel: a throw-away chain must start.
-            crate::canary::run(&p, cfg.signer.clone())?;
-            plugins.insert(name, p);
-        }
+        let plugins = Arc::new(Registry::load(RegistryConfig {
+            data_dir: cfg.data_dir.clone(),
+            policy: cfg.plugin_policy,
+            signer: cfg.signer.clone(),
+            limits: cfg.limits,
+            plugin_limits: cfg.plugin_limits,
+            files: cfg.extra_plugins,
+        })?);
         let node = Arc::new_cyclic(|me| Node {
             me: me.clone(),
             data_dir: cfg.data_dir,
@@ -177,7 +154,7 @@ impl Node {
             support_limits: cfg.support_limits,
             disk_reserve: cfg.disk_reserve,
             plugins,
-            shipped,
+            probation: cfg.probation,
             restart: cfg.restart,
             chains: RwLock::new(HashMap::new()),
             cluster: cfg.cluster,
@@ -222,7 +199,7 @@ impl Node {
 
     /// Names of the plugins this node can run.
     pub fn plugin_names(&self) -> Vec<String> {
-        self.plugins.keys().cloned().collect()
+        self.plugins.names()
     }
 
     /// A running chain.
@@ -310,6 +287,17 @@ impl Node {
                         active_nodes: r.active,
                         leader_changes: c.status().leader_changes(),
                     }),
+                    version: c.status().build().version,
+                    sha256: c.status().build().sha256,
+                    previous_version: c.status().previous_build().map(|b| b.version),
+                    previous_sha256: c.status().previous_build().map(|b| b.sha256),
+                    upgrades: c.status().upgrades(),
+                    rollbacks: c.status().rollbacks(),
+                    last_rollback: c.status().last_rollback(),
+                    probation_ms_left: c
+                        .status()
+                        .probation_until()
+                        .map(|u| u.duration_since(std::time::SystemTime::now()).unwrap_or_default().as_millis() as u64),
                 }),
             });
         }
@@ -558,7 +546,7 @@ impl Node {
                  single-node consensus plugins live, not yet to or from a clustered one (the channel keeps {from:?})"
             ));
         }
-        consenter_testkit::canary::run_on_config(plugin, self.signer.clone(), Arc::new(new)).map_err(|e| {
+        consenter_testkit::canary::run_on_config(&plugin, self.signer.clone(), Arc::new(new)).map_err(|e| {
             format!(
                 "ConsensusType.type {to:?}: its plugin fails its canary with this channel's new config: {}; the \
                  channel keeps {from:?}",
@@ -568,8 +556,53 @@ impl Node {
         Ok(())
     }
 
+    /// The plugins of this node, one build per consensus type.
+    pub fn plugins(&self) -> Vec<PluginView> {
+        self.plugins.list()
+    }
+
+    /// Installs a new build of a plugin live (`POST /consenter/v1/plugins`):
+    /// the package's checks ([`Registry::prepare`]: trust, contract,
+    /// canary), then for a single-node plugin the canary with the config of
+    /// every channel the type orders now, so nothing is installed that
+    /// one of them would refuse. Then the build serves its type (and is
+    /// kept for the next start), and every chain of the type upgrades to it
+    /// at its next block boundary, on probation. `asked`: the type, for a
+    /// package without a manifest.
+    pub fn install_plugin(&self, bytes: &[u8], asked: Option<&str>) -> Result<Installed, NodeError> {
+        let plugin = self.plugins.prepare(bytes, asked)?;
+        let ty = plugin.name().to_string();
+        let chains: Vec<Arc<Chain>> = read(&self.chains).values().filter(|c| c.plugin() == ty).cloned().collect();
+        if !plugin.world().is_clustered() {
+            for c in &chains {
+                let Some(cfg) = c.status().config() else { continue };
+                consenter_testkit::canary::run_on_config(&plugin, self.signer.clone(), cfg).map_err(|e| {
+                    InstallError::ChannelCanary {
+                        consensus_type: ty.clone(),
+                        channel: c.channel().to_string(),
+                        reason: e.reason,
+                    }
+                })?;
+            }
+        }
+        let replaced = self.plugins.get(&ty).map(|p| p.version().to_string());
+        self.plugins.commit(plugin.clone(), bytes)?;
+        let mut channels: Vec<String> =
+            chains.iter().filter(|c| c.upgrade(plugin.clone())).map(|c| c.channel().to_string()).collect();
+        channels.sort();
+        tracing::info!(plugin = %ty, version = plugin.version(), sha256 = plugin.sha256(), ?channels, "plugin installed; its chains upgrade at their next block");
+        Ok(Installed {
+            consensus_type: ty,
+            version: plugin.version().to_string(),
+            sha256: plugin.sha256().to_string(),
+            replaced_version: replaced,
+            channels,
+            probation_secs: self.probation.as_secs(),
+        })
+    }
+
     fn plugin_for(&self, channel: &str, cfg: &ChannelConfig) -> Result<Plugin, NodeError> {
-        self.plugins.get(&cfg.consensus_type).cloned().ok_or_else(|| NodeError::NoPlugin {
+        self.plugins.get(&cfg.consensus_type).ok_or_else(|| NodeError::NoPlugin {
             channel: channel.into(),
             wanted: cfg.consensus_type.clone(),
             available: self.plugin_names().join(", "),
@@ -580,7 +613,7 @@ impl Node {
         let height = ledger.height();
         let resume = ResumePoint::read(channel, &ledger)?;
         let plugin = self.plugin_for(channel, &resume.config)?;
-        let restart = self.restart.for_chain(channel, plugin.name(), self.shipped.contains(plugin.name()));
+        let restart = self.restart.for_chain(channel, plugin.name(), self.plugins.is_shipped(plugin.name()));
         let signer = self.signer.clone();
         let base_limits = self.support_limits.clone();
         let ch = channel.to_string();
@@ -593,7 +626,10 @@ impl Node {
             None => (None, None),
         };
         let plugins = self.plugins.clone();
-        let resolve: crate::chain::PluginResolver = Box::new(move |ty| plugins.get(ty).cloned());
+        let resolve: crate::chain::PluginResolver = Box::new(move |ty| plugins.get(ty));
+        let registry = self.plugins.clone();
+        let on_rollback: crate::chain::RollbackHook =
+            Arc::new(move |_channel, failed, _reason| registry.revert(failed));
         let chain = Chain::spawn(
             channel,
             plugin,
@@ -627,7 +663,14 @@ impl Node {
             }),
             ledger,
             resume,
-            ChainOptions { restart, disk_reserve: self.disk_reserve, cluster: events, resolve: Some(resolve) },
+            ChainOptions {
+                restart,
+                disk_reserve: self.disk_reserve,
+                cluster: events,
+                resolve: Some(resolve),
+                probation: self.probation,
+                on_rollback: Some(on_rollback),
+            },
         )?;
         tracing::info!(channel, height, "chain started");
         write(&self.chains).insert(channel.to_string(), chain.clone());
@@ -770,6 +813,24 @@ pub struct ChannelInfo {
     pub consenter: Option<ConsenterInfo>,
 }
 
+/// What a live install did (the answer of `POST /consenter/v1/plugins`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Installed {
+    /// The consensus type it serves.
+    pub consensus_type: String,
+    /// Its manifest's version.
+    pub version: String,
+    /// SHA-256 of its file.
+    pub sha256: String,
+    /// The version of the build it replaced (None: a new type).
+    pub replaced_version: Option<String>,
+    /// The channels that upgrade to it at their next block.
+    pub channels: Vec<String>,
+    /// How long the new build is on probation in each of them.
+    pub probation_secs: u64,
+}
+
 /// A chain's plugin instance as the participation API shows it (the
 /// `consenter` object of a channel).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -804,6 +865,29 @@ pub struct ConsenterInfo {
     /// What a clustered plugin reports of its cluster (raft's leader).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterInfo>,
+    /// The build ordering now: its manifest's version and SHA-256.
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub sha256: String,
+    /// The build before the last upgrade or rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_sha256: Option<String>,
+    /// Live upgrades of the build since the chain started.
+    #[serde(default)]
+    pub upgrades: u64,
+    /// Upgrades rolled back (the new build failed on probation), and why
+    /// the last one was.
+    #[serde(default)]
+    pub rollbacks: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollback: Option<String>,
+    /// Milliseconds left of the new build's probation (None: not on
+    /// probation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probation_ms_left: Option<u64>,
 }
 
 /// Swap pauses, in microseconds.

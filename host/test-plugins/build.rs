@@ -21,6 +21,7 @@ const MUTANTS: &[(&str, &str, &str, &str)] = &[
     ("consenter-solo", "mutant-no-timer", "consenter_solo.wasm", "mutant_solo_no_timer.wasm"),
     ("consenter-solo", "mutant-drop-1000th", "consenter_solo.wasm", "mutant_solo_drop_1000th.wasm"),
     ("consenter-solo", "mutant-config-in-block", "consenter_solo.wasm", "mutant_solo_config_in_block.wasm"),
+    ("consenter-solo", "mutant-trap-after-100", "consenter_solo.wasm", "mutant_solo_trap_after_100.wasm"),
     ("consenter-raft", "mutant-minority-commit", "consenter_raft.wasm", "mutant_raft_minority_commit.wasm"),
     ("consenter-raft", "mutant-no-hardstate", "consenter_raft.wasm", "mutant_raft_no_hardstate.wasm"),
 ];

@@ -184,7 +184,18 @@ impl Runtime {
             World::V0_2 => Pre::V0_2(v0_2::ConsenterPre::new(pre).map_err(link)?),
             World::V0_2Clustered => Pre::V0_2Clustered(v0_2_clustered::ClusteredConsenterPre::new(pre).map_err(link)?),
         };
-        Ok((Plugin { name: name.to_string(), pre, runtime: self.clone(), limits: self.inner.limits.clone() }, source))
+        use sha2::Digest;
+        let sha256 = sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let version = pkg.manifest.as_ref().map(|m| m.version.clone()).unwrap_or_default();
+        let plugin = Plugin {
+            name: name.to_string(),
+            version,
+            sha256,
+            pre,
+            runtime: self.clone(),
+            limits: self.inner.limits.clone(),
+        };
+        Ok((plugin, source))
     }
 }
 

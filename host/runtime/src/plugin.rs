@@ -16,6 +16,10 @@ use crate::support::Support;
 #[derive(Clone)]
 pub struct Plugin {
     pub(crate) name: String,
+    /// The version its package manifest names ("" for a bare component).
+    pub(crate) version: String,
+    /// SHA-256 of the plugin file's bytes (hex).
+    pub(crate) sha256: String,
     pub(crate) pre: Pre,
     pub(crate) runtime: Runtime,
     pub(crate) limits: Limits,
@@ -23,7 +27,7 @@ pub struct Plugin {
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin").field("name", &self.name).finish()
+        f.debug_struct("Plugin").field("name", &self.name).field("version", &self.version).finish()
     }
 }
 
@@ -31,6 +35,17 @@ impl Plugin {
     /// The plugin's name (its consensus type).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The version its package manifest names ("" for a bare component
+    /// loaded with `--allow-unsigned-plugins`).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// SHA-256 of the plugin file (hex): what tells two builds apart.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
     }
 
     /// The contract world it was built for.

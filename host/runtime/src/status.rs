@@ -76,6 +76,28 @@ pub struct ChainStatus {
     swap_pauses: Mutex<std::collections::VecDeque<u64>>,
     /// The plugin (consensus type) ordering the chain now.
     plugin: Mutex<String>,
+    /// Live upgrades of the plugin's build (same consensus type), the
+    /// build ordering now and the one before the last upgrade or rollback.
+    upgrades: AtomicU64,
+    build: Mutex<PluginBuild>,
+    previous_build: Mutex<Option<PluginBuild>>,
+    /// Upgrades rolled back (the new build failed on probation), and why
+    /// the last one was.
+    rollbacks: AtomicU64,
+    last_rollback: Mutex<Option<String>>,
+    /// Until when the build now ordering is on probation (a failure rolls
+    /// it back), as wall-clock time for the API.
+    probation_until: Mutex<Option<std::time::SystemTime>>,
+}
+
+/// One build of a plugin: its manifest's version and the SHA-256 of its
+/// file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginBuild {
+    /// The manifest's version ("" for a bare component).
+    pub version: String,
+    /// SHA-256 of the plugin file (hex).
+    pub sha256: String,
 }
 
 impl Default for ChainStatus {
@@ -98,6 +120,12 @@ impl Default for ChainStatus {
             handed_over: AtomicU64::new(0),
             swap_pauses: Mutex::new(Default::default()),
             plugin: Mutex::new(String::new()),
+            upgrades: AtomicU64::new(0),
+            build: Mutex::new(PluginBuild::default()),
+            previous_build: Mutex::new(None),
+            rollbacks: AtomicU64::new(0),
+            last_rollback: Mutex::new(None),
+            probation_until: Mutex::new(None),
         }
     }
 }
@@ -113,6 +141,66 @@ impl ChainStatus {
     /// Sets the plugin ordering the chain.
     pub fn set_plugin(&self, name: &str) {
         *self.plugin.lock().unwrap_or_else(|p| p.into_inner()) = name.to_string();
+    }
+
+    /// Sets the build of the plugin ordering the chain.
+    pub fn set_build(&self, build: PluginBuild) {
+        *self.build.lock().unwrap_or_else(|p| p.into_inner()) = build;
+    }
+
+    /// The build of the plugin ordering the chain.
+    pub fn build(&self) -> PluginBuild {
+        self.build.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The build that ordered before the last upgrade or rollback.
+    pub fn previous_build(&self) -> Option<PluginBuild> {
+        self.previous_build.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records a live upgrade to `build`, on probation until `until`;
+    /// returns the upgrades so far.
+    pub fn record_upgrade(&self, build: PluginBuild, until: Option<std::time::SystemTime>) -> u64 {
+        let old = std::mem::replace(&mut *self.build.lock().unwrap_or_else(|p| p.into_inner()), build);
+        *self.previous_build.lock().unwrap_or_else(|p| p.into_inner()) = Some(old);
+        *self.probation_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
+        self.upgrades.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Records that the build on probation failed (`reason`) and `back`
+    /// orders again; returns the rollbacks so far.
+    pub fn record_rollback(&self, back: PluginBuild, reason: &str) -> u64 {
+        let failed = std::mem::replace(&mut *self.build.lock().unwrap_or_else(|p| p.into_inner()), back);
+        *self.previous_build.lock().unwrap_or_else(|p| p.into_inner()) = Some(failed);
+        *self.last_rollback.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
+        *self.probation_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.rollbacks.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Ends the probation of the build ordering now (it held).
+    pub fn end_probation(&self) {
+        *self.probation_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Until when the build ordering now is on probation (None: it is not).
+    pub fn probation_until(&self) -> Option<std::time::SystemTime> {
+        let until = *self.probation_until.lock().unwrap_or_else(|p| p.into_inner());
+        until.filter(|u| *u > std::time::SystemTime::now())
+    }
+
+    /// Live upgrades of the plugin's build so far.
+    pub fn upgrades(&self) -> u64 {
+        self.upgrades.load(Ordering::Relaxed)
+    }
+
+    /// Upgrades rolled back so far.
+    pub fn rollbacks(&self) -> u64 {
+        self.rollbacks.load(Ordering::Relaxed)
+    }
+
+    /// Why the last upgrade was rolled back.
+    pub fn last_rollback(&self) -> Option<String> {
+        self.last_rollback.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The plugin (consensus type) ordering the chain now.

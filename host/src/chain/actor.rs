@@ -1,20 +1,22 @@
 //! The chain actor's loop on the chain's own thread: waits for the next
 //! envelope, timer or end of a backoff, drives the [`ChainCore`], applies
-//! the restart policy when the instance crashes, and swaps plugins when a
-//! config block changes the channel's consensus type.
+//! the restart policy when the instance crashes, swaps plugins when a
+//! config block changes the channel's consensus type, and upgrades the
+//! plugin's build live (rolling back a build that fails on probation).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 
 use super::restart::{RestartConfig, RestartPolicy};
 use super::resume::ResumePoint;
 use super::writer::ledger_sink;
-use super::{ClusterEvent, MAX_GROUP, Offer, PluginResolver, SupportFactory};
-use crate::chain::{ChainCore, ChainState, ChainStatus, EnqueueError};
+use super::{ClusterEvent, MAX_GROUP, Offer, PluginResolver, RollbackHook, SupportFactory};
+use crate::chain::{ChainCore, ChainState, ChainStatus, EnqueueError, PluginBuild};
+use crate::envelope::Envelope;
 use crate::ledger::Ledger;
 use crate::runtime::{Plugin, RuntimeError};
 
@@ -36,6 +38,39 @@ pub(super) struct Runner {
     pub(super) crash_times: VecDeque<Instant>,
     /// The plugins of other consensus types (live swaps).
     pub(super) resolve: Option<PluginResolver>,
+    /// How long a live upgrade's new build is on probation.
+    pub(super) probation_window: Duration,
+    /// While a new build is on probation: the build before it, and until
+    /// when. A crash meanwhile rolls the chain back to that build.
+    pub(super) probation: Option<(Plugin, Instant)>,
+    /// Told when the chain rolls an upgrade back.
+    pub(super) on_rollback: Option<RollbackHook>,
+}
+
+/// What the actor waits on.
+pub(super) struct Inputs {
+    /// Envelopes from Broadcast (and forwarded ones), with their answer.
+    pub(super) offers: mpsc::Receiver<Offer>,
+    /// Cluster events of a clustered chain.
+    pub(super) cluster: Option<mpsc::Receiver<ClusterEvent>>,
+    /// New builds of the chain's plugin (live upgrades).
+    pub(super) upgrades: mpsc::UnboundedReceiver<Plugin>,
+    /// Set when the chain halts.
+    pub(super) halt: watch::Receiver<bool>,
+}
+
+/// A plugin's build as the chain's status shows it.
+fn build_of(p: &Plugin) -> PluginBuild {
+    PluginBuild { version: p.version().to_string(), sha256: p.sha256().to_string() }
+}
+
+/// A build's name in logs and reasons: its version and short hash.
+fn label(p: &Plugin) -> String {
+    let short = &p.sha256()[..p.sha256().len().min(12)];
+    match p.version() {
+        "" => format!("{} (sha256 {short})", p.name()),
+        v => format!("{} {v} (sha256 {short})", p.name()),
+    }
 }
 
 /// The actor's phase.
@@ -53,7 +88,8 @@ impl Runner {
     pub(super) fn start_instance(&mut self, rp: ResumePoint) -> Result<ChainCore, RuntimeError> {
         let (sink, writer) = ledger_sink(&self.channel, self.ledger.clone(), self.status.clone(), self.disk_reserve)?;
         self.start_height = rp.pos.height;
-        let support = (self.make_support)(&self.plugin, sink, rp.pos, rp.config, &self.status);
+        let mut support = (self.make_support)(&self.plugin, sink, rp.pos, rp.config, &self.status);
+        support.set_last_metadata(rp.metadata.to_vec());
         match ChainCore::start(&self.plugin, support, &rp.metadata, self.status.clone()) {
             Ok(core) => {
                 self.writer = Some(writer);
@@ -154,6 +190,11 @@ impl Runner {
         let config = old.config().clone();
         let sink = old.into_sink();
         self.plugin = next;
+        // A build on probation is confirmed by a type change: the build
+        // before it was of the old type.
+        self.probation = None;
+        self.status.end_probation();
+        self.status.set_build(build_of(&self.plugin));
         self.start_height = pos.height;
         let support = (self.make_support)(&self.plugin, sink, pos, config, &self.status);
         // Fabric: a new consensus type starts without metadata.
@@ -189,6 +230,119 @@ impl Runner {
         }
     }
 
+    /// Upgrades to `next`, a new build of the same consensus type, between
+    /// two plugin calls (a block boundary: every block the old instance
+    /// cut is written or queued to the writer): the old instance is halted;
+    /// the new one starts on the old support's block sink, position and
+    /// config with the last block's consenter metadata (Fabric's restart
+    /// rule: the type did not change) and the same plugin storage, and is
+    /// offered what the host's cutter held for the old one, in order. The
+    /// old build is kept while the new one is on probation.
+    fn upgrade(&mut self, mut core: ChainCore, next: Plugin) -> Phase {
+        if next.sha256() == self.plugin.sha256() || next.name() != self.plugin.name() {
+            return Phase::Running(Box::new(core));
+        }
+        let started = Instant::now();
+        let ch = self.channel.clone();
+        let (from, to) = (label(&self.plugin), label(&next));
+        let pending = core.take_pending();
+        core.halt();
+        let lost = core.accepted().saturating_sub(core.written_envelopes());
+        if lost > 0 {
+            self.status.add_lost(lost);
+            tracing::warn!(channel = %ch, from = %from, lost, "envelopes the old build held were lost in the upgrade");
+        }
+        let previous = std::mem::replace(&mut self.plugin, next);
+        let Some(old) = core.into_support() else {
+            // The old instance trapped in `halt`: the new build starts from
+            // the ledger once what was queued is durable.
+            if let Some(w) = self.writer.take() {
+                let _ = w.join();
+            }
+            self.begin_probation(previous);
+            return self.restart_with(pending);
+        };
+        let metadata = old.last_metadata().to_vec();
+        let (pos, config) = (old.position(), old.config().clone());
+        let sink = old.into_sink();
+        self.start_height = pos.height;
+        let mut support = (self.make_support)(&self.plugin, sink, pos, config, &self.status);
+        support.set_last_metadata(metadata.clone());
+        match ChainCore::start(&self.plugin, support, &metadata, self.status.clone()) {
+            Ok(mut core) => {
+                let upgrades = self.begin_probation(previous);
+                crate::metrics::plugin_upgraded(&ch, self.plugin.name());
+                let handed = pending.len();
+                self.status.add_handed_over(handed as u64);
+                if !pending.is_empty() {
+                    let _ = core.enqueue_many(pending);
+                }
+                tracing::info!(
+                    channel = %ch, from = %from, to = %to, upgrades, handed_over = handed, height = self.start_height,
+                    pause_us = started.elapsed().as_micros() as u64, probation_s = self.probation_window.as_secs(),
+                    "plugin upgraded at a block boundary"
+                );
+                Phase::Running(Box::new(core))
+            }
+            Err(e) => {
+                if let Some(w) = self.writer.take() {
+                    let _ = w.join();
+                }
+                let reason = format!("the new build {to} did not start: {e}");
+                self.rollback(previous, reason, pending)
+            }
+        }
+    }
+
+    /// Puts the build now in `self.plugin` on probation, keeping
+    /// `previous` for a rollback; the upgrades so far.
+    fn begin_probation(&mut self, previous: Plugin) -> u64 {
+        let until = SystemTime::now() + self.probation_window;
+        self.probation = Some((previous, Instant::now() + self.probation_window));
+        self.status.record_upgrade(build_of(&self.plugin), Some(until))
+    }
+
+    /// Goes back to `back` after the build on probation failed (`reason`):
+    /// a new instance of it from the ledger's last durable block, offered
+    /// `pending` (envelopes accepted and not written, in order).
+    fn rollback(&mut self, back: Plugin, reason: String, pending: Vec<Envelope>) -> Phase {
+        let failed = std::mem::replace(&mut self.plugin, back);
+        self.probation = None;
+        let rollbacks = self.status.record_rollback(build_of(&self.plugin), &reason);
+        crate::metrics::plugin_rolled_back(&self.channel, self.plugin.name());
+        tracing::error!(
+            channel = %self.channel, failed = %label(&failed), back_to = %label(&self.plugin), rollbacks, %reason,
+            "plugin upgrade rolled back"
+        );
+        if let Some(hook) = &self.on_rollback {
+            hook(&self.channel, &failed, &reason);
+        }
+        self.restart_with(pending)
+    }
+
+    /// A new instance of `self.plugin` from the ledger's last durable
+    /// block, at once, offered `pending` in order.
+    fn restart_with(&mut self, pending: Vec<Envelope>) -> Phase {
+        let n = pending.len() as u64;
+        let resume = ResumePoint::read(&self.channel, &self.ledger).map_err(|e| RuntimeError::Instantiate {
+            plugin: self.plugin.name().to_string(),
+            channel: self.channel.clone(),
+            reason: e.to_string(),
+        });
+        match resume.and_then(|rp| self.start_instance(rp)) {
+            Ok(mut core) => {
+                self.status.set_state(ChainState::Running);
+                self.status.clear_errored();
+                self.status.add_handed_over(n);
+                if !pending.is_empty() {
+                    let _ = core.enqueue_many(pending);
+                }
+                Phase::Running(Box::new(core))
+            }
+            Err(e) => self.on_crash(e.to_string(), true, n),
+        }
+    }
+
     /// Starts a new instance after a backoff.
     fn restart(&mut self) -> Phase {
         let resume = ResumePoint::read(&self.channel, &self.ledger).map_err(|e| RuntimeError::Instantiate {
@@ -211,13 +365,8 @@ impl Runner {
 
 /// The actor loop on the chain's own thread: a current-thread runtime that
 /// waits for the next event, the next timer or the end of a backoff.
-pub(super) fn run_actor(
-    mut runner: Runner,
-    core: ChainCore,
-    mut rx: mpsc::Receiver<Offer>,
-    mut cluster: Option<mpsc::Receiver<ClusterEvent>>,
-    mut halt: watch::Receiver<bool>,
-) {
+pub(super) fn run_actor(mut runner: Runner, core: ChainCore, inputs: Inputs) {
+    let Inputs { offers: mut rx, mut cluster, mut upgrades, mut halt } = inputs;
     let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -245,6 +394,25 @@ pub(super) fn run_actor(
                     if let Phase::Running(core) = &mut phase {
                         on_cluster_event(core, ev);
                     }
+                    continue;
+                }
+                Some(next) = upgrades.recv() => {
+                    phase = match phase {
+                        Phase::Running(core) => runner.upgrade(*core, next),
+                        Phase::Backoff(at) => {
+                            // The restart after the backoff starts the new
+                            // build, on probation.
+                            if next.sha256() != runner.plugin.sha256() && next.name() == runner.plugin.name() {
+                                let previous = std::mem::replace(&mut runner.plugin, next);
+                                runner.begin_probation(previous);
+                            }
+                            Phase::Backoff(at)
+                        }
+                        Phase::Down => {
+                            tracing::warn!(channel = %runner.channel, build = %label(&next), "the chain is down: the new build is not started");
+                            Phase::Down
+                        }
+                    };
                     continue;
                 }
                 ev = rx.recv() => match ev {
@@ -302,7 +470,21 @@ fn settle(phase: Phase, runner: &mut Runner) -> Phase {
         Phase::Running(core) => match core.crashed() {
             Some((reason, restartable)) => {
                 let lost = runner.tear_down(*core);
-                runner.on_crash(reason, restartable, lost)
+                match runner.probation.take() {
+                    // The new build failed on probation: back to the old.
+                    Some((back, until)) if Instant::now() < until => {
+                        runner.status.record_crash(&reason, lost);
+                        let failed = label(&runner.plugin);
+                        runner.rollback(back, format!("the new build {failed} failed on probation: {reason}"), vec![])
+                    }
+                    _ => runner.on_crash(reason, restartable, lost),
+                }
+            }
+            None if runner.probation.as_ref().is_some_and(|(_, until)| *until <= Instant::now()) => {
+                runner.probation = None;
+                runner.status.end_probation();
+                tracing::info!(channel = %runner.channel, build = %label(&runner.plugin), "the new build held its probation");
+                settle(Phase::Running(core), runner)
             }
             // A config block it wrote changed the consensus type.
             None => match core.consensus_type().filter(|t| *t != runner.plugin.name()).map(str::to_string) {

@@ -39,13 +39,13 @@ use crate::support::{BlockSink, ChainPosition, Support};
 mod actor;
 pub mod cluster;
 
-use actor::{Runner, run_actor};
+use actor::{Inputs, Runner, run_actor};
 mod restart;
 mod resume;
 mod writer;
 
 pub use consenter_runtime::chain_core::{ChainCore, EnqueueError};
-pub use consenter_runtime::status::{ChainState, ChainStatus};
+pub use consenter_runtime::status::{ChainState, ChainStatus, PluginBuild};
 pub use restart::{RestartConfig, RestartPolicies, RestartPolicy};
 pub use resume::{ResumeError, ResumePoint};
 pub use writer::{free_disk_bytes, ledger_sink};
@@ -80,6 +80,14 @@ pub type SupportFactory =
 /// The plugin of a consensus type, for a live swap (None: no plugin).
 pub type PluginResolver = Box<dyn Fn(&str) -> Option<Plugin> + Send>;
 
+/// Told when a chain rolled an upgrade back: the build that failed on
+/// probation and why (the node then stops offering that build).
+pub type RollbackHook = Arc<dyn Fn(&str, &Plugin, &str) + Send + Sync>;
+
+/// How long a live upgrade's new build is on probation by default: a trap
+/// or failure within it rolls the chain back to the build before.
+pub const DEFAULT_PROBATION: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How a chain runs: its restart policy, the disk space its ledger writer
 /// keeps free, and (for a clustered plugin) its cluster event queue.
 pub struct ChainOptions {
@@ -92,6 +100,10 @@ pub struct ChainOptions {
     /// Where a live swap finds the plugin of the new consensus type (None:
     /// the chain errs when a config block changes its type).
     pub resolve: Option<PluginResolver>,
+    /// How long a live upgrade's new build is on probation.
+    pub probation: std::time::Duration,
+    /// Told when the chain rolls an upgrade back.
+    pub on_rollback: Option<RollbackHook>,
 }
 
 /// A running chain: its actor thread (which owns the ledger writer) and
@@ -102,6 +114,8 @@ pub struct Chain {
     halt: watch::Sender<bool>,
     tx: mpsc::Sender<Offer>,
     cluster: Option<mpsc::Sender<ClusterEvent>>,
+    /// New builds of the chain's plugin (live upgrades).
+    upgrades: mpsc::UnboundedSender<Plugin>,
     status: Arc<ChainStatus>,
     ledger: Ledger,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -129,15 +143,17 @@ impl Chain {
         resume: ResumePoint,
         opts: ChainOptions,
     ) -> Result<Arc<Chain>, RuntimeError> {
-        let ChainOptions { restart, disk_reserve, cluster, resolve } = opts;
+        let ChainOptions { restart, disk_reserve, cluster, resolve, probation, on_rollback } = opts;
         let (cluster_tx, cluster_rx) = match cluster {
             Some((tx, rx)) => (Some(tx), Some(rx)),
             None => (None, None),
         };
         let status = Arc::new(ChainStatus::default());
         status.set_plugin(plugin.name());
+        status.set_build(PluginBuild { version: plugin.version().into(), sha256: plugin.sha256().into() });
         let policy = restart.policy;
         let (tx, rx) = mpsc::channel(QUEUE);
+        let (upgrades_tx, upgrades_rx) = mpsc::unbounded_channel();
         let (halt_tx, halt_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = std_mpsc::channel();
         let mut runner = Runner {
@@ -152,13 +168,20 @@ impl Chain {
             start_height: 0,
             crash_times: VecDeque::new(),
             resolve,
+            probation_window: probation,
+            probation: None,
+            on_rollback,
         };
         let actor = std::thread::Builder::new()
             .name(format!("chain-{channel}"))
             .spawn(move || match runner.start_instance(resume) {
                 Ok(core) => {
                     let _ = ready_tx.send(Ok(()));
-                    run_actor(runner, core, rx, cluster_rx, halt_rx);
+                    run_actor(
+                        runner,
+                        core,
+                        Inputs { offers: rx, cluster: cluster_rx, upgrades: upgrades_rx, halt: halt_rx },
+                    );
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -178,6 +201,7 @@ impl Chain {
             halt: halt_tx,
             tx,
             cluster: cluster_tx,
+            upgrades: upgrades_tx,
             status,
             ledger,
             threads: Mutex::new(vec![actor]),
@@ -244,6 +268,16 @@ impl Chain {
     /// chain is not clustered or its queue is full (the event is dropped).
     pub fn cluster_event(&self, ev: ClusterEvent) -> bool {
         self.cluster.as_ref().is_some_and(|tx| tx.try_send(ev).is_ok())
+    }
+
+    /// Upgrades the chain's plugin to a new build of the same consensus type,
+    /// live: between two plugin calls (so at a block boundary: what the
+    /// host's cutter holds goes to the new instance), the old instance is
+    /// halted and the new one starts from the last block's consenter
+    /// metadata with the same plugin storage, on probation (see
+    /// [`ChainOptions::probation`]). False if the chain's actor has ended.
+    pub fn upgrade(&self, plugin: Plugin) -> bool {
+        self.upgrades.send(plugin).is_ok()
     }
 
     /// Halts the plugin, waits for queued blocks to be durable, and stops

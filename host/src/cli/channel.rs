@@ -40,7 +40,7 @@ pub(crate) enum ChannelCmd {
 pub(crate) struct AdminArgs {
     /// Admin endpoint of the node (host:port).
     #[arg(long = "orderer-address", short = 'o', default_value = "127.0.0.1:7053")]
-    address: String,
+    pub(crate) address: String,
     /// CA certificate (PEM) of the endpoint's TLS certificate; with it the
     /// command speaks TLS, the server name being the host of the address
     /// (or --tls-server-name). Also --tls-root-ca.
@@ -64,7 +64,7 @@ pub(crate) struct AdminArgs {
 }
 
 impl AdminArgs {
-    fn tls(&self) -> Result<admin::ClientTls> {
+    pub(crate) fn tls(&self) -> Result<admin::ClientTls> {
         let Some(ca) = &self.ca_file else { return Ok(Default::default()) };
         let identity = self.client_cert.as_deref().zip(self.client_key.as_deref());
         Ok(admin::ClientTls {
@@ -94,7 +94,12 @@ pub(crate) fn channel_cmd(c: ChannelCmd) -> Result<()> {
         ChannelCmd::Show { channel, .. } => send("GET", &format!("{CHANNELS}/{channel}"), None),
         ChannelCmd::Remove { channel, .. } => send("DELETE", &format!("{CHANNELS}/{channel}"), None),
     }?;
-    // Print what osnadmin prints: the status code and the JSON body.
+    print_answer(&answer)
+}
+
+/// Prints what osnadmin prints, the status code and the JSON body; an
+/// error unless the status is 2xx.
+pub(crate) fn print_answer(answer: &admin::HttpAnswer) -> Result<()> {
     println!("Status: {}", answer.status);
     if !answer.body.is_empty() {
         match serde_json::from_slice::<serde_json::Value>(&answer.body) {

@@ -57,6 +57,7 @@ const FLAG_KEYS: &[(&str, &str)] = &[
     ("restart_backoff_max", "ConsenterHost.RestartBackoffMax"),
     ("restart_max_crashes", "ConsenterHost.RestartMaxCrashes"),
     ("restart_crash_window", "ConsenterHost.RestartCrashWindow"),
+    ("plugin_probation", "ConsenterHost.PluginProbation"),
     ("operations_listen", "Operations.ListenAddress"),
     ("operations_tls_cert", "Operations.TLS.Certificate"),
     ("operations_tls_key", "Operations.TLS.PrivateKey"),

@@ -65,6 +65,32 @@ pub(crate) enum PluginCmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Install a new build of a plugin on a running node, live, over its
+    /// admin endpoint (`POST /consenter/v1/plugins`). The node checks the
+    /// package (a signature by a key in its trust directory unless it
+    /// runs with --allow-unsigned-plugins, the contract, the canary, and
+    /// the canary with each channel of that type); then every channel of
+    /// the type upgrades at its next block and the build is on probation
+    /// there (--plugin-probation): a trap or failure meanwhile rolls the
+    /// channel back to the build before. The node keeps the build for its
+    /// next start.
+    Install {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The consensus type, for a package without a manifest (a signed
+        /// package's manifest names it).
+        #[arg(long)]
+        consensus_type: Option<String>,
+        /// The plugin package.
+        file: PathBuf,
+    },
+    /// List the plugin builds a running node serves (`GET
+    /// /consenter/v1/plugins`): consensus type, version, SHA-256, kind and
+    /// where each came from.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Print a plugin's manifest, signatures (key ids), size, SHA-256 and
     /// its WIT imports and exports.
     Inspect {
@@ -134,6 +160,19 @@ fn new_plugin(name: &str, dir: Option<PathBuf>) -> Result<()> {
 pub(crate) fn plugin_cmd(c: PluginCmd) -> Result<()> {
     match c {
         PluginCmd::New { name, dir } => new_plugin(&name, dir),
+        PluginCmd::Install { admin: a, consensus_type, file } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let path = match &consensus_type {
+                Some(t) => format!("{}?consensusType={t}", admin::plugins::PLUGINS),
+                None => admin::plugins::PLUGINS.to_string(),
+            };
+            let answer = admin::request_with(&a.address, &a.tls()?, "POST", &path, Some(("application/wasm", &bytes)))?;
+            print_answer(&answer)
+        }
+        PluginCmd::List { admin: a } => {
+            let answer = admin::request_with(&a.address, &a.tls()?, "GET", admin::plugins::PLUGINS, None)?;
+            print_answer(&answer)
+        }
         PluginCmd::Keygen { out } => {
             let (key, public, id) = package::keygen(&out)?;
             println!("private key: {} (keep it secret)", key.display());

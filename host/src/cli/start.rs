@@ -196,6 +196,11 @@ pub(crate) struct StartArgs {
     /// The crash-loop window.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     restart_crash_window: Duration,
+    /// How long a plugin build installed live is on probation in each
+    /// chain: a trap or failure within it rolls the chain back to the
+    /// build before.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    plugin_probation: Duration,
 }
 
 /// What a `--restart-policy` entry names.
@@ -243,21 +248,18 @@ pub(crate) fn start(a: StartArgs, m: &clap::ArgMatches) -> Result<()> {
     let mut extra = Vec::new();
     let trust_dir = s.plugin_trust_dir.clone().unwrap_or_else(|| s.data_dir.join("trusted-keys"));
     let policy = package::Policy {
-        trust: if s.plugins.is_empty() {
+        // Live installs are checked against it too: a trust directory that
+        // exists is read even without --plugin files.
+        trust: if s.plugins.is_empty() && !trust_dir.is_dir() {
             package::TrustStore::default()
         } else {
             package::TrustStore::load(&trust_dir)?
         },
         allow_unsigned: s.allow_unsigned_plugins,
     };
-    let mut plugin_versions = std::collections::BTreeMap::new();
-    for (name, bytes) in consenter_host::node::embedded::EMBEDDED {
-        plugin_versions.insert(name.to_string(), manifest_version(name, bytes));
-    }
     for (name, path) in &s.plugins {
         let bytes = std::fs::read(path).with_context(|| format!("reading plugin {name} from {}", path.display()))?;
         package::admit(&policy, name, path, &bytes).with_context(|| format!("plugin {name} refused"))?;
-        plugin_versions.insert(name.clone(), manifest_version(name, &bytes));
         extra.push((name.to_string(), bytes));
     }
     let limits = Limits {
@@ -358,6 +360,8 @@ pub(crate) fn start(a: StartArgs, m: &clap::ArgMatches) -> Result<()> {
             runtime: rt.handle().clone(),
         }),
         storage_quota: s.storage_mib.saturating_mul(1 << 20),
+        plugin_policy: policy,
+        probation: s.plugin_probation,
     })?;
     if let Some(c) = cluster.as_mut() {
         c.inbound = node.cluster_inbound();
@@ -401,7 +405,6 @@ pub(crate) fn start(a: StartArgs, m: &clap::ArgMatches) -> Result<()> {
                 exporter,
                 logs: Some(logs),
                 version,
-                plugin_versions,
                 data_dir: s.data_dir.clone(),
                 disk_reserve,
                 history: Default::default(),
@@ -413,11 +416,6 @@ pub(crate) fn start(a: StartArgs, m: &clap::ArgMatches) -> Result<()> {
     node.shutdown();
     tracing::info!("stopped");
     Ok(())
-}
-
-/// The version in a plugin's manifest ("" without one).
-fn manifest_version(name: &str, bytes: &[u8]) -> String {
-    package::Package::parse(name, bytes).ok().and_then(|p| p.manifest).map(|m| m.version).unwrap_or_default()
 }
 
 /// Logging from the settings: Fabric's format or JSON on stderr, the spec

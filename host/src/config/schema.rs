@@ -193,6 +193,12 @@ pub const SETTINGS: &[Spec] = &[
         "crashes in the window that stop restarts (--restart-max-crashes)",
     ),
     s("ConsenterHost.RestartCrashWindow", Duration, Some("60s"), "the crash-loop window (--restart-crash-window)"),
+    s(
+        "ConsenterHost.PluginProbation",
+        Duration,
+        Some("60s"),
+        "probation of a plugin build installed live: a failure within it rolls back (--plugin-probation)",
+    ),
 ];
 
 /// Fabric's keys that the node knows and does not use: a key at or under

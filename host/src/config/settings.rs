@@ -184,6 +184,8 @@ pub struct Settings {
     pub restart_max_crashes: u32,
     /// Crash-loop window.
     pub restart_crash_window: Duration,
+    /// Probation of a plugin build installed live.
+    pub plugin_probation: Duration,
     /// Things worth a warning (a setting that does not do what it says here).
     pub warnings: Vec<String>,
 }
@@ -358,6 +360,7 @@ impl Settings {
             restart_backoff_max: dur("ConsenterHost.RestartBackoffMax", 10_000),
             restart_max_crashes: c.num("ConsenterHost.RestartMaxCrashes").unwrap_or(5) as u32,
             restart_crash_window: dur("ConsenterHost.RestartCrashWindow", 60_000),
+            plugin_probation: dur("ConsenterHost.PluginProbation", 60_000),
             warnings,
         })
     }

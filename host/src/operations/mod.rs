@@ -52,8 +52,6 @@ pub struct Operations {
     pub logs: Option<LogControl>,
     /// Version and commit, for `/version` and the page.
     pub version: Version,
-    /// Plugin versions by consensus type (from their manifests).
-    pub plugin_versions: BTreeMap<String, String>,
     /// The data directory (the ledger disk of the health check).
     pub data_dir: PathBuf,
     /// Free bytes the ledger disk must keep (0: no disk check).
@@ -204,11 +202,10 @@ impl Operations {
                     .map(|c| c.consensus_type.clone())
                     .or_else(|| info.consenter.as_ref().map(|c| c.plugin.clone()))
                     .unwrap_or_default();
-                let plugin = info.consenter.as_ref().map(|c| c.plugin.clone()).unwrap_or_else(|| consensus.clone());
                 let raft = crate::metrics::consensus_known(&name);
                 let cluster = info.consenter.as_ref().and_then(|c| c.cluster.clone());
                 Some(page::ChannelStatus {
-                    plugin_version: self.plugin_versions.get(&plugin).cloned().unwrap_or_default(),
+                    plugin_version: info.consenter.as_ref().map(|c| c.version.clone()).unwrap_or_default(),
                     consensus,
                     height: info.height,
                     status: info.status.to_string(),

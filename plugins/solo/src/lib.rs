@@ -16,8 +16,9 @@ struct Solo {
     /// The config sequence; only config blocks this plugin writes change
     /// it, so it is read once and after each config block.
     sequence: u64,
-    /// Envelopes offered (the drop-every-1000th mutant counts them).
-    #[cfg(feature = "mutant-drop-1000th")]
+    /// Envelopes offered (the drop-every-1000th and trap-after-100
+    /// mutants count them).
+    #[cfg(any(feature = "mutant-drop-1000th", feature = "mutant-trap-after-100"))]
     offered: u64,
 }
 
@@ -99,7 +100,7 @@ impl Consenter for Solo {
             timer_armed: false,
             failed: false,
             sequence: support::sequence(),
-            #[cfg(feature = "mutant-drop-1000th")]
+            #[cfg(any(feature = "mutant-drop-1000th", feature = "mutant-trap-after-100"))]
             offered: 0,
         })
     }
@@ -117,6 +118,14 @@ impl Consenter for Solo {
                 continue;
             }
             answers.push(true);
+            #[cfg(feature = "mutant-trap-after-100")]
+            {
+                // Mutant: traps on the 100th envelope.
+                self.offered += 1;
+                if self.offered == 100 {
+                    panic!("mutant-trap-after-100: the 100th envelope");
+                }
+            }
             #[cfg(feature = "mutant-drop-1000th")]
             {
                 // Mutant: accepts every 1000th envelope and forgets it.
