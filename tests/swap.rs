@@ -43,14 +43,6 @@ fn applied(mut current: Config, ty: &str) -> Config {
     current
 }
 
-fn consenter_view(node: &NodeProc) -> serde_json::Value {
-    let admin = node.admin.as_deref().expect("the admin endpoint");
-    let (ok, out) = cli(&["channel", "show", "-o", admin, "-c", CH]);
-    assert!(ok && out.starts_with("Status: 200"), "{out}");
-    let json = out.split_once('\n').map(|(_, j)| j).unwrap_or_default();
-    serde_json::from_str::<serde_json::Value>(json).unwrap()["consenter"].clone()
-}
-
 fn start(data: &std::path::Path) -> NodeProc {
     let solo2 = format!("solo2={}", consenter_test_plugins::path("consenter_template.wasm").display());
     let hostile = format!("hostile={}", consenter_test_plugins::path("consenter_hostile.wasm").display());
@@ -105,18 +97,7 @@ async fn a_hundred_live_swaps_under_load_lose_nothing() {
     }
 
     // Load on its own stream while the swaps go on.
-    let mut load_client = node.client().await;
-    let load = tokio::spawn(async move {
-        let mut acked = Vec::new();
-        for round in 0..30 {
-            let envs: Vec<_> = (0..100).map(|k| message(CH, &format!("l{round}-{k}"), 512)).collect();
-            for (k, (st, info)) in broadcast_all(&mut load_client, envs).await.into_iter().enumerate() {
-                assert_eq!(st, 200, "l{round}-{k}: {info}");
-                acked.push(format!("l{round}-{k}"));
-            }
-        }
-        acked
-    });
+    let load = spawn_load(&node, CH, 30).await;
     let mut ty = "solo";
     for i in 0..SWAPS {
         let next = if ty == "solo" { "solo2" } else { "solo" };
@@ -156,7 +137,7 @@ async fn a_hundred_live_swaps_under_load_lose_nothing() {
         assert!(seen.contains_key(t), "{t} was acknowledged but is in no block");
     }
     assert_eq!(configs, want_configs);
-    let v = consenter_view(&node);
+    let v = consenter_view(&node, CH);
     assert_eq!(v["plugin"], ty, "{v}");
     assert_eq!(v["swaps"], SWAPS as u64, "{v}");
     assert_eq!(v["previousPlugin"], if ty == "solo" { "solo2" } else { "solo" }, "{v}");
@@ -187,7 +168,7 @@ async fn a_hundred_live_swaps_under_load_lose_nothing() {
     let mut c = node.client().await;
     let r = broadcast_all(&mut c, vec![message(CH, "after-restart", 100)]).await.remove(0);
     assert_eq!(r.0, 200, "{r:?}");
-    assert_eq!(consenter_view(&node)["plugin"], ty);
+    assert_eq!(consenter_view(&node, CH)["plugin"], ty);
 }
 
 fn state_update(current: &Config, ty: &str, state: i32) -> Envelope {
@@ -243,7 +224,7 @@ async fn maintenance_mode_follows_fabric() {
     let b = tokio::time::timeout(Duration::from_secs(10), deliver(&mut c, CH, 4, 4)).await.unwrap().remove(0);
     let tx = Parsed::parse(b.data.unwrap().data[0].clone()).unwrap().tx_id;
     assert_eq!(tx, "after-maintenance");
-    let v = consenter_view(&node);
+    let v = consenter_view(&node, CH);
     assert_eq!((&v["plugin"], &v["swaps"]), (&"solo2".into(), &1.into()), "{v}");
 }
 

@@ -30,14 +30,6 @@ fn start(data: &Path) -> NodeProc {
     )
 }
 
-fn consenter_view(node: &NodeProc) -> serde_json::Value {
-    let admin = node.admin.as_deref().expect("the admin endpoint");
-    let (ok, out) = cli(&["channel", "show", "-o", admin, "-c", CH]);
-    assert!(ok && out.starts_with("Status: 200"), "{out}");
-    let json = out.split_once('\n').map(|(_, j)| j).unwrap_or_default();
-    serde_json::from_str::<serde_json::Value>(json).unwrap()["consenter"].clone()
-}
-
 /// `plugin install FILE [--consensus-type T]`: (exit ok, output).
 fn install(node: &NodeProc, file: &Path, ty: Option<&str>) -> (bool, String) {
     let admin = node.admin.as_deref().expect("the admin endpoint");
@@ -68,7 +60,7 @@ fn plugins(node: &NodeProc) -> BTreeMap<String, serde_json::Value> {
 fn await_view(node: &NodeProc, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let v = consenter_view(node);
+        let v = consenter_view(node, CH);
         if pred(&v) {
             return v;
         }
@@ -140,7 +132,7 @@ async fn a_live_upgrade_loses_nothing_and_a_failing_build_rolls_back() {
     sign(&key, &consenter_test_plugins::path("mutant_solo_trap_after_100.wasm"), "3.0.0", &v3);
 
     let mut node = start(&data);
-    let shipped = consenter_view(&node);
+    let shipped = consenter_view(&node, CH);
     assert_eq!((&shipped["plugin"], &shipped["upgrades"]), (&"solo".into(), &0.into()), "{shipped}");
     let shipped_version = shipped["version"].as_str().unwrap().to_string();
     assert_eq!(plugins(&node)["solo"]["source"], "shipped");
@@ -159,21 +151,10 @@ async fn a_live_upgrade_loses_nothing_and_a_failing_build_rolls_back() {
         let (ok, out) = install(&node, file, ty);
         assert!(!ok && out.starts_with("Status: 400") && out.contains(expect), "{file:?} {ty:?}: {out}");
     }
-    assert_eq!(consenter_view(&node)["upgrades"], 0);
+    assert_eq!(consenter_view(&node, CH)["upgrades"], 0);
 
     // Load on its own stream; the upgrade in the middle of it.
-    let mut load_client = node.client().await;
-    let load = tokio::spawn(async move {
-        let mut acked = Vec::new();
-        for round in 0..20 {
-            let envs: Vec<_> = (0..100).map(|k| message(CH, &format!("l{round}-{k}"), 512)).collect();
-            for (k, (st, info)) in broadcast_all(&mut load_client, envs).await.into_iter().enumerate() {
-                assert_eq!(st, 200, "l{round}-{k}: {info}");
-                acked.push(format!("l{round}-{k}"));
-            }
-        }
-        acked
-    });
+    let load = spawn_load(&node, CH, 20).await;
     let (ok, out) = install(&node, &v2, None);
     assert!(ok && out.starts_with("Status: 201"), "{out}");
     assert!(out.contains("\"version\": \"2.0.0\"") && out.contains("\"devchannel\""), "{out}");
@@ -184,7 +165,7 @@ async fn a_live_upgrade_loses_nothing_and_a_failing_build_rolls_back() {
     let mut c = node.client().await;
     let after: Vec<_> = (0..5).map(|k| message(CH, &format!("after-{k}"), 100)).collect();
     assert!(broadcast_all(&mut c, after).await.iter().all(|(st, _)| *st == 200));
-    let v = consenter_view(&node);
+    let v = consenter_view(&node, CH);
     assert_eq!((&v["state"], &v["crashes"], &v["lostEnvelopes"]), (&"running".into(), &0.into(), &0.into()), "{v}");
     // Every acknowledged envelope is in exactly one block.
     let mut want = acked.clone();
@@ -226,7 +207,7 @@ async fn a_live_upgrade_loses_nothing_and_a_failing_build_rolls_back() {
     let (ok, out) = cli(&["ledger", "verify", "--data-dir", s(&data)]);
     assert!(ok, "{out}");
     let node = start(&data);
-    let v = consenter_view(&node);
+    let v = consenter_view(&node, CH);
     assert_eq!((&v["version"], &v["upgrades"]), (&"2.0.0".into(), &0.into()), "{v}");
     blocks_with(&node, &(0..20).map(|k| format!("back-{k}")).collect::<Vec<_>>()).await;
     let mut c = node.client().await;

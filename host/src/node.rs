@@ -123,6 +123,9 @@ pub struct Node {
     plugins: Arc<Registry>,
     /// How long a live upgrade's new build is on probation.
     probation: std::time::Duration,
+    /// Held through an install: installs go one at a time, so each one's
+    /// checks see the build it replaces.
+    installing: std::sync::Mutex<()>,
     restart: RestartPolicies,
     chains: RwLock<HashMap<String, Arc<Chain>>>,
     cluster: Option<NodeCluster>,
@@ -155,6 +158,7 @@ impl Node {
             disk_reserve: cfg.disk_reserve,
             plugins,
             probation: cfg.probation,
+            installing: std::sync::Mutex::new(()),
             restart: cfg.restart,
             chains: RwLock::new(HashMap::new()),
             cluster: cfg.cluster,
@@ -570,6 +574,7 @@ impl Node {
     /// at its next block boundary, on probation. `asked`: the type, for a
     /// package without a manifest.
     pub fn install_plugin(&self, bytes: &[u8], asked: Option<&str>) -> Result<Installed, NodeError> {
+        let _one_at_a_time = self.installing.lock().unwrap_or_else(|p| p.into_inner());
         let plugin = self.plugins.prepare(bytes, asked)?;
         let ty = plugin.name().to_string();
         let chains: Vec<Arc<Chain>> = read(&self.chains).values().filter(|c| c.plugin() == ty).cloned().collect();

@@ -339,3 +339,33 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
+
+/// Load on its own Broadcast stream: `rounds` rounds of 100 envelopes of
+/// 512 bytes (tx ids `l{round}-{k}`), each answered SUCCESS (asserted);
+/// the task's result is the acknowledged tx ids, in order.
+#[allow(dead_code)]
+pub async fn spawn_load(node: &NodeProc, channel: &str, rounds: usize) -> tokio::task::JoinHandle<Vec<String>> {
+    let mut client = node.client().await;
+    let channel = channel.to_string();
+    tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for round in 0..rounds {
+            let envs: Vec<_> = (0..100).map(|k| message(&channel, &format!("l{round}-{k}"), 512)).collect();
+            for (k, (st, info)) in broadcast_all(&mut client, envs).await.into_iter().enumerate() {
+                assert_eq!(st, 200, "l{round}-{k}: {info}");
+                acked.push(format!("l{round}-{k}"));
+            }
+        }
+        acked
+    })
+}
+
+/// The `consenter` object of `channel` as `channel show` prints it.
+#[allow(dead_code)]
+pub fn consenter_view(node: &NodeProc, channel: &str) -> serde_json::Value {
+    let admin = node.admin.as_deref().expect("the admin endpoint");
+    let (ok, out) = cli(&["channel", "show", "-o", admin, "-c", channel]);
+    assert!(ok && out.starts_with("Status: 200"), "{out}");
+    let json = out.split_once('\n').map(|(_, j)| j).unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(json).unwrap()["consenter"].clone()
+}
