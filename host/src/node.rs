@@ -265,6 +265,7 @@ impl Node {
             // Fabric: a consenter that reports no cluster relation (solo,
             // which exists only in system-channel mode there) is "other".
             let relation = if c.plugin() == "solo" && self.system_channel().is_some() { "other" } else { "consenter" };
+            let (build, previous) = (c.status().build(), c.status().previous_build());
             return Some(ChannelInfo {
                 name: channel.to_string(),
                 status,
@@ -291,10 +292,10 @@ impl Node {
                         active_nodes: r.active,
                         leader_changes: c.status().leader_changes(),
                     }),
-                    version: c.status().build().version,
-                    sha256: c.status().build().sha256,
-                    previous_version: c.status().previous_build().map(|b| b.version),
-                    previous_sha256: c.status().previous_build().map(|b| b.sha256),
+                    version: build.version,
+                    sha256: build.sha256,
+                    previous_version: previous.as_ref().map(|b| b.version.clone()),
+                    previous_sha256: previous.map(|b| b.sha256),
                     upgrades: c.status().upgrades(),
                     rollbacks: c.status().rollbacks(),
                     last_rollback: c.status().last_rollback(),

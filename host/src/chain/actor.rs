@@ -19,6 +19,7 @@ use crate::chain::{ChainCore, ChainState, ChainStatus, EnqueueError, PluginBuild
 use crate::envelope::Envelope;
 use crate::ledger::Ledger;
 use crate::runtime::{Plugin, RuntimeError};
+use crate::support::Support;
 
 /// What the actor needs to (re)start plugin instances of one chain.
 pub(super) struct Runner {
@@ -159,24 +160,13 @@ impl Runner {
     /// support's block sink, position and config (the ledger writer goes
     /// on, blocks stay in order); what the host's cutter held for the old
     /// one is offered to the new one first, in order.
-    fn swap(&mut self, mut core: ChainCore, to: String) -> Phase {
+    fn swap(&mut self, core: ChainCore, to: String) -> Phase {
         let started = Instant::now();
         let from = self.plugin.name().to_string();
         let ch = self.channel.clone();
-        let pending = core.take_pending();
-        core.halt();
-        let lost = core.accepted().saturating_sub(core.written_envelopes());
-        if lost > 0 {
-            // Envelopes the old plugin kept to itself (not in the host's
-            // cutter) do not survive it.
-            self.status.add_lost(lost);
-            tracing::warn!(channel = %ch, from = %from, lost, "envelopes the old plugin held were lost in the swap");
-        }
+        let (pending, old) = self.hand_off(core, "swap");
         let next = self.resolve.as_ref().and_then(|r| r(&to));
-        // The old support's block sink, position and config go to the new
-        // plugin: the ledger writer keeps running (no wait for its fsync),
-        // blocks stay in one queue, in order.
-        let Some((next, old)) = next.zip(core.into_support()) else {
+        let Some((next, old)) = next.zip(old) else {
             let reason = format!(
                 "a config block changed the consensus type from {from:?} to {to:?}, which has no plugin on this node \
                  (or the old instance ended)"
@@ -186,28 +176,18 @@ impl Runner {
             }
             return self.on_crash(reason, false, pending.len() as u64);
         };
-        let pos = old.position();
-        let config = old.config().clone();
-        let sink = old.into_sink();
         self.plugin = next;
         // A build on probation is confirmed by a type change: the build
         // before it was of the old type.
         self.probation = None;
         self.status.end_probation();
         self.status.set_build(build_of(&self.plugin));
-        self.start_height = pos.height;
-        let support = (self.make_support)(&self.plugin, sink, pos, config, &self.status);
+        let handed = pending.len();
         // Fabric: a new consensus type starts without metadata.
-        match ChainCore::start(&self.plugin, support, &[], self.status.clone()) {
-            Ok(mut core) => {
+        match self.start_on(old, Vec::new(), pending) {
+            Ok(core) => {
                 let swaps = self.status.record_swap(&from, &to);
                 crate::metrics::plugin_swapped(&ch, &from, &to);
-                let handed = pending.len();
-                self.status.add_handed_over(handed as u64);
-                if !pending.is_empty() {
-                    // Accepted already: their answers went out.
-                    let _ = core.enqueue_many(pending);
-                }
                 let pause = started.elapsed();
                 self.status.record_swap_pause(pause);
                 tracing::info!(
@@ -217,17 +197,73 @@ impl Runner {
                 );
                 Phase::Running(Box::new(core))
             }
+            // The old plugin cannot order the new type's config: the chain
+            // errs with the reason, as a chain that cannot start.
+            Err((e, _)) => self.on_crash(format!("starting plugin {to} after a consensus-type change: {e}"), false, 0),
+        }
+    }
+
+    /// Ends the running instance for a new plugin (a swap or an upgrade,
+    /// `what`): takes what the host's cutter held for it (handed over, not
+    /// lost), halts it, counts as lost what it kept to itself, and returns
+    /// its support (None once it trapped).
+    fn hand_off(&mut self, mut core: ChainCore, what: &str) -> (Vec<Envelope>, Option<Support>) {
+        let pending = core.take_pending();
+        core.halt();
+        let lost = core.accepted().saturating_sub(core.written_envelopes());
+        if lost > 0 {
+            // Envelopes the old instance kept to itself (not in the host's
+            // cutter) do not survive it.
+            self.status.add_lost(lost);
+            tracing::warn!(channel = %self.channel, from = %label(&self.plugin), lost, "envelopes the old instance held were lost in the {what}");
+        }
+        (pending, core.into_support())
+    }
+
+    /// Starts `self.plugin` on the old instance's support: its block sink
+    /// (the ledger writer keeps running, no wait for its fsync, blocks stay
+    /// in one queue, in order), position and config, with consenter
+    /// metadata `metadata`; then offers it `pending` (accepted already:
+    /// their answers went out), in order. On failure the writer has ended
+    /// (the failed instance took the sink with it) and `pending` comes
+    /// back.
+    fn start_on(
+        &mut self,
+        old: Support,
+        metadata: Vec<u8>,
+        pending: Vec<Envelope>,
+    ) -> Result<ChainCore, (RuntimeError, Vec<Envelope>)> {
+        let (pos, config) = (old.position(), old.config().clone());
+        let sink = old.into_sink();
+        self.start_height = pos.height;
+        let mut support = (self.make_support)(&self.plugin, sink, pos, config, &self.status);
+        support.set_last_metadata(metadata.clone());
+        match ChainCore::start(&self.plugin, support, &metadata, self.status.clone()) {
+            Ok(mut core) => {
+                self.hand(&mut core, pending);
+                Ok(core)
+            }
             Err(e) => {
-                // The failed instance took the sink with it: the writer ends
-                // once what was queued is durable.
                 if let Some(w) = self.writer.take() {
                     let _ = w.join();
                 }
-                // The old plugin cannot order the new type's config: the
-                // chain errs with the reason, as a chain that cannot start.
-                self.on_crash(format!("starting plugin {to} after a consensus-type change: {e}"), false, 0)
+                Err((e, pending))
             }
         }
+    }
+
+    /// Offers `pending` to a new instance, in order, counting them handed
+    /// over.
+    fn hand(&self, core: &mut ChainCore, pending: Vec<Envelope>) {
+        self.status.add_handed_over(pending.len() as u64);
+        if !pending.is_empty() {
+            let _ = core.enqueue_many(pending);
+        }
+    }
+
+    /// Whether `next` is another build of the type this chain runs.
+    fn is_new_build(&self, next: &Plugin) -> bool {
+        next.name() == self.plugin.name() && next.sha256() != self.plugin.sha256()
     }
 
     /// Upgrades to `next`, a new build of the same consensus type, between
@@ -238,22 +274,15 @@ impl Runner {
     /// rule: the type did not change) and the same plugin storage, and is
     /// offered what the host's cutter held for the old one, in order. The
     /// old build is kept while the new one is on probation.
-    fn upgrade(&mut self, mut core: ChainCore, next: Plugin) -> Phase {
-        if next.sha256() == self.plugin.sha256() || next.name() != self.plugin.name() {
+    fn upgrade(&mut self, core: ChainCore, next: Plugin) -> Phase {
+        if !self.is_new_build(&next) {
             return Phase::Running(Box::new(core));
         }
         let started = Instant::now();
-        let ch = self.channel.clone();
         let (from, to) = (label(&self.plugin), label(&next));
-        let pending = core.take_pending();
-        core.halt();
-        let lost = core.accepted().saturating_sub(core.written_envelopes());
-        if lost > 0 {
-            self.status.add_lost(lost);
-            tracing::warn!(channel = %ch, from = %from, lost, "envelopes the old build held were lost in the upgrade");
-        }
+        let (pending, old) = self.hand_off(core, "upgrade");
         let previous = std::mem::replace(&mut self.plugin, next);
-        let Some(old) = core.into_support() else {
+        let Some(old) = old else {
             // The old instance trapped in `halt`: the new build starts from
             // the ledger once what was queued is durable.
             if let Some(w) = self.writer.take() {
@@ -263,34 +292,19 @@ impl Runner {
             return self.restart_with(pending);
         };
         let metadata = old.last_metadata().to_vec();
-        let (pos, config) = (old.position(), old.config().clone());
-        let sink = old.into_sink();
-        self.start_height = pos.height;
-        let mut support = (self.make_support)(&self.plugin, sink, pos, config, &self.status);
-        support.set_last_metadata(metadata.clone());
-        match ChainCore::start(&self.plugin, support, &metadata, self.status.clone()) {
-            Ok(mut core) => {
+        let handed = pending.len();
+        match self.start_on(old, metadata, pending) {
+            Ok(core) => {
                 let upgrades = self.begin_probation(previous);
-                crate::metrics::plugin_upgraded(&ch, self.plugin.name());
-                let handed = pending.len();
-                self.status.add_handed_over(handed as u64);
-                if !pending.is_empty() {
-                    let _ = core.enqueue_many(pending);
-                }
+                crate::metrics::plugin_upgraded(&self.channel, self.plugin.name());
                 tracing::info!(
-                    channel = %ch, from = %from, to = %to, upgrades, handed_over = handed, height = self.start_height,
-                    pause_us = started.elapsed().as_micros() as u64, probation_s = self.probation_window.as_secs(),
-                    "plugin upgraded at a block boundary"
+                    channel = %self.channel, from = %from, to = %to, upgrades, handed_over = handed,
+                    height = self.start_height, pause_us = started.elapsed().as_micros() as u64,
+                    probation_s = self.probation_window.as_secs(), "plugin upgraded at a block boundary"
                 );
                 Phase::Running(Box::new(core))
             }
-            Err(e) => {
-                if let Some(w) = self.writer.take() {
-                    let _ = w.join();
-                }
-                let reason = format!("the new build {to} did not start: {e}");
-                self.rollback(previous, reason, pending)
-            }
+            Err((e, pending)) => self.rollback(previous, format!("the new build {to} did not start: {e}"), pending),
         }
     }
 
@@ -323,34 +337,20 @@ impl Runner {
     /// A new instance of `self.plugin` from the ledger's last durable
     /// block, at once, offered `pending` in order.
     fn restart_with(&mut self, pending: Vec<Envelope>) -> Phase {
-        let n = pending.len() as u64;
-        let resume = ResumePoint::read(&self.channel, &self.ledger).map_err(|e| RuntimeError::Instantiate {
-            plugin: self.plugin.name().to_string(),
-            channel: self.channel.clone(),
-            reason: e.to_string(),
-        });
-        match resume.and_then(|rp| self.start_instance(rp)) {
+        match self.start_from_ledger() {
             Ok(mut core) => {
                 self.status.set_state(ChainState::Running);
                 self.status.clear_errored();
-                self.status.add_handed_over(n);
-                if !pending.is_empty() {
-                    let _ = core.enqueue_many(pending);
-                }
+                self.hand(&mut core, pending);
                 Phase::Running(Box::new(core))
             }
-            Err(e) => self.on_crash(e.to_string(), true, n),
+            Err(e) => self.on_crash(e.to_string(), true, pending.len() as u64),
         }
     }
 
     /// Starts a new instance after a backoff.
     fn restart(&mut self) -> Phase {
-        let resume = ResumePoint::read(&self.channel, &self.ledger).map_err(|e| RuntimeError::Instantiate {
-            plugin: self.plugin.name().to_string(),
-            channel: self.channel.clone(),
-            reason: e.to_string(),
-        });
-        match resume.and_then(|rp| self.start_instance(rp)) {
+        match self.start_from_ledger() {
             Ok(core) => {
                 let restarts = self.status.record_restart();
                 tracing::info!(channel = %self.channel, restarts, height = self.start_height, "plugin instance restarted from the last written block");
@@ -360,6 +360,16 @@ impl Runner {
             }
             Err(e) => self.on_crash(e.to_string(), true, 0),
         }
+    }
+
+    /// A new instance of `self.plugin` at the ledger's last durable block.
+    fn start_from_ledger(&mut self) -> Result<ChainCore, RuntimeError> {
+        let rp = ResumePoint::read(&self.channel, &self.ledger).map_err(|e| RuntimeError::Instantiate {
+            plugin: self.plugin.name().to_string(),
+            channel: self.channel.clone(),
+            reason: e.to_string(),
+        })?;
+        self.start_instance(rp)
     }
 }
 
@@ -402,7 +412,7 @@ pub(super) fn run_actor(mut runner: Runner, core: ChainCore, inputs: Inputs) {
                         Phase::Backoff(at) => {
                             // The restart after the backoff starts the new
                             // build, on probation.
-                            if next.sha256() != runner.plugin.sha256() && next.name() == runner.plugin.name() {
+                            if runner.is_new_build(&next) {
                                 let previous = std::mem::replace(&mut runner.plugin, next);
                                 runner.begin_probation(previous);
                             }
