@@ -139,7 +139,10 @@ async fn a_live_upgrade_loses_nothing_and_a_failing_build_rolls_back() {
 
     // Refused, with the reason; nothing changes.
     let unsigned = consenter_test_plugins::path("consenter_template.wasm");
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"not a wasm component").unwrap();
     for (file, ty, expect) in [
+        (garbage.as_path(), Some("solo"), "the plugin package is refused"),
         (unsigned.as_path(), Some("solo"), "refused"),
         (unsigned.as_path(), None, "names no consensus type"),
         (
