@@ -6,14 +6,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use bytes::Bytes;
 use prost::Message;
 
 pub use crate::block::last_config_and_metadata;
 use crate::chain::cluster::{ChainClusterSink, NodeCluster};
-use crate::chain::{Chain, ChainOptions, ClusterEvent, RestartPolicies, ResumeError, ResumePoint};
+use crate::chain::{Chain, ChainOptions, ChainStatus, ClusterEvent, RestartPolicies, ResumeError, ResumePoint};
 use crate::channel::ChannelConfig;
 use crate::configtx::validate_channel_id;
 use crate::ledger::{Ledger, LedgerError};
@@ -533,9 +533,12 @@ impl Node {
     /// live swap) before it is ordered: the new type's plugin must pass its
     /// canary with the channel's new config (which also checks the new
     /// metadata: a plugin refuses metadata it cannot use in
-    /// `handle-chain`). Swaps to or from a clustered type are refused: the
-    /// cluster's side of a swap is not built yet. `new` is the config the
-    /// update makes; Ok also when the type is the same.
+    /// `handle-chain`). A swap to a clustered type needs this node's
+    /// cluster (TLS) and this node among the new consenters (the canary
+    /// runs as this node's member); a swap from a clustered type to a
+    /// single-node one needs this node to be the channel's only consenter,
+    /// as two nodes each ordering alone would fork. `new` is the config
+    /// the update makes; Ok also when the type is the same.
     pub fn check_swap(&self, current: &ChannelConfig, new: ChannelConfig) -> Result<(), String> {
         let (from, to) = (current.consensus_type.clone(), new.consensus_type.clone());
         if from == to {
@@ -545,13 +548,38 @@ impl Node {
             format!("ConsensusType.type {to:?} has no plugin on this node; the channel keeps {from:?}")
         })?;
         let old_clustered = self.plugins.get(&from).is_some_and(|p| p.world().is_clustered());
-        if plugin.world().is_clustered() || old_clustered {
-            return Err(format!(
-                "ConsensusType.type cannot change from {from:?} to {to:?} on a running channel: this node swaps \
-                 single-node consensus plugins live, not yet to or from a clustered one (the channel keeps {from:?})"
-            ));
+        let me = self.cluster.as_ref().map(|c| c.identity.cert_der().to_vec());
+        let membership = crate::runtime::cluster::Membership::new(me.clone());
+        if old_clustered && !plugin.world().is_clustered() {
+            let alone = current.consenters.len() == 1 && membership.self_index(&current.consenters).is_some();
+            if !alone {
+                return Err(format!(
+                    "ConsensusType.type cannot change from {from:?} to {to:?} while the channel has {} consenters: \
+                     {to:?} orders on one node, and every consenter would order alone (a fork); remove the other \
+                     consenters first, one config update at a time (the channel keeps {from:?})",
+                    current.consenters.len()
+                ));
+            }
         }
-        consenter_testkit::canary::run_on_config(&plugin, self.signer.clone(), Arc::new(new)).map_err(|e| {
+        let checked = if plugin.world().is_clustered() {
+            let Some(me) = me else {
+                return Err(format!(
+                    "ConsensusType.type {to:?} replicates across nodes and needs the cluster: this node runs without \
+                     TLS (start it with --tls-cert and --tls-key); the channel keeps {from:?}"
+                ));
+            };
+            if membership.self_index(&new.consenters).is_none() {
+                return Err(format!(
+                    "ConsensusType.type {to:?}: this node's TLS certificate is in none of the {} consenter entries of \
+                     the new metadata; name this node among the consenters (the channel keeps {from:?})",
+                    new.consenters.len()
+                ));
+            }
+            consenter_testkit::canary::run_on_config_as(&plugin, self.signer.clone(), Arc::new(new), me)
+        } else {
+            consenter_testkit::canary::run_on_config(&plugin, self.signer.clone(), Arc::new(new))
+        };
+        checked.map_err(|e| {
             format!(
                 "ConsensusType.type {to:?}: its plugin fails its canary with this channel's new config: {}; the \
                  channel keeps {from:?}",
@@ -626,16 +654,17 @@ impl Node {
         let me = self.me.clone();
         let types = self.plugin_names();
         let disk = ledger.clone();
-        let clustered = self.clustered(channel, &plugin)?;
-        let (cluster_setup, events) = match clustered {
-            Some((setup, tx, rx)) => (Some((setup, tx.clone())), Some((tx, rx))),
-            None => (None, None),
-        };
+        let setup = self.cluster_setup(channel, &plugin)?;
+        let events = setup.as_ref().and_then(|s| s.take_queue());
         let plugins = self.plugins.clone();
         let resolve: crate::chain::PluginResolver = Box::new(move |ty| plugins.get(ty));
         let registry = self.plugins.clone();
         let on_rollback: crate::chain::RollbackHook =
             Arc::new(move |_channel, failed, _reason| registry.revert(failed));
+        let on_swap: Option<crate::chain::SwapHook> = setup.clone().map(|s| {
+            let hook: crate::chain::SwapHook = Arc::new(move |_channel, to| s.fresh_namespace(to));
+            hook
+        });
         let chain = Chain::spawn(
             channel,
             plugin,
@@ -652,18 +681,12 @@ impl Node {
                         node.create_channel(&genesis).map(|_| ()).map_err(|e| e.to_string())
                     }));
                 }
-                if let Some(((cluster, storage, namespace, quota), events)) = &cluster_setup {
-                    let sink =
-                        ChainClusterSink::new(&ch, cluster.clone(), signer.clone(), status.clone(), events.clone());
-                    s.set_cluster(Box::new(sink), Some(cluster.identity.cert_der().to_vec()));
-                    match storage.namespace(namespace, *quota) {
-                        Ok(ns) => s.set_storage(Box::new(ns)),
-                        Err(e) => {
-                            tracing::error!(channel = %ch, error = %e, "the plugin's storage could not be opened")
-                        }
-                    }
-                    use rand_core::RngCore;
-                    s.set_random_seed(rand_core::OsRng.next_u64());
+                match &setup {
+                    Some(setup) if plugin.world().is_clustered() => setup.equip(&mut s, &ch, plugin, &signer, status),
+                    // A single-node plugin (after a swap from a clustered
+                    // one too): the channel has no members to talk to.
+                    Some(setup) => setup.cluster.transport.remove_channel(&ch),
+                    None => {}
                 }
                 s
             }),
@@ -676,6 +699,7 @@ impl Node {
                 resolve: Some(resolve),
                 probation: self.probation,
                 on_rollback: Some(on_rollback),
+                on_swap,
             },
         )?;
         tracing::info!(channel, height, "chain started");
@@ -684,41 +708,38 @@ impl Node {
         Ok(chain)
     }
 
-    /// What a chain of a clustered plugin needs: the cluster, its plugin
-    /// storage (`<channel dir>/plugin-storage.redb`, one namespace per
-    /// consensus type) and its cluster event queue. None for a single-node
-    /// plugin.
-    #[allow(clippy::type_complexity)]
-    fn clustered(
-        &self,
-        channel: &str,
-        plugin: &Plugin,
-    ) -> Result<
-        Option<(
-            (NodeCluster, Arc<consenter_storage::ChannelStorage>, String, u64),
-            tokio::sync::mpsc::Sender<ClusterEvent>,
-            tokio::sync::mpsc::Receiver<ClusterEvent>,
-        )>,
-        NodeError,
-    > {
-        if !plugin.world().is_clustered() {
-            return Ok(None);
-        }
+    /// What any chain of a node with a cluster gets (None without one): a
+    /// clustered plugin's cluster sink, its event queue and its plugin
+    /// storage, so that a chain can start or swap to a clustered type. The
+    /// storage is opened now when `plugin` is clustered (an error is the
+    /// chain's), otherwise at the first swap to a clustered type.
+    fn cluster_setup(&self, channel: &str, plugin: &Plugin) -> Result<Option<Arc<ClusterSetup>>, NodeError> {
         let Some(cluster) = self.cluster.clone() else {
-            return Err(NodeError::Channel {
-                channel: channel.into(),
-                what: format!(
-                    "consensus type {} replicates across nodes and needs the cluster: start the node with TLS \
-                     (--tls-cert and --tls-key; Fabric's etcdraft requires TLS too)",
-                    plugin.name()
-                ),
-            });
+            if plugin.world().is_clustered() {
+                return Err(NodeError::Channel {
+                    channel: channel.into(),
+                    what: format!(
+                        "consensus type {} replicates across nodes and needs the cluster: start the node with TLS \
+                         (--tls-cert and --tls-key; Fabric's etcdraft requires TLS too)",
+                        plugin.name()
+                    ),
+                });
+            }
+            return Ok(None);
         };
-        let path = self.channel_dir(channel).join("plugin-storage.redb");
-        let storage = consenter_storage::ChannelStorage::open(&path)
-            .map_err(|e| NodeError::Channel { channel: channel.into(), what: format!("plugin storage: {e}") })?;
         let (tx, rx) = tokio::sync::mpsc::channel(crate::chain::CLUSTER_QUEUE);
-        Ok(Some(((cluster, Arc::new(storage), plugin.name().to_string(), self.storage_quota), tx, rx)))
+        let setup = ClusterSetup {
+            cluster,
+            events: tx,
+            queue: Mutex::new(Some(rx)),
+            path: self.channel_dir(channel).join("plugin-storage.redb"),
+            storage: Mutex::new(None),
+            quota: self.storage_quota,
+        };
+        if plugin.world().is_clustered() {
+            setup.storage().map_err(|what| NodeError::Channel { channel: channel.into(), what })?;
+        }
+        Ok(Some(Arc::new(setup)))
     }
 
     /// What receives the cluster transport's authenticated messages: they
@@ -734,6 +755,67 @@ impl Node {
         for c in chains {
             c.halt();
         }
+    }
+}
+
+/// A chain's side of the node's cluster: what a clustered plugin's
+/// support gets (see [`Node::cluster_setup`]).
+struct ClusterSetup {
+    cluster: NodeCluster,
+    /// The chain's cluster event queue (its receiver goes to the chain).
+    events: tokio::sync::mpsc::Sender<ClusterEvent>,
+    queue: Mutex<Option<tokio::sync::mpsc::Receiver<ClusterEvent>>>,
+    /// `<channel dir>/plugin-storage.redb`, one namespace per consensus type.
+    path: PathBuf,
+    storage: Mutex<Option<Arc<consenter_storage::ChannelStorage>>>,
+    /// Bytes each namespace may hold.
+    quota: u64,
+}
+
+impl ClusterSetup {
+    /// The chain's cluster event queue (sender and receiver), once.
+    fn take_queue(
+        &self,
+    ) -> Option<(tokio::sync::mpsc::Sender<ClusterEvent>, tokio::sync::mpsc::Receiver<ClusterEvent>)> {
+        let rx = self.queue.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        Some((self.events.clone(), rx))
+    }
+
+    /// The channel's plugin storage, opened on first use.
+    fn storage(&self) -> Result<Arc<consenter_storage::ChannelStorage>, String> {
+        let mut slot = self.storage.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = &*slot {
+            return Ok(s.clone());
+        }
+        let opened = consenter_storage::ChannelStorage::open(&self.path)
+            .map(Arc::new)
+            .map_err(|e| format!("plugin storage {}: {e}", self.path.display()))?;
+        *slot = Some(opened.clone());
+        Ok(opened)
+    }
+
+    /// Gives a clustered plugin's support its cluster sink and its
+    /// storage namespace (named for its consensus type).
+    fn equip(&self, s: &mut Support, channel: &str, plugin: &Plugin, signer: &Arc<Signer>, status: &Arc<ChainStatus>) {
+        let sink =
+            ChainClusterSink::new(channel, self.cluster.clone(), signer.clone(), status.clone(), self.events.clone());
+        s.set_cluster(Box::new(sink), Some(self.cluster.identity.cert_der().to_vec()));
+        match self.storage().and_then(|st| st.namespace(plugin.name(), self.quota).map_err(|e| e.to_string())) {
+            Ok(ns) => s.set_storage(Box::new(ns)),
+            Err(e) => tracing::error!(channel, error = %e, "the plugin's storage could not be opened"),
+        }
+        use rand_core::RngCore;
+        s.set_random_seed(rand_core::OsRng.next_u64());
+    }
+
+    /// Empties the storage namespace of a live swap's new type: Fabric
+    /// starts a new consensus type fresh, so what an earlier run of that
+    /// type left on this channel is void. Nothing for a single-node type.
+    fn fresh_namespace(&self, to: &Plugin) -> Result<(), String> {
+        if !to.world().is_clustered() {
+            return Ok(());
+        }
+        self.storage()?.drop_namespace(to.name()).map_err(|e| format!("emptying its storage namespace: {e}"))
     }
 }
 

@@ -35,8 +35,9 @@ pub type Binding = (Option<u64>, Vec<(u64, Consenter)>);
 pub struct Membership {
     /// This node's TLS certificate (DER), which finds it among the consenters.
     pub(crate) self_cert: Option<Vec<u8>>,
-    /// The plugin's ids, index-aligned with the config's consenters.
-    pub(crate) ids: Option<Vec<u64>>,
+    /// The plugin's last binding: its ids (index-aligned with the
+    /// consenters they were bound to) and this node's id among them.
+    bound: Option<(Vec<u64>, Option<u64>)>,
 }
 
 /// The DER bytes of a PEM certificate (None if it is not PEM).
@@ -48,7 +49,7 @@ impl Membership {
     /// Membership of a node identified by the TLS certificate `self_cert`
     /// (DER; None: this node is no consenter).
     pub fn new(self_cert: Option<Vec<u8>>) -> Membership {
-        Membership { self_cert, ids: None }
+        Membership { self_cert, bound: None }
     }
 
     /// This node's index among `consenters`: the entry whose server or
@@ -83,23 +84,58 @@ impl Membership {
         }
         let me = self.self_index(consenters).map(|i| ids[i as usize]);
         let members = ids.iter().copied().zip(consenters.iter().cloned()).collect();
-        self.ids = Some(ids);
+        self.bound = Some((ids, me));
         Ok((me, members))
     }
 
-    /// Forgets the binding (the consenter set changed).
-    pub fn unbind(&mut self) {
-        self.ids = None;
-    }
-
-    /// Whether `id` is a bound member other than this node.
-    pub fn is_peer(&self, id: u64, consenters: &[Consenter]) -> bool {
-        let me = self.self_index(consenters).and_then(|i| self.ids.as_ref().map(|ids| ids[i as usize]));
-        self.ids.as_ref().is_some_and(|ids| ids.contains(&id)) && Some(id) != me
+    /// Whether `id` is a bound member other than this node. After the
+    /// consenter set changed, the last binding stays in force until the
+    /// plugin binds the new set: a member that left stays reachable until
+    /// the plugin's own removal of it is done (Fabric's etcdraft configures
+    /// its comm once raft applied the conf change, which commits under the
+    /// old voters).
+    pub fn is_peer(&self, id: u64) -> bool {
+        self.bound.as_ref().is_some_and(|(ids, me)| ids.contains(&id) && Some(id) != *me)
     }
 
     /// The bound ids, if any.
     pub fn ids(&self) -> Option<&[u64]> {
-        self.ids.as_deref()
+        self.bound.as_ref().map(|(ids, _)| ids.as_slice())
+    }
+
+    /// This node's id in the last binding (None: unbound, or this node is
+    /// none of the consenters bound).
+    pub fn self_id(&self) -> Option<u64> {
+        self.bound.as_ref().and_then(|(_, me)| *me)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consenter(port: u32, cert: &[u8]) -> Consenter {
+        let pem = pem::encode(&pem::Pem::new("CERTIFICATE", cert.to_vec())).into_bytes();
+        Consenter { host: "127.0.0.1".into(), port, client_tls_cert: pem.clone(), server_tls_cert: pem }
+    }
+
+    #[test]
+    fn the_last_binding_holds_until_the_plugin_binds_the_new_set() {
+        let (a, b, c) = (consenter(1, b"a"), consenter(2, b"b"), consenter(3, b"c"));
+        let mut m = Membership::new(Some(b"a".to_vec()));
+        assert!(!m.is_peer(2), "nothing is bound before bind-ids");
+        let (me, members) = m.bind(&[a.clone(), b.clone(), c.clone()], vec![1, 2, 3]).unwrap();
+        assert_eq!((me, members.len()), (Some(1), 3));
+        assert!(m.is_peer(2) && m.is_peer(3) && !m.is_peer(1) && !m.is_peer(4));
+        // The config now names two consenters: 3 stays reachable until the
+        // plugin binds the new set (its removal commits under the old one).
+        assert!(m.is_peer(3));
+        m.bind(&[a.clone(), b.clone()], vec![1, 2]).unwrap();
+        assert!(!m.is_peer(3) && m.is_peer(2));
+        assert_eq!((m.ids(), m.self_id()), (Some(&[1u64, 2][..]), Some(1)));
+        // Refused bindings change nothing.
+        assert!(m.bind(&[a.clone(), b], vec![1]).is_err());
+        assert!(m.bind(&[a, c], vec![2, 2]).is_err());
+        assert_eq!(m.ids(), Some(&[1u64, 2][..]));
     }
 }

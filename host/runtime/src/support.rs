@@ -645,8 +645,8 @@ impl Support {
         if let Applied::Config(c) = applied {
             tracing::info!(channel = %self.chain_id, block = n, sequence = c.sequence, "config applied");
             if c.consenters != self.config.consenters {
-                // The plugin's ids named the old set: bind them again.
-                self.membership.unbind();
+                // The plugin's ids named the old set: it binds the new
+                // one when it is ready (the old binding stays meanwhile).
                 self.consenters_changed = true;
             }
             self.config = Arc::new(*c);

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use super::restart::{RestartConfig, RestartPolicy};
 use super::resume::ResumePoint;
 use super::writer::ledger_sink;
-use super::{ClusterEvent, MAX_GROUP, Offer, PluginResolver, RollbackHook, SupportFactory};
+use super::{ClusterEvent, MAX_GROUP, Offer, PluginResolver, RollbackHook, SupportFactory, SwapHook};
 use crate::chain::{ChainCore, ChainState, ChainStatus, EnqueueError, PluginBuild};
 use crate::envelope::Envelope;
 use crate::ledger::Ledger;
@@ -46,6 +46,8 @@ pub(super) struct Runner {
     pub(super) probation: Option<(Plugin, Instant)>,
     /// Told when the chain rolls an upgrade back.
     pub(super) on_rollback: Option<RollbackHook>,
+    /// Prepares a live swap's new type before it starts.
+    pub(super) on_swap: Option<SwapHook>,
 }
 
 /// What the actor waits on.
@@ -176,6 +178,14 @@ impl Runner {
             }
             return self.on_crash(reason, false, pending.len() as u64);
         };
+        if let Some(Err(e)) = self.on_swap.as_ref().map(|hook| hook(&ch, &next)) {
+            drop(old);
+            if let Some(w) = self.writer.take() {
+                let _ = w.join();
+            }
+            let lost = pending.len() as u64;
+            return self.on_crash(format!("preparing plugin {to} for a consensus-type change: {e}"), false, lost);
+        }
         self.plugin = next;
         // A build on probation is confirmed by a type change: the build
         // before it was of the old type.

@@ -84,18 +84,28 @@ pub type PluginResolver = Box<dyn Fn(&str) -> Option<Plugin> + Send>;
 /// probation and why (the node then stops offering that build).
 pub type RollbackHook = Arc<dyn Fn(&str, &Plugin, &str) + Send + Sync>;
 
+/// Prepares the new consensus type of a live swap before its first
+/// instance starts (channel, the new type's plugin): Fabric starts a new
+/// type fresh, so the node empties that type's plugin storage namespace
+/// (state left by an earlier run of the type on this channel is void).
+/// Err: why the swap cannot go on (the chain then errs with it).
+pub type SwapHook = Arc<dyn Fn(&str, &Plugin) -> Result<(), String> + Send + Sync>;
+
 /// How long a live upgrade's new build is on probation by default: a trap
 /// or failure within it rolls the chain back to the build before.
 pub const DEFAULT_PROBATION: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How a chain runs: its restart policy, the disk space its ledger writer
-/// keeps free, and (for a clustered plugin) its cluster event queue.
+/// keeps free, its cluster event queue (on a node with a cluster), and
+/// what it calls on live swaps, upgrades and rollbacks.
 pub struct ChainOptions {
     /// What happens when the plugin crashes.
     pub restart: RestartConfig,
     /// Free bytes the ledger writer keeps on the ledger's disk (0: none).
     pub disk_reserve: u64,
-    /// The cluster event queue (sender and receiver) of a clustered chain.
+    /// The cluster event queue (sender and receiver): any chain of a node
+    /// with a cluster has one, so a swap to a clustered type can use it
+    /// (a single-node instance ignores what arrives).
     pub cluster: Option<(mpsc::Sender<ClusterEvent>, mpsc::Receiver<ClusterEvent>)>,
     /// Where a live swap finds the plugin of the new consensus type (None:
     /// the chain errs when a config block changes its type).
@@ -104,6 +114,8 @@ pub struct ChainOptions {
     pub probation: std::time::Duration,
     /// Told when the chain rolls an upgrade back.
     pub on_rollback: Option<RollbackHook>,
+    /// Called before the new plugin of a live swap starts.
+    pub on_swap: Option<SwapHook>,
 }
 
 /// A running chain: its actor thread (which owns the ledger writer) and
@@ -143,7 +155,7 @@ impl Chain {
         resume: ResumePoint,
         opts: ChainOptions,
     ) -> Result<Arc<Chain>, RuntimeError> {
-        let ChainOptions { restart, disk_reserve, cluster, resolve, probation, on_rollback } = opts;
+        let ChainOptions { restart, disk_reserve, cluster, resolve, probation, on_rollback, on_swap } = opts;
         let (cluster_tx, cluster_rx) = match cluster {
             Some((tx, rx)) => (Some(tx), Some(rx)),
             None => (None, None),
@@ -171,6 +183,7 @@ impl Chain {
             probation_window: probation,
             probation: None,
             on_rollback,
+            on_swap,
         };
         let actor = std::thread::Builder::new()
             .name(format!("chain-{channel}"))

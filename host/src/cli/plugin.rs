@@ -27,7 +27,7 @@ pub(crate) enum PluginCmd {
         /// a channel's ConsensusType must say).
         #[arg(long)]
         consensus_type: String,
-        /// A capability it asks for (cluster, storage). Repeatable.
+        /// A capability it asks for (cluster, replication, storage). Repeatable.
         #[arg(long = "capability", value_name = "C")]
         capabilities: Vec<String>,
         /// The contract it targets (default: the version the component's

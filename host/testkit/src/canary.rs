@@ -57,7 +57,7 @@ pub fn run_on(plugin: &Plugin, signer: Arc<Signer>, template: &ChannelTemplate) 
     let hash = genesis.header.as_ref().map(block::header_hash).unwrap_or_default();
     let sink = MemorySink::default();
     sink.0.lock().unwrap_or_else(|p| p.into_inner()).push(genesis.encode_to_vec().into());
-    run_with(plugin, signer, Arc::new(config), sink, hash, false)
+    run_with(plugin, signer, Arc::new(config), sink, hash, false, None)
 }
 
 /// The check of a live swap's new plugin, before the update is ordered: the
@@ -65,12 +65,27 @@ pub fn run_on(plugin: &Plugin, signer: Arc<Signer>, template: &ChannelTemplate) 
 /// makes it, so metadata the plugin cannot use is caught), and between
 /// `start` and `halt` one envelope offered and the batch timeout waited
 /// out, so a plugin that traps at once is refused rather than swapped in.
+/// A clustered plugin runs as a node that is none of the consenters; see
+/// [`run_on_config_as`].
 pub fn run_on_config(
     plugin: &Plugin,
     signer: Arc<Signer>,
     config: Arc<ChannelConfig>,
 ) -> Result<Duration, CanaryError> {
-    run_with(plugin, signer, config, MemorySink::default(), block::Hash::default(), true)
+    run_with(plugin, signer, config, MemorySink::default(), block::Hash::default(), true, None)
+}
+
+/// [`run_on_config`] for a clustered plugin, run as the node whose TLS
+/// certificate (DER) is `self_cert`: a swap to a clustered type checks the
+/// new plugin as this node's member of the channel's consenter set (its
+/// messages go nowhere; its storage is in memory and dropped).
+pub fn run_on_config_as(
+    plugin: &Plugin,
+    signer: Arc<Signer>,
+    config: Arc<ChannelConfig>,
+    self_cert: Vec<u8>,
+) -> Result<Duration, CanaryError> {
+    run_with(plugin, signer, config, MemorySink::default(), block::Hash::default(), true, Some(self_cert))
 }
 
 fn run_with(
@@ -80,6 +95,7 @@ fn run_with(
     sink: MemorySink,
     hash: block::Hash,
     exercise: bool,
+    self_cert: Option<Vec<u8>>,
 ) -> Result<Duration, CanaryError> {
     let t = Instant::now();
     let reject = |reason: String| CanaryError { plugin: plugin.name().to_string(), reason };
@@ -97,7 +113,8 @@ fn run_with(
     );
     if plugin.world().is_clustered() {
         // Cluster calls go nowhere; storage is in memory and dropped.
-        support.set_cluster(Box::new(crate::simnet::NullCluster), Some(crate::simnet::sim_cert(0)));
+        let me = self_cert.unwrap_or_else(|| crate::simnet::sim_cert(0));
+        support.set_cluster(Box::new(crate::simnet::NullCluster), Some(me));
         support.set_storage(Box::new(consenter_storage::MemStore::new(64 << 20)));
     }
     let mut instance = plugin.instantiate(support).map_err(|e| reject(describe("instantiate", e)))?;

@@ -167,6 +167,9 @@ pub struct Raft {
     /// Committed entries held back until the catch-up ends.
     deferred: VecDeque<Entry>,
     failed: bool,
+    /// The consenter ids wait to be bound until raft has applied the
+    /// removal of every member that left (see [`Raft::bind`]).
+    bind_pending: bool,
 }
 
 impl Raft {
@@ -249,6 +252,7 @@ impl Raft {
             snapshot_ticks: Default::default(),
             deferred: VecDeque::new(),
             failed: false,
+            bind_pending: false,
         })
     }
 
@@ -272,6 +276,31 @@ impl Raft {
             let _ = self.node.campaign();
         }
         self.process();
+    }
+
+    /// Fabric's `Halt`. A leader first hands its leadership to the most
+    /// up-to-date follower (raft's leadership transfer: that follower
+    /// campaigns at once), so a node stopped gracefully or switched to a
+    /// new build does not leave the cluster waiting out an election
+    /// timeout, forwarding envelopes to a member that no longer leads.
+    pub fn halt(&mut self) {
+        if self.failed || !self.is_leader() {
+            return;
+        }
+        let me = self.me;
+        let best = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, p)| **id != me && p.recent_active)
+            .max_by_key(|(_, p)| p.matched)
+            .map(|(id, _)| *id);
+        if let Some(to) = best {
+            info(&format!("halting as leader: handing the leadership to node {to}"));
+            self.node.transfer_leader(to);
+            self.process();
+        }
     }
 
     fn fail(&mut self, reason: &str) {
@@ -517,6 +546,22 @@ impl Raft {
             self.consenters = consenters;
             self.ids = ids;
             self.next_id = next;
+        }
+        self.bind();
+    }
+
+    /// Binds the consenter ids to the config's consenters in the host's
+    /// cluster, as Fabric's etcdraft configures its comm: at once when no
+    /// member leaves (a new member must be reachable for its AddNode to
+    /// commit), otherwise once raft has applied the RemoveNode of every
+    /// member that leaves. That conf change commits under the old voters:
+    /// with two voters the leaving one must still be reachable, so the
+    /// host keeps the previous binding until then.
+    fn bind(&mut self) {
+        let leaving = self.node.store().voters().iter().any(|v| !self.ids.contains(v));
+        self.bind_pending = leaving;
+        if leaving {
+            return;
         }
         if let Err(e) = cluster::bind_ids(&self.ids) {
             self.fail(&format!("binding consenter ids {:?}: {e}", self.ids));
@@ -791,9 +836,7 @@ impl Raft {
             self.consenters = consenters;
             self.ids = ids;
             self.next_id = next;
-            if let Err(e) = cluster::bind_ids(&self.ids) {
-                self.fail(&format!("binding consenter ids {:?}: {e}", self.ids));
-            }
+            self.bind();
         }
     }
 
@@ -831,6 +874,9 @@ impl Raft {
             self.conf_change = None;
         }
         info(&format!("conf change applied at index {index}: {kind:?} {id}; voters {:?}", self.node.store().voters()));
+        if self.bind_pending {
+            self.bind();
+        }
         // A new node starts from a snapshot whose conf state has it (raft
         // refuses one without it): the leader compacts its log here.
         if kind == ConfChangeType::AddNode && self.is_leader() && !self.last_block.is_empty() {

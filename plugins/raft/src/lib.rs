@@ -62,7 +62,9 @@ impl chain_export::Guest for Export {
         with(|c| c.on_timer(id));
     }
     fn halt() {
-        CHAIN.with(|c| *c.borrow_mut() = None);
+        if let Some(mut chain) = CHAIN.with(|c| c.borrow_mut().take()) {
+            chain.halt();
+        }
     }
 }
 

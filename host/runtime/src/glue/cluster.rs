@@ -70,7 +70,7 @@ impl cluster::Host for PluginState {
             let e = self.support.refuse(e);
             return self.answer(Err(e));
         }
-        if !self.support.membership.is_peer(to, &self.support.config.consenters) {
+        if !self.support.membership.is_peer(to) {
             let e = SupportError::Invalid(format!(
                 "send: {to} is not a bound member other than this node (bound: {:?})",
                 self.support.membership.ids()
@@ -88,7 +88,7 @@ impl cluster::Host for PluginState {
 
     fn forward(&mut self, to: u64, env: Resource<EnvelopeRes>) -> wasmtime::Result<Result<(), types::SupportError>> {
         let env = self.take_envelope(env)?;
-        if !self.support.membership.is_peer(to, &self.support.config.consenters) {
+        if !self.support.membership.is_peer(to) {
             let e = SupportError::Invalid(format!(
                 "forward: {to} is not a bound member other than this node (bound: {:?})",
                 self.support.membership.ids()
@@ -111,12 +111,7 @@ impl cluster::Host for PluginState {
 impl PluginState {
     fn report_cluster(&mut self, leader: u64, active: Vec<u64>) -> wasmtime::Result<()> {
         self.check_list("report", active.len())?;
-        let consenters = self.support.config.consenters.clone();
-        let m = &self.support.membership;
-        let self_id = match (m.self_index(&consenters), m.ids()) {
-            (Some(i), Some(ids)) => ids.get(i as usize).copied().unwrap_or(0),
-            _ => 0,
-        };
+        let self_id = self.support.membership.self_id().unwrap_or(0);
         let report = crate::support::ClusterReport { self_id, leader, active };
         if self.support.cluster_report.as_ref().is_none_or(|r| r.leader != report.leader) {
             tracing::info!(channel = %self.support.chain_id, leader, self_id, "cluster leader");
