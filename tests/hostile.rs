@@ -573,7 +573,7 @@ async fn ordering_invariants_are_the_hosts() {
         ("kafka", "ConsensusType.type \"kafka\" has no plugin on this node (available: etcdraft, hostile, solo)"),
         // A live swap to a single-node type is allowed (tests/swap.rs); to a
         // clustered one it is not yet.
-        ("etcdraft", "cannot change from \"solo\" to \"etcdraft\" on a running channel"),
+        ("etcdraft", "\"etcdraft\" replicates across nodes and needs the cluster: this node runs without TLS"),
     ] {
         let v = ConsensusType { r#type: ty.into(), metadata: Default::default(), state: 0 }.encode_to_vec();
         let (st, info) = send_env(&mut c, orderer_update(HEALTHY, &cfg, "ConsensusType", v)).await;

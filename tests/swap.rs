@@ -89,7 +89,11 @@ async fn a_hundred_live_swaps_under_load_lose_nothing() {
             "ConsensusType.type \"hostile\": its plugin fails its canary with this channel's new config: enqueue \
              trapped",
         ),
-        ("etcdraft", "", "not yet to or from a clustered one (the channel keeps \"solo\")"),
+        (
+            "etcdraft",
+            "",
+            "needs the cluster: this node runs without TLS (start it with --tls-cert and --tls-key); the channel keeps \"solo\"",
+        ),
     ] {
         let r = broadcast_all(&mut c, vec![type_update_with(&current, ty, md.as_bytes())]).await.remove(0);
         assert_eq!(r.0, 400, "{ty}: {r:?}");
