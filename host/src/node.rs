@@ -654,8 +654,10 @@ impl Node {
         let me = self.me.clone();
         let types = self.plugin_names();
         let disk = ledger.clone();
-        let setup = self.cluster_setup(channel, &plugin)?;
-        let events = setup.as_ref().and_then(|s| s.take_queue());
+        let (setup, events) = match self.cluster_setup(channel, &plugin)? {
+            Some((setup, rx)) => (Some(setup.clone()), Some((setup.events.clone(), rx))),
+            None => (None, None),
+        };
         let plugins = self.plugins.clone();
         let resolve: crate::chain::PluginResolver = Box::new(move |ty| plugins.get(ty));
         let registry = self.plugins.clone();
@@ -709,11 +711,17 @@ impl Node {
     }
 
     /// What any chain of a node with a cluster gets (None without one): a
-    /// clustered plugin's cluster sink, its event queue and its plugin
-    /// storage, so that a chain can start or swap to a clustered type. The
-    /// storage is opened now when `plugin` is clustered (an error is the
-    /// chain's), otherwise at the first swap to a clustered type.
-    fn cluster_setup(&self, channel: &str, plugin: &Plugin) -> Result<Option<Arc<ClusterSetup>>, NodeError> {
+    /// clustered plugin's cluster sink, its event queue (the receiver,
+    /// for the chain) and its plugin storage, so that a chain can start or
+    /// swap to a clustered type. The storage is opened now when `plugin`
+    /// is clustered (an error is the chain's), otherwise at the first swap
+    /// to a clustered type.
+    #[allow(clippy::type_complexity)]
+    fn cluster_setup(
+        &self,
+        channel: &str,
+        plugin: &Plugin,
+    ) -> Result<Option<(Arc<ClusterSetup>, tokio::sync::mpsc::Receiver<ClusterEvent>)>, NodeError> {
         let Some(cluster) = self.cluster.clone() else {
             if plugin.world().is_clustered() {
                 return Err(NodeError::Channel {
@@ -731,7 +739,6 @@ impl Node {
         let setup = ClusterSetup {
             cluster,
             events: tx,
-            queue: Mutex::new(Some(rx)),
             path: self.channel_dir(channel).join("plugin-storage.redb"),
             storage: Mutex::new(None),
             quota: self.storage_quota,
@@ -739,7 +746,7 @@ impl Node {
         if plugin.world().is_clustered() {
             setup.storage().map_err(|what| NodeError::Channel { channel: channel.into(), what })?;
         }
-        Ok(Some(Arc::new(setup)))
+        Ok(Some((Arc::new(setup), rx)))
     }
 
     /// What receives the cluster transport's authenticated messages: they
@@ -762,9 +769,8 @@ impl Node {
 /// support gets (see [`Node::cluster_setup`]).
 struct ClusterSetup {
     cluster: NodeCluster,
-    /// The chain's cluster event queue (its receiver goes to the chain).
+    /// The sender of the chain's cluster event queue.
     events: tokio::sync::mpsc::Sender<ClusterEvent>,
-    queue: Mutex<Option<tokio::sync::mpsc::Receiver<ClusterEvent>>>,
     /// `<channel dir>/plugin-storage.redb`, one namespace per consensus type.
     path: PathBuf,
     storage: Mutex<Option<Arc<consenter_storage::ChannelStorage>>>,
@@ -773,14 +779,6 @@ struct ClusterSetup {
 }
 
 impl ClusterSetup {
-    /// The chain's cluster event queue (sender and receiver), once.
-    fn take_queue(
-        &self,
-    ) -> Option<(tokio::sync::mpsc::Sender<ClusterEvent>, tokio::sync::mpsc::Receiver<ClusterEvent>)> {
-        let rx = self.queue.lock().unwrap_or_else(|p| p.into_inner()).take()?;
-        Some((self.events.clone(), rx))
-    }
-
     /// The channel's plugin storage, opened on first use.
     fn storage(&self) -> Result<Arc<consenter_storage::ChannelStorage>, String> {
         let mut slot = self.storage.lock().unwrap_or_else(|p| p.into_inner());

@@ -167,9 +167,6 @@ pub struct Raft {
     /// Committed entries held back until the catch-up ends.
     deferred: VecDeque<Entry>,
     failed: bool,
-    /// The consenter ids wait to be bound until raft has applied the
-    /// removal of every member that left (see [`Raft::bind`]).
-    bind_pending: bool,
 }
 
 impl Raft {
@@ -252,7 +249,6 @@ impl Raft {
             snapshot_ticks: Default::default(),
             deferred: VecDeque::new(),
             failed: false,
-            bind_pending: false,
         })
     }
 
@@ -558,10 +554,8 @@ impl Raft {
     /// with two voters the leaving one must still be reachable, so the
     /// host keeps the previous binding until then.
     fn bind(&mut self) {
-        let leaving = self.node.store().voters().iter().any(|v| !self.ids.contains(v));
-        self.bind_pending = leaving;
-        if leaving {
-            return;
+        if self.node.store().voters().iter().any(|v| !self.ids.contains(v)) {
+            return; // bound again once the RemoveNode applied
         }
         if let Err(e) = cluster::bind_ids(&self.ids) {
             self.fail(&format!("binding consenter ids {:?}: {e}", self.ids));
@@ -874,7 +868,7 @@ impl Raft {
             self.conf_change = None;
         }
         info(&format!("conf change applied at index {index}: {kind:?} {id}; voters {:?}", self.node.store().voters()));
-        if self.bind_pending {
+        if kind == ConfChangeType::RemoveNode {
             self.bind();
         }
         // A new node starts from a snapshot whose conf state has it (raft
