@@ -23,11 +23,20 @@ fn solo_passes_and_a_mutant_fails_naming_its_check() {
     let o = conformance(&[&solo, "--consensus-type", "solo", "--long-run", "2000"]);
     let out = stdout(&o);
     assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
-    for check in ["contract", "ordering", "revalidation", "cutter", "restart", "determinism", "schedules", "resources"]
-    {
+    for check in [
+        "contract",
+        "ordering",
+        "revalidation",
+        "cutter",
+        "restart",
+        "upgrade",
+        "determinism",
+        "schedules",
+        "resources",
+    ] {
         assert!(out.lines().any(|l| l.starts_with(&format!("pass {check} "))), "{check}: {out}");
     }
-    assert!(out.contains("8 passed, 0 failed"), "{out}");
+    assert!(out.contains("9 passed, 0 failed"), "{out}");
 
     let mutant = plugin("mutant_solo_no_timer.wasm");
     let o = conformance(&[&mutant, "--consensus-type", "solo", "--only", "cutter"]);

@@ -58,3 +58,30 @@ fn a_plugin_built_for_contract_0_1_loads_and_orders_as_before() {
     assert_eq!(old, vec![vec!["t0", "t1", "t2"], vec!["t3", "t4", "t5"], vec!["t6"]]);
     assert_eq!(old, new, "the 0.1.0 plugin orders exactly as the 0.2.0 build");
 }
+
+const SOLO_0_2_0: &[u8] = include_bytes!("fixtures/solo-contract-0.2.0.wasm");
+const RAFT_0_2_0: &[u8] = include_bytes!("fixtures/raft-contract-0.2.0.wasm");
+
+#[test]
+fn a_plugin_built_for_contract_0_2_0_loads_and_orders_as_before() {
+    assert!(
+        String::from_utf8_lossy(SOLO_0_2_0).contains("fabric:consenter/support@0.2.0"),
+        "the fixture is a 0.2.0 component"
+    );
+    let old = run(SOLO_0_2_0, World::V0_2);
+    let new = run(embedded::get("solo").expect("solo is embedded"), World::V0_2);
+    assert_eq!(old, vec![vec!["t0", "t1", "t2"], vec!["t3", "t4", "t5"], vec!["t6"]]);
+    assert_eq!(old, new, "the 0.2.0 plugin orders exactly as the 0.2.1 build");
+}
+
+#[test]
+fn a_clustered_plugin_built_for_contract_0_2_0_loads_without_the_handover_export() {
+    assert!(String::from_utf8_lossy(RAFT_0_2_0).contains("fabric:consenter/cluster@0.2.0"));
+    let rt = Runtime::new(Limits::default()).unwrap();
+    let old = rt.load("etcdraft", RAFT_0_2_0).unwrap();
+    assert_eq!(old.world(), World::V0_2Clustered);
+    assert!(!old.has_handover(), "0.2.0 has no handover export");
+    let new = rt.load("etcdraft", embedded::get("etcdraft").expect("raft is embedded")).unwrap();
+    assert_eq!(new.world(), World::V0_2Clustered);
+    assert!(new.has_handover(), "the shipped raft exports handover (0.2.1)");
+}

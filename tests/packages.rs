@@ -127,11 +127,11 @@ async fn signed_plugin_is_verified_inspected_and_orders() {
         format!("sha256:    {sha}"),
         "name:           my solo".into(),
         "version:        2.0.1".into(),
-        "wit:            fabric:consenter@0.2.0".into(),
+        "wit:            fabric:consenter@0.2.1".into(),
         "consensus-type: mysolo".into(),
         format!("ed25519 key id {id}"),
-        "  fabric:consenter/support@0.2.0".into(),
-        "exports:\n  fabric:consenter/chain@0.2.0".into(),
+        "  fabric:consenter/support@0.2.1".into(),
+        "exports:\n  fabric:consenter/chain@0.2.1".into(),
         "compatible with this host".into(),
     ] {
         assert!(out.contains(&want), "inspect shows {want:?}: {out}");
@@ -234,7 +234,7 @@ fn plugin_for_another_contract_version_is_refused_at_load() {
     let plugin = format!("hw={}", s(&signed));
     let err = start_refused(&dir.path().join("d1"), &["--plugin-trust-dir", s(&keys), "--plugin", &plugin]);
     assert!(err.contains("built for contract fabric:consenter@0.9.0"), "{err}");
-    assert!(err.contains("this host speaks fabric:consenter@0.2.0, fabric:consenter@0.1.0"), "{err}");
+    assert!(err.contains("this host speaks fabric:consenter@0.2.1, fabric:consenter@0.1.0"), "{err}");
     // Refused before compiling: no compiled artifact of it was cached
     // (entries are named by the plugin's SHA-256).
     let sha = consenter_host::block::hex(&Sha256::digest(std::fs::read(&signed).unwrap()));

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Python solo plugin: app.py -> a WebAssembly component for the
-# `consenter` world of ../../wit (fabric:consenter@0.2.0).
+# `consenter` world of ../../wit (fabric:consenter@0.2.1).
 #
 #   ./build.sh [OUT.wasm]        (default: build/pysolo.wasm)
 #

@@ -44,6 +44,20 @@ impl ChainCore {
         metadata: &[u8],
         status: Arc<ChainStatus>,
     ) -> Result<ChainCore, RuntimeError> {
+        ChainCore::start_handed(plugin, support, metadata, status, None)
+    }
+
+    /// As [`ChainCore::start`], giving the instance, between `handle-chain`
+    /// and `start`, the state its predecessor exported (`import-state`, if
+    /// the plugin exports `handover`). A refused state is logged; the
+    /// instance starts without it.
+    pub fn start_handed(
+        plugin: &Plugin,
+        support: Support,
+        metadata: &[u8],
+        status: Arc<ChainStatus>,
+        handed_state: Option<&[u8]>,
+    ) -> Result<ChainCore, RuntimeError> {
         let channel = support.chain_id().to_string();
         status.set_config(support.config());
         let instance = plugin.instantiate(support)?;
@@ -57,6 +71,11 @@ impl ChainCore {
                     reason: format!("the plugin refused the chain: {reason}"),
                 });
             }
+        }
+        if let Some(state) = handed_state
+            && let Err(reason) = core.instance.import_state(state)?
+        {
+            tracing::warn!(channel = %core.channel, plugin = plugin.name(), %reason, "the new instance refused the state its predecessor handed over; it starts without it");
         }
         core.instance.start()?;
         core.sync_status();
@@ -86,6 +105,38 @@ impl ChainCore {
         let pending = self.instance.support_mut().map(Support::take_pending).unwrap_or_default();
         self.accepted = self.accepted.saturating_sub(pending.len() as u64);
         pending
+    }
+
+    /// Ends the instance for a successor (a live swap or upgrade): takes
+    /// what the host's cutter holds, then calls `handover.export-state` if
+    /// the plugin exports it, `halt` otherwise. Returns the envelopes
+    /// accepted and not written that came back, in their order (the
+    /// batches it had cut, the cutter's, those it held), counted as handed
+    /// over (not lost), and the state it exported (None without the
+    /// export, or if it trapped there).
+    pub fn end_for_successor(&mut self) -> (Vec<Envelope>, Option<Vec<u8>>) {
+        let pending = self.take_pending();
+        let handed = match self.instance.export_state() {
+            None => {
+                self.halt();
+                return (pending, None);
+            }
+            Some(r) => self.on_call_result(r).ok(),
+        };
+        let Some(h) = handed else { return (pending, None) };
+        // `take_pending` uncounted the cutter's already.
+        self.accepted = self.accepted.saturating_sub((h.cut.len() + h.held.len()) as u64);
+        let mut envs = h.cut;
+        envs.extend(pending);
+        envs.extend(h.held);
+        (envs, Some(h.state))
+    }
+
+    /// Envelopes the plugin accepted that this node neither wrote nor
+    /// forwarded to another member nor handed on: lost if the instance
+    /// ends now.
+    pub fn unaccounted(&self) -> u64 {
+        self.accepted.saturating_sub(self.written_envelopes() + self.instance.forwarded_envelopes())
     }
 
     /// Ends the chain's instance (after `halt`) and returns its support:

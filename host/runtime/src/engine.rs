@@ -11,21 +11,30 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
-use crate::bindings::{v0_1, v0_2, v0_2_clustered};
+use crate::bindings::{v0_1, v0_2, v0_2_clustered, v0_2_handover};
 use crate::cache::{LoadSource, PluginCache};
 use crate::glue::PluginState;
 use crate::limits::Limits;
 use crate::plugin::Plugin;
 
 /// The newest contract version this host speaks.
-pub const WIT_PACKAGE: &str = "fabric:consenter@0.2.0";
+pub const WIT_PACKAGE: &str = "fabric:consenter@0.2.1";
 
 /// Every contract version this host speaks, newest first: a plugin built
 /// for any of them loads (a host upgrade never breaks an installed plugin).
-pub const WIT_PACKAGES: &[&str] = &["fabric:consenter@0.2.0", "fabric:consenter@0.1.0"];
+/// A 0.2.0 plugin is checked against 0.2.1 (same major.minor).
+pub const WIT_PACKAGES: &[&str] = &["fabric:consenter@0.2.1", "fabric:consenter@0.1.0"];
 
-/// Interfaces a plugin may import from this host.
+/// Interfaces a plugin may import from this host (the linker defines the
+/// 0.2.1 ones; wasmtime resolves a 0.2.0 import to them).
 const PROVIDED: &[&str] = &[
+    "fabric:consenter/types@0.2.1",
+    "fabric:consenter/support@0.2.1",
+    "fabric:consenter/timers@0.2.1",
+    "fabric:consenter/log@0.2.1",
+    "fabric:consenter/cluster@0.2.1",
+    "fabric:consenter/replication@0.2.1",
+    "fabric:consenter/storage@0.2.1",
     "fabric:consenter/types@0.2.0",
     "fabric:consenter/support@0.2.0",
     "fabric:consenter/timers@0.2.0",
@@ -102,7 +111,7 @@ impl Runtime {
         cfg.wasm_component_model(true);
         let engine = Engine::new(&cfg).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
-        // Every contract version at once: 0.1.0's interfaces, and 0.2.0's
+        // Every contract version at once: 0.1.0's interfaces, and 0.2.1's
         // (the clustered world's imports include the single-node world's).
         type Me = wasmtime::component::HasSelf<PluginState>;
         v0_1::Consenter::add_to_linker::<PluginState, Me>(&mut linker, |s| s)
@@ -179,6 +188,11 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(|e| RuntimeError::Link { plugin: name.to_string(), reason: format!("{e:#}") })?;
         let link = |e: wasmtime::Error| RuntimeError::Link { plugin: name.to_string(), reason: format!("{e:#}") };
+        // The optional `handover` export (0.2.1): present or not.
+        let handover = match world {
+            World::V0_1 => None,
+            _ => v0_2_handover::exports::fabric::consenter::handover::GuestIndices::new(&pre).ok(),
+        };
         let pre = match world {
             World::V0_1 => Pre::V0_1(v0_1::ConsenterPre::new(pre).map_err(link)?),
             World::V0_2 => Pre::V0_2(v0_2::ConsenterPre::new(pre).map_err(link)?),
@@ -192,6 +206,7 @@ impl Runtime {
             version,
             sha256,
             pre,
+            handover,
             runtime: self.clone(),
             limits: self.inner.limits.clone(),
         };
@@ -204,9 +219,9 @@ impl Runtime {
 pub enum World {
     /// `fabric:consenter@0.1.0`, world `consenter`.
     V0_1,
-    /// `fabric:consenter@0.2.0`, world `consenter` (single node).
+    /// `fabric:consenter@0.2.x`, world `consenter` (single node).
     V0_2,
-    /// `fabric:consenter@0.2.0`, world `clustered-consenter`.
+    /// `fabric:consenter@0.2.x`, world `clustered-consenter`.
     V0_2Clustered,
 }
 
@@ -224,12 +239,12 @@ impl World {
         }
     }
 
-    /// The contract and world, e.g. `fabric:consenter@0.2.0 clustered-consenter`.
+    /// The contract and world, e.g. `fabric:consenter@0.2 clustered-consenter`.
     pub fn name(self) -> &'static str {
         match self {
             World::V0_1 => "fabric:consenter@0.1.0 consenter",
-            World::V0_2 => "fabric:consenter@0.2.0 consenter",
-            World::V0_2Clustered => "fabric:consenter@0.2.0 clustered-consenter",
+            World::V0_2 => "fabric:consenter@0.2 consenter",
+            World::V0_2Clustered => "fabric:consenter@0.2 clustered-consenter",
         }
     }
 
@@ -245,6 +260,17 @@ pub(crate) enum Pre {
     V0_1(v0_1::ConsenterPre<PluginState>),
     V0_2(v0_2::ConsenterPre<PluginState>),
     V0_2Clustered(v0_2_clustered::ClusteredConsenterPre<PluginState>),
+}
+
+impl Pre {
+    /// The pre-linked component, whatever its world.
+    pub(crate) fn instance_pre(&self) -> &wasmtime::component::InstancePre<PluginState> {
+        match self {
+            Pre::V0_1(p) => p.instance_pre(),
+            Pre::V0_2(p) => p.instance_pre(),
+            Pre::V0_2Clustered(p) => p.instance_pre(),
+        }
+    }
 }
 
 pub(crate) fn deadline_ticks(d: Duration) -> u64 {

@@ -58,6 +58,25 @@ macro_rules! offered {
     }};
 }
 
+/// A plugin's `handover` export, bound to one instance.
+pub(crate) type HandoverGuest = crate::bindings::v0_2_handover::exports::fabric::consenter::handover::Guest;
+
+/// What an ending instance handed to the next one through its `handover`
+/// export (contract 0.2.1).
+#[derive(Debug, Default)]
+pub struct Handover {
+    /// The plugin's own state, in its own format (for `import-state` of
+    /// the next build of the same type).
+    pub state: Vec<u8>,
+    /// The envelopes of the batches it had cut and not made into blocks,
+    /// in order: offered to the next instance before those pending in the
+    /// host's cutter.
+    pub cut: Vec<crate::envelope::Envelope>,
+    /// The envelopes it held outside the host's cutter, in order: offered
+    /// after those pending in the cutter.
+    pub held: Vec<crate::envelope::Envelope>,
+}
+
 /// What an instance holds of the host at one moment (the conformance
 /// suite's resource check reads it after each event).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -80,9 +99,14 @@ pub struct Instance {
     pub(crate) channel: String,
     pub(crate) store: Option<Store<PluginState>>,
     pub(crate) bindings: Bindings,
+    /// The plugin's optional `handover` export (0.2.1).
+    pub(crate) handover: Option<HandoverGuest>,
     pub(crate) deadline: Option<Duration>,
     /// Envelopes written in blocks by the support of a dropped Store.
     pub(crate) written_before_trap: u64,
+    /// Envelopes forwarded to other members by the support of a dropped
+    /// Store.
+    pub(crate) forwarded_before_trap: u64,
     /// Calls, durations, traps and held bytes (metrics).
     pub(crate) metrics: crate::observe::InstanceMetrics,
 }
@@ -102,6 +126,12 @@ impl Instance {
     /// trap dropped the Store.
     pub fn written_envelopes(&self) -> u64 {
         self.support().map_or(self.written_before_trap, Support::written_envelopes)
+    }
+
+    /// Envelopes this instance forwarded to other members (clustered
+    /// plugins), also after a trap dropped the Store.
+    pub fn forwarded_envelopes(&self) -> u64 {
+        self.support().map_or(self.forwarded_before_trap, Support::forwarded_envelopes)
     }
 
     /// The most bytes of envelopes this instance may be handed in one
@@ -151,6 +181,7 @@ impl Instance {
                 // A trap ends this Store; the node and other chains go on.
                 if let Some(store) = self.store.take() {
                     self.written_before_trap = store.data().support.written_envelopes();
+                    self.forwarded_before_trap = store.data().support.forwarded_envelopes();
                 }
                 Err(RuntimeError::Trap {
                     plugin: self.plugin.clone(),
@@ -234,6 +265,38 @@ impl Instance {
     /// `halt()`.
     pub fn halt(&mut self) -> Result<(), RuntimeError> {
         self.call("halt", |b, s| on_chain!(b, |c| c.call_halt(s)))
+    }
+
+    /// Whether the instance exports `handover`.
+    pub fn has_handover(&self) -> bool {
+        self.handover.is_some()
+    }
+
+    /// `handover.export-state()`, instead of `halt`, for an instance whose
+    /// plugin exports it (None otherwise: call [`Instance::halt`]): the
+    /// batches and envelopes it returns leave its handle tables and come
+    /// back as host envelopes.
+    pub fn export_state(&mut self) -> Option<Result<Handover, RuntimeError>> {
+        let guest = self.handover.take()?;
+        Some(self.call("export-state", |_, s| {
+            let handed = guest.call_export_state(&mut *s)?;
+            let st = s.data_mut();
+            let mut cut = Vec::new();
+            for b in handed.batches {
+                cut.extend(st.delete::<crate::glue::types::BatchRes>(b)?.0);
+            }
+            let held = handed.envelopes.into_iter().map(|e| st.take_envelope(e)).collect::<wasmtime::Result<_>>()?;
+            Ok(Handover { state: handed.state, cut, held })
+        }))
+    }
+
+    /// `handover.import-state(state)` (Ok(Ok) without the export: nothing
+    /// to import into). Ok(Err(reason)) if the plugin refused the state.
+    pub fn import_state(&mut self, state: &[u8]) -> Result<Result<(), String>, RuntimeError> {
+        let Some(guest) = self.handover.take() else { return Ok(Ok(())) };
+        let r = self.call("import-state", |_, s| guest.call_import_state(&mut *s, state));
+        self.handover = Some(guest);
+        r
     }
 
     /// Ends the instance and returns its support (None once it trapped):

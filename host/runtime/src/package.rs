@@ -442,7 +442,7 @@ fn compatible(a: &str, b: &str) -> bool {
 }
 
 /// Checks, without compiling, that `bytes` targets one of the contracts
-/// `host_wits` (e.g. `["fabric:consenter@0.2.0", "fabric:consenter@0.1.0"]`):
+/// `host_wits` (e.g. `["fabric:consenter@0.2.1", "fabric:consenter@0.1.0"]`):
 /// the manifest's `wit` (if there is a manifest) and every
 /// `fabric:consenter/...@X.Y.Z` import and export must have the same
 /// major.minor as one of them, all the same one; the manifest must agree
@@ -878,8 +878,8 @@ mod tests {
         assert_eq!(a, Admission::Signed { signer: "k0".into(), key_id: key.key_id.clone() });
         // And it still is the same component to wasmtime.
         let pkg = check_contract("signed.wasm", &signed, WIT_PACKAGES).unwrap();
-        assert!(pkg.exports.iter().any(|e| e == "fabric:consenter/chain@0.2.0"), "{:?}", pkg.exports);
-        assert!(pkg.imports.iter().any(|e| e == "fabric:consenter/support@0.2.0"), "{:?}", pkg.imports);
+        assert!(pkg.exports.iter().any(|e| e == "fabric:consenter/chain@0.2.1"), "{:?}", pkg.exports);
+        assert!(pkg.imports.iter().any(|e| e == "fabric:consenter/support@0.2.1"), "{:?}", pkg.imports);
         // Signing a signed file replaces its manifest and signature.
         let again = sign("signed.wasm", &signed, &manifest("other"), &key).unwrap();
         let p2 = Package::parse("again.wasm", &again).unwrap();
@@ -1037,7 +1037,7 @@ mod tests {
         // Signing refuses a manifest that does not match the component.
         let (key, _) = SigningKey::generate().unwrap();
         assert!(sign("hw.wasm", &hw, &manifest("solo"), &key).is_err());
-        // A manifest claiming 0.2.3 on a 0.2.0 component: compatible with
+        // A manifest claiming 0.2.3 on a 0.2.1 component: compatible with
         // the host, but not what the component uses.
         let mut m = manifest("solo");
         m.wit = "fabric:consenter@0.2.3".into();

@@ -6,11 +6,15 @@ use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimitsBuilder};
 
+use crate::bindings::{v0_1, v0_2, v0_2_clustered};
 use crate::engine::{Pre, Runtime, RuntimeError, World, deadline_ticks};
 use crate::glue::PluginState;
 use crate::instance::{Bindings, Instance};
 use crate::limits::{CallLimits, Limits};
 use crate::support::Support;
+
+/// Where a plugin's `handover` export is (found once per plugin).
+pub(crate) type HandoverIndices = crate::bindings::v0_2_handover::exports::fabric::consenter::handover::GuestIndices;
 
 /// A compiled, pre-linked consenter plugin.
 #[derive(Clone)]
@@ -21,6 +25,8 @@ pub struct Plugin {
     /// SHA-256 of the plugin file's bytes (hex).
     pub(crate) sha256: String,
     pub(crate) pre: Pre,
+    /// Where its optional `handover` export (0.2.1) is, if it has one.
+    pub(crate) handover: Option<HandoverIndices>,
     pub(crate) runtime: Runtime,
     pub(crate) limits: Limits,
 }
@@ -55,6 +61,12 @@ impl Plugin {
             Pre::V0_2(_) => World::V0_2,
             Pre::V0_2Clustered(_) => World::V0_2Clustered,
         }
+    }
+
+    /// Whether it exports `handover` (contract 0.2.1): an instance it
+    /// replaces hands it its in-memory state at a live upgrade.
+    pub fn has_handover(&self) -> bool {
+        self.handover.is_some()
     }
 
     /// The limits each instance of this plugin gets.
@@ -114,12 +126,19 @@ impl Plugin {
         } else {
             None
         };
-        let instantiated = match &self.pre {
-            Pre::V0_1(p) => p.instantiate(&mut store).map(Bindings::V0_1),
-            Pre::V0_2(p) => p.instantiate(&mut store).map(Bindings::V0_2),
-            Pre::V0_2Clustered(p) => p.instantiate(&mut store).map(Bindings::V0_2Clustered),
-        };
-        let bindings = instantiated.map_err(|e| RuntimeError::Instantiate {
+        let instantiated = (|| -> wasmtime::Result<(Bindings, Option<crate::instance::HandoverGuest>)> {
+            let instance = self.pre.instance_pre().instantiate(&mut store)?;
+            let bindings = match &self.pre {
+                Pre::V0_1(_) => Bindings::V0_1(v0_1::Consenter::new(&mut store, &instance)?),
+                Pre::V0_2(_) => Bindings::V0_2(v0_2::Consenter::new(&mut store, &instance)?),
+                Pre::V0_2Clustered(_) => {
+                    Bindings::V0_2Clustered(v0_2_clustered::ClusteredConsenter::new(&mut store, &instance)?)
+                }
+            };
+            let handover = self.handover.as_ref().map(|h| h.load(&mut store, &instance)).transpose()?;
+            Ok((bindings, handover))
+        })();
+        let (bindings, handover) = instantiated.map_err(|e| RuntimeError::Instantiate {
             plugin: self.name.clone(),
             channel: channel.clone(),
             reason: format!("{e:#}"),
@@ -129,8 +148,10 @@ impl Plugin {
             channel: channel.clone(),
             store: Some(store),
             bindings,
+            handover,
             deadline,
             written_before_trap: 0,
+            forwarded_before_trap: 0,
             metrics: crate::observe::InstanceMetrics::new(&self.name, &channel),
         })
     }

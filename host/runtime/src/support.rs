@@ -204,6 +204,8 @@ pub struct Support {
     pub(crate) refusals: u32,
     /// Envelopes in the blocks written so far by this Support.
     pub(crate) written_envelopes: u64,
+    /// Envelopes handed to another member with `cluster.forward`.
+    pub(crate) forwarded_envelopes: u64,
     /// Log rate limit: tokens left, when they were last refilled, and how
     /// many lines were dropped since the last one written.
     pub(crate) log_tokens: f64,
@@ -287,6 +289,7 @@ impl Support {
             host_fault: false,
             refusals: 0,
             written_envelopes: 0,
+            forwarded_envelopes: 0,
             log_tokens,
             log_refilled,
             log_dropped: 0,
@@ -479,6 +482,12 @@ impl Support {
     /// Envelopes in the blocks written through this Support.
     pub fn written_envelopes(&self) -> u64 {
         self.written_envelopes
+    }
+
+    /// Envelopes forwarded to another member (`cluster.forward`): ordered
+    /// there, not here.
+    pub fn forwarded_envelopes(&self) -> u64 {
+        self.forwarded_envelopes
     }
 
     /// Marks the chain failed because of the plugin (first reason wins).

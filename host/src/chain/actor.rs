@@ -114,7 +114,7 @@ impl Runner {
         core.halt();
         // Written: handed to the ledger writer, which makes them durable
         // below (a write that fails makes the chain fail for good).
-        let lost = core.accepted().saturating_sub(core.written_envelopes());
+        let lost = core.unaccounted();
         drop(core);
         if let Some(w) = self.writer.take() {
             let _ = w.join();
@@ -166,7 +166,8 @@ impl Runner {
         let started = Instant::now();
         let from = self.plugin.name().to_string();
         let ch = self.channel.clone();
-        let (pending, old) = self.hand_off(core, "swap");
+        // A new type gets the envelopes, not the old type's state.
+        let (pending, old, _) = self.hand_off(core, "swap");
         let next = self.resolve.as_ref().and_then(|r| r(&to));
         let Some((next, old)) = next.zip(old) else {
             let reason = format!(
@@ -194,7 +195,7 @@ impl Runner {
         self.status.set_build(build_of(&self.plugin));
         let handed = pending.len();
         // Fabric: a new consensus type starts without metadata.
-        match self.start_on(old, Vec::new(), pending) {
+        match self.start_on(old, Vec::new(), pending, None) {
             Ok(core) => {
                 let swaps = self.status.record_swap(&from, &to);
                 crate::metrics::plugin_swapped(&ch, &from, &to);
@@ -214,41 +215,42 @@ impl Runner {
     }
 
     /// Ends the running instance for a new plugin (a swap or an upgrade,
-    /// `what`): takes what the host's cutter held for it (handed over, not
-    /// lost), halts it, counts as lost what it kept to itself, and returns
-    /// its support (None once it trapped).
-    fn hand_off(&mut self, mut core: ChainCore, what: &str) -> (Vec<Envelope>, Option<Support>) {
-        let pending = core.take_pending();
-        core.halt();
-        let lost = core.accepted().saturating_sub(core.written_envelopes());
+    /// `what`): takes what the host's cutter held for it and, from a plugin
+    /// that exports `handover`, what it held itself and its state (handed
+    /// over, not lost); otherwise halts it. Counts as lost what it kept to
+    /// itself, and returns its support (None once it trapped).
+    fn hand_off(&mut self, mut core: ChainCore, what: &str) -> (Vec<Envelope>, Option<Support>, Option<Vec<u8>>) {
+        let (pending, state) = core.end_for_successor();
+        let lost = core.unaccounted();
         if lost > 0 {
-            // Envelopes the old instance kept to itself (not in the host's
-            // cutter) do not survive it.
+            // Envelopes the old instance kept to itself (neither in the
+            // host's cutter nor handed over) do not survive it.
             self.status.add_lost(lost);
             tracing::warn!(channel = %self.channel, from = %label(&self.plugin), lost, "envelopes the old instance held were lost in the {what}");
         }
-        (pending, core.into_support())
+        (pending, core.into_support(), state)
     }
 
     /// Starts `self.plugin` on the old instance's support: its block sink
     /// (the ledger writer keeps running, no wait for its fsync, blocks stay
     /// in one queue, in order), position and config, with consenter
-    /// metadata `metadata`; then offers it `pending` (accepted already:
-    /// their answers went out), in order. On failure the writer has ended
-    /// (the failed instance took the sink with it) and `pending` comes
-    /// back.
+    /// metadata `metadata` and the state the old instance handed over, if
+    /// any; then offers it `pending` (accepted already: their answers went
+    /// out), in order. On failure the writer has ended (the failed
+    /// instance took the sink with it) and `pending` comes back.
     fn start_on(
         &mut self,
         old: Support,
         metadata: Vec<u8>,
         pending: Vec<Envelope>,
+        state: Option<Vec<u8>>,
     ) -> Result<ChainCore, (RuntimeError, Vec<Envelope>)> {
         let (pos, config) = (old.position(), old.config().clone());
         let sink = old.into_sink();
         self.start_height = pos.height;
         let mut support = (self.make_support)(&self.plugin, sink, pos, config, &self.status);
         support.set_last_metadata(metadata.clone());
-        match ChainCore::start(&self.plugin, support, &metadata, self.status.clone()) {
+        match ChainCore::start_handed(&self.plugin, support, &metadata, self.status.clone(), state.as_deref()) {
             Ok(mut core) => {
                 self.hand(&mut core, pending);
                 Ok(core)
@@ -278,19 +280,21 @@ impl Runner {
 
     /// Upgrades to `next`, a new build of the same consensus type, between
     /// two plugin calls (a block boundary: every block the old instance
-    /// cut is written or queued to the writer): the old instance is halted;
+    /// cut is written or queued to the writer): the old instance is halted,
+    /// or hands over its state and what it held if it exports `handover`;
     /// the new one starts on the old support's block sink, position and
     /// config with the last block's consenter metadata (Fabric's restart
-    /// rule: the type did not change) and the same plugin storage, and is
-    /// offered what the host's cutter held for the old one, in order. The
-    /// old build is kept while the new one is on probation.
+    /// rule: the type did not change), the same plugin storage and that
+    /// state, and is offered what the old one held and what the host's
+    /// cutter held for it, in order. The old build is kept while the new
+    /// one is on probation.
     fn upgrade(&mut self, core: ChainCore, next: Plugin) -> Phase {
         if !self.is_new_build(&next) {
             return Phase::Running(Box::new(core));
         }
         let started = Instant::now();
         let (from, to) = (label(&self.plugin), label(&next));
-        let (pending, old) = self.hand_off(core, "upgrade");
+        let (pending, old, state) = self.hand_off(core, "upgrade");
         let previous = std::mem::replace(&mut self.plugin, next);
         let Some(old) = old else {
             // The old instance trapped in `halt`: the new build starts from
@@ -303,7 +307,9 @@ impl Runner {
         };
         let metadata = old.last_metadata().to_vec();
         let handed = pending.len();
-        match self.start_on(old, metadata, pending) {
+        // The old build's state, for a new build that takes it.
+        let state = state.filter(|_| self.plugin.has_handover());
+        match self.start_on(old, metadata, pending, state) {
             Ok(core) => {
                 let upgrades = self.begin_probation(previous);
                 crate::metrics::plugin_upgraded(&self.channel, self.plugin.name());

@@ -20,7 +20,7 @@ use crate::channel::{ChannelConfig, ChannelTemplate, Consenter};
 use crate::envelope::Envelope;
 use crate::proto::common::Block;
 use crate::signer::Signer;
-use crate::support::{Clock, Support, SupportLimits};
+use crate::support::{ChainPosition, Clock, Support, SupportLimits};
 use crate::testhost::{ManualClock, MemorySink};
 use consenter_runtime::chain_core::ChainCore;
 use consenter_runtime::cluster::ClusterSink;
@@ -170,6 +170,8 @@ struct SimNode {
     status: Arc<ChainStatus>,
     cert: Vec<u8>,
     starts: u64,
+    /// The build this node runs, once upgraded (else the network's).
+    plugin: Option<Plugin>,
 }
 
 /// A delivery scheduled on the network.
@@ -291,6 +293,7 @@ impl SimNet {
                 status: Arc::new(ChainStatus::default()),
                 cert: sim_cert(i),
                 starts: 0,
+                plugin: None,
             });
         }
         let clock = ManualClock::new();
@@ -356,16 +359,16 @@ impl SimNet {
         (0..self.nodes.len()).map(|i| self.blocks(i).iter().map(crate::conformance::block_txs).collect()).collect()
     }
 
-    /// Starts (or restarts after a crash) node `i` from its ledger and
-    /// storage, as a node process does.
-    pub fn restart(&mut self, i: usize) -> Result<(), RuntimeError> {
-        let (config, pos, metadata) = crate::testhost::resume_point(&self.blocks(i), "simulator")?;
+    /// A new support for node `i`'s next instance at `pos` under
+    /// `config`: its ledger, cluster link, plugin storage, the last
+    /// block's `metadata`, a seed of its own.
+    fn support_for(&mut self, i: usize, config: Arc<ChannelConfig>, pos: ChainPosition, metadata: &[u8]) -> Support {
         let n = &mut self.nodes[i];
         n.starts += 1;
         let clock: Arc<dyn Clock> = self.clock.clone();
         let mut support = Support::new(
             &config.channel_id.clone(),
-            Arc::new(config),
+            config,
             self.signer.clone(),
             Box::new(n.ledger.clone()),
             clock,
@@ -374,13 +377,56 @@ impl SimNet {
         );
         support.set_cluster(Box::new(SimLink { out: n.out.clone(), members: n.members.clone() }), Some(n.cert.clone()));
         support.set_storage(Box::new(n.store.clone()));
-        support.set_last_metadata(metadata.clone());
+        support.set_last_metadata(metadata.to_vec());
         support.set_random_seed(self.cfg.seed ^ ((i as u64 + 1) << 32) ^ n.starts);
+        support
+    }
+
+    /// Starts (or restarts after a crash) node `i` from its ledger and
+    /// storage, as a node process does.
+    pub fn restart(&mut self, i: usize) -> Result<(), RuntimeError> {
+        let (config, pos, metadata) = crate::testhost::resume_point(&self.blocks(i), "simulator")?;
+        let support = self.support_for(i, Arc::new(config), pos, &metadata);
+        let n = &mut self.nodes[i];
         n.status = Arc::new(ChainStatus::default());
-        let core = ChainCore::start(&self.plugin, support, &metadata, n.status.clone())?;
+        let plugin = n.plugin.as_ref().unwrap_or(&self.plugin);
+        let core = ChainCore::start(plugin, support, &metadata, n.status.clone())?;
         n.core = Some(core);
         self.drain(i);
         Ok(())
+    }
+
+    /// Upgrades node `i` live to `plugin` (another build of the same
+    /// consensus type) between two events, as a node's chain actor does:
+    /// the running instance ends for its successor (its `handover` export,
+    /// else `halt`); the new one starts at the same ledger position and
+    /// config, on the same plugin storage, with the last block's consenter
+    /// metadata and the state handed over, and is offered the envelopes
+    /// handed over, in order. Later restarts of the node run `plugin`.
+    /// Returns how many envelopes were handed over (None: the node is down).
+    pub fn upgrade(&mut self, i: usize, plugin: &Plugin) -> Result<Option<usize>, RuntimeError> {
+        let n = &mut self.nodes[i];
+        let Some(mut old) = n.core.take() else { return Ok(None) };
+        let (pending, state) = old.end_for_successor();
+        n.plugin = Some(plugin.clone());
+        let Some(prev) = old.into_support() else {
+            // The old instance trapped: the new build starts from the ledger.
+            self.restart(i)?;
+            return Ok(Some(0));
+        };
+        let metadata = prev.last_metadata().to_vec();
+        let support = self.support_for(i, prev.config().clone(), prev.position(), &metadata);
+        let state = state.filter(|_| plugin.has_handover());
+        let status = self.nodes[i].status.clone();
+        let mut core = ChainCore::start_handed(plugin, support, &metadata, status, state.as_deref())?;
+        let handed = pending.len();
+        if !pending.is_empty() {
+            let _ = core.enqueue_many(pending);
+        }
+        let n = &mut self.nodes[i];
+        n.core = Some(core);
+        self.drain(i);
+        Ok(Some(handed))
     }
 
     /// Crashes node `i` (kill -9): its instance is gone, its ledger and
@@ -469,6 +515,7 @@ impl SimNet {
             status: Arc::new(ChainStatus::default()),
             cert: sim_cert(i),
             starts: 0,
+            plugin: None,
         });
         self.restart(i)?;
         Ok(i)

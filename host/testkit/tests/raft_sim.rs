@@ -237,3 +237,56 @@ fn a_consenter_is_added_then_another_removed_while_load_runs() {
 
 // Seeded fault schedules (safety, no loss, liveness) are the conformance
 // suite's `schedules` check: tests/conformance.rs runs 1,000 of them.
+
+/// raft as built for contract 0.2.0 (no `handover` export), kept as a
+/// fixture: `tests/fixtures/README.md`.
+const RAFT_0_2_0: &[u8] = include_bytes!("../../../tests/fixtures/raft-contract-0.2.0.wasm");
+
+/// A rolling live upgrade of every node from `from` to `to` while load
+/// runs: 40 envelopes round-robin between upgrades, the leader upgraded
+/// second. Returns the envelopes accepted and not ordered, after checking
+/// safety (one chain, no duplicates) and that the nodes agree.
+fn rolling_upgrade(seed: u64, from: &[u8], to: &[u8]) -> Vec<String> {
+    let rt = Runtime::new(Limits::default()).unwrap();
+    let old = rt.load("etcdraft", from).unwrap();
+    let new = rt.load("etcdraft", to).unwrap();
+    let mut n = SimNet::start(&old, signer(), SimConfig { seed, ..SimConfig::default() }).unwrap();
+    n.run_for(Duration::from_secs(5));
+    let leader = n.cluster(0).map(|c| c.leader).unwrap_or(0);
+    assert!(leader > 0, "seed {seed}: a leader is elected");
+    // raft ids are 1..=3 in config order: the leader's index is id - 1.
+    let l = leader as usize - 1;
+    let order = [(l + 1) % 3, l, (l + 2) % 3];
+    let mut accepted = load(&mut n, &format!("s{seed}-before"), 40);
+    for (k, i) in order.into_iter().enumerate() {
+        assert!(n.upgrade(i, &new).unwrap().is_some(), "seed {seed}: node {i} is up");
+        accepted.extend(load(&mut n, &format!("s{seed}-after{k}"), 40));
+    }
+    n.run_for(Duration::from_secs(5));
+    n.check_safety().unwrap();
+    let ids = n.tx_ids(0);
+    no_duplicates(&ids);
+    for i in 0..3 {
+        assert!(n.errored(i).is_none(), "seed {seed}: node {i}: {:?}", n.errored(i));
+        assert_eq!(n.tx_ids(i), ids, "seed {seed}: node {i} agrees");
+    }
+    accepted.into_iter().filter(|t| !ids.contains(t)).collect()
+}
+
+#[test]
+fn a_rolling_live_upgrade_with_the_handover_loses_no_envelope() {
+    let raft = std::fs::read(consenter_test_plugins::path("consenter_raft.wasm")).unwrap();
+    for seed in 1..=5 {
+        let lost = rolling_upgrade(seed, &raft, &raft);
+        assert!(lost.is_empty(), "seed {seed}: accepted and never ordered: {lost:?}");
+    }
+}
+
+#[test]
+fn without_the_handover_a_rolling_live_upgrade_loses_envelopes() {
+    // A clustered plugin of contract 0.2.0 still runs, upgrades and keeps
+    // one chain; what its leader held in memory is lost at the switch.
+    let lost: Vec<usize> = (1..=5).map(|seed| rolling_upgrade(seed, RAFT_0_2_0, RAFT_0_2_0).len()).collect();
+    eprintln!("accepted and never ordered without the handover, seeds 1..=5: {lost:?} (of 160 each)");
+    assert!(lost.iter().sum::<usize>() > 0, "the handover is what saves them");
+}

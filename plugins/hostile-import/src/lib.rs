@@ -12,7 +12,7 @@ wit_bindgen::generate!({
         }
 
         world exfiltrating-consenter {
-            include fabric:consenter/consenter@0.2.0;
+            include fabric:consenter/consenter@0.2.1;
             import net;
         }
     "#,

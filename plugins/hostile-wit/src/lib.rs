@@ -1,7 +1,7 @@
 //! A consenter built against a copy of the contract whose package version
 //! is `fabric:consenter@0.9.0` (see `wit/consenter.wit` in this crate; the
 //! only change is the version). It otherwise does nothing. The host speaks
-//! `@0.2.0` and `@0.1.0` and must refuse it at load, before compiling it, naming both
+//! `@0.2.1` and `@0.1.0` and must refuse it at load, before compiling it, naming both
 //! versions (`tests/packages.rs`).
 
 wit_bindgen::generate!({

@@ -22,6 +22,13 @@ const TICK: u32 = 1;
 /// Fabric's batch timer.
 const BATCH: u32 = 2;
 
+/// The format version of the state `export_state` hands to the next build.
+const HANDOVER_FORMAT: u64 = 1;
+
+/// The most envelope bytes a node without a leader holds for the leader to
+/// come (see `Raft::holding`); past it, envelopes are refused.
+const HOLD_BYTES: u64 = 8 << 20;
+
 fn info(m: &str) {
     log::log(Level::Info, m);
 }
@@ -151,8 +158,17 @@ pub struct Raft {
     /// Batches cut while `max_inflight_blocks` blocks are in flight.
     cut: VecDeque<Batch>,
     /// Envelopes accepted while no block may be cut (a new leader applying
-    /// its log first; a config block in flight), in order.
+    /// its log first; a config block in flight), or held while a leader is
+    /// about to be known (see `holding`), in order.
     waiting: VecDeque<(Envelope, EnvelopeInfo)>,
+    /// Ticks left during which a node that knows no leader holds the
+    /// envelopes it gets (forwarded ones, or handed over by the previous
+    /// build) instead of refusing them, because a leader is about to be
+    /// known: it campaigns, or it just replaced a build that led and
+    /// handed its leadership over. 0: not holding.
+    holding: usize,
+    /// Bytes of the envelopes held while `holding`.
+    held_bytes: u64,
     /// As a new leader: the log index to apply before cutting blocks.
     cut_after: Option<u64>,
     config_inflight: bool,
@@ -241,6 +257,8 @@ impl Raft {
             inflight: VecDeque::new(),
             cut: VecDeque::new(),
             waiting: VecDeque::new(),
+            holding: 0,
+            held_bytes: 0,
             cut_after: None,
             config_inflight: false,
             applied,
@@ -299,6 +317,51 @@ impl Raft {
         }
     }
 
+    /// The live hand-over to the next build (the `handover` export): halts
+    /// as `halt` does (a leader hands its leadership over), then returns
+    /// this node's state (the leader it follows, if it follows one) and
+    /// what it holds that is not in the host's cutter nor in the raft log:
+    /// the batches cut while too many blocks were in flight and the
+    /// envelopes waiting for a block to be cut or for a leader. Proposed
+    /// blocks need no hand-over: they are in the raft log, which the next
+    /// build reads from storage.
+    pub fn export_state(&mut self) -> (Vec<u8>, Vec<Batch>, Vec<Envelope>) {
+        let led = self.is_leader();
+        self.halt();
+        let follows = if led || self.leader == self.me { 0 } else { self.leader };
+        let mut state = Vec::with_capacity(24);
+        for v in [HANDOVER_FORMAT, follows, self.node.raft.term] {
+            state.extend_from_slice(&v.to_le_bytes());
+        }
+        let batches = self.cut.drain(..).collect();
+        let envelopes = self.waiting.drain(..).map(|(e, _)| e).collect();
+        (state, batches, envelopes)
+    }
+
+    /// Takes the state the previous build exported (before `start`): a
+    /// follower goes on following the same leader at the same term, so
+    /// it forwards at once; a node whose previous build led (and handed
+    /// the leadership over) holds what it gets until it hears from the
+    /// new leader.
+    pub fn import_state(&mut self, state: &[u8]) -> Result<(), String> {
+        let word = |i: usize| state.get(i * 8..i * 8 + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+        let (Some(format), Some(leader), Some(term)) = (word(0), word(1), word(2)) else {
+            return Err(format!("a raft hand-over state is 24 bytes; this one has {}", state.len()));
+        };
+        if format != HANDOVER_FORMAT {
+            return Err(format!(
+                "raft hand-over state format {format} is unknown to this build (it reads {HANDOVER_FORMAT})"
+            ));
+        }
+        if leader != 0 && leader != self.me && self.ids.contains(&leader) && term == self.node.raft.term {
+            info(&format!("following node {leader} at term {term}, as the previous build did"));
+            self.node.raft.become_follower(term, leader);
+        } else if self.ids.len() > 1 {
+            self.holding = 2 * self.opts.election_tick;
+        }
+        Ok(())
+    }
+
     fn fail(&mut self, reason: &str) {
         if !self.failed {
             self.failed = true;
@@ -346,6 +409,10 @@ impl Raft {
                 }
             } else if self.leader != 0 && self.leader != self.me {
                 answers.push(cluster::forward(self.leader, env).is_ok());
+            } else if self.holding > 0 && self.held_bytes + u64::from(info.size) <= HOLD_BYTES {
+                self.held_bytes += u64::from(info.size);
+                self.waiting.push_back((env, info));
+                answers.push(true);
             } else {
                 answers.push(false);
             }
@@ -474,6 +541,7 @@ impl Raft {
             TICK => {
                 self.node.tick();
                 self.arm(TICK, self.opts.tick_ms);
+                self.hold_tick();
                 if self.is_leader() {
                     self.retry_lost_snapshots();
                     self.report();
@@ -491,6 +559,23 @@ impl Raft {
             _ => {}
         }
         self.process();
+    }
+
+    /// Counts down the hold: at its end with still no leader, what was
+    /// held is dropped (as a follower drops what it cannot forward).
+    fn hold_tick(&mut self) {
+        if self.holding == 0 {
+            return;
+        }
+        self.holding -= 1;
+        if self.holding == 0 && !self.is_leader() && self.leader == 0 && !self.waiting.is_empty() {
+            warn(&format!(
+                "no raft leader within two election timeouts: {} held envelopes dropped",
+                self.waiting.len()
+            ));
+            self.waiting.clear();
+            self.held_bytes = 0;
+        }
     }
 
     /// A raft message from member `from`.
@@ -664,6 +749,10 @@ impl Raft {
             self.config_inflight = false;
             self.cut_after = None;
         }
+        if role == StateRole::Candidate && self.role != StateRole::Candidate {
+            // An election this node may win: hold what it gets meanwhile.
+            self.holding = 2 * self.opts.election_tick;
+        }
         let changed = role != self.role || leader != self.leader;
         self.role = role;
         if leader != self.leader {
@@ -674,6 +763,10 @@ impl Raft {
         }
         if changed {
             self.report();
+        }
+        if self.leader != 0 {
+            self.holding = 0;
+            self.held_bytes = 0;
         }
         if !self.is_leader() && self.leader != 0 && self.leader != self.me {
             while let Some((env, _)) = self.waiting.pop_front() {
@@ -803,12 +896,10 @@ impl Raft {
         // A config block that changes the consenter set carries the new
         // ids (Fabric's etcdraft writes them in that block's metadata).
         let membership = if config {
-            consenters_in_config_block(&block.to_bytes())
-                .filter(|c| !same_consenters(c, &self.consenters))
-                .map(|c| {
-                    let (ids, next) = assign_ids(&self.consenters, &self.ids, &c, self.next_id);
-                    (c, ids, next)
-                })
+            consenters_in_config_block(&block.to_bytes()).filter(|c| !same_consenters(c, &self.consenters)).map(|c| {
+                let (ids, next) = assign_ids(&self.consenters, &self.ids, &c, self.next_id);
+                (c, ids, next)
+            })
         } else {
             None
         };
@@ -816,7 +907,8 @@ impl Raft {
             Some((_, ids, next)) => (ids.clone(), *next),
             None => (self.ids.clone(), self.next_id),
         };
-        let md = BlockMetadata { consenter_ids: ids.clone(), next_consenter_id: next, raft_index: index }.encode_to_vec();
+        let md =
+            BlockMetadata { consenter_ids: ids.clone(), next_consenter_id: next, raft_index: index }.encode_to_vec();
         let r = if config { support::write_config_block(block, &md) } else { support::write_block(block, &md) };
         if let Err(e) = r {
             self.fail(&format!("writing block {number}: {e}"));

@@ -1,5 +1,7 @@
 //! Fabric's etcdraft consenter (consensus type `etcdraft`) as a
-//! consenter-host plugin of the `clustered-consenter` world, on tikv's
+//! consenter-host plugin of the `clustered-handover-consenter` world
+//! (contract 0.2.1: clustered, and it hands its in-memory state to the
+//! next build at a live upgrade), on tikv's
 //! raft-rs. As Fabric's etcdraft: the leader cuts blocks with the host's
 //! cutter and proposes each whole block as one raft entry; followers
 //! forward envelopes to the leader; every node writes each committed block
@@ -15,7 +17,7 @@
 
 mod bindings {
     wit_bindgen::generate!({
-        world: "clustered-consenter",
+        world: "clustered-handover-consenter",
         path: "../../wit",
         generate_all,
     });
@@ -26,7 +28,7 @@ mod options;
 
 use std::cell::RefCell;
 
-use bindings::exports::fabric::consenter::{chain as chain_export, cluster_events};
+use bindings::exports::fabric::consenter::{chain as chain_export, cluster_events, handover};
 use bindings::fabric::consenter::types::{Envelope, EnvelopeInfo};
 
 std::thread_local! {
@@ -77,6 +79,17 @@ impl cluster_events::Guest for Export {
     }
     fn on_consenters_changed() {
         with(|c| c.on_consenters_changed());
+    }
+}
+
+impl handover::Guest for Export {
+    fn export_state() -> handover::Handed {
+        let (state, batches, envelopes) =
+            CHAIN.with(|c| c.borrow_mut().take()).map(|mut chain| chain.export_state()).unwrap_or_default();
+        handover::Handed { state, batches, envelopes }
+    }
+    fn import_state(state: Vec<u8>) -> Result<(), String> {
+        with(|c| c.import_state(&state)).unwrap_or_else(|| Err("import-state before handle-chain".into()))
     }
 }
 

@@ -1,4 +1,4 @@
-//! The plugin author's side of the `fabric:consenter@0.2.0` contract (world `consenter`).
+//! The plugin author's side of the `fabric:consenter@0.2.1` contract (world `consenter`).
 //!
 //! Implement [`Consenter`] for your chain type and export it with
 //! [`export_consenter!`]. The host calls your chain one event at a time;

@@ -1,5 +1,5 @@
 //! The `cluster`, `replication` and `storage` interfaces of the
-//! `clustered-consenter` world (contract 0.2.0): membership and messages
+//! `clustered-consenter` world (contract 0.2): membership and messages
 //! through the chain's [`crate::cluster::ClusterSink`], blocks from other
 //! consenters and catch-up through [`crate::support::Support`], and the
 //! plugin's durable state through its [`consenter_storage::KvStore`].
@@ -100,7 +100,11 @@ impl cluster::Host for PluginState {
             let e = self.no_cluster("forward");
             return self.answer(Err(e));
         };
-        Ok(c.forward(to, env.config_seq, env.bytes).map_err(types::SupportError::LimitExceeded))
+        let r = c.forward(to, env.config_seq, env.bytes);
+        if r.is_ok() {
+            self.support.forwarded_envelopes += 1;
+        }
+        Ok(r.map_err(types::SupportError::LimitExceeded))
     }
 
     fn report(&mut self, leader: u64, active: Vec<u64>) -> wasmtime::Result<()> {

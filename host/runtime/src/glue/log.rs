@@ -45,7 +45,7 @@ mod v0_1 {
     log_host!();
 }
 
-/// For plugins of `fabric:consenter@0.2.0`.
+/// For plugins of `fabric:consenter@0.2` (0.2.0 and 0.2.1).
 mod v0_2 {
     use super::*;
     use crate::bindings::v0_2::fabric::consenter::{log, types};

@@ -195,7 +195,7 @@ mod v0_1 {
     support_host!();
 }
 
-/// For plugins of `fabric:consenter@0.2.0`.
+/// For plugins of `fabric:consenter@0.2` (0.2.0 and 0.2.1).
 mod v0_2 {
     use super::*;
     use crate::bindings::v0_2::fabric::consenter::{support, types};

@@ -171,10 +171,11 @@ impl Suite {
 
 /// The checks run for a plugin of the single-node world, in order.
 pub const SINGLE_CHECKS: &[&str] =
-    &["contract", "ordering", "revalidation", "cutter", "restart", "determinism", "schedules", "resources"];
+    &["contract", "ordering", "revalidation", "cutter", "restart", "upgrade", "determinism", "schedules", "resources"];
 
 /// The checks run for a plugin of the clustered world, in order.
-pub const CLUSTERED_CHECKS: &[&str] = &["contract", "ordering", "restart", "determinism", "schedules", "resources"];
+pub const CLUSTERED_CHECKS: &[&str] =
+    &["contract", "ordering", "restart", "upgrade", "determinism", "schedules", "resources"];
 
 /// Runs the suite on `plugin` (loaded as the node loads it: the caller
 /// checked its package and limits) with `signer` as the node's identity.

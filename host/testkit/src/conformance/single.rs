@@ -22,6 +22,7 @@ pub(crate) fn checks() -> Vec<(&'static str, CheckFn)> {
         ("revalidation", revalidation),
         ("cutter", cutter),
         ("restart", restart),
+        ("upgrade", super::clustered::upgrade),
         ("determinism", determinism),
         ("schedules", super::clustered::schedules),
         ("resources", resources),
