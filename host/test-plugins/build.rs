@@ -24,6 +24,7 @@ const MUTANTS: &[(&str, &str, &str, &str)] = &[
     ("consenter-solo", "mutant-trap-after-100", "consenter_solo.wasm", "mutant_solo_trap_after_100.wasm"),
     ("consenter-raft", "mutant-minority-commit", "consenter_raft.wasm", "mutant_raft_minority_commit.wasm"),
     ("consenter-raft", "mutant-no-hardstate", "consenter_raft.wasm", "mutant_raft_no_hardstate.wasm"),
+    ("consenter-raft", "mutant-never-rebind", "consenter_raft.wasm", "mutant_raft_never_rebind.wasm"),
 ];
 
 fn main() {

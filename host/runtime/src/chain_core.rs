@@ -245,7 +245,10 @@ impl ChainCore {
     /// Fires every timer due at `now`.
     pub fn fire_timers(&mut self, now: Instant) {
         let due = match self.instance.support_mut() {
-            Some(s) => s.take_due_timers(now),
+            Some(s) => {
+                s.expire_departed();
+                s.take_due_timers(now)
+            }
             None => return,
         };
         for id in due {
@@ -279,6 +282,9 @@ impl ChainCore {
     pub fn on_message(&mut self, from: u64, payload: &[u8]) {
         if self.status.errored().is_some() {
             return;
+        }
+        if let Some(s) = self.instance.support_mut() {
+            s.expire_departed();
         }
         let r = self.instance.on_message(from, payload);
         let _ = self.on_call_result(r);

@@ -5,6 +5,8 @@
 //! channel config, the ids the plugin bound them to, this node's index.
 //! Knows nothing of wasmtime, gRPC or TLS.
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 
 use crate::channel::Consenter;
@@ -30,6 +32,12 @@ pub trait ClusterSink: Send {
 /// consenter entry.
 pub type Binding = (Option<u64>, Vec<(u64, Consenter)>);
 
+/// How long members that left the consenter set stay bound if the plugin
+/// does not bind the new set: long enough for an honest plugin to finish
+/// their removal (raft's RemoveNode commits in a few round trips), short
+/// enough that a plugin cannot keep a removed consenter in the channel.
+pub const DEPARTED_GRACE: Duration = Duration::from_secs(30);
+
 /// The membership of a clustered chain as the host knows it.
 #[derive(Debug, Clone, Default)]
 pub struct Membership {
@@ -38,6 +46,12 @@ pub struct Membership {
     /// The plugin's last binding: its ids (index-aligned with the
     /// consenters they were bound to) and this node's id among them.
     bound: Option<(Vec<u64>, Option<u64>)>,
+    /// The consenters of the last binding, index-aligned with its ids.
+    bound_to: Vec<Consenter>,
+    /// Set when the consenter set changed and some bound member left it:
+    /// when those members stop being reachable if the plugin has not bound
+    /// the new set by then.
+    departed_until: Option<Instant>,
 }
 
 /// The DER bytes of a PEM certificate (None if it is not PEM).
@@ -49,7 +63,7 @@ impl Membership {
     /// Membership of a node identified by the TLS certificate `self_cert`
     /// (DER; None: this node is no consenter).
     pub fn new(self_cert: Option<Vec<u8>>) -> Membership {
-        Membership { self_cert, bound: None }
+        Membership { self_cert, bound: None, bound_to: Vec::new(), departed_until: None }
     }
 
     /// This node's index among `consenters`: the entry whose server or
@@ -85,7 +99,36 @@ impl Membership {
         let me = self.self_index(consenters).map(|i| ids[i as usize]);
         let members = ids.iter().copied().zip(consenters.iter().cloned()).collect();
         self.bound = Some((ids, me));
+        self.bound_to = consenters.to_vec();
+        self.departed_until = None;
         Ok((me, members))
+    }
+
+    /// A written config block made `consenters` the channel's set at
+    /// `now`: if members of the last binding left it, they stay bound for
+    /// at most [`DEPARTED_GRACE`] unless the plugin binds the new set.
+    pub fn consenters_changed(&mut self, consenters: &[Consenter], now: Instant) {
+        if self.bound_to.iter().any(|c| !consenters.contains(c)) {
+            self.departed_until.get_or_insert(now + DEPARTED_GRACE);
+        }
+    }
+
+    /// Once the grace of [`Membership::consenters_changed`] is over (the
+    /// plugin did not bind the new set), drops from the binding every
+    /// member that is not in `consenters`, the set in force; returns the
+    /// binding left, for the transport (None: nothing changed).
+    pub fn expire_departed(&mut self, consenters: &[Consenter], now: Instant) -> Option<Binding> {
+        if self.departed_until.is_none_or(|t| now < t) {
+            return None;
+        }
+        self.departed_until = None;
+        let (ids, me) = self.bound.take()?;
+        let kept: Vec<(u64, Consenter)> =
+            ids.into_iter().zip(self.bound_to.drain(..)).filter(|(_, c)| consenters.contains(c)).collect();
+        let me = me.filter(|m| kept.iter().any(|(id, _)| id == m));
+        self.bound = Some((kept.iter().map(|(id, _)| *id).collect(), me));
+        self.bound_to = kept.iter().map(|(_, c)| c.clone()).collect();
+        Some((me, kept))
     }
 
     /// Whether `id` is a bound member other than this node. After the
@@ -93,7 +136,7 @@ impl Membership {
     /// plugin binds the new set: a member that left stays reachable until
     /// the plugin's own removal of it is done (Fabric's etcdraft configures
     /// its comm once raft applied the conf change, which commits under the
-    /// old voters).
+    /// old voters), for at most [`DEPARTED_GRACE`].
     pub fn is_peer(&self, id: u64) -> bool {
         self.bound.as_ref().is_some_and(|(ids, me)| ids.contains(&id) && Some(id) != *me)
     }
@@ -137,5 +180,30 @@ mod tests {
         assert!(m.bind(&[a.clone(), b], vec![1]).is_err());
         assert!(m.bind(&[a, c], vec![2, 2]).is_err());
         assert_eq!(m.ids(), Some(&[1u64, 2][..]));
+    }
+
+    #[test]
+    fn members_that_left_are_dropped_after_the_grace_if_the_plugin_never_binds() {
+        let (a, b, c) = (consenter(1, b"a"), consenter(2, b"b"), consenter(3, b"c"));
+        let mut m = Membership::new(Some(b"a".to_vec()));
+        m.bind(&[a.clone(), b.clone(), c.clone()], vec![1, 2, 3]).unwrap();
+        let t0 = Instant::now();
+        // Growing the set departs nobody: no deadline.
+        m.consenters_changed(&[a.clone(), b.clone(), c.clone(), consenter(4, b"d")], t0);
+        assert!(m.expire_departed(&[a.clone(), b.clone()], t0 + DEPARTED_GRACE * 2).is_none());
+        // c leaves; the plugin does not bind the new set.
+        let now = [a.clone(), b.clone()];
+        m.consenters_changed(&now, t0);
+        assert!(m.expire_departed(&now, t0 + DEPARTED_GRACE / 2).is_none(), "within the grace");
+        assert!(m.is_peer(3), "c is reachable during its removal");
+        let (me, members) = m.expire_departed(&now, t0 + DEPARTED_GRACE).expect("the grace is over");
+        assert_eq!((me, members.iter().map(|(id, _)| *id).collect::<Vec<_>>()), (Some(1), vec![1, 2]));
+        assert!(!m.is_peer(3) && m.is_peer(2));
+        assert!(m.expire_departed(&now, t0 + DEPARTED_GRACE * 3).is_none(), "once");
+        // A plugin that binds in time keeps its own binding.
+        m.bind(&[a.clone(), b.clone(), c.clone()], vec![1, 2, 3]).unwrap();
+        m.consenters_changed(&now, t0);
+        m.bind(&now, vec![1, 2]).unwrap();
+        assert!(m.expire_departed(&now, t0 + DEPARTED_GRACE).is_none());
     }
 }

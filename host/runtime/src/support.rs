@@ -354,6 +354,24 @@ impl Support {
         self.cluster_report.as_ref()
     }
 
+    /// Drops from the plugin's binding the members that left the consenter
+    /// set, once their grace is over and the plugin has not bound the new
+    /// set (a plugin cannot keep a removed consenter in the channel); tells
+    /// the cluster transport. Called before every timer and message.
+    pub fn expire_departed(&mut self) {
+        let now = self.clock.now();
+        if let Some((me, members)) = self.membership.expire_departed(&self.config.consenters, now) {
+            tracing::warn!(
+                channel = %self.chain_id,
+                members = ?members.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+                "the plugin did not bind the new consenter set within the grace: members that left are no longer bound"
+            );
+            if let Some(c) = self.cluster.as_mut() {
+                c.set_members(me, &members);
+            }
+        }
+    }
+
     /// The membership (ids bound by the plugin).
     pub fn membership(&self) -> &Membership {
         &self.membership
@@ -655,8 +673,10 @@ impl Support {
             tracing::info!(channel = %self.chain_id, block = n, sequence = c.sequence, "config applied");
             if c.consenters != self.config.consenters {
                 // The plugin's ids named the old set: it binds the new
-                // one when it is ready (the old binding stays meanwhile).
+                // one when it is ready (the old binding stays meanwhile,
+                // for members that left at most DEPARTED_GRACE).
                 self.consenters_changed = true;
+                self.membership.consenters_changed(&c.consenters, self.clock.now());
             }
             self.config = Arc::new(*c);
         }

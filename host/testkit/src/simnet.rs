@@ -521,6 +521,12 @@ impl SimNet {
         Ok(i)
     }
 
+    /// The member ids node `i`'s host binds in its cluster transport now
+    /// (what the plugin bound, less members the host dropped).
+    pub fn bound_members(&self, i: usize) -> Vec<u64> {
+        self.nodes[i].members.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
+    }
+
     /// What node `i`'s plugin reports of the cluster (leader, members).
     pub fn cluster(&self, i: usize) -> Option<consenter_runtime::support::ClusterReport> {
         self.nodes[i].status.cluster()

@@ -290,3 +290,41 @@ fn without_the_handover_a_rolling_live_upgrade_loses_envelopes() {
     eprintln!("accepted and never ordered without the handover, seeds 1..=5: {lost:?} (of 160 each)");
     assert!(lost.iter().sum::<usize>() > 0, "the handover is what saves them");
 }
+
+#[test]
+fn a_plugin_that_never_binds_the_new_set_loses_a_removed_member_after_the_grace() {
+    // A raft mutant that never calls bind-ids after start: the host keeps
+    // a member that left bound while its removal may still need it, then
+    // drops it from the transport, so a plugin cannot keep a removed
+    // consenter in the channel.
+    let rt = Runtime::new(Limits::default()).unwrap();
+    let bytes = std::fs::read(consenter_test_plugins::path("mutant_raft_never_rebind.wasm")).unwrap();
+    let mutant = rt.load("etcdraft", &bytes).unwrap();
+    let mut n = SimNet::start(&mutant, signer(), SimConfig { seed: 5, ..SimConfig::default() }).unwrap();
+    n.run_for(Duration::from_secs(5));
+    assert_eq!(n.bound_members(0), vec![1, 2, 3]);
+    let two: Vec<_> = (0..2).map(SimNet::consenter_entry).collect();
+    assert!(n.submit_config_update(0, consenters_update(&n, 0, two)).unwrap());
+    n.run_for(Duration::from_secs(2));
+    assert_eq!(n.config(0).unwrap().consenters.len(), 2, "the removal is written");
+    assert_eq!(n.bound_members(0), vec![1, 2, 3], "within the grace the member that left stays bound");
+    n.run_for(consenter_runtime::cluster::DEPARTED_GRACE);
+    for i in 0..2 {
+        assert_eq!(n.bound_members(i), vec![1, 2], "node {i}: the member that left is dropped after the grace");
+        assert!(n.errored(i).is_none(), "node {i}: {:?}", n.errored(i));
+    }
+    // The node removed orders nothing more (SERVICE_UNAVAILABLE, as an
+    // evicted Fabric orderer); the two left keep ordering.
+    assert!(!n.submit(2, env("to-the-removed-node")), "the removed node refuses");
+    n.crash(2);
+    let accepted = load(&mut n, "after", 10);
+    n.run_for(Duration::from_secs(2));
+    let ids = n.tx_ids(0);
+    assert!(
+        !accepted.is_empty() && accepted.iter().all(|t| ids.contains(t)),
+        "{accepted:?} ordered; node 0 has {ids:?}; clusters {:?} {:?} {:?}",
+        n.cluster(0),
+        n.cluster(1),
+        n.cluster(2)
+    );
+}

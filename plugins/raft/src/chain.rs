@@ -148,6 +148,10 @@ pub struct Raft {
     conf_change: Option<u64>,
     /// This node was removed from the cluster: it ignores events.
     removed: bool,
+    /// A written config block no longer names this node among the
+    /// consenters: it orders nothing more (its raft still answers until
+    /// its RemoveNode is applied, which may need its acknowledgement).
+    evicted: bool,
     next_id: u64,
     me: u64,
     role: StateRole,
@@ -249,6 +253,7 @@ impl Raft {
             consenters,
             conf_change: None,
             removed: false,
+            evicted: false,
             next_id,
             me,
             role: StateRole::Follower,
@@ -393,7 +398,9 @@ impl Raft {
         let mut answers = Vec::with_capacity(envs.len());
         let mut run: Vec<(Envelope, EnvelopeInfo)> = Vec::new();
         for (env, info) in envs {
-            if self.failed {
+            // A node removed from the consenters orders nothing (Fabric's
+            // etcdraft halts the chain of an evicted node): SERVICE_UNAVAILABLE.
+            if self.failed || self.removed || self.evicted {
                 answers.push(false);
                 continue;
             }
@@ -627,6 +634,7 @@ impl Raft {
             self.consenters = consenters;
             self.ids = ids;
             self.next_id = next;
+            self.evicted = cluster::self_index().is_none();
         }
         self.bind();
     }
@@ -639,6 +647,11 @@ impl Raft {
     /// with two voters the leaving one must still be reachable, so the
     /// host keeps the previous binding until then.
     fn bind(&mut self) {
+        // Mutant: keeps the binding of the start for ever (the host must
+        // drop members that left once their grace is over).
+        if cfg!(feature = "mutant-never-rebind") {
+            return;
+        }
         if self.node.store().voters().iter().any(|v| !self.ids.contains(v)) {
             return; // bound again once the RemoveNode applied
         }
@@ -732,6 +745,10 @@ impl Raft {
     /// cuts; a leader that steps down drops what it had not proposed
     /// (Fabric's etcdraft does the same) and forwards what waited.
     fn role_changed(&mut self) {
+        if self.removed {
+            // Its raft may still think it leads: it takes no part any more.
+            return;
+        }
         let (role, leader) = (self.node.raft.state, self.node.raft.leader_id);
         if role == StateRole::Leader && self.role != StateRole::Leader {
             self.cut_after = Some(self.node.raft.raft_log.last_index());
@@ -922,6 +939,7 @@ impl Raft {
             self.consenters = consenters;
             self.ids = ids;
             self.next_id = next;
+            self.evicted = cluster::self_index().is_none();
             self.bind();
         }
     }
@@ -976,6 +994,11 @@ impl Raft {
             info("this node was removed from the channel's consenters: it stops taking part");
             self.removed = true;
             self.leader = 0;
+            self.role = StateRole::Follower;
+            if self.batch_timer {
+                timers::cancel(BATCH);
+                self.batch_timer = false;
+            }
             cluster::report(0, &[]);
         }
     }
