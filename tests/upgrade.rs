@@ -135,7 +135,11 @@ async fn a_live_upgrade_loses_nothing_and_a_failing_build_rolls_back() {
     let shipped = consenter_view(&node, CH);
     assert_eq!((&shipped["plugin"], &shipped["upgrades"]), (&"solo".into(), &0.into()), "{shipped}");
     let shipped_version = shipped["version"].as_str().unwrap().to_string();
-    assert_eq!(plugins(&node)["solo"]["source"], "shipped");
+    let listed = plugins(&node);
+    assert_eq!(listed["solo"]["source"], "shipped");
+    // Solo keeps nothing of its own (the host's cutter holds what it
+    // accepted); raft hands its state over at an upgrade.
+    assert_eq!((&listed["solo"]["handover"], &listed["etcdraft"]["handover"]), (&false.into(), &true.into()));
 
     // Refused, with the reason; nothing changes.
     let unsigned = consenter_test_plugins::path("consenter_template.wasm");

@@ -48,6 +48,10 @@ pub struct PluginView {
     pub sha256: String,
     /// `single-node` or `clustered`.
     pub world: &'static str,
+    /// Whether it exports `handover` (contract 0.2.1): at a live upgrade
+    /// the build before it hands it its in-memory state; without it, what
+    /// an instance holds in its own memory is lost at the switch.
+    pub handover: bool,
     /// Where it came from.
     pub source: Source,
 }
@@ -235,6 +239,7 @@ impl Registry {
                 version: e.plugin.version().to_string(),
                 sha256: e.plugin.sha256().to_string(),
                 world: world_name(&e.plugin),
+                handover: e.plugin.has_handover(),
                 source: e.source,
             })
             .collect()
