@@ -43,11 +43,9 @@ pub const DEPARTED_GRACE: Duration = Duration::from_secs(30);
 pub struct Membership {
     /// This node's TLS certificate (DER), which finds it among the consenters.
     pub(crate) self_cert: Option<Vec<u8>>,
-    /// The plugin's last binding: its ids (index-aligned with the
-    /// consenters they were bound to) and this node's id among them.
-    bound: Option<(Vec<u64>, Option<u64>)>,
-    /// The consenters of the last binding, index-aligned with its ids.
-    bound_to: Vec<Consenter>,
+    /// The plugin's last binding: this node's id and each member's id with
+    /// the consenter entry it was bound to.
+    bound: Option<Binding>,
     /// Set when the consenter set changed and some bound member left it:
     /// when those members stop being reachable if the plugin has not bound
     /// the new set by then.
@@ -63,7 +61,7 @@ impl Membership {
     /// Membership of a node identified by the TLS certificate `self_cert`
     /// (DER; None: this node is no consenter).
     pub fn new(self_cert: Option<Vec<u8>>) -> Membership {
-        Membership { self_cert, bound: None, bound_to: Vec::new(), departed_until: None }
+        Membership { self_cert, bound: None, departed_until: None }
     }
 
     /// This node's index among `consenters`: the entry whose server or
@@ -97,9 +95,8 @@ impl Membership {
             }
         }
         let me = self.self_index(consenters).map(|i| ids[i as usize]);
-        let members = ids.iter().copied().zip(consenters.iter().cloned()).collect();
-        self.bound = Some((ids, me));
-        self.bound_to = consenters.to_vec();
+        let members: Vec<(u64, Consenter)> = ids.into_iter().zip(consenters.iter().cloned()).collect();
+        self.bound = Some((me, members.clone()));
         self.departed_until = None;
         Ok((me, members))
     }
@@ -108,7 +105,8 @@ impl Membership {
     /// `now`: if members of the last binding left it, they stay bound for
     /// at most [`DEPARTED_GRACE`] unless the plugin binds the new set.
     pub fn consenters_changed(&mut self, consenters: &[Consenter], now: Instant) {
-        if self.bound_to.iter().any(|c| !consenters.contains(c)) {
+        let left = self.bound.as_ref().is_some_and(|(_, members)| members.iter().any(|(_, c)| !consenters.contains(c)));
+        if left {
             self.departed_until.get_or_insert(now + DEPARTED_GRACE);
         }
     }
@@ -122,13 +120,18 @@ impl Membership {
             return None;
         }
         self.departed_until = None;
-        let (ids, me) = self.bound.take()?;
-        let kept: Vec<(u64, Consenter)> =
-            ids.into_iter().zip(self.bound_to.drain(..)).filter(|(_, c)| consenters.contains(c)).collect();
-        let me = me.filter(|m| kept.iter().any(|(id, _)| id == m));
-        self.bound = Some((kept.iter().map(|(id, _)| *id).collect(), me));
-        self.bound_to = kept.iter().map(|(_, c)| c.clone()).collect();
-        Some((me, kept))
+        let (me, members) = self.bound.as_mut()?;
+        members.retain(|(_, c)| consenters.contains(c));
+        if me.is_some_and(|m| !members.iter().any(|(id, _)| *id == m)) {
+            *me = None;
+        }
+        self.bound.clone()
+    }
+
+    /// Whether members that left the consenter set are within their grace
+    /// (see [`Membership::expire_departed`]).
+    pub fn has_departing(&self) -> bool {
+        self.departed_until.is_some()
     }
 
     /// Whether `id` is a bound member other than this node. After the
@@ -138,18 +141,18 @@ impl Membership {
     /// its comm once raft applied the conf change, which commits under the
     /// old voters), for at most [`DEPARTED_GRACE`].
     pub fn is_peer(&self, id: u64) -> bool {
-        self.bound.as_ref().is_some_and(|(ids, me)| ids.contains(&id) && Some(id) != *me)
+        self.bound.as_ref().is_some_and(|(me, members)| Some(id) != *me && members.iter().any(|(m, _)| *m == id))
     }
 
-    /// The bound ids, if any.
-    pub fn ids(&self) -> Option<&[u64]> {
-        self.bound.as_ref().map(|(ids, _)| ids.as_slice())
+    /// The bound ids, in binding order, if any.
+    pub fn ids(&self) -> Option<Vec<u64>> {
+        self.bound.as_ref().map(|(_, members)| members.iter().map(|(id, _)| *id).collect())
     }
 
     /// This node's id in the last binding (None: unbound, or this node is
     /// none of the consenters bound).
     pub fn self_id(&self) -> Option<u64> {
-        self.bound.as_ref().and_then(|(_, me)| *me)
+        self.bound.as_ref().and_then(|(me, _)| *me)
     }
 }
 
@@ -175,11 +178,11 @@ mod tests {
         assert!(m.is_peer(3));
         m.bind(&[a.clone(), b.clone()], vec![1, 2]).unwrap();
         assert!(!m.is_peer(3) && m.is_peer(2));
-        assert_eq!((m.ids(), m.self_id()), (Some(&[1u64, 2][..]), Some(1)));
+        assert_eq!((m.ids(), m.self_id()), (Some(vec![1, 2]), Some(1)));
         // Refused bindings change nothing.
         assert!(m.bind(&[a.clone(), b], vec![1]).is_err());
         assert!(m.bind(&[a, c], vec![2, 2]).is_err());
-        assert_eq!(m.ids(), Some(&[1u64, 2][..]));
+        assert_eq!(m.ids(), Some(vec![1, 2]));
     }
 
     #[test]

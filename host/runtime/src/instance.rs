@@ -63,7 +63,7 @@ pub(crate) type HandoverGuest = crate::bindings::v0_2_handover::exports::fabric:
 
 /// What an ending instance handed to the next one through its `handover`
 /// export (contract 0.2.1).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Handover {
     /// The plugin's own state, in its own format (for `import-state` of
     /// the next build of the same type).
@@ -265,11 +265,6 @@ impl Instance {
     /// `halt()`.
     pub fn halt(&mut self) -> Result<(), RuntimeError> {
         self.call("halt", |b, s| on_chain!(b, |c| c.call_halt(s)))
-    }
-
-    /// Whether the instance exports `handover`.
-    pub fn has_handover(&self) -> bool {
-        self.handover.is_some()
     }
 
     /// `handover.export-state()`, instead of `halt`, for an instance whose

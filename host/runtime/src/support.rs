@@ -359,6 +359,9 @@ impl Support {
     /// set (a plugin cannot keep a removed consenter in the channel); tells
     /// the cluster transport. Called before every timer and message.
     pub fn expire_departed(&mut self) {
+        if !self.membership.has_departing() {
+            return;
+        }
         let now = self.clock.now();
         if let Some((me, members)) = self.membership.expire_departed(&self.config.consenters, now) {
             tracing::warn!(

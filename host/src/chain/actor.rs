@@ -307,8 +307,7 @@ impl Runner {
         };
         let metadata = old.last_metadata().to_vec();
         let handed = pending.len();
-        // The old build's state, for a new build that takes it.
-        let state = state.filter(|_| self.plugin.has_handover());
+        // The old build's state (a new build without `handover` ignores it).
         match self.start_on(old, metadata, pending, state) {
             Ok(core) => {
                 let upgrades = self.begin_probation(previous);

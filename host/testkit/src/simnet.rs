@@ -409,22 +409,27 @@ impl SimNet {
         let Some(mut old) = n.core.take() else { return Ok(None) };
         let (pending, state) = old.end_for_successor();
         n.plugin = Some(plugin.clone());
+        let handed = pending.len();
         let Some(prev) = old.into_support() else {
-            // The old instance trapped: the new build starts from the ledger.
+            // The old instance trapped: the new build starts from the
+            // ledger and is offered what the cutter held, as a node does.
             self.restart(i)?;
-            return Ok(Some(0));
+            if let Some(core) = self.nodes[i].core.as_mut()
+                && !pending.is_empty()
+            {
+                let _ = core.enqueue_many(pending);
+            }
+            self.drain(i);
+            return Ok(Some(handed));
         };
         let metadata = prev.last_metadata().to_vec();
         let support = self.support_for(i, prev.config().clone(), prev.position(), &metadata);
-        let state = state.filter(|_| plugin.has_handover());
         let status = self.nodes[i].status.clone();
         let mut core = ChainCore::start_handed(plugin, support, &metadata, status, state.as_deref())?;
-        let handed = pending.len();
         if !pending.is_empty() {
             let _ = core.enqueue_many(pending);
         }
-        let n = &mut self.nodes[i];
-        n.core = Some(core);
+        self.nodes[i].core = Some(core);
         self.drain(i);
         Ok(Some(handed))
     }
