@@ -756,3 +756,95 @@ async fn a_full_disk_errs_the_writing_channels_only() {
     let verify = stop_with(node, d, "-TERM");
     assert!(height_line(&verify, HEALTHY).contains("OK height 1"), "{verify}");
 }
+
+/// The consenter metadata of block `n` of `channel`, as text.
+async fn block_metadata(c: &mut AtomicBroadcastClient<Channel>, channel: &str, n: u64) -> String {
+    let blocks = tokio::time::timeout(Duration::from_secs(10), deliver(c, channel, n, n))
+        .await
+        .unwrap_or_else(|_| panic!("{channel}: block {n} did not come"));
+    String::from_utf8_lossy(&last_config_and_metadata(&blocks[0]).1).into_owned()
+}
+
+/// A live upgrade between two builds of a hostile plugin that exports
+/// `handover`: a state over the per-call byte cap is dropped (the new build
+/// starts without it, a small one is handed over), a new build that traps
+/// in `import-state` is rolled back to the old one, an old one that traps
+/// in `export-state` is replaced from the ledger. Every channel keeps
+/// ordering, and so does the healthy one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_handover_is_contained() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let modes = [
+        ("ho-small", "small-state:export-state"),
+        ("ho-huge", "huge-state:export-state"),
+        ("ho-import", "trap:import-state"),
+        ("ho-export", "trap:export-state"),
+    ];
+    let channels: Vec<(&str, &str, &str)> = modes.iter().map(|(c, m)| (*c, "hostile", *m)).collect();
+    prepare(&d.join("data"), &channels);
+    let hostile = format!("hostile={}", plugin_path("hostile_handover.wasm").display());
+    let node = NodeProc::start_logged(
+        &d.join("data"),
+        &["--no-dev-channel", "--allow-unsigned-plugins", "--plugin", &hostile, "--plugin-probation", "1h"],
+        &d.join("node.log"),
+    );
+    let mut c = node.client().await;
+    let mut healthy = Healthy { blocks: 0 };
+    healthy.round(&mut c).await;
+    let build_a = consenter_view(&node, "ho-small")["sha256"].as_str().unwrap().to_string();
+    for (ch, _) in modes {
+        assert_eq!(send(&mut c, ch, "before").await.0, SUCCESS, "{ch}");
+        assert_eq!(block_metadata(&mut c, ch, 1).await, "before imported none", "{ch}");
+    }
+
+    // Build b of the same type, installed live: every hostile channel
+    // switches at its next block boundary.
+    let admin = node.admin.as_deref().expect("the admin endpoint");
+    let b = plugin_path("hostile_handover_b.wasm");
+    let (ok, out) = cli(&["plugin", "install", "-o", admin, b.to_str().unwrap(), "--consensus-type", "hostile"]);
+    assert!(ok && out.starts_with("Status: 201"), "{out}");
+    let settled = |v: &serde_json::Value| v["upgrades"] == 1 || v["rollbacks"] == 1;
+    let end = Instant::now() + Duration::from_secs(20);
+    for (ch, _) in modes {
+        while !settled(&consenter_view(&node, ch)) {
+            assert!(Instant::now() < end, "{ch} did not switch: {}", consenter_view(&node, ch));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    healthy.round(&mut c).await;
+
+    // What each channel's next block says the new instance imported.
+    for (ch, want) in [
+        ("ho-small", "after imported 1024"),
+        ("ho-huge", "after imported none"),
+        ("ho-import", "after imported none"),
+        ("ho-export", "after imported none"),
+    ] {
+        let (st, info) = send(&mut c, ch, "after").await;
+        assert_eq!(st, SUCCESS, "{ch}: {info}");
+        assert_eq!(block_metadata(&mut c, ch, 2).await, want, "{ch}");
+        let v = consenter_view(&node, ch);
+        assert_eq!(v["state"], "running", "{ch}: {v}");
+    }
+    wait_log(d, &["channel=ho-huge", "state_bytes=8388608", "over the per-call byte cap"]);
+    // The new build runs where its start succeeded ...
+    for ch in ["ho-small", "ho-huge", "ho-export"] {
+        let v = consenter_view(&node, ch);
+        assert!(v["sha256"] != build_a.as_str() && v["upgrades"] == 1 && v["rollbacks"] == 0, "{ch}: {v}");
+    }
+    // ... and the channel whose new build trapped in import-state is back
+    // on build a, with the reason.
+    let v = consenter_view(&node, "ho-import");
+    assert_eq!((&v["sha256"], &v["rollbacks"]), (&build_a.clone().into(), &1.into()), "{v}");
+    let reason = v["lastRollback"].as_str().unwrap_or_default();
+    assert!(reason.contains("did not start") && reason.contains("import-state"), "{reason}");
+    wait_log(d, &["channel=ho-export", "trapped in export-state"]);
+    healthy.round(&mut c).await;
+
+    let verify = stop_and_verify(node, d);
+    assert!(height_line(&verify, HEALTHY).contains("OK height 4"), "{verify}");
+    for (ch, _) in modes {
+        assert!(height_line(&verify, ch).contains("OK height 3"), "{ch}: {verify}");
+    }
+}

@@ -1,8 +1,9 @@
 //! Builds every plugin the tests load (solo, the hostile modes, the plugin
 //! with an unknown import, the one built for another contract version, the
 //! one that fails its canary), the mutants the conformance suite must
-//! catch (solo and raft each built with one planted bug) and a packaged
-//! solo, as the node ships it.
+//! catch (solo and raft each built with one planted bug), two builds of the
+//! hostile plugin that export `handover` and a packaged solo, as the node
+//! ships it.
 
 use std::path::PathBuf;
 
@@ -16,7 +17,7 @@ const PACKAGES: &[&str] = &[
     "consenter-hostile-canary",
 ];
 
-/// (package, feature, its output, the mutant's file name).
+/// (package, features, its output, the variant's file name).
 const MUTANTS: &[(&str, &str, &str, &str)] = &[
     ("consenter-solo", "mutant-no-timer", "consenter_solo.wasm", "mutant_solo_no_timer.wasm"),
     ("consenter-solo", "mutant-drop-1000th", "consenter_solo.wasm", "mutant_solo_drop_1000th.wasm"),
@@ -25,6 +26,8 @@ const MUTANTS: &[(&str, &str, &str, &str)] = &[
     ("consenter-raft", "mutant-minority-commit", "consenter_raft.wasm", "mutant_raft_minority_commit.wasm"),
     ("consenter-raft", "mutant-no-hardstate", "consenter_raft.wasm", "mutant_raft_no_hardstate.wasm"),
     ("consenter-raft", "mutant-never-rebind", "consenter_raft.wasm", "mutant_raft_never_rebind.wasm"),
+    ("consenter-hostile", "handover", "consenter_hostile.wasm", "hostile_handover.wasm"),
+    ("consenter-hostile", "handover,second-build", "consenter_hostile.wasm", "hostile_handover_b.wasm"),
 ];
 
 fn main() {

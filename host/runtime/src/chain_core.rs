@@ -113,7 +113,8 @@ impl ChainCore {
     /// accepted and not written that came back, in their order (the
     /// batches it had cut, the cutter's, those it held), counted as handed
     /// over (not lost), and the state it exported (None without the
-    /// export, or if it trapped there).
+    /// export, if it trapped there, or if the state was over the per-call
+    /// byte cap).
     pub fn end_for_successor(&mut self) -> (Vec<Envelope>, Option<Vec<u8>>) {
         let pending = self.take_pending();
         let handed = match self.instance.export_state() {
@@ -129,7 +130,7 @@ impl ChainCore {
         let mut envs = h.cut;
         envs.extend(pending);
         envs.extend(h.held);
-        (envs, Some(h.state))
+        (envs, h.state)
     }
 
     /// Envelopes the plugin accepted that this node neither wrote nor

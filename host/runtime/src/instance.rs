@@ -66,8 +66,9 @@ pub(crate) type HandoverGuest = crate::bindings::v0_2_handover::exports::fabric:
 #[derive(Debug)]
 pub struct Handover {
     /// The plugin's own state, in its own format (for `import-state` of
-    /// the next build of the same type).
-    pub state: Vec<u8>,
+    /// the next build of the same type); None when it was over the
+    /// per-call byte cap (`max_call_bytes`) and dropped.
+    pub state: Option<Vec<u8>>,
     /// The envelopes of the batches it had cut and not made into blocks,
     /// in order: offered to the next instance before those pending in the
     /// host's cutter.
@@ -273,7 +274,11 @@ impl Instance {
     /// back as host envelopes.
     pub fn export_state(&mut self) -> Option<Result<Handover, RuntimeError>> {
         let guest = self.handover.take()?;
-        Some(self.call("export-state", |_, s| {
+        // A state is a byte list the plugin passes to the host: the
+        // per-call byte cap applies (the lift itself is bounded by the old
+        // instance's memory cap).
+        let max = self.store.as_ref().map_or(0, |s| s.data().call_limits.max_call_bytes);
+        let r = self.call("export-state", |_, s| {
             let handed = guest.call_export_state(&mut *s)?;
             let st = s.data_mut();
             let mut cut = Vec::new();
@@ -281,7 +286,18 @@ impl Instance {
                 cut.extend(st.delete::<crate::glue::types::BatchRes>(b)?.0);
             }
             let held = handed.envelopes.into_iter().map(|e| st.take_envelope(e)).collect::<wasmtime::Result<_>>()?;
-            Ok(Handover { state: handed.state, cut, held })
+            Ok(Handover { state: Some(handed.state), cut, held })
+        });
+        Some(r.map(|mut h| {
+            if let Some(len) = h.state.as_ref().map(Vec::len).filter(|len| *len > max) {
+                tracing::warn!(
+                    plugin = %self.plugin, channel = %self.channel, state_bytes = len, max_call_bytes = max,
+                    "the state the old instance handed over is over the per-call byte cap (max-call-kib); the new \
+                     build starts without it"
+                );
+                h.state = None;
+            }
+            h
         }))
     }
 

@@ -58,7 +58,18 @@
 //! - `revalidate-storm:enqueue`: revalidates each envelope 2,000 times
 //!   (host work, not counted against the call deadline), then writes it.
 //!
-//! `<event>` is one of `handle-chain`, `start`, `enqueue`, `timer`, `halt`.
+//! Built with the feature `handover` (`hostile_handover.wasm`; with
+//! `second-build` too, `hostile_handover_b.wasm`, another build of the same
+//! type) it also exports `handover`; every block's consenter metadata is
+//! then `<tx id> imported <bytes|none>`, the size of the state its
+//! `import-state` got. There:
+//! - `huge-state:export-state` exports an 8 MiB state (over the host's
+//!   `max-call-kib` cap: the new build must start without it);
+//! - `small-state:export-state` exports a 1 KiB state (handed over);
+//! - `trap:export-state`, `trap:import-state` trap there.
+//!
+//! `<event>` is one of `handle-chain`, `start`, `enqueue`, `timer`, `halt`,
+//! `export-state`, `import-state`.
 
 use consenter_sdk::{
     Batch, Block, Consenter, Envelope, EnvelopeInfo, Level, MessageClass, SupportError, host_log, support, timers,
@@ -69,6 +80,22 @@ struct Hostile {
     hoard: Vec<Envelope>,
     batches: Vec<Batch>,
     blocks: Vec<Block>,
+    /// The size of the state `import-state` got (builds with `handover`).
+    #[cfg(feature = "handover")]
+    imported: Option<usize>,
+}
+
+/// Which build this is (two builds of one type differ by it).
+const BUILD: &str = if cfg!(feature = "second-build") { "build b" } else { "build a" };
+
+impl Hostile {
+    /// The consenter metadata of the block of envelope `tx`.
+    fn metadata(&self, tx: &str) -> String {
+        #[cfg(feature = "handover")]
+        return format!("{tx} imported {}", self.imported.map_or("none".to_string(), |n| n.to_string()));
+        #[cfg(not(feature = "handover"))]
+        tx.to_string()
+    }
 }
 
 /// Writes `env` alone in a block with `metadata`; false (after `fail`) if
@@ -352,12 +379,19 @@ impl Consenter for Hostile {
         host_log::log(
             Level::Info,
             &format!(
-                "hostile plugin ({mode}) started with consenter metadata {:?}",
+                "hostile plugin {BUILD} ({mode}) started with consenter metadata {:?}",
                 String::from_utf8_lossy(&metadata)
             ),
         );
         misbehave(&mode, "handle-chain", None);
-        Ok(Hostile { mode, hoard: Vec::new(), batches: Vec::new(), blocks: Vec::new() })
+        Ok(Hostile {
+            mode,
+            hoard: Vec::new(),
+            batches: Vec::new(),
+            blocks: Vec::new(),
+            #[cfg(feature = "handover")]
+            imported: None,
+        })
     }
     fn start(&mut self) {
         let mode = self.mode.clone();
@@ -422,7 +456,8 @@ impl Consenter for Hostile {
             core::arch::wasm32::unreachable();
         }
         misbehave(&mode, "enqueue", Some(self));
-        let r = support::create_next_block(Batch::new(vec![env])).and_then(|b| support::write_block(b, tx.as_bytes()));
+        let md = self.metadata(&tx);
+        let r = support::create_next_block(Batch::new(vec![env])).and_then(|b| support::write_block(b, md.as_bytes()));
         match r {
             Ok(()) => true,
             Err(e) => {
@@ -438,6 +473,24 @@ impl Consenter for Hostile {
     fn halt(&mut self) {
         let mode = self.mode.clone();
         misbehave(&mode, "halt", Some(self));
+    }
+    #[cfg(feature = "handover")]
+    fn export_state(&mut self) -> consenter_sdk::Handed {
+        let mode = self.mode.clone();
+        misbehave(&mode, "export-state", Some(self));
+        let state = match mode.as_str() {
+            "huge-state:export-state" => vec![7u8; 8 << 20],
+            "small-state:export-state" => vec![7u8; 1024],
+            _ => Vec::new(),
+        };
+        consenter_sdk::Handed { state, batches: Vec::new(), envelopes: Vec::new() }
+    }
+    #[cfg(feature = "handover")]
+    fn import_state(&mut self, state: Vec<u8>) -> Result<(), String> {
+        let mode = self.mode.clone();
+        misbehave(&mode, "import-state", Some(self));
+        self.imported = Some(state.len());
+        Ok(())
     }
 }
 
