@@ -5,7 +5,9 @@
 //! CA, and one expecting another server name are refused with errors that
 //! say so; with `--tls-client-root-ca` a client without a certificate, or
 //! with one from another CA, is refused and one from the orderer org's CA
-//! works; the flags are checked at start.
+//! works, and its Deliver requests must be bound to its certificate (the
+//! channel header's `tls_cert_hash`, as Fabric checks); the flags are
+//! checked at start.
 
 mod common;
 
@@ -156,6 +158,36 @@ async fn client_root_ca_requires_client_certificates() {
     let mut c = AtomicBroadcastClient::new(ch);
     let acks = broadcast_all(&mut c, vec![message("devchannel", "mtls", 64)]).await;
     assert_eq!(acks[0].0, 200, "{acks:?}");
+
+    // Deliver is bound to the client certificate (Fabric's mutual TLS
+    // binding): the channel header must carry its SHA-256. `bench` above
+    // sent it; a request without it, or with another certificate's, gets
+    // BAD_REQUEST.
+    let hash_of = |pem_file: &str| {
+        use sha2::Digest;
+        let der = tls::load_certs("cert", Path::new(pem_file)).unwrap().remove(0);
+        bytes::Bytes::copy_from_slice(&sha2::Sha256::digest(&der))
+    };
+    let bound = |hash: bytes::Bytes| {
+        use consenter_host::proto::orderer::{SeekInfo, SeekPosition, SeekSpecified, seek_position::Type as Pos};
+        use prost::Message;
+        let pos = |n| SeekPosition { r#type: Some(Pos::Specified(SeekSpecified { number: n })) };
+        let seek = SeekInfo { start: Some(pos(0)), stop: Some(pos(0)), behavior: 0, error_response: 0 };
+        let kind = consenter_host::proto::common::HeaderType::DeliverSeekInfo;
+        let b = consenter_host::envelope::build_bound("devchannel", kind, "", seek.encode_to_vec().into(), None, hash)
+            .unwrap();
+        consenter_host::proto::common::Envelope::decode(b).unwrap()
+    };
+    for (what, hash, want) in [
+        ("no hash", bytes::Bytes::new(), (vec![], Some(400))),
+        ("admin's hash on orderer1's connection", hash_of(&admin.0), (vec![], Some(400))),
+        ("orderer1's hash", hash_of(&o1.0), (vec![0], Some(200))),
+    ] {
+        assert_eq!(deliver_raw(&mut c, bound(hash)).await, want, "{what}");
+    }
+    let log = node_log(&data);
+    assert!(log.contains("didn't include its TLS cert hash"), "{log}");
+    assert!(log.contains("claimed TLS cert hash is"), "{log}");
 }
 
 #[test]

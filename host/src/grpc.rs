@@ -35,6 +35,9 @@ const DEFAULT_ABSOLUTE_MAX: usize = 10 * 1024 * 1024;
 /// The AtomicBroadcast service over a node.
 pub struct Service {
     node: Arc<Node>,
+    /// Client certificates are required (General.TLS.ClientAuthRequired):
+    /// every Deliver request must be bound to the client's certificate.
+    mutual_tls: bool,
 }
 
 impl Service {
@@ -43,7 +46,10 @@ impl Service {
     /// the envelope's framing (larger frames are refused by gRPC before they
     /// are buffered; smaller ones over a channel's own limit get
     /// BAD_REQUEST with the sizes). Blocks sent by Deliver are not capped.
-    pub fn server(node: Arc<Node>) -> AtomicBroadcastServer<Service> {
+    /// With `mutual_tls` (the port requires client certificates) a Deliver
+    /// request's channel header must carry the SHA-256 of the client's TLS
+    /// certificate, as Fabric's orderer checks (BAD_REQUEST otherwise).
+    pub fn server(node: Arc<Node>, mutual_tls: bool) -> AtomicBroadcastServer<Service> {
         let largest = node
             .channels()
             .iter()
@@ -51,7 +57,7 @@ impl Service {
             .map(|c| c.status().absolute_max_bytes() as usize)
             .max()
             .unwrap_or(DEFAULT_ABSOLUTE_MAX);
-        AtomicBroadcastServer::new(Service { node })
+        AtomicBroadcastServer::new(Service { node, mutual_tls })
             .max_decoding_message_size(largest.saturating_add(MESSAGE_MARGIN))
             .max_encoding_message_size(usize::MAX)
     }
@@ -355,6 +361,12 @@ impl AtomicBroadcast for Service {
         &self,
         req: Request<Streaming<common::Envelope>>,
     ) -> Result<Response<Self::DeliverStream>, Status> {
+        // Fabric's mutual TLS binding: the hash of the certificate this
+        // connection's client presented, when the port requires one.
+        let binding = self.mutual_tls.then(|| {
+            use sha2::Digest;
+            req.peer_certs().and_then(|c| c.first().map(|c| sha2::Sha256::digest(c).to_vec()))
+        });
         let mut input = req.into_inner();
         let node = self.node.clone();
         let (tx, rx) = mpsc::channel(16);
@@ -377,7 +389,7 @@ impl AtomicBroadcast for Service {
                         return;
                     }
                 };
-                let status = deliver_one(&node, msg, &tx).await;
+                let status = deliver_one(&node, msg, binding.as_ref(), &tx).await;
                 let Some(status) = status else { return };
                 let r = DeliverResponse { r#type: Some(deliver_response::Type::Status(status as i32)) };
                 if tx.send(Ok(r)).await.is_err() {
@@ -392,12 +404,17 @@ impl AtomicBroadcast for Service {
 /// A Deliver request parsed from its envelope: the channel and the
 /// SeekInfo, or what is malformed (answered BAD_REQUEST).
 pub fn parse_seek(pb: &common::Envelope) -> Result<(String, SeekInfo), String> {
-    parse_seek_signed(pb).map(|(c, s, _)| (c, s))
+    parse_seek_signed(pb, None).map(|(c, s, _)| (c, s))
 }
 
 /// [`parse_seek`], also returning the request's creator (signature
-/// header), for the Readers policy.
-fn parse_seek_signed(pb: &common::Envelope) -> Result<(String, SeekInfo, bytes::Bytes), String> {
+/// header), for the Readers policy. With `binding` (the port requires
+/// client certificates: the hash of the one presented, if any), the
+/// channel header must be bound to that certificate.
+fn parse_seek_signed(
+    pb: &common::Envelope,
+    binding: Option<&Option<Vec<u8>>>,
+) -> Result<(String, SeekInfo, bytes::Bytes), String> {
     if pb.payload.is_empty() {
         return Err("envelope has an empty payload".into());
     }
@@ -410,6 +427,9 @@ fn parse_seek_signed(pb: &common::Envelope) -> Result<(String, SeekInfo, bytes::
         tracing::debug!(header_type = ch.r#type, "deliver request with a non DELIVER_SEEK_INFO header type");
     }
     check_timestamp(ch.timestamp.as_ref(), std::time::SystemTime::now())?;
+    if let Some(actual) = binding {
+        check_binding(&ch.tls_cert_hash, actual.as_deref())?;
+    }
     let seek = SeekInfo::decode(payload.data).map_err(|e| format!("payload data is not an orderer.SeekInfo: {e}"))?;
     let creator = common::SignatureHeader::decode(header.signature_header).map(|h| h.creator).unwrap_or_default();
     Ok((ch.channel_id, seek, creator))
@@ -435,14 +455,41 @@ fn check_timestamp(ts: Option<&prost_types::Timestamp>, now: std::time::SystemTi
     Ok(())
 }
 
+/// Fabric's mutual TLS binding of a Deliver request (`comm`'s
+/// `mutualTLSBinding`): the channel header's `tls_cert_hash` must be the
+/// SHA-256 of the TLS certificate the client presented.
+fn check_binding(claimed: &[u8], actual: Option<&[u8]>) -> Result<(), String> {
+    if claimed.is_empty() {
+        return Err("client didn't include its TLS cert hash (the channel header's tls_cert_hash: this orderer \
+                    requires client certificates and binds Deliver requests to them)"
+            .into());
+    }
+    let Some(actual) = actual else {
+        return Err("client didn't send a TLS certificate".into());
+    };
+    if claimed != actual {
+        return Err(format!(
+            "claimed TLS cert hash is {} but actual TLS cert hash is {}",
+            hex_of(claimed),
+            hex_of(actual)
+        ));
+    }
+    Ok(())
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// Serves one SeekInfo request; returns the final status, or None if the
 /// client went away.
 async fn deliver_one(
     node: &Node,
     pb: common::Envelope,
+    binding: Option<&Option<Vec<u8>>>,
     tx: &mpsc::Sender<Result<DeliverResponse, Status>>,
 ) -> Option<common::Status> {
-    let (channel, seek, creator) = match parse_seek_signed(&pb) {
+    let (channel, seek, creator) = match parse_seek_signed(&pb, binding) {
         Ok(x) => x,
         Err(e) => {
             tracing::warn!(error = %e, "malformed deliver request");
@@ -558,6 +605,16 @@ async fn deliver_seek(
 mod tests {
     use super::*;
     use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn deliver_tls_binding() {
+        let (a, b) = (vec![1u8; 32], vec![2u8; 32]);
+        assert!(check_binding(&a, Some(&a)).is_ok());
+        assert!(check_binding(&[], Some(&a)).unwrap_err().contains("didn't include its TLS cert hash"));
+        assert!(check_binding(&a, None).unwrap_err().contains("didn't send a TLS certificate"));
+        let e = check_binding(&a, Some(&b)).unwrap_err();
+        assert!(e.contains(&format!("claimed TLS cert hash is {}", hex_of(&a))) && e.contains(&hex_of(&b)), "{e}");
+    }
 
     #[test]
     fn deliver_time_window() {

@@ -38,6 +38,11 @@ pub struct LoadSpec {
     /// TLS to the orderer (root CAs, optional client certificate), or
     /// plaintext.
     pub tls: Option<crate::tls::dial::ClientTls>,
+    /// SHA-256 of the client certificate's DER (empty without one): the
+    /// Deliver requests' channel header `tls_cert_hash` (Fabric's mutual
+    /// TLS binding, checked by an orderer that requires client
+    /// certificates).
+    pub tls_cert_hash: Bytes,
 }
 
 /// What happened.
@@ -159,8 +164,10 @@ async fn connect(spec: &LoadSpec) -> Result<AtomicBroadcastClient<Channel>, Load
     Ok(c.max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
 }
 
+/// A Deliver request on `spec`'s channel, bound to its client
+/// certificate if it has one.
 fn seek(
-    channel: &str,
+    spec: &LoadSpec,
     start: Pos,
     stop: Pos,
     behavior: SeekBehavior,
@@ -172,8 +179,10 @@ fn seek(
         behavior: behavior as i32,
         error_response: 0,
     };
-    let b = envelope::build(channel, HeaderType::DeliverSeekInfo, "", seek.encode_to_vec().into(), signer)
-        .map_err(|e| LoadError::Sign(e.to_string()))?;
+    let data = seek.encode_to_vec().into();
+    let b =
+        envelope::build_bound(&spec.channel, HeaderType::DeliverSeekInfo, "", data, signer, spec.tls_cert_hash.clone())
+            .map_err(|e| LoadError::Sign(e.to_string()))?;
     Envelope::decode(b).map_err(|e| LoadError::Sign(e.to_string()))
 }
 
@@ -258,7 +267,7 @@ pub async fn run(
 
     // Where the chain is now: the newest block's number.
     let newest = seek(
-        &spec.channel,
+        spec,
         Pos::Newest(SeekNewest {}),
         Pos::Newest(SeekNewest {}),
         SeekBehavior::FailIfNotReady,
@@ -293,7 +302,7 @@ pub async fn run(
     // The request names the first block, so no block is missed however
     // late the stream opens.
     let follow = seek(
-        &spec.channel,
+        spec,
         Pos::Specified(SeekSpecified { number: from }),
         Pos::Specified(SeekSpecified { number: u64::MAX }),
         SeekBehavior::BlockUntilReady,
@@ -423,20 +432,15 @@ pub async fn swaps(spec: &LoadSpec, to: &str, count: usize) -> Result<SwapReport
     let mut client = connect(spec).await?;
     let one = |n: u64| {
         seek(
-            &spec.channel,
+            spec,
             Pos::Specified(SeekSpecified { number: n }),
             Pos::Specified(SeekSpecified { number: n }),
             SeekBehavior::BlockUntilReady,
             None,
         )
     };
-    let newest = seek(
-        &spec.channel,
-        Pos::Newest(SeekNewest {}),
-        Pos::Newest(SeekNewest {}),
-        SeekBehavior::FailIfNotReady,
-        None,
-    )?;
+    let newest =
+        seek(spec, Pos::Newest(SeekNewest {}), Pos::Newest(SeekNewest {}), SeekBehavior::FailIfNotReady, None)?;
     async fn first_block(
         client: &mut AtomicBroadcastClient<Channel>,
         req: Envelope,

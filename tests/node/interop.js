@@ -454,6 +454,12 @@ async function main() {
 	const opts = parseArgs(process.argv.slice(2));
 	const {user, certPem} = loadUser(opts.mspDir, opts.mspid);
 	const client = new Client('interop');
+	if (opts.tls && opts.tls.cert) {
+		// Mutual TLS: fabric-common then binds its Deliver requests to the
+		// client certificate (the channel header's tls_cert_hash), as an
+		// orderer with ClientAuthRequired checks.
+		client.setTlsClientCertAndKey(opts.tls.cert.toString(), opts.tls.key.toString());
+	}
 	const channel = client.newChannel(opts.channel);
 	const idContext = client.newIdentityContext(user);
 

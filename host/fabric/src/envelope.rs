@@ -138,6 +138,34 @@ pub fn build_at(
     signer: Option<&crate::signer::Signer>,
     now: std::time::Duration,
 ) -> Result<Bytes, crate::signer::SignerError> {
+    build_full(channel, header_type, tx_id, data, signer, now, Bytes::new())
+}
+
+/// [`build`] bound to the client's TLS certificate: the channel header's
+/// `tls_cert_hash` is `tls_cert_hash` (SHA-256 of the certificate's DER),
+/// which an orderer that requires client certificates checks on Deliver
+/// requests (Fabric's mutual TLS binding).
+pub fn build_bound(
+    channel: &str,
+    header_type: HeaderType,
+    tx_id: &str,
+    data: Bytes,
+    signer: Option<&crate::signer::Signer>,
+    tls_cert_hash: Bytes,
+) -> Result<Bytes, crate::signer::SignerError> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    build_full(channel, header_type, tx_id, data, signer, now, tls_cert_hash)
+}
+
+fn build_full(
+    channel: &str,
+    header_type: HeaderType,
+    tx_id: &str,
+    data: Bytes,
+    signer: Option<&crate::signer::Signer>,
+    now: std::time::Duration,
+    tls_cert_hash: Bytes,
+) -> Result<Bytes, crate::signer::SignerError> {
     use crate::proto::common::Header;
     let ch = ChannelHeader {
         r#type: header_type as i32,
@@ -147,7 +175,7 @@ pub fn build_at(
         tx_id: tx_id.to_string(),
         epoch: 0,
         extension: Bytes::new(),
-        tls_cert_hash: Bytes::new(),
+        tls_cert_hash,
     };
     let sh = signer.map(|s| s.new_signature_header().encode_to_vec()).unwrap_or_default();
     let payload = Payload {

@@ -72,6 +72,18 @@ impl GrpcTlsArgs {
         let server_name = self.tls_server_name.as_deref().map(consenter_host::tls::parse_server_name).transpose()?;
         Ok(Some(consenter_host::tls::dial::ClientTls { config, server_name }))
     }
+
+    /// SHA-256 of the client certificate's DER (empty without one): what
+    /// Deliver requests carry as the channel header's `tls_cert_hash`, so
+    /// an orderer that requires client certificates serves them.
+    pub(crate) fn tls_cert_hash(&self) -> Result<bytes::Bytes> {
+        use sha2::Digest;
+        let Some(cert) = self.tls_client_cert.as_deref().filter(|_| !self.tls_root_cas.is_empty()) else {
+            return Ok(bytes::Bytes::new());
+        };
+        let certs = consenter_host::tls::load_certs("TLS client certificate (--tls-client-cert)", cert)?;
+        Ok(certs.first().map(|c| bytes::Bytes::copy_from_slice(&sha2::Sha256::digest(c))).unwrap_or_default())
+    }
 }
 
 pub(crate) fn bench(a: BenchArgs) -> Result<()> {
@@ -95,6 +107,7 @@ pub(crate) fn bench(a: BenchArgs) -> Result<()> {
         size: a.size,
         commit_timeout: a.commit_timeout,
         tls: a.tls.client_tls()?,
+        tls_cert_hash: a.tls.tls_cert_hash()?,
     };
     println!(
         "bench: {} envelopes of {} bytes over {} streams to {} channel {}",

@@ -412,7 +412,9 @@ pub(crate) fn start(a: StartArgs, m: &clap::ArgMatches) -> Result<()> {
             },
         }),
     };
-    rt.block_on(serve(node.clone(), Listeners { grpc: s.listen, tls: grpc_tls, cluster }, admin, dev, extras))?;
+    let mutual_tls = s.general_tls.as_ref().is_some_and(|t| t.client_auth_required);
+    let listeners = Listeners { grpc: s.listen, tls: grpc_tls, mutual_tls, cluster };
+    rt.block_on(serve(node.clone(), listeners, admin, dev, extras))?;
     node.shutdown();
     tracing::info!("stopped");
     Ok(())
@@ -581,6 +583,9 @@ pub(crate) fn cluster_setup(s: &Settings) -> Result<Option<ClusterServing>> {
 pub(crate) struct Listeners {
     pub(crate) grpc: SocketAddr,
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// Client certificates are required (General.TLS.ClientAuthRequired):
+    /// Deliver requests must then be bound to them.
+    pub(crate) mutual_tls: bool,
     pub(crate) cluster: Option<ClusterServing>,
 }
 
@@ -591,7 +596,7 @@ pub(crate) async fn serve(
     dev: Option<signer::DevIdentity>,
     extras: Extras,
 ) -> Result<()> {
-    let Listeners { grpc: listen, tls, cluster } = listeners;
+    let Listeners { grpc: listen, tls, mutual_tls, cluster } = listeners;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     let cluster_here = cluster.as_ref().is_some_and(|c| c.listen.is_none());
@@ -660,7 +665,7 @@ pub(crate) async fn serve(
         let _ = stop_rx.await;
     };
     let router = tonic::transport::Server::builder()
-        .add_service(consenter_host::grpc::Service::server(node.clone()))
+        .add_service(consenter_host::grpc::Service::server(node.clone(), mutual_tls))
         .add_optional_service(on_grpc_port);
     // Small Broadcast acks must not wait for Nagle's algorithm.
     let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
