@@ -6,8 +6,9 @@
 //! say so; with `--tls-client-root-ca` a client without a certificate, or
 //! with one from another CA, is refused and one from the orderer org's CA
 //! works, and its Deliver requests must be bound to its certificate (the
-//! channel header's `tls_cert_hash`, as Fabric checks); the flags are
-//! checked at start.
+//! channel header's `tls_cert_hash`, as Fabric checks); a certificate
+//! from the TLS CA of an organization of one of the node's channels is
+//! accepted too, as Fabric accepts it; the flags are checked at start.
 
 mod common;
 
@@ -188,6 +189,46 @@ async fn client_root_ca_requires_client_certificates() {
     let log = node_log(&data);
     assert!(log.contains("didn't include its TLS cert hash"), "{log}");
     assert!(log.contains("claimed TLS cert hash is"), "{log}");
+}
+
+/// With client certificates required, a certificate from the TLS CA of
+/// an organization of one of the node's channels is accepted although no
+/// `--tls-client-root-ca` names that CA (Fabric adds the channels' TLS CAs
+/// to its listener): User1@org1 benches solochannel with its own TLS
+/// certificate. (On a node with the development channel only, the same
+/// certificate is refused: `client_root_ca_requires_client_certificates`.)
+#[test]
+fn a_channels_organizations_may_present_their_tls_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let o0 = |p: &str| orderer_org(&format!("orderers/orderer0.example.com/{p}"));
+    let genesis = fixtures().join("blocks/solochannel.genesis.block").to_string_lossy().into_owned();
+    let (msp, cert, key, ca) = (o0("msp"), o0("tls/server.crt"), o0("tls/server.key"), tlsca());
+    let args = [
+        "--msp-dir",
+        &msp,
+        "--mspid",
+        "OrdererMSP",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-client-root-ca",
+        &ca,
+        "--genesis-block",
+        &genesis,
+    ];
+    let node = NodeProc::start_logged(&data, &args, &data.with_extension("log"));
+    let user = |p: &str| org1(&format!("users/User1@org1.example.com/{p}"));
+    let out = Command::new(env!("CARGO_BIN_EXE_consenter-host"))
+        .arg("bench")
+        .args(["--orderer", &node.addr, "--channel", "solochannel", "--messages", "20", "--clients", "1"])
+        .args(["--msp-dir", &user("msp"), "--mspid", "Org1MSP", "--commit-timeout", "20s", "--tls-root-ca", &ca])
+        .args(["--tls-client-cert", &user("tls/client.crt"), "--tls-client-key", &user("tls/client.key")])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("envelopes seen: 20"), "{text}");
 }
 
 #[test]

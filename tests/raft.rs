@@ -1,7 +1,8 @@
 //! etcdraft across real node processes: three consenter-host nodes started
 //! from Fabric's `raftchannel.genesis.block` with the fixture crypto
 //! (orderer0..2's MSP and TLS certificates, ports 7050/7150/7250 as the
-//! genesis block names them), over mutual TLS. A leader is elected;
+//! genesis block names them), over mutual TLS (two of the three trusting
+//! only the TLS CA the channel config names). A leader is elected;
 //! Broadcast to every node (followers forward) and Deliver from every node;
 //! the ledgers hold identical headers and data and verify; the leader is
 //! killed with SIGKILL while load runs, a new leader takes over, and the
@@ -114,24 +115,22 @@ fn raft_node(i: usize, data: &Path) -> NodeProc {
 /// TLS, bootstrapped from the fixture block `genesis`, or with no channel
 /// (it joins one through its admin API).
 fn fixture_node(i: usize, data: &Path, genesis: Option<&str>) -> NodeProc {
+    node_with(i, data, genesis, true)
+}
+
+/// [`fixture_node`]; without `own_roots` the node is given no
+/// `--tls-root-ca`: it trusts the TLS CAs the channel's orderer
+/// organization names (its MSP's `tls_root_certs`), as a Fabric orderer.
+fn node_with(i: usize, data: &Path, genesis: Option<&str>, own_roots: bool) -> NodeProc {
     let listen = format!("127.0.0.1:{}", 7050 + 100 * i);
     let (msp, cert, key, ca) = (orderer(i, "msp"), orderer(i, "tls/server.crt"), orderer(i, "tls/server.key"), tlsca());
-    let mut args: Vec<String> = [
-        "--listen",
-        &listen,
-        "--msp-dir",
-        &msp,
-        "--mspid",
-        "OrdererMSP",
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-        "--tls-root-ca",
-        &ca,
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args: Vec<String> =
+        ["--listen", &listen, "--msp-dir", &msp, "--mspid", "OrdererMSP", "--tls-cert", &cert, "--tls-key", &key]
+            .map(String::from)
+            .to_vec();
+    if own_roots {
+        args.extend(["--tls-root-ca".into(), ca]);
+    }
     match genesis {
         Some(g) => args.extend(["--genesis-block".into(), fixtures().join("blocks").join(g).display().to_string()]),
         None => args.push("--no-dev-channel".into()),
@@ -250,7 +249,11 @@ async fn until_ordered(i: usize, txs: &[String]) -> Vec<Block> {
 async fn three_nodes_order_through_any_node_and_agree() {
     let _ports = lock_ports(RAFT).await;
     let dir = tempfile::tempdir().unwrap();
-    let _nodes: Vec<NodeProc> = (0..3).map(|i| raft_node(i, &dir.path().join(format!("n{i}")))).collect();
+    // Nodes 1 and 2 get no --tls-root-ca: they reach the others by
+    // trusting the orderer org's TLS CA from the channel config.
+    let _nodes: Vec<NodeProc> = (0..3)
+        .map(|i| node_with(i, &dir.path().join(format!("n{i}")), Some("raftchannel.genesis.block"), i == 0))
+        .collect();
     let mut all = Vec::new();
     for i in 0..3 {
         let txs: Vec<String> = (0..20).map(|k| format!("via{i}-{k}")).collect();

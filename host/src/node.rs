@@ -223,6 +223,22 @@ impl Node {
         v
     }
 
+    /// The TLS CA certificates (DER) of the organizations of every running
+    /// channel's config in force, each once: what a client certificate may
+    /// chain to when the gRPC port requires one.
+    pub fn channel_tls_cas(&self) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let chains: Vec<Arc<Chain>> = read(&self.chains).values().cloned().collect();
+        for config in chains.iter().filter_map(|c| c.status().config()) {
+            for der in &config.tls_cas {
+                if !out.contains(der) {
+                    out.push(der.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// Every channel the node has, running or not, sorted.
     pub fn all_channels(&self) -> Vec<String> {
         let mut v: Vec<String> = read(&self.chains)
@@ -407,7 +423,10 @@ impl Node {
         cluster.runtime.spawn(async move {
             use crate::cluster::puller::{BlockPuller, PullerConfig};
             use crate::cluster::verify::BlockVerifier;
-            let cfgp = PullerConfig::new(&ch, endpoints, cluster.identity.clone(), signer);
+            // The join block's orderer organizations' TLS CAs are trusted
+            // too, as Fabric's onboarding trusts them.
+            let tls = cluster.identity.with_roots(&cfg.orderer_tls_cas);
+            let cfgp = PullerConfig::new(&ch, endpoints, tls, signer);
             let mut puller = BlockPuller::new(cfgp, BlockVerifier::new(cfg, 0, None));
             let r = async {
                 let mut next = 0;

@@ -93,6 +93,15 @@ pub struct ChannelConfig {
     pub consensus_state: i32,
     /// The channel's consenters (from the etcdraft metadata; empty for solo).
     pub consenters: Vec<Consenter>,
+    /// The TLS CA certificates (DER) of the orderer organizations' MSPs:
+    /// what a consenter's TLS certificate may chain to (Fabric's cluster
+    /// trusts them besides the node's own RootCAs).
+    pub orderer_tls_cas: Vec<Vec<u8>>,
+    /// The TLS CA certificates (DER) of every MSP of the config (orderer,
+    /// application and consortium organizations), each once: whom a
+    /// client's TLS certificate may chain to when the node requires client
+    /// certificates (Fabric adds them to its listener's client CAs).
+    pub tls_cas: Vec<Vec<u8>>,
     /// Capabilities named at the Channel, Orderer and Application levels.
     pub capabilities: ChannelCapabilities,
     /// The channel's Consortium value (application channels made through
@@ -137,6 +146,23 @@ fn capabilities(g: Option<&ConfigGroup>) -> Result<Vec<String>, ConfigError> {
     let c = Capabilities::decode(v.value.clone())
         .map_err(|e| ConfigError::Value { name: "Capabilities", reason: e.to_string() })?;
     Ok(c.capabilities.into_keys().collect())
+}
+
+/// The TLS CA certificates (DER) of the MSPs of the orderer group's
+/// organizations, each once, in organization order.
+fn orderer_tls_cas(orderer: &ConfigGroup, msps: &MspManager) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut orgs: Vec<(&String, &ConfigGroup)> = orderer.groups.iter().collect();
+    orgs.sort_by(|a, b| a.0.cmp(b.0));
+    for (_, org) in orgs {
+        let Some(msp) = crate::msp::msp_id_of(org).and_then(|id| msps.msp(&id)) else { continue };
+        for der in msp.tls_cas() {
+            if !out.contains(der) {
+                out.push(der.clone());
+            }
+        }
+    }
+    out
 }
 
 fn org_ids(g: Option<&ConfigGroup>) -> Vec<String> {
@@ -202,12 +228,21 @@ impl ChannelConfig {
         };
         let (open_writers, open_readers) = (open(WRITERS), open(READERS));
         let consenters = consenters_of(&ct.r#type, &ct.metadata)?;
+        let orderer_tls_cas = orderer_tls_cas(orderer, &msps);
+        let mut tls_cas: Vec<Vec<u8>> = Vec::new();
+        for der in msps.mspids().into_iter().filter_map(|id| msps.msp(id)).flat_map(|m| m.tls_cas()) {
+            if !tls_cas.contains(der) {
+                tls_cas.push(der.clone());
+            }
+        }
         Ok(ChannelConfig {
             channel_id: channel_id.to_string(),
             sequence: config.sequence,
             batch_size: bs,
             batch_timeout,
             consenters,
+            orderer_tls_cas,
+            tls_cas,
             consensus_type: ct.r#type,
             consensus_metadata: ct.metadata,
             consensus_state: ct.state,
@@ -532,7 +567,15 @@ mod tests {
         assert_eq!(c.capabilities.channel, ["V2_0"]);
         assert!(!c.system);
         let b = Block::decode(Bytes::from(std::fs::read(dir.join("raftchannel.genesis.block")).unwrap())).unwrap();
-        assert_eq!(ChannelConfig::from_config_block(&b).unwrap().consensus_type, "etcdraft");
+        let c = ChannelConfig::from_config_block(&b).unwrap();
+        assert_eq!(c.consensus_type, "etcdraft");
+        // The orderer org's MSP names its TLS CA (cryptogen's tlsca).
+        let tlsca = dir.join("../crypto/ordererOrganizations/example.com/tlsca/tlsca.example.com-cert.pem");
+        let (_, der) = x509_cert::der::pem::decode_vec(&std::fs::read(tlsca).unwrap()).unwrap();
+        assert_eq!(c.orderer_tls_cas, vec![der.clone()]);
+        // And every organization's, the orderer org's among them.
+        assert_eq!(c.tls_cas.len(), 3, "OrdererMSP, Org1MSP, Org2MSP");
+        assert!(c.tls_cas.contains(&der));
         let b = Block::decode(Bytes::from(std::fs::read(dir.join("system-channel.genesis.block")).unwrap())).unwrap();
         let c = ChannelConfig::from_config_block(&b).unwrap();
         assert!(c.system);

@@ -270,6 +270,9 @@ pub struct Msp {
     admins: Vec<Vec<u8>>,
     ou_identifiers: Vec<OuId>,
     node_ous: Option<NodeOus>,
+    /// Its TLS root and intermediate CA certificates (DER): whom the
+    /// organization's TLS certificates chain to.
+    tls_cas: Vec<Vec<u8>>,
 }
 
 impl Msp {
@@ -389,12 +392,29 @@ impl Msp {
             }
             _ => None,
         };
-        Ok(Msp { name: mspid, cas, admins, ou_identifiers, node_ous })
+        // Fabric's setupTLSCAs: every TLS root and intermediate
+        // certificate must parse.
+        let mut tls_cas = Vec::new();
+        for (what, list) in [
+            ("TLS root certificate", &conf.tls_root_certs),
+            ("TLS intermediate certificate", &conf.tls_intermediate_certs),
+        ] {
+            for (i, pem) in list.iter().enumerate() {
+                tls_cas.push(parse_cert(pem).map_err(|r| cert_err(what, i, r))?.0);
+            }
+        }
+        Ok(Msp { name: mspid, cas, admins, ou_identifiers, node_ous, tls_cas })
     }
 
     /// The MSP id.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its TLS root and intermediate CA certificates (DER), as its config
+    /// names them (`tls_root_certs`, then `tls_intermediate_certs`).
+    pub fn tls_cas(&self) -> &[Vec<u8>] {
+        &self.tls_cas
     }
 
     /// Whether NodeOUs classification is on.
@@ -590,6 +610,14 @@ impl MspManager {
     pub fn cached(&self) -> usize {
         self.cache.len()
     }
+}
+
+/// The MSP id a config group's `MSP` value names (None: no MSP value, or
+/// not a Fabric MSP).
+pub fn msp_id_of(group: &ConfigGroup) -> Option<String> {
+    let v = group.values.get("MSP")?;
+    let mc = MspConfig::decode(v.value.clone()).ok()?;
+    (mc.r#type == MSP_TYPE_FABRIC).then(|| FabricMspConfig::decode(mc.config).ok().map(|c| c.name))?
 }
 
 fn collect_msps(

@@ -86,6 +86,9 @@ impl ClusterSink for ChainClusterSink {
         *self.peers.lock().unwrap_or_else(|p| p.into_inner()) =
             members.iter().filter(|m| m.id != me).map(|m| m.endpoint.clone()).collect();
         tracing::info!(channel = %self.channel, self_id = me, members = ?members.iter().map(|m| (m.id, m.endpoint.clone())).collect::<Vec<_>>(), "cluster members bound");
+        if let Some(config) = self.status.config() {
+            self.cluster.transport.set_channel_tls_cas(&self.channel, config.orderer_tls_cas.clone());
+        }
         self.cluster.transport.set_members(&self.channel, me, members);
     }
 
@@ -104,7 +107,8 @@ impl ClusterSink for ChainClusterSink {
         }
         let config = self.status.config().ok_or("the chain has no config yet")?;
         let endpoints = self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let cfg = PullerConfig::new(&self.channel, endpoints, self.cluster.identity.clone(), self.signer.clone());
+        let tls = self.cluster.identity.with_roots(&config.orderer_tls_cas);
+        let cfg = PullerConfig::new(&self.channel, endpoints, tls, self.signer.clone());
         let (events, target, pulling, channel) =
             (self.events.clone(), self.target.clone(), self.pulling.clone(), self.channel.clone());
         self.cluster.runtime.spawn(async move {

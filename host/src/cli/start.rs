@@ -339,7 +339,7 @@ pub(crate) fn start(a: StartArgs, m: &clap::ArgMatches) -> Result<()> {
     }
     let disk_reserve = s.disk_reserve_mib.saturating_mul(1 << 20);
     // The gRPC port's TLS first: its errors name the flags and files.
-    let grpc_tls = general_tls(&s)?;
+    let (grpc_tls, client_roots) = general_tls(&s)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let mut cluster = {
         let _in_runtime = rt.enter();
@@ -412,6 +412,13 @@ pub(crate) fn start(a: StartArgs, m: &clap::ArgMatches) -> Result<()> {
             },
         }),
     };
+    // Client certificates may also chain to the TLS CAs of the channels'
+    // organizations, read whenever a client connects (Fabric updates its
+    // listener's client CAs at every config change).
+    if let Some(roots) = &client_roots {
+        let weak = Arc::downgrade(&node);
+        roots.set_source(Box::new(move || weak.upgrade().map(|n| n.channel_tls_cas()).unwrap_or_default()));
+    }
     let mutual_tls = s.general_tls.as_ref().is_some_and(|t| t.client_auth_required);
     let listeners = Listeners { grpc: s.listen, tls: grpc_tls, mutual_tls, cluster };
     rt.block_on(serve(node.clone(), listeners, admin, dev, extras))?;
@@ -464,15 +471,25 @@ pub(crate) struct Extras {
 }
 
 /// The gRPC port's TLS (Fabric's General.TLS: --tls-cert, --tls-key,
-/// --tls-client-root-ca), when enabled.
-pub(crate) fn general_tls(s: &Settings) -> Result<Option<Arc<rustls::ServerConfig>>> {
-    use consenter_host::tls::{self, ClientAuth};
-    let Some(t) = &s.general_tls else { return Ok(None) };
+/// --tls-client-root-ca), when enabled; with ClientAuthRequired, the
+/// client-certificate verifier whose channel CAs the node then supplies.
+#[allow(clippy::type_complexity)]
+pub(crate) fn general_tls(
+    s: &Settings,
+) -> Result<(Option<Arc<rustls::ServerConfig>>, Option<Arc<consenter_host::tls::client_roots::ChannelClientRoots>>)> {
+    use consenter_host::tls::{self, ClientAuth, client_roots::ChannelClientRoots};
+    let Some(t) = &s.general_tls else { return Ok((None, None)) };
+    let mut client_roots = None;
     let client_auth = if t.client_auth_required {
-        if t.client_root_cas.is_empty() {
-            bail!("General.TLS.ClientAuthRequired needs General.TLS.ClientRootCAs (--tls-client-root-ca)");
+        // Checked as a store first: errors name the file.
+        tls::load_roots("TLS client root CA (--tls-client-root-ca)", &t.client_root_cas)?;
+        let mut fixed = Vec::new();
+        for f in &t.client_root_cas {
+            fixed.extend(tls::load_certs("TLS client root CA (--tls-client-root-ca)", f)?);
         }
-        ClientAuth::Require(Arc::new(tls::load_roots("TLS client root CA (--tls-client-root-ca)", &t.client_root_cas)?))
+        let roots = ChannelClientRoots::new(fixed);
+        client_roots = Some(roots.clone());
+        ClientAuth::Verifier(roots)
     } else {
         ClientAuth::Request
     };
@@ -494,7 +511,7 @@ pub(crate) fn general_tls(s: &Settings) -> Result<Option<Arc<rustls::ServerConfi
         "gRPC: TLS{}",
         if t.client_auth_required { ", client certificates required" } else { "" }
     );
-    Ok(Some(config))
+    Ok((Some(config), client_roots))
 }
 
 /// The cluster service as the node serves it: the transport (which the
@@ -541,7 +558,10 @@ pub(crate) fn cluster_setup(s: &Settings) -> Result<Option<ClusterServing>> {
     let mut roots: Vec<PathBuf> = general.map(|t| t.root_cas.clone()).unwrap_or_default();
     roots.extend(c.root_cas.iter().cloned());
     if roots.is_empty() {
-        tracing::warn!("the cluster transport trusts no root CA: pass --tls-root-ca to reach other consenters");
+        tracing::info!(
+            "the cluster transport trusts no root CA of its own (--tls-root-ca): it trusts the TLS CAs of each \
+             channel's orderer organizations"
+        );
     }
     let identity = ClientIdentity::from_files(&identity.0, &identity.1, &roots).context("the cluster's TLS client")?;
     let transport = Transport::new(identity.clone(), TransportLimits::default());

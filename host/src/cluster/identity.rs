@@ -1,7 +1,8 @@
 //! Who the transport is as a TLS client and whom it trusts: the node's
 //! client certificate and key (Fabric's General.Cluster.ClientCertificate,
 //! by default the general TLS certificate), the root CAs a member's server
-//! certificate must chain to, and the per-member client config that also
+//! certificate must chain to (the node's own RootCAs and, per channel,
+//! its orderer organizations' TLS CAs), and the per-member client config that also
 //! pins the member's server certificate (its public key must be the one
 //! in the channel config, as Fabric's cluster dialer checks). The
 //! transport's limits live here too. Parses PEM; opens nothing.
@@ -76,6 +77,23 @@ impl ClientIdentity {
     /// The root CAs server certificates must chain to.
     pub fn roots(&self) -> Arc<RootCertStore> {
         self.roots.clone()
+    }
+
+    /// This identity also trusting `cas` (DER; e.g. the TLS CAs of a
+    /// channel's orderer organizations, as Fabric's cluster trusts them).
+    /// A certificate that is no usable trust anchor is skipped with a
+    /// warning.
+    pub fn with_roots(&self, cas: &[Vec<u8>]) -> ClientIdentity {
+        if cas.is_empty() {
+            return self.clone();
+        }
+        let mut roots = (*self.roots).clone();
+        for der in cas {
+            if let Err(e) = roots.add(CertificateDer::from(der.clone())) {
+                tracing::warn!(error = %e, "cluster: a channel's TLS CA certificate is no usable trust anchor; skipped");
+            }
+        }
+        ClientIdentity { chain: self.chain.clone(), key: self.key.clone(), roots: Arc::new(roots) }
     }
 
     /// A client config that presents this identity and verifies a server

@@ -273,8 +273,17 @@ impl Transport {
         MemberEntry { member: m, client_der, counters, outbound }
     }
 
+    /// Trusts `cas` (DER: the TLS CAs of `channel`'s orderer
+    /// organizations, from its config) for members' server certificates,
+    /// besides the node's own root CAs, as Fabric's cluster does; from the
+    /// next connection dialed.
+    pub fn set_channel_tls_cas(&self, channel: &str, cas: Vec<Vec<u8>>) {
+        self.shared.pool.set_channel_cas(channel, Some(cas));
+    }
+
     /// Forgets a channel: its streams end.
     pub fn remove_channel(&self, channel: &str) {
+        self.shared.pool.set_channel_cas(channel, None);
         let removed = self.shared.table.write().unwrap_or_else(|p| p.into_inner()).channels.remove(channel);
         drop(removed);
     }

@@ -36,11 +36,37 @@ type Slot = Arc<tokio::sync::Mutex<Weak<Channel>>>;
 pub(crate) struct ConnPool {
     identity: ClientIdentity,
     slots: Mutex<HashMap<(String, Vec<u8>), Slot>>,
+    /// Per channel, the TLS CAs (DER) of its orderer organizations: a
+    /// member's server certificate may chain to any of them, or to the
+    /// node's own roots (Fabric's cluster trusts every channel's).
+    channel_cas: Mutex<HashMap<String, Vec<Vec<u8>>>>,
 }
 
 impl ConnPool {
     pub fn new(identity: ClientIdentity) -> ConnPool {
-        ConnPool { identity, slots: Mutex::new(HashMap::new()) }
+        ConnPool { identity, slots: Mutex::new(HashMap::new()), channel_cas: Mutex::new(HashMap::new()) }
+    }
+
+    /// Sets (or with `None` forgets) `channel`'s orderer organizations'
+    /// TLS CAs, trusted from the next connection dialed.
+    pub fn set_channel_cas(&self, channel: &str, cas: Option<Vec<Vec<u8>>>) {
+        let mut all = self.channel_cas.lock().unwrap_or_else(|p| p.into_inner());
+        match cas {
+            Some(c) => all.insert(channel.to_string(), c),
+            None => all.remove(channel),
+        };
+    }
+
+    /// The identity with every channel's TLS CAs trusted too.
+    fn identity_now(&self) -> ClientIdentity {
+        let all = self.channel_cas.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cas: Vec<Vec<u8>> = Vec::new();
+        for der in all.values().flatten() {
+            if !cas.contains(der) {
+                cas.push(der.clone());
+            }
+        }
+        self.identity.with_roots(&cas)
     }
 
     fn slot(&self, endpoint: &str, server_der: &[u8]) -> Slot {
@@ -68,7 +94,7 @@ impl ConnPool {
             return Ok(c);
         }
         let spki = crate::tls::public_key_info(server_der).map_err(|e| format!("the member's server_tls_cert: {e}"))?;
-        let config = self.identity.client_config(Some(spki)).map_err(|e| e.to_string())?;
+        let config = self.identity_now().client_config(Some(spki)).map_err(|e| e.to_string())?;
         let channel =
             dial::connect(endpoint, Some(ClientTls { config, server_name: None })).await.map_err(|e| e.to_string())?;
         let c = Arc::new(channel);

@@ -8,6 +8,7 @@
 //! ring crypto provider is used. Reads the files it is given; the accept
 //! loop is [`listener`], dialing gRPC over TLS is [`dial`].
 
+pub mod client_roots;
 pub mod dial;
 pub mod listener;
 
@@ -197,6 +198,10 @@ pub enum ClientAuth {
     /// Go's `tls.RequireAndVerifyClientCert`: a certificate chaining to
     /// one of these roots is required.
     Require(Arc<RootCertStore>),
+    /// A certificate `verify` accepts is required (e.g.
+    /// [`client_roots::ChannelClientRoots`]: the configured roots and the
+    /// TLS CAs of the node's channels).
+    Verifier(Arc<dyn ClientCertVerifier>),
 }
 
 /// A server's TLS: certificate chain and key (both PEM files), the client
@@ -220,6 +225,7 @@ pub fn server_config(
         ClientAuth::Require(roots) => {
             builder.with_client_cert_verifier(WebPkiClientVerifier::builder_with_provider(roots, provider()).build()?)
         }
+        ClientAuth::Verifier(v) => builder.with_client_cert_verifier(v),
     };
     let mut config = builder.with_single_cert(chain, key_der).map_err(|source| TlsError::CertKey {
         cert: cert.to_path_buf(),
