@@ -298,6 +298,7 @@ async fn non_members_unknown_channels_and_malformed_messages_are_refused() {
                 channel: channel.into(),
                 payload: Bytes::from_static(b"p"),
                 metadata: Bytes::new(),
+                ..Default::default()
             }))
         }),
     };

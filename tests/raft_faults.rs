@@ -433,7 +433,7 @@ impl StepClient {
     }
 
     async fn consensus(&self, channel: &str, payload: Bytes) {
-        let req = Req::ConsensusRequest(ConsensusRequest { channel: channel.into(), payload, metadata: Bytes::new() });
+        let req = Req::ConsensusRequest(ConsensusRequest { channel: channel.into(), payload, ..Default::default() });
         self.tx.send(StepRequest { payload: Some(req) }).await.expect("the Step stream is up");
     }
 

@@ -814,8 +814,8 @@ impl ClusterSetup {
     /// Gives a clustered plugin's support its cluster sink and its
     /// storage namespace (named for its consensus type).
     fn equip(&self, s: &mut Support, channel: &str, plugin: &Plugin, signer: &Arc<Signer>, status: &Arc<ChainStatus>) {
-        let sink =
-            ChainClusterSink::new(channel, self.cluster.clone(), signer.clone(), status.clone(), self.events.clone());
+        let (cluster, events) = (self.cluster.clone(), self.events.clone());
+        let sink = ChainClusterSink::new(channel, plugin.name(), cluster, signer.clone(), status.clone(), events);
         s.set_cluster(Box::new(sink), Some(self.cluster.identity.cert_der().to_vec()));
         match self.storage().and_then(|st| st.namespace(plugin.name(), self.quota).map_err(|e| e.to_string())) {
             Ok(ns) => s.set_storage(Box::new(ns)),
@@ -843,8 +843,13 @@ struct NodeInbound {
 
 impl crate::cluster::Inbound for NodeInbound {
     fn consensus(&self, channel: &str, from: u64, payload: Bytes) {
+        self.consensus_of_type(channel, from, payload, "", 0);
+    }
+
+    fn consensus_of_type(&self, channel: &str, from: u64, payload: Bytes, consensus_type: &str, height: u64) {
         let Some(chain) = self.node.upgrade().and_then(|n| n.chain(channel)) else { return };
-        if !chain.cluster_event(ClusterEvent::Message { from, payload }) {
+        let sender_type = consensus_type.to_string();
+        if !chain.cluster_event(ClusterEvent::Message { from, payload, sender_type, sender_height: height }) {
             tracing::debug!(
                 channel,
                 from,

@@ -55,23 +55,38 @@ pub struct Consenter {
 }
 
 /// The consenter set a config names: for ConsensusType `etcdraft`, the
-/// consenters of its `etcdraft.ConfigMetadata`, in order; none for other
-/// types (solo).
-pub fn consenters_of(consensus_type: &str, metadata: &[u8]) -> Result<Vec<Consenter>, ConfigError> {
+/// consenters of its `etcdraft.ConfigMetadata`, in order; for any other
+/// type, those of the Orderer group's `Orderers` value (Fabric 3's
+/// consenter mapping, where BFT reads them; so a clustered plugin of
+/// another type gets its members), if the config has one; none otherwise
+/// (solo).
+pub fn consenters_of(
+    consensus_type: &str,
+    metadata: &[u8],
+    orderer: Option<&ConfigGroup>,
+) -> Result<Vec<Consenter>, ConfigError> {
     if consensus_type != "etcdraft" {
-        return Ok(Vec::new());
+        let Some(v) = orderer.and_then(|g| g.values.get("Orderers")) else { return Ok(Vec::new()) };
+        let m = crate::proto::common::Orderers::decode(v.value.clone())
+            .map_err(|e| ConfigError::Value { name: "Orderers", reason: e.to_string() })?;
+        return Ok(m
+            .consenter_mapping
+            .into_iter()
+            .map(|c| Consenter::of(c.host, c.port, &c.client_tls_cert, &c.server_tls_cert))
+            .collect());
     }
     let m = crate::proto::etcdraft::ConfigMetadata::decode(metadata)
         .map_err(|e| ConfigError::ConsensusMetadata { kind: consensus_type.into(), reason: e.to_string() })?;
     Ok(m.consenters
         .into_iter()
-        .map(|c| Consenter {
-            host: c.host,
-            port: c.port,
-            client_tls_cert: c.client_tls_cert.to_vec(),
-            server_tls_cert: c.server_tls_cert.to_vec(),
-        })
+        .map(|c| Consenter::of(c.host, c.port, &c.client_tls_cert, &c.server_tls_cert))
         .collect())
+}
+
+impl Consenter {
+    fn of(host: String, port: u32, client_tls_cert: &[u8], server_tls_cert: &[u8]) -> Consenter {
+        Consenter { host, port, client_tls_cert: client_tls_cert.to_vec(), server_tls_cert: server_tls_cert.to_vec() }
+    }
 }
 
 /// The configuration bundle of a channel.
@@ -227,7 +242,7 @@ impl ChannelConfig {
             policies.get(path).is_some_and(|p| p.evaluate_identities::<Arc<crate::msp::Identity>>(&[]).is_ok())
         };
         let (open_writers, open_readers) = (open(WRITERS), open(READERS));
-        let consenters = consenters_of(&ct.r#type, &ct.metadata)?;
+        let consenters = consenters_of(&ct.r#type, &ct.metadata, Some(orderer))?;
         let orderer_tls_cas = orderer_tls_cas(orderer, &msps);
         let mut tls_cas: Vec<Vec<u8>> = Vec::new();
         for der in msps.mspids().into_iter().filter_map(|id| msps.msp(id)).flat_map(|m| m.tls_cas()) {
@@ -427,6 +442,9 @@ pub struct ChannelTemplate {
     pub consensus_metadata: Bytes,
     pub batch_size: BatchSize,
     pub batch_timeout: Duration,
+    /// The Orderer group's `Orderers` value (Fabric 3's consenter
+    /// mapping); none when empty.
+    pub orderers: Vec<crate::proto::common::Consenter>,
 }
 
 impl ChannelTemplate {
@@ -443,6 +461,7 @@ impl ChannelTemplate {
                 preferred_max_bytes: 2 * 1024 * 1024,
             },
             batch_timeout: Duration::from_secs(2),
+            orderers: Vec::new(),
         }
     }
 
@@ -471,6 +490,10 @@ impl ChannelTemplate {
             .encode_to_vec()),
         );
         orderer.values.insert("BatchSize".into(), v(self.batch_size.encode_to_vec()));
+        if !self.orderers.is_empty() {
+            let o = crate::proto::common::Orderers { consenter_mapping: self.orderers.clone() };
+            orderer.values.insert("Orderers".into(), v(o.encode_to_vec()));
+        }
         orderer.values.insert(
             "BatchTimeout".into(),
             v(BatchTimeout { timeout: format!("{}ms", self.batch_timeout.as_millis()) }.encode_to_vec()),
@@ -539,6 +562,29 @@ mod tests {
         assert!(e.contains("must be positive"), "{e}");
         let e = parse_batch_timeout("25h").unwrap_err().to_string();
         assert!(e.contains("over the longest this host supports (24h)"), "{e}");
+    }
+
+    #[test]
+    fn another_clustered_type_reads_its_consenters_from_the_orderers_value() {
+        let mut t = ChannelTemplate::solo("ch");
+        t.consensus_type = "raft2".into();
+        assert!(ChannelConfig::from_config_block(&t.genesis_block()).unwrap().consenters.is_empty());
+        let c = |i: u32| crate::proto::common::Consenter {
+            id: i,
+            host: format!("node{i}"),
+            port: 7050 + i,
+            msp_id: "OrdererMSP".into(),
+            identity: Bytes::new(),
+            client_tls_cert: Bytes::from(format!("client {i}")),
+            server_tls_cert: Bytes::from(format!("server {i}")),
+        };
+        t.orderers = vec![c(1), c(2)];
+        let got = ChannelConfig::from_config_block(&t.genesis_block()).unwrap().consenters;
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[1].host.as_str(), got[1].port, &got[1].server_tls_cert[..]), ("node2", 7052, &b"server 2"[..]));
+        // etcdraft reads its own metadata, not the Orderers value.
+        t.consensus_type = "etcdraft".into();
+        assert!(ChannelConfig::from_config_block(&t.genesis_block()).unwrap().consenters.is_empty());
     }
 
     #[test]

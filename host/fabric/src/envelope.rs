@@ -123,8 +123,7 @@ pub fn build(
     data: Bytes,
     signer: Option<&crate::signer::Signer>,
 ) -> Result<Bytes, crate::signer::SignerError> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    build_at(channel, header_type, tx_id, data, signer, now)
+    build_bound(channel, header_type, tx_id, data, signer, Bytes::new())
 }
 
 /// [`build`] with the channel header's timestamp given (`now`, since the

@@ -302,6 +302,15 @@ impl ChainCore {
         r
     }
 
+    /// Pulls blocks up to `target` on the host's own account (see
+    /// `Support::catch_up_to`).
+    pub fn catch_up_to(&mut self, target: u64) -> Result<(), String> {
+        match self.instance.support_mut() {
+            Some(s) => s.catch_up_to(target),
+            None => Err("the plugin instance has ended".into()),
+        }
+    }
+
     /// A catch-up ended at `height` (`error`: why it stopped short).
     pub fn caught_up(&mut self, height: u64, error: Option<&str>) {
         if self.status.errored().is_some() {

@@ -26,6 +26,10 @@ pub trait ClusterSink: Send {
     /// consenters; the pulled blocks come back through
     /// `ChainCore::write_pulled` and the end through `ChainCore::caught_up`.
     fn catch_up(&mut self, from: u64, target: u64) -> Result<(), String>;
+    /// The chain's ledger height now (told at the start and after every
+    /// block written): the consensus messages sent say it, so that a member
+    /// left on an older consensus type after a live swap can catch up.
+    fn set_height(&mut self, _height: u64) {}
 }
 
 /// This node's id (if it is a consenter) and every member's id with its

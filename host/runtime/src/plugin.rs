@@ -81,6 +81,12 @@ impl Plugin {
         Plugin { limits, ..self.clone() }
     }
 
+    /// This compiled plugin serving consensus type `name` (the conformance
+    /// suite's second clustered type, the target of a live swap).
+    pub fn with_name(&self, name: &str) -> Plugin {
+        Plugin { name: name.to_string(), ..self.clone() }
+    }
+
     /// A new instance for one chain, with its own Store around `support`.
     pub fn instantiate(&self, support: Support) -> Result<Instance, RuntimeError> {
         let limits = &self.limits;

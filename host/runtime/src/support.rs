@@ -324,9 +324,23 @@ impl Support {
     /// Makes this the support of a clustered chain: messages, forwards and
     /// catch-up requests go to `sink`; `self_cert` (DER) is this node's TLS
     /// certificate, which finds it among the channel's consenters.
-    pub fn set_cluster(&mut self, sink: Box<dyn ClusterSink>, self_cert: Option<Vec<u8>>) {
+    pub fn set_cluster(&mut self, mut sink: Box<dyn ClusterSink>, self_cert: Option<Vec<u8>>) {
+        sink.set_height(self.height);
         self.cluster = Some(sink);
         self.membership = Membership::new(self_cert);
+    }
+
+    /// Pulls blocks from the other consenters up to `target` (the host's
+    /// own catch-up, when a member shows that the chain went on without
+    /// this node: it runs another consensus type at a greater height).
+    /// The blocks come back through `ChainCore::write_pulled`. Ok without
+    /// a cluster or when the ledger is that high already.
+    pub fn catch_up_to(&mut self, target: u64) -> Result<(), String> {
+        let height = self.height;
+        match self.cluster.as_mut() {
+            Some(c) if target > height => c.catch_up(height, target),
+            _ => Ok(()),
+        }
     }
 
     /// Grants the plugin durable key-value state.
@@ -664,6 +678,9 @@ impl Support {
             return Err(E::Internal(msg));
         }
         self.height += 1;
+        if let Some(c) = self.cluster.as_mut() {
+            c.set_height(self.height);
+        }
         self.written_envelopes += env_count;
         self.last_hash = blk.hash;
         if self.created.0 < self.height {

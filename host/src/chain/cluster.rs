@@ -38,6 +38,10 @@ const PULL_CHUNK: u64 = 64;
 /// A clustered chain's sink.
 pub struct ChainClusterSink {
     channel: String,
+    /// The consensus type of the plugin instance this sink serves and its
+    /// chain's ledger height (its messages say both).
+    consensus_type: String,
+    height: u64,
     cluster: NodeCluster,
     signer: Arc<Signer>,
     status: Arc<ChainStatus>,
@@ -50,9 +54,11 @@ pub struct ChainClusterSink {
 }
 
 impl ChainClusterSink {
-    /// The sink of `channel`'s chain, whose actor takes `events`.
+    /// The sink of `channel`'s chain, whose actor takes `events`, for an
+    /// instance of consensus type `consensus_type`.
     pub fn new(
         channel: &str,
+        consensus_type: &str,
         cluster: NodeCluster,
         signer: Arc<Signer>,
         status: Arc<ChainStatus>,
@@ -60,6 +66,8 @@ impl ChainClusterSink {
     ) -> ChainClusterSink {
         ChainClusterSink {
             channel: channel.to_string(),
+            consensus_type: consensus_type.to_string(),
+            height: 0,
             cluster,
             signer,
             status,
@@ -93,7 +101,12 @@ impl ClusterSink for ChainClusterSink {
     }
 
     fn send(&mut self, to: u64, payload: Bytes) -> Result<(), String> {
-        self.cluster.transport.send_consensus(&self.channel, to, payload).map_err(|e| e.to_string())
+        let (t, h) = (&self.consensus_type, self.height);
+        self.cluster.transport.send_consensus_of_type(&self.channel, to, payload, t, h).map_err(|e| e.to_string())
+    }
+
+    fn set_height(&mut self, height: u64) {
+        self.height = height;
     }
 
     fn forward(&mut self, to: u64, config_seq: u64, envelope: Bytes) -> Result<(), String> {

@@ -58,8 +58,9 @@ struct Offer(Envelope, oneshot::Sender<Result<(), EnqueueError>>);
 #[derive(Debug)]
 pub enum ClusterEvent {
     /// A consensus message from member `from` (authenticated by the
-    /// transport).
-    Message { from: u64, payload: bytes::Bytes },
+    /// transport), sent by its plugin of consensus type `sender_type` (""
+    /// if it did not say) at ledger height `sender_height`.
+    Message { from: u64, payload: bytes::Bytes, sender_type: String, sender_height: u64 },
     /// Blocks a catch-up pulled and verified, in order.
     Pulled(Vec<bytes::Bytes>),
     /// The catch-up ended (`Some`: why it stopped short).

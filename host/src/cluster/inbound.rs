@@ -89,7 +89,7 @@ impl StreamCtx {
                     return self.refuse_member(&c.channel, from, Refusal::Oversized, false, c.payload.len());
                 }
                 from.1.received.fetch_add(1, Relaxed);
-                self.inbound.consensus(&c.channel, from.0, c.payload);
+                self.inbound.consensus_of_type(&c.channel, from.0, c.payload, &c.consensus_type, c.height);
             }
             Some(Req::SubmitRequest(s)) => {
                 let seq = s.last_validation_seq;

@@ -66,6 +66,13 @@ pub struct Member {
 pub trait Inbound: Send + Sync + 'static {
     /// A consensus message (e.g. a raft message) from member `from`.
     fn consensus(&self, channel: &str, from: u64, payload: Bytes);
+    /// [`Inbound::consensus`], with the consensus type of the plugin that
+    /// sent it ("" when the sender did not say: a Fabric orderer) and the
+    /// sender's ledger height. The default ignores both.
+    fn consensus_of_type(&self, channel: &str, from: u64, payload: Bytes, consensus_type: &str, height: u64) {
+        let _ = (consensus_type, height);
+        self.consensus(channel, from, payload);
+    }
     /// An envelope forwarded by member `from` (a marshalled
     /// common.Envelope), validated there under config sequence
     /// `last_validation_seq`.
@@ -290,9 +297,29 @@ impl Transport {
 
     /// Queues a consensus message to member `to` (never blocks).
     pub fn send_consensus(&self, channel: &str, to: u64, payload: Bytes) -> Result<(), SendError> {
+        self.send_consensus_of_type(channel, to, payload, "", 0)
+    }
+
+    /// [`Transport::send_consensus`], saying which consensus type's plugin
+    /// sent it and the sender's ledger height (the receiving host drops it
+    /// if its chain runs another type by then, after a live swap between
+    /// two types of one wire protocol, and catches up if it is behind).
+    pub fn send_consensus_of_type(
+        &self,
+        channel: &str,
+        to: u64,
+        payload: Bytes,
+        consensus_type: &str,
+        height: u64,
+    ) -> Result<(), SendError> {
         self.check_size(payload.len())?;
-        let req =
-            Req::ConsensusRequest(ConsensusRequest { channel: channel.to_string(), payload, metadata: Bytes::new() });
+        let req = Req::ConsensusRequest(ConsensusRequest {
+            channel: channel.to_string(),
+            payload,
+            metadata: Bytes::new(),
+            consensus_type: consensus_type.to_string(),
+            height,
+        });
         self.enqueue(channel, to, StepRequest { payload: Some(req) })
     }
 

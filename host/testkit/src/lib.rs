@@ -14,5 +14,5 @@ pub mod conformance;
 pub mod simnet;
 pub mod testhost;
 
-pub use simnet::{SimConfig, SimNet};
+pub use simnet::{SimConfig, SimNet, sim_template};
 pub use testhost::{ManualClock, MemorySink, TestHost};

@@ -4,8 +4,11 @@
 //! storage, one virtual clock, and an in-memory cluster transport with
 //! seeded delay, drop, duplication (hence reordering) and partitions.
 //! Nodes crash (the instance is discarded; ledger and storage are kept)
-//! and restart from their ledger, as a node does after kill -9. The same
-//! seed gives the same run. May touch nothing outside memory.
+//! and restart from their ledger, as a node does after kill -9. A config
+//! block that changes the consensus type swaps each node to the plugin
+//! of the new type ([`SimNet::start_with_types`]) as the chain actor
+//! does. The same seed gives the same run. May touch nothing outside
+//! memory.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -130,7 +133,8 @@ impl KvStore for SharedStore {
 
 /// What a node's plugin asked of the network during one call.
 enum Out {
-    Send(u64, Bytes),
+    /// To a member, from a plugin of this consensus type at this height.
+    Send(u64, Bytes, String, u64),
     Forward(u64, u64, Bytes),
     CatchUp(u64, u64),
 }
@@ -138,6 +142,12 @@ enum Out {
 /// A node's cluster sink: records what the plugin asks; the network
 /// delivers it after the call.
 struct SimLink {
+    /// The consensus type of the instance and its ledger height (its
+    /// messages say both).
+    consensus_type: String,
+    height: u64,
+    /// The highest catch-up target asked for (a catch-up to it runs).
+    catching_to: u64,
     out: Arc<Mutex<Vec<Out>>>,
     members: Arc<Mutex<BTreeMap<u64, Consenter>>>,
 }
@@ -147,7 +157,8 @@ impl ClusterSink for SimLink {
         *self.members.lock().unwrap_or_else(|p| p.into_inner()) = members.iter().cloned().collect();
     }
     fn send(&mut self, to: u64, payload: Bytes) -> Result<(), String> {
-        self.out.lock().unwrap_or_else(|p| p.into_inner()).push(Out::Send(to, payload));
+        let out = Out::Send(to, payload, self.consensus_type.clone(), self.height);
+        self.out.lock().unwrap_or_else(|p| p.into_inner()).push(out);
         Ok(())
     }
     fn forward(&mut self, to: u64, config_seq: u64, envelope: Bytes) -> Result<(), String> {
@@ -155,8 +166,15 @@ impl ClusterSink for SimLink {
         Ok(())
     }
     fn catch_up(&mut self, from: u64, target: u64) -> Result<(), String> {
+        if target <= self.catching_to {
+            return Ok(()); // the running catch-up gets there
+        }
+        self.catching_to = target;
         self.out.lock().unwrap_or_else(|p| p.into_inner()).push(Out::CatchUp(from, target));
         Ok(())
+    }
+    fn set_height(&mut self, height: u64) {
+        self.height = height;
     }
 }
 
@@ -170,13 +188,16 @@ struct SimNode {
     status: Arc<ChainStatus>,
     cert: Vec<u8>,
     starts: u64,
-    /// The build this node runs, once upgraded (else the network's).
+    /// The build this node runs, once upgraded or swapped (else the
+    /// network's).
     plugin: Option<Plugin>,
+    /// Live consensus-type swaps: (height at the swap, the new type).
+    swaps: Vec<(u64, String)>,
 }
 
 /// A delivery scheduled on the network.
 enum Event {
-    Message { to: usize, from: u64, payload: Bytes },
+    Message { to: usize, from: u64, payload: Bytes, sender_type: String, sender_height: u64 },
     Forward { to: usize, seq: u64, env: Bytes },
     CatchUp { node: usize, from: u64, target: u64 },
 }
@@ -185,6 +206,8 @@ enum Event {
 pub struct SimNet {
     cfg: SimConfig,
     plugin: Plugin,
+    /// The plugins of other consensus types (live swaps), by type.
+    types: BTreeMap<String, Plugin>,
     signer: Arc<Signer>,
     clock: Arc<ManualClock>,
     nodes: Vec<SimNode>,
@@ -257,6 +280,22 @@ pub fn sim_template(cfg: &SimConfig) -> ChannelTemplate {
         }),
     };
     let mut t = ChannelTemplate::solo("simchannel");
+    // The same consenters as Fabric 3's `Orderers` value: where a
+    // clustered type other than etcdraft finds its members.
+    t.orderers = (0..cfg.nodes)
+        .map(|i| {
+            let pem = pem::encode(&pem::Pem::new("CERTIFICATE", sim_cert(i))).into_bytes();
+            crate::proto::common::Consenter {
+                id: i as u32 + 1,
+                host: "sim".into(),
+                port: 7050 + 100 * i as u32,
+                msp_id: "SimMSP".into(),
+                identity: Bytes::new(),
+                client_tls_cert: pem.clone().into(),
+                server_tls_cert: pem.into(),
+            }
+        })
+        .collect();
     t.consensus_type = cfg.consensus_type.clone();
     t.consensus_metadata = md.encode_to_vec().into();
     t.batch_size.max_message_count = cfg.max_message_count;
@@ -278,6 +317,20 @@ impl SimNet {
         cfg: SimConfig,
         genesis: Block,
     ) -> Result<SimNet, RuntimeError> {
+        Self::start_with_types(plugin, &[], signer, cfg, genesis)
+    }
+
+    /// As [`SimNet::start_from_genesis`], every node also having the
+    /// plugins `others` of other consensus types (their names): a config
+    /// block changing the channel's type to one of them swaps each node
+    /// that writes it to that plugin, as the chain actor does.
+    pub fn start_with_types(
+        plugin: &Plugin,
+        others: &[Plugin],
+        signer: Arc<Signer>,
+        cfg: SimConfig,
+        genesis: Block,
+    ) -> Result<SimNet, RuntimeError> {
         ChannelConfig::from_config_block(&genesis)
             .map_err(|e| RuntimeError::Engine(format!("simulator: bad genesis block: {e}")))?;
         let mut nodes = Vec::new();
@@ -294,6 +347,7 @@ impl SimNet {
                 cert: sim_cert(i),
                 starts: 0,
                 plugin: None,
+                swaps: Vec::new(),
             });
         }
         let clock = ManualClock::new();
@@ -302,6 +356,7 @@ impl SimNet {
             rng: SimRng::new(cfg.seed),
             cfg,
             plugin: plugin.clone(),
+            types: others.iter().map(|p| (p.name().to_string(), p.clone())).collect(),
             signer,
             clock,
             nodes,
@@ -375,10 +430,19 @@ impl SimNet {
             pos,
             SupportLimits::default(),
         );
-        support.set_cluster(Box::new(SimLink { out: n.out.clone(), members: n.members.clone() }), Some(n.cert.clone()));
+        let consensus_type = n.plugin.as_ref().unwrap_or(&self.plugin).name().to_string();
+        let link =
+            SimLink { consensus_type, height: 0, catching_to: 0, out: n.out.clone(), members: n.members.clone() };
+        support.set_cluster(Box::new(link), Some(n.cert.clone()));
         support.set_storage(Box::new(n.store.clone()));
         support.set_last_metadata(metadata.to_vec());
         support.set_random_seed(self.cfg.seed ^ ((i as u64 + 1) << 32) ^ n.starts);
+        // The types this node has plugins for (a config block may change
+        // the channel's type only to one of them).
+        let first = self.plugin.name();
+        let mut types = vec![first.to_string()];
+        types.extend(self.types.keys().filter(|t| t.as_str() != first).cloned());
+        support.set_consensus_types(types);
         support
     }
 
@@ -434,6 +498,63 @@ impl SimNet {
         Ok(Some(handed))
     }
 
+    /// Node `i`'s live consensus-type swaps: the height at each (the
+    /// config block's number + 1) and the new type.
+    pub fn swaps(&self, i: usize) -> Vec<(u64, String)> {
+        self.nodes[i].swaps.clone()
+    }
+
+    /// Swaps node `i` to the plugin of the consensus type its config now
+    /// names, if a config block it wrote changed it, as the chain actor
+    /// does: the running instance ends for its successor; the new type
+    /// starts with empty consenter metadata (Fabric's rule after a type
+    /// change) on a fresh plugin storage, at the same ledger position and
+    /// config, and is offered the envelopes handed over, in order. A type
+    /// with no plugin leaves the node down.
+    fn settle(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let Some(to) = n.core.as_ref().and_then(|c| c.consensus_type()).map(str::to_string) else { return };
+        if to == n.plugin.as_ref().unwrap_or(&self.plugin).name() {
+            return;
+        }
+        let Some(mut old) = self.nodes[i].core.take() else { return };
+        let Some(next) = self.types.get(&to).cloned() else {
+            drop(old);
+            tracing::error!(node = i, to = %to, "simulator: the new consensus type has no plugin; the node stops");
+            return;
+        };
+        let (pending, _state) = old.end_for_successor();
+        let n = &mut self.nodes[i];
+        n.plugin = Some(next.clone());
+        n.store = SharedStore(Arc::new(Mutex::new(MemStore::new(1 << 30))));
+        let Some(prev) = old.into_support() else {
+            // The old instance trapped: the new type starts from the
+            // ledger, as after a restart.
+            let _ = self.restart(i);
+            let h = self.height(i);
+            self.nodes[i].swaps.push((h, to));
+            if let Some(core) = self.nodes[i].core.as_mut() {
+                let _ = core.enqueue_many(pending);
+            }
+            return;
+        };
+        let pos = prev.position();
+        let support = self.support_for(i, prev.config().clone(), pos, &[]);
+        let status = self.nodes[i].status.clone();
+        match ChainCore::start(&next, support, &[], status) {
+            Ok(mut core) => {
+                if !pending.is_empty() {
+                    let _ = core.enqueue_many(pending);
+                }
+                self.nodes[i].core = Some(core);
+                self.nodes[i].swaps.push((pos.height, to));
+            }
+            Err(e) => {
+                tracing::error!(node = i, to = %to, error = %e, "simulator: the new consensus type did not start")
+            }
+        }
+    }
+
     /// Crashes node `i` (kill -9): its instance is gone, its ledger and
     /// storage stay; messages to it are lost until it restarts.
     pub fn crash(&mut self, i: usize) {
@@ -481,7 +602,8 @@ impl SimNet {
         let cfg = self.nodes[i].status.config().ok_or("the node has no config")?;
         let env = Envelope::parse(update.clone()).map_err(|e| e.to_string())?;
         let pb = crate::proto::common::Envelope::decode(update).map_err(|e| e.to_string())?;
-        let types = vec![cfg.consensus_type.clone()];
+        let mut types = vec![cfg.consensus_type.clone()];
+        types.extend(self.types.keys().cloned());
         let config_env = consenter_runtime::processor::config_update(&cfg, &self.signer, &pb, &env, &types)
             .map_err(|e| e.to_string())?;
         let Some(core) = self.nodes[i].core.as_mut() else { return Ok(false) };
@@ -521,6 +643,7 @@ impl SimNet {
             cert: sim_cert(i),
             starts: 0,
             plugin: None,
+            swaps: Vec::new(),
         });
         self.restart(i)?;
         Ok(i)
@@ -652,7 +775,21 @@ impl SimNet {
     fn handle(&mut self, ev: Event) {
         self.handled += 1;
         match ev {
-            Event::Message { to, from, payload } => {
+            Event::Message { to, from, payload, sender_type, sender_height } => {
+                // As the chain actor: a message another consensus type's
+                // plugin sent (before a live swap) is dropped; a sender
+                // ahead means the chain went on without this node, which
+                // pulls the blocks it misses.
+                if sender_type != self.nodes[to].plugin.as_ref().unwrap_or(&self.plugin).name() {
+                    let behind = sender_height > self.height(to);
+                    if let Some(c) = self.nodes[to].core.as_mut()
+                        && behind
+                    {
+                        let _ = c.catch_up_to(sender_height);
+                        self.drain(to);
+                    }
+                    return;
+                }
                 if let Some(c) = self.nodes[to].core.as_mut() {
                     c.on_message(from, &payload);
                     self.drain(to);
@@ -699,8 +836,10 @@ impl SimNet {
         }
     }
 
-    /// Schedules what node `i`'s plugin asked for during its last call.
+    /// Schedules what node `i`'s plugin asked for during its last call,
+    /// after a swap if a config block it wrote changed the consensus type.
     fn drain(&mut self, i: usize) {
+        self.settle(i);
         let outs: Vec<Out> = std::mem::take(&mut *self.nodes[i].out.lock().unwrap_or_else(|p| p.into_inner()));
         if outs.is_empty() {
             return;
@@ -709,10 +848,11 @@ impl SimNet {
         let self_id = members.iter().find(|(_, c)| cert_is(c, &self.nodes[i].cert)).map(|(id, _)| *id).unwrap_or(0);
         for o in outs {
             match o {
-                Out::Send(to, payload) => {
+                Out::Send(to, payload, sender_type, sender_height) => {
                     if let Some(j) = self.node_of(&members, to) {
                         self.schedule_faulty(i, j, |at| {
-                            (at, Event::Message { to: j, from: self_id, payload: payload.clone() })
+                            let (payload, sender_type) = (payload.clone(), sender_type.clone());
+                            (at, Event::Message { to: j, from: self_id, payload, sender_type, sender_height })
                         });
                     }
                 }

@@ -168,8 +168,11 @@ pub struct Raft {
     /// Ticks left during which a node that knows no leader holds the
     /// envelopes it gets (forwarded ones, or handed over by the previous
     /// build) instead of refusing them, because a leader is about to be
-    /// known: it campaigns, or it just replaced a build that led and
-    /// handed its leadership over. 0: not holding.
+    /// known: it just started (a group that a live consensus-type swap
+    /// started elects its first leader; a restarted node hears from the
+    /// leader within an election timeout), it campaigns, or it just
+    /// replaced a build that led and handed its leadership over. 0: not
+    /// holding.
     holding: usize,
     /// Bytes of the envelopes held while `holding`.
     held_bytes: u64,
@@ -293,6 +296,10 @@ impl Raft {
         }
         if self.ids.len() == 1 {
             let _ = self.node.campaign();
+        } else if self.leader == 0 {
+            // The envelopes handed over at a swap or upgrade, and those
+            // that come before a leader is known, wait for it.
+            self.holding = 2 * self.opts.election_tick;
         }
         self.process();
     }

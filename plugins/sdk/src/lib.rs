@@ -128,8 +128,8 @@ pub fn __install_panic_hook() {
     }));
 }
 
-/// Exports `$t: Consenter` as the plugin's `chain`.
-#[cfg(not(feature = "handover"))]
+/// Exports `$t: Consenter` as the plugin's `chain` (and, with the feature
+/// `handover`, its `handover`).
 #[macro_export]
 macro_rules! export_consenter {
     ($t:ty) => {
@@ -170,71 +170,41 @@ macro_rules! export_consenter {
                     CHAIN.with(|c| *c.borrow_mut() = None);
                 }
             }
+
+            $crate::__export_handover!($t);
 
             $crate::bindings::__export_consenter_world!(Export with_types_in $crate::bindings);
         }
     };
 }
 
-/// Exports `$t: Consenter` as the plugin's `chain` and `handover`.
+/// The `handover` export of [`export_consenter!`] (feature `handover`).
 #[cfg(feature = "handover")]
+#[doc(hidden)]
 #[macro_export]
-macro_rules! export_consenter {
+macro_rules! __export_handover {
     ($t:ty) => {
-        mod __consenter_export {
-            use super::*;
-            use $crate::bindings::exports::fabric::consenter::chain::Guest;
-            use $crate::Consenter as _;
-
-            std::thread_local! {
-                static CHAIN: std::cell::RefCell<Option<$t>> = const { std::cell::RefCell::new(None) };
+        impl $crate::bindings::exports::fabric::consenter::handover::Guest for Export {
+            fn export_state() -> $crate::Handed {
+                let handed = with(|c| c.export_state());
+                CHAIN.with(|c| *c.borrow_mut() = None);
+                handed.unwrap_or_else(|| $crate::Handed {
+                    state: Vec::new(),
+                    batches: Vec::new(),
+                    envelopes: Vec::new(),
+                })
             }
-
-            fn with<R>(f: impl FnOnce(&mut $t) -> R) -> Option<R> {
-                CHAIN.with(|c| c.borrow_mut().as_mut().map(f))
+            fn import_state(state: Vec<u8>) -> Result<(), String> {
+                with(|c| c.import_state(state)).unwrap_or(Ok(()))
             }
-
-            pub struct Export;
-
-            impl Guest for Export {
-                fn handle_chain(metadata: Vec<u8>) -> Result<(), String> {
-                    $crate::__install_panic_hook();
-                    let chain = <$t>::handle_chain(metadata)?;
-                    CHAIN.with(|c| *c.borrow_mut() = Some(chain));
-                    Ok(())
-                }
-                fn start() {
-                    with(|c| c.start());
-                }
-                fn enqueue(envelopes: Vec<($crate::Envelope, $crate::EnvelopeInfo)>) -> Vec<bool> {
-                    let n = envelopes.len();
-                    with(|c| c.enqueue_many(envelopes)).unwrap_or_else(|| vec![false; n])
-                }
-                fn on_timer(id: u32) {
-                    with(|c| c.on_timer(id));
-                }
-                fn halt() {
-                    with(|c| c.halt());
-                    CHAIN.with(|c| *c.borrow_mut() = None);
-                }
-            }
-
-            impl $crate::bindings::exports::fabric::consenter::handover::Guest for Export {
-                fn export_state() -> $crate::Handed {
-                    let handed = with(|c| c.export_state());
-                    CHAIN.with(|c| *c.borrow_mut() = None);
-                    handed.unwrap_or_else(|| $crate::Handed {
-                        state: Vec::new(),
-                        batches: Vec::new(),
-                        envelopes: Vec::new(),
-                    })
-                }
-                fn import_state(state: Vec<u8>) -> Result<(), String> {
-                    with(|c| c.import_state(state)).unwrap_or(Ok(()))
-                }
-            }
-
-            $crate::bindings::__export_consenter_world!(Export with_types_in $crate::bindings);
         }
     };
+}
+
+/// Without the feature `handover`, no `handover` export.
+#[cfg(not(feature = "handover"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_handover {
+    ($t:ty) => {};
 }

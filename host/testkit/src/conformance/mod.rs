@@ -175,7 +175,7 @@ pub const SINGLE_CHECKS: &[&str] =
 
 /// The checks run for a plugin of the clustered world, in order.
 pub const CLUSTERED_CHECKS: &[&str] =
-    &["contract", "ordering", "restart", "upgrade", "determinism", "schedules", "resources"];
+    &["contract", "ordering", "restart", "upgrade", "swap", "determinism", "schedules", "resources"];
 
 /// Runs the suite on `plugin` (loaded as the node loads it: the caller
 /// checked its package and limits) with `signer` as the node's identity.

@@ -1,7 +1,7 @@
 //! CONFIG_UPDATE envelopes the checks submit to their test channels (which
 //! have no organizations, so Fabric's zero-children rule lets anyone sign
 //! an update): new batch sizes, a Writers policy nobody satisfies, a
-//! new etcdraft consenter set.
+//! new etcdraft consenter set, another consensus type.
 
 use bytes::Bytes;
 use prost::Message;
@@ -91,5 +91,17 @@ pub fn consenters(cfg: &ChannelConfig, consenters: Vec<crate::proto::etcdraft::C
     let mut md = ConfigMetadata::decode(ct.metadata.clone()).unwrap_or_default();
     md.consenters = consenters;
     ct.metadata = md.encode_to_vec().into();
+    orderer_value(cfg, "ConsensusType", ct.encode_to_vec().into())
+}
+
+/// An update changing the channel's consensus type to `to` (its metadata
+/// and state kept): a live swap to the plugin of that type.
+pub fn consensus_type(cfg: &ChannelConfig, to: &str) -> Bytes {
+    use crate::proto::orderer::ConsensusType;
+    let root = cfg.config.channel_group.clone().unwrap_or_default();
+    let orderer = root.groups.get("Orderer").cloned().unwrap_or_default();
+    let v = orderer.values.get("ConsensusType").cloned().unwrap_or_default();
+    let mut ct = ConsensusType::decode(v.value.clone()).unwrap_or_default();
+    ct.r#type = to.to_string();
     orderer_value(cfg, "ConsensusType", ct.encode_to_vec().into())
 }
