@@ -470,15 +470,11 @@ fn check_binding(claimed: &[u8], actual: Option<&[u8]>) -> Result<(), String> {
     if claimed != actual {
         return Err(format!(
             "claimed TLS cert hash is {} but actual TLS cert hash is {}",
-            hex_of(claimed),
-            hex_of(actual)
+            crate::block::hex(claimed),
+            crate::block::hex(actual)
         ));
     }
     Ok(())
-}
-
-fn hex_of(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Serves one SeekInfo request; returns the final status, or None if the
@@ -613,7 +609,11 @@ mod tests {
         assert!(check_binding(&[], Some(&a)).unwrap_err().contains("didn't include its TLS cert hash"));
         assert!(check_binding(&a, None).unwrap_err().contains("didn't send a TLS certificate"));
         let e = check_binding(&a, Some(&b)).unwrap_err();
-        assert!(e.contains(&format!("claimed TLS cert hash is {}", hex_of(&a))) && e.contains(&hex_of(&b)), "{e}");
+        assert!(
+            e.contains(&format!("claimed TLS cert hash is {}", crate::block::hex(&a)))
+                && e.contains(&crate::block::hex(&b)),
+            "{e}"
+        );
     }
 
     #[test]

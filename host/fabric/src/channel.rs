@@ -166,15 +166,17 @@ fn capabilities(g: Option<&ConfigGroup>) -> Result<Vec<String>, ConfigError> {
 /// The TLS CA certificates (DER) of the MSPs of the orderer group's
 /// organizations, each once, in organization order.
 fn orderer_tls_cas(orderer: &ConfigGroup, msps: &MspManager) -> Vec<Vec<u8>> {
-    let mut out: Vec<Vec<u8>> = Vec::new();
     let mut orgs: Vec<(&String, &ConfigGroup)> = orderer.groups.iter().collect();
     orgs.sort_by(|a, b| a.0.cmp(b.0));
-    for (_, org) in orgs {
-        let Some(msp) = crate::msp::msp_id_of(org).and_then(|id| msps.msp(&id)) else { continue };
-        for der in msp.tls_cas() {
-            if !out.contains(der) {
-                out.push(der.clone());
-            }
+    unique_tls_cas(orgs.into_iter().filter_map(|(_, org)| crate::msp::msp_id_of(org).and_then(|id| msps.msp(&id))))
+}
+
+/// The TLS CA certificates (DER) of `msps`, each once, in order.
+fn unique_tls_cas<'a>(msps: impl Iterator<Item = &'a crate::msp::Msp>) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for der in msps.flat_map(|m| m.tls_cas()) {
+        if !out.contains(der) {
+            out.push(der.clone());
         }
     }
     out
@@ -244,12 +246,7 @@ impl ChannelConfig {
         let (open_writers, open_readers) = (open(WRITERS), open(READERS));
         let consenters = consenters_of(&ct.r#type, &ct.metadata, Some(orderer))?;
         let orderer_tls_cas = orderer_tls_cas(orderer, &msps);
-        let mut tls_cas: Vec<Vec<u8>> = Vec::new();
-        for der in msps.mspids().into_iter().filter_map(|id| msps.msp(id)).flat_map(|m| m.tls_cas()) {
-            if !tls_cas.contains(der) {
-                tls_cas.push(der.clone());
-            }
-        }
+        let tls_cas = unique_tls_cas(msps.mspids().into_iter().filter_map(|id| msps.msp(id)));
         Ok(ChannelConfig {
             channel_id: channel_id.to_string(),
             sequence: config.sequence,

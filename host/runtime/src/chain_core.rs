@@ -279,6 +279,29 @@ impl ChainCore {
         self.instance.is_clustered()
     }
 
+    /// A consensus message from member `from`, sent by its plugin of
+    /// consensus type `sender_type` ("" when the sender did not say: a
+    /// Fabric orderer) at ledger height `sender_height`. One of another
+    /// type than this instance's is dropped: the old type sent it before a
+    /// live swap, and the new type's plugin would take it for its own when
+    /// both speak one protocol. If its sender is ahead, the chain went on
+    /// without this node (it missed the switch), and the host pulls the
+    /// blocks it misses (`Support::catch_up_to`), the config block that
+    /// swapped the others among them.
+    pub fn on_member_message(&mut self, from: u64, payload: &[u8], sender_type: &str, sender_height: u64) {
+        if sender_type.is_empty() || sender_type == self.instance.plugin {
+            return self.on_message(from, payload);
+        }
+        let running = &self.instance.plugin;
+        tracing::debug!(channel = %self.channel, from, %sender_type, %running, sender_height, "cluster: a consensus message of another consensus type was dropped");
+        let Some(s) = self.instance.support_mut() else { return };
+        if sender_height > s.height()
+            && let Err(e) = s.catch_up_to(sender_height)
+        {
+            tracing::warn!(channel = %self.channel, from, target = sender_height, error = %e, "cluster: catching up with a member of another consensus type");
+        }
+    }
+
     /// A consensus message from member `from` (`on-message`).
     pub fn on_message(&mut self, from: u64, payload: &[u8]) {
         if self.status.errored().is_some() {
@@ -300,15 +323,6 @@ impl ChainCore {
         };
         self.sync_status();
         r
-    }
-
-    /// Pulls blocks up to `target` on the host's own account (see
-    /// `Support::catch_up_to`).
-    pub fn catch_up_to(&mut self, target: u64) -> Result<(), String> {
-        match self.instance.support_mut() {
-            Some(s) => s.catch_up_to(target),
-            None => Err("the plugin instance has ended".into()),
-        }
     }
 
     /// A catch-up ended at `height` (`error`: why it stopped short).

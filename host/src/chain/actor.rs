@@ -423,7 +423,7 @@ pub(super) fn run_actor(mut runner: Runner, core: ChainCore, inputs: Inputs) {
                 Ok(()) = errored.changed() => continue,
                 Some(ev) = recv_opt(&mut cluster) => {
                     if let Phase::Running(core) = &mut phase {
-                        on_cluster_event(core, ev, runner.plugin.name());
+                        on_cluster_event(core, ev);
                     }
                     continue;
                 }
@@ -536,26 +536,15 @@ async fn recv_opt(rx: &mut Option<mpsc::Receiver<ClusterEvent>>) -> Option<Clust
     }
 }
 
-/// Delivers a cluster event to the plugin of consensus type `running`: a
-/// consensus message (dropped if another type's plugin sent it: one sent
-/// before a live swap, or by a member that has not swapped yet; if that
-/// member is ahead, the chain went on without this node, which pulls the
-/// blocks it misses), pulled blocks (written by the host; the first
-/// refused one stops the catch-up), the end of a catch-up.
-fn on_cluster_event(core: &mut ChainCore, ev: ClusterEvent, running: &str) {
+/// Delivers a cluster event to the plugin: a consensus message (one of
+/// another consensus type is dropped, see `ChainCore::on_member_message`),
+/// pulled blocks (written by the host; the first refused one stops the
+/// catch-up), the end of a catch-up.
+fn on_cluster_event(core: &mut ChainCore, ev: ClusterEvent) {
     match ev {
-        ClusterEvent::Message { from, sender_type, sender_height, .. }
-            if !sender_type.is_empty() && sender_type != running =>
-        {
-            let height = core.support().map_or(0, |s| s.height());
-            tracing::debug!(channel = %core.channel(), from, %sender_type, %running, sender_height, height, "cluster: a consensus message of another consensus type was dropped");
-            if sender_height > height
-                && let Err(e) = core.catch_up_to(sender_height)
-            {
-                tracing::warn!(channel = %core.channel(), from, target = sender_height, error = %e, "cluster: catching up with a member of another consensus type");
-            }
+        ClusterEvent::Message { from, payload, sender_type, sender_height } => {
+            core.on_member_message(from, &payload, &sender_type, sender_height)
         }
-        ClusterEvent::Message { from, payload, .. } => core.on_message(from, &payload),
         ClusterEvent::Pulled(blocks) => {
             for b in blocks {
                 if let Err(e) = core.write_pulled(b) {

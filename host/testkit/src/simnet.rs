@@ -469,31 +469,48 @@ impl SimNet {
     /// handed over, in order. Later restarts of the node run `plugin`.
     /// Returns how many envelopes were handed over (None: the node is down).
     pub fn upgrade(&mut self, i: usize, plugin: &Plugin) -> Result<Option<usize>, RuntimeError> {
+        self.replace(i, plugin, false)
+    }
+
+    /// Replaces node `i`'s running instance by one of `next` between two
+    /// events, as the chain actor does: the old instance ends for its
+    /// successor; the new one starts at the same ledger position and
+    /// config, with the last block's metadata, the same storage and the
+    /// state handed over (an upgrade), or with empty metadata on fresh
+    /// storage (`swap`: a new consensus type, Fabric's rule after a type
+    /// change); then it is offered the envelopes handed over, in order. An
+    /// old instance that trapped is replaced from the ledger, as after a
+    /// restart. Returns how many envelopes were handed over (None: the
+    /// node is down).
+    fn replace(&mut self, i: usize, next: &Plugin, swap: bool) -> Result<Option<usize>, RuntimeError> {
         let n = &mut self.nodes[i];
         let Some(mut old) = n.core.take() else { return Ok(None) };
         let (pending, state) = old.end_for_successor();
-        n.plugin = Some(plugin.clone());
+        n.plugin = Some(next.clone());
+        if swap {
+            n.store = SharedStore(Arc::new(Mutex::new(MemStore::new(1 << 30))));
+        }
         let handed = pending.len();
-        let Some(prev) = old.into_support() else {
-            // The old instance trapped: the new build starts from the
-            // ledger and is offered what the cutter held, as a node does.
-            self.restart(i)?;
-            if let Some(core) = self.nodes[i].core.as_mut()
-                && !pending.is_empty()
-            {
-                let _ = core.enqueue_many(pending);
+        match old.into_support() {
+            None => self.restart(i)?,
+            Some(prev) => {
+                let metadata = if swap { Vec::new() } else { prev.last_metadata().to_vec() };
+                let state = if swap { None } else { state };
+                let support = self.support_for(i, prev.config().clone(), prev.position(), &metadata);
+                let status = self.nodes[i].status.clone();
+                let core = ChainCore::start_handed(next, support, &metadata, status, state.as_deref())?;
+                self.nodes[i].core = Some(core);
             }
-            self.drain(i);
-            return Ok(Some(handed));
-        };
-        let metadata = prev.last_metadata().to_vec();
-        let support = self.support_for(i, prev.config().clone(), prev.position(), &metadata);
-        let status = self.nodes[i].status.clone();
-        let mut core = ChainCore::start_handed(plugin, support, &metadata, status, state.as_deref())?;
-        if !pending.is_empty() {
+        }
+        if swap {
+            let h = self.height(i);
+            self.nodes[i].swaps.push((h, next.name().to_string()));
+        }
+        if let Some(core) = self.nodes[i].core.as_mut()
+            && !pending.is_empty()
+        {
             let _ = core.enqueue_many(pending);
         }
-        self.nodes[i].core = Some(core);
         self.drain(i);
         Ok(Some(handed))
     }
@@ -517,41 +534,13 @@ impl SimNet {
         if to == n.plugin.as_ref().unwrap_or(&self.plugin).name() {
             return;
         }
-        let Some(mut old) = self.nodes[i].core.take() else { return };
         let Some(next) = self.types.get(&to).cloned() else {
-            drop(old);
+            self.nodes[i].core = None;
             tracing::error!(node = i, to = %to, "simulator: the new consensus type has no plugin; the node stops");
             return;
         };
-        let (pending, _state) = old.end_for_successor();
-        let n = &mut self.nodes[i];
-        n.plugin = Some(next.clone());
-        n.store = SharedStore(Arc::new(Mutex::new(MemStore::new(1 << 30))));
-        let Some(prev) = old.into_support() else {
-            // The old instance trapped: the new type starts from the
-            // ledger, as after a restart.
-            let _ = self.restart(i);
-            let h = self.height(i);
-            self.nodes[i].swaps.push((h, to));
-            if let Some(core) = self.nodes[i].core.as_mut() {
-                let _ = core.enqueue_many(pending);
-            }
-            return;
-        };
-        let pos = prev.position();
-        let support = self.support_for(i, prev.config().clone(), pos, &[]);
-        let status = self.nodes[i].status.clone();
-        match ChainCore::start(&next, support, &[], status) {
-            Ok(mut core) => {
-                if !pending.is_empty() {
-                    let _ = core.enqueue_many(pending);
-                }
-                self.nodes[i].core = Some(core);
-                self.nodes[i].swaps.push((pos.height, to));
-            }
-            Err(e) => {
-                tracing::error!(node = i, to = %to, error = %e, "simulator: the new consensus type did not start")
-            }
+        if let Err(e) = self.replace(i, &next, true) {
+            tracing::error!(node = i, to = %to, error = %e, "simulator: the new consensus type did not start");
         }
     }
 
@@ -776,22 +765,8 @@ impl SimNet {
         self.handled += 1;
         match ev {
             Event::Message { to, from, payload, sender_type, sender_height } => {
-                // As the chain actor: a message another consensus type's
-                // plugin sent (before a live swap) is dropped; a sender
-                // ahead means the chain went on without this node, which
-                // pulls the blocks it misses.
-                if sender_type != self.nodes[to].plugin.as_ref().unwrap_or(&self.plugin).name() {
-                    let behind = sender_height > self.height(to);
-                    if let Some(c) = self.nodes[to].core.as_mut()
-                        && behind
-                    {
-                        let _ = c.catch_up_to(sender_height);
-                        self.drain(to);
-                    }
-                    return;
-                }
                 if let Some(c) = self.nodes[to].core.as_mut() {
-                    c.on_message(from, &payload);
+                    c.on_member_message(from, &payload, &sender_type, sender_height);
                     self.drain(to);
                 }
             }
