@@ -374,6 +374,44 @@ async fn an_unreachable_members_queue_fills_and_drops_without_blocking() {
     assert!(reason.contains(&gone) && reason.contains("onnect"), "{reason}");
 }
 
+/// Backpressure for forwarded envelopes: while a member's queue of
+/// submits is half full, `submit_room` waits (and says there is no room
+/// when its wait ends); once the member is reachable and the queue
+/// drains, the waiter is woken and every queued submit arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_full_queue_of_submits_makes_senders_wait_until_it_drains() {
+    let mut a = TestNode::start(0, TransportLimits { submit_queue_depth: 8, ..limits() });
+    let b_t = Transport::new(identity(1), limits());
+    let (b_tx, mut b_got) = mpsc::unbounded_channel();
+    // b's address, not yet served.
+    let b_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let ms = vec![member(1, 0, &a.addr()), member(2, 1, &b_addr)];
+    a.t.set_members("ch", 1, ms.clone());
+    b_t.set_members("ch", 2, ms);
+    assert!(a.t.submit_room("ch", Duration::ZERO).await, "an empty queue has room");
+    assert!(a.t.submit_room("other", Duration::ZERO).await, "a channel without members never waits");
+    for i in 0..3 {
+        a.t.send_submit("ch", 2, 0, envelope(i)).unwrap();
+    }
+    assert!(a.t.submit_room("ch", Duration::ZERO).await, "3 of 8: room");
+    a.t.send_submit("ch", 2, 0, envelope(3)).unwrap();
+    assert!(!a.t.submit_room("ch", Duration::from_millis(50)).await, "4 of 8 (half): no room");
+    // A sender waits; b comes up; the queue drains and wakes it.
+    let waiter = {
+        let t = a.t.clone();
+        tokio::spawn(async move { t.submit_room("ch", Duration::from_secs(60)).await })
+    };
+    a.event(|e| matches!(e, TransportEvent::Disconnected { peer: 2, .. }).then_some(())).await;
+    assert!(!waiter.is_finished(), "the sender waits while the member is unreachable");
+    let _b = Server::start(&b_t, Arc::new(Rec(b_tx)), 1, &b_addr);
+    assert!(tokio::time::timeout(Duration::from_secs(30), waiter).await.expect("woken in time").unwrap());
+    for i in 0..4 {
+        let got = tokio::time::timeout(Duration::from_secs(30), b_got.recv()).await.unwrap().unwrap();
+        assert_eq!(got, Got::Submit { channel: "ch".into(), from: 1, seq: 0, envelope: envelope(i) });
+    }
+    assert!(a.t.submit_room("ch", Duration::ZERO).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_is_reconnected_after_its_server_restarts() {
     let mut a = TestNode::start(0, limits());
@@ -453,6 +491,20 @@ fn a_transport_made_outside_a_runtime_runs_on_its_own() {
 
 /// A transport as orderer1 that takes a node process (orderer0's
 /// certificate at `addr`) for member 1 of `channel`.
+/// The flags of a cluster port of its own on a free port, with `cert`
+/// and `key` as its TLS identity.
+fn own_cluster_port<'a>(cert: &'a str, key: &'a str) -> [&'a str; 6] {
+    ["--cluster-listen", "127.0.0.1:0", "--cluster-tls-cert", cert, "--cluster-tls-key", key]
+}
+
+/// The address of a node's own cluster port (its `cluster service on`
+/// banner line).
+fn cluster_service_addr(node: &common::NodeProc) -> String {
+    let line =
+        (0..3).map(|_| node.next_line()).find(|l| l.starts_with("cluster service on ")).expect("the cluster line");
+    line.strip_prefix("cluster service on ").unwrap().split_whitespace().next().unwrap().to_string()
+}
+
 fn dialer(addr: &str, channel: &str) -> (Transport, broadcast::Receiver<TransportEvent>) {
     let t = Transport::new(identity(1), limits());
     let events = t.events();
@@ -491,27 +543,11 @@ async fn the_node_serves_the_cluster_service_with_tls() {
 
     // On a cluster port of its own: mutual TLS against --tls-root-ca; the
     // gRPC port no longer serves it.
-    let node = common::NodeProc::start(
-        &dir.path().join("b"),
-        &[
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--tls-root-ca",
-            &ca,
-            "--cluster-listen",
-            "127.0.0.1:0",
-            "--cluster-tls-cert",
-            &cert,
-            "--cluster-tls-key",
-            &key,
-        ],
-    );
+    let mut args = vec!["--tls-cert", cert.as_str(), "--tls-key", key.as_str(), "--tls-root-ca", ca.as_str()];
+    args.extend(own_cluster_port(&cert, &key));
+    let node = common::NodeProc::start(&dir.path().join("b"), &args);
     assert!(!node.banner[0].contains("orderer.Cluster"), "{:?}", node.banner);
-    let line =
-        (0..3).map(|_| node.next_line()).find(|l| l.starts_with("cluster service on ")).expect("the cluster line");
-    let cluster_addr = line.strip_prefix("cluster service on ").unwrap().split_whitespace().next().unwrap().to_string();
+    let cluster_addr = cluster_service_addr(&node);
     let (t, mut events) = dialer(&cluster_addr, "devchannel");
     t.send_submit("devchannel", 1, 0, envelope(2)).unwrap();
     assert_eq!(refused_by_peer(&mut events).await.0, Status::NotFound as i32);
@@ -530,4 +566,49 @@ async fn the_node_serves_the_cluster_service_with_tls() {
         }
     };
     assert!(reason.contains("not implemented"), "{reason}");
+}
+
+/// A cluster port of its own with no `--tls-root-ca`: client certificates
+/// chaining to a TLS CA of an organization of one of the node's channels
+/// are accepted (Fabric updates its cluster listener's client CAs with
+/// every config), others are refused in the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_port_of_its_own_trusts_the_channels_tls_cas() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = |p: PathBuf| p.to_string_lossy().into_owned();
+    let (cert, key) = (s(tls_file(0, "server.crt")), s(tls_file(0, "server.key")));
+    let msp = s(org().join("orderers/orderer0.example.com/msp"));
+    let genesis = s(org().join("../../../blocks/solochannel.genesis.block"));
+    let mut args = vec!["--msp-dir", msp.as_str(), "--mspid", "OrdererMSP", "--tls-cert", cert.as_str()];
+    args.extend(["--tls-key", key.as_str(), "--genesis-block", genesis.as_str()]);
+    args.extend(own_cluster_port(&cert, &key));
+    let node = common::NodeProc::start(&dir.path().join("n"), &args);
+    let cluster_addr = cluster_service_addr(&node);
+    // orderer1's certificate (tlsca.example.com, OrdererMSP's TLS CA in
+    // solochannel): the handshake passes; solochannel has no cluster
+    // members on a solo node, so the submit is answered NOT_FOUND.
+    let (t, mut events) = dialer(&cluster_addr, "solochannel");
+    t.send_submit("solochannel", 1, 0, envelope(3)).unwrap();
+    let (status, info) = refused_by_peer(&mut events).await;
+    assert_eq!((status, info.as_str()), (Status::NotFound as i32, "channel solochannel doesn't exist"));
+    // A certificate of a CA no channel names: refused in the handshake.
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "not-a-channel-ca");
+    let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["intruder".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &rcgen::Issuer::new(ca_params, &ca_key))
+        .unwrap();
+    let (leaf_pem, key_pem) = (dir.path().join("intruder.crt"), dir.path().join("intruder.key"));
+    std::fs::write(&leaf_pem, leaf.pem()).unwrap();
+    std::fs::write(&key_pem, leaf_key.serialize_pem()).unwrap();
+    let config = ClientIdentity::from_files(&leaf_pem, &key_pem, &[tlsca()]).unwrap().client_config(None).unwrap();
+    let r = dial::connect(&cluster_addr, Some(dial::ClientTls { config, server_name: None })).await;
+    let e = r.expect_err("refused").to_string();
+    assert!(e.contains("UnknownCA"), "{e}");
+    // The node goes on serving members.
+    t.send_submit("solochannel", 1, 0, envelope(4)).unwrap();
+    assert_eq!(refused_by_peer(&mut events).await.0, Status::NotFound as i32);
 }

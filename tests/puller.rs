@@ -137,6 +137,25 @@ async fn pulls_and_verifies_a_range_from_a_tls_node() {
     // Asking for what the verifier does not expect next is refused.
     assert!(matches!(puller.pull(1, 2).await, Err(PullError::NotNext { expected: 3, .. })));
 
+    // Not waiting (a catch-up on a member's unproven claim): a range past
+    // the node's height hands out the blocks that exist, then every
+    // endpoint answers NOT_FOUND at the first missing one, at once (the
+    // 60 s response timeout is not waited).
+    let mut no_wait =
+        BlockPuller::new(PullerConfig { endpoints: vec![node.addr.clone()], ..cfg.clone() }, verifier_from(&genesis));
+    no_wait.set_wait(false);
+    let t = std::time::Instant::now();
+    let mut got = Vec::new();
+    let e = no_wait.pull_each(0, 1_000_000, |b| got.push(b)).await.unwrap_err();
+    assert_eq!(got, blocks, "the blocks that exist, in order");
+    match &e {
+        PullError::AllFailed { block: 3, failures, .. } => {
+            assert!(matches!(failures[0].failure, Failure::Status { status: 404 }), "{e}")
+        }
+        _ => panic!("{e}"),
+    }
+    assert!(t.elapsed() < std::time::Duration::from_secs(30), "{:?}", t.elapsed());
+
     // A requester that is not a reader of the channel (Org3, in no
     // channel): FORBIDDEN from the node, from every endpoint.
     let outsider = Arc::new(

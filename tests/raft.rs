@@ -11,7 +11,7 @@
 mod common;
 mod raft_cluster;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,13 +21,9 @@ use common::*;
 use consenter_host::envelope;
 use consenter_host::proto::common::{Block, Envelope, HeaderType};
 use consenter_host::proto::orderer::atomic_broadcast_client::AtomicBroadcastClient;
-use consenter_host::proto::orderer::seek_info::SeekBehavior;
-use consenter_host::proto::orderer::seek_position::Type as Pos;
-use consenter_host::proto::orderer::{SeekInfo, SeekPosition, SeekSpecified};
 use consenter_host::signer::Signer;
-use consenter_host::tls::{self, dial};
 use prost::Message;
-use raft_cluster::{fixtures, orderer, same_chain, tlsca, tx_ids, user1};
+use raft_cluster::{Net, fixtures, orderer, same_chain, tlsca, tx_ids, user1};
 use tonic::transport::Channel;
 
 /// The channel of `raftchannel.genesis.block`.
@@ -71,39 +67,28 @@ async fn lock_ports(channel: &'static str) -> PortsGuard {
     PortsGuard { _in_process: g, _file: file }
 }
 
-/// The channel's `consenter.cluster` object on node `node` (its admin
-/// endpoint), if the plugin reported one.
-fn cluster_info(node: &NodeProc) -> Option<serde_json::Value> {
-    let admin = node.admin.as_ref()?;
-    let (ok, out) = cli(&["channel", "show", "-o", admin, "-c", channel()]);
-    if !ok {
-        eprintln!("channel show on {admin}: {out}");
-        return None;
-    }
-    let start = out.find('{')?;
-    let v: serde_json::Value = serde_json::from_str(out[start..].trim()).ok()?;
-    v.get("consenter")?.get("cluster").cloned()
+/// The running test's cluster: the channel it locked the ports for, on
+/// orderer0..3's ports (orderer3 joins by config update; the helpers of
+/// `tests/raft_cluster` talk to it).
+fn net() -> Net {
+    let mut net = match channel() {
+        SOLO => Net::solo3(),
+        _ => Net::raft3(),
+    };
+    net.ports = (0..4).map(Net::consenter_port).collect();
+    net
+}
+
+/// The channel's `consenter.cluster` object on node `node`, if the plugin
+/// reported one.
+async fn cluster_info(node: &NodeProc) -> Option<serde_json::Value> {
+    net().cluster_info(node).await
 }
 
 /// The index of the node that leads, once the up nodes agree on one
 /// (waits up to 60 s).
-fn leader(nodes: &[Option<NodeProc>]) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let infos: Vec<(usize, serde_json::Value)> =
-            nodes.iter().enumerate().filter_map(|(i, n)| n.as_ref().and_then(cluster_info).map(|c| (i, c))).collect();
-        let leading: Vec<usize> =
-            infos.iter().filter(|(_, c)| c["isLeader"] == serde_json::Value::Bool(true)).map(|(i, _)| *i).collect();
-        let up = nodes.iter().filter(|n| n.is_some()).count();
-        if leading.len() == 1 && infos.len() == up {
-            let id = infos.iter().find(|(i, _)| *i == leading[0]).map(|(_, c)| c["selfId"].clone());
-            if infos.iter().all(|(_, c)| Some(c["leader"].clone()) == id) {
-                return leading[0];
-            }
-        }
-        assert!(Instant::now() < deadline, "no agreed leader: {infos:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+async fn leader(nodes: &[Option<NodeProc>]) -> usize {
+    net().leader(nodes).await
 }
 
 /// Node `i` of the raft channel (orderer`i`, port 7050 + 100·i).
@@ -140,109 +125,29 @@ fn node_with(i: usize, data: &Path, genesis: Option<&str>, own_roots: bool) -> N
 }
 
 async fn client(i: usize) -> AtomicBroadcastClient<Channel> {
-    let config = tls::grpc_client_config(&[PathBuf::from(tlsca())], None).unwrap();
-    let tls = dial::ClientTls { config, server_name: None };
-    let addr = format!("127.0.0.1:{}", 7050 + 100 * i);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match dial::connect(&addr, Some(tls.clone())).await {
-            Ok(ch) => return AtomicBroadcastClient::new(ch).max_decoding_message_size(64 << 20),
-            Err(e) if Instant::now() > deadline => panic!("connecting to node {i}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
-fn signed_seek(start: u64, stop: u64, behavior: SeekBehavior, signer: &Signer) -> Envelope {
-    let pos = |n| SeekPosition { r#type: Some(Pos::Specified(SeekSpecified { number: n })) };
-    let seek =
-        SeekInfo { start: Some(pos(start)), stop: Some(pos(stop)), behavior: behavior as i32, error_response: 0 };
-    let b =
-        envelope::build(channel(), HeaderType::DeliverSeekInfo, "", seek.encode_to_vec().into(), Some(signer)).unwrap();
-    Envelope::decode(b).unwrap()
+    net().client(i).await
 }
 
 /// Blocks 0..=stop of node `i`, waiting up to 60 s for them.
 async fn blocks_of(i: usize, stop: u64) -> Vec<Block> {
-    blocks_range(i, 0, stop).await
+    net().blocks_of(i, stop).await
 }
 
 /// Blocks start..=stop of node `i`, waiting up to 60 s for them.
 async fn blocks_range(i: usize, start: u64, stop: u64) -> Vec<Block> {
-    let mut c = client(i).await;
-    let req = tokio_stream::iter(vec![signed_seek(start, stop, SeekBehavior::BlockUntilReady, &user1())]);
-    let fut = async {
-        let mut s = c.deliver(req).await.unwrap().into_inner();
-        let mut out = vec![];
-        while let Some(r) = s.message().await.unwrap() {
-            use consenter_host::proto::orderer::deliver_response::Type;
-            match r.r#type {
-                Some(Type::Block(b)) => out.push(b),
-                Some(Type::Status(st)) => {
-                    assert_eq!(st, 200, "node {i}: deliver status");
-                    break;
-                }
-                None => break,
-            }
-        }
-        out
-    };
-    tokio::time::timeout(Duration::from_secs(60), fut)
-        .await
-        .unwrap_or_else(|_| panic!("node {i}: blocks {start}..={stop} in time"))
+    net().blocks_range(i, start, stop).await
 }
 
-/// Broadcasts `txs` to node `i` until each is acknowledged SUCCESS (a
-/// node without a leader answers SERVICE_UNAVAILABLE: retried); the ids
-/// acknowledged.
+/// Broadcasts `txs` to node `i` until each is acknowledged SUCCESS; the
+/// ids acknowledged.
 async fn broadcast_until_ok(i: usize, txs: &[String]) -> Vec<String> {
-    let signer = user1();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut pending: Vec<String> = txs.to_vec();
-    let mut ok = Vec::new();
-    while !pending.is_empty() {
-        assert!(Instant::now() < deadline, "node {i}: {} envelopes never acknowledged", pending.len());
-        let mut c = client(i).await;
-        let envs = pending.iter().map(|t| signed_message(channel(), t, 1000, Some(&signer))).collect();
-        let acks = broadcast_all(&mut c, envs).await;
-        let mut again = Vec::new();
-        for (t, (st, info)) in pending.iter().zip(acks) {
-            match st {
-                200 => ok.push(t.clone()),
-                503 => again.push(t.clone()),
-                other => panic!("node {i}: {t}: status {other}: {info}"),
-            }
-        }
-        if !again.is_empty() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        pending = again;
-    }
-    ok
+    net().broadcast_until_ok(i, txs).await
 }
 
-/// Waits until node `i` delivers a block holding every id of `txs`; its
-/// blocks then (each block is fetched once, as it comes).
+/// Waits until node `i` delivers blocks holding every id of `txs`; its
+/// blocks then.
 async fn until_ordered(i: usize, txs: &[String]) -> Vec<Block> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut blocks = blocks_of(i, 0).await;
-    let mut missing: std::collections::BTreeSet<String> = txs.iter().cloned().collect();
-    loop {
-        if missing.is_empty() {
-            return blocks;
-        }
-        assert!(Instant::now() < deadline, "node {i}: {} envelopes not ordered in time", missing.len());
-        let next = blocks.len() as u64;
-        let more = blocks_range(i, next, next).await;
-        // tx_ids skips the first block of what it is given: count the new
-        // block on its own.
-        for b in &more {
-            for d in b.data.as_ref().map(|d| d.data.clone()).unwrap_or_default() {
-                missing.remove(&consenter_host::envelope::Envelope::parse(d).unwrap().tx_id);
-            }
-        }
-        blocks.extend(more);
-    }
+    net().until_ordered(i, txs).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,7 +189,7 @@ async fn killing_the_leader_ten_times_loses_no_written_block() {
     let mut after: Vec<String> = Vec::new();
     let mut written: Vec<Block> = Vec::new();
     for round in 0..10 {
-        let l = leader(&nodes);
+        let l = leader(&nodes).await;
         let survivor = (l + 1) % 3;
         // Load through a follower while the leader is killed with SIGKILL.
         let txs: Vec<String> = (0..30).map(|k| format!("during{round}-{k}")).collect();
@@ -294,7 +199,7 @@ async fn killing_the_leader_ten_times_loses_no_written_block() {
         nodes[l] = None;
         during.extend(load.await.unwrap());
         // A new leader among the two left orders what comes next...
-        let new = leader(&nodes);
+        let new = leader(&nodes).await;
         assert_ne!(new, l, "round {round}: a new leader");
         let next: Vec<String> = (0..10).map(|k| format!("after{round}-{k}")).collect();
         let next = broadcast_until_ok(survivor, &next).await;
@@ -320,8 +225,11 @@ async fn killing_the_leader_ten_times_loses_no_written_block() {
     // Deliver); how many were, for the record.
     let lost = during.iter().filter(|t| !ids.contains(t)).count();
     eprintln!("envelopes in flight at the 10 kills: {}, lost with the killed leader: {lost}", during.len());
-    let leader_changes =
-        nodes.iter().flatten().filter_map(cluster_info).map(|c| c["leaderChanges"].as_u64().unwrap_or(0)).max();
+    let mut leader_changes = None;
+    for n in nodes.iter().flatten() {
+        let c = net().leader_changes(n).await;
+        leader_changes = leader_changes.max(Some(c));
+    }
     assert!(leader_changes.is_some_and(|n| n >= 1), "{leader_changes:?}");
 }
 
@@ -432,7 +340,7 @@ async fn a_consenter_is_added_by_config_update_and_joins_from_the_latest_config_
     let all = until_ordered(0, &second).await;
     let on3 = blocks_of(3, all.len() as u64 - 1).await;
     same_chain(&on3, &all);
-    let info = cluster_info(nodes[3].as_ref().unwrap()).expect("orderer3 reports its cluster");
+    let info = cluster_info(nodes[3].as_ref().unwrap()).await.expect("orderer3 reports its cluster");
     assert_eq!(info["selfId"], 4, "{info}");
 
     // Then orderer1 is removed, while load runs through orderer3.
@@ -507,7 +415,7 @@ async fn a_node_down_while_the_log_is_compacted_catches_up_by_pulling_blocks() {
     // If orderer2 led, the others elect a leader first (an envelope sent
     // to a node that knows no leader for longer than it holds them is
     // refused; failover is the kill test's subject, not this one's).
-    leader(&nodes);
+    leader(&nodes).await;
     let signer = user1();
     let mut sent = Vec::new();
     for round in 0..20 {
@@ -655,7 +563,7 @@ async fn a_solo_channel_swaps_to_raft_grows_to_three_nodes_and_swaps_back_to_sol
     assert_eq!(st, 200, "{info}");
     let swap = config_block_from(0, 1).await;
     until_plugin(nodes[0].as_ref().unwrap(), "etcdraft").await;
-    assert_eq!(leader(&nodes), 0);
+    assert_eq!(leader(&nodes).await, 0);
     // 2. and 3. Two consenters added, one config update each; each joins
     // from the config block that added it.
     let mut last = swap;
@@ -667,7 +575,7 @@ async fn a_solo_channel_swaps_to_raft_grows_to_three_nodes_and_swaps_back_to_sol
         last = config_block_from(0, last.header.as_ref().unwrap().number + 1).await;
         nodes.push(Some(join_from(i, &data(i), &last).await));
     }
-    let lead = leader(&nodes);
+    let lead = leader(&nodes).await;
     let view = consenter_view(nodes[0].as_ref().unwrap(), channel());
     assert_eq!(view["swaps"], 1, "{view}");
     // Broadcast through each node (followers forward), then stop the load.
@@ -825,5 +733,5 @@ async fn a_rolling_upgrade_to_a_new_raft_build_keeps_the_cluster_ordering() {
         assert_eq!((&v["version"], &v["rollbacks"], &v["crashes"]), (&"2.0.0".into(), &0.into(), &0.into()), "{v}");
         eprintln!("handedOver {} lostEnvelopes {}", v["handedOver"], v["lostEnvelopes"]);
     }
-    leader(&nodes);
+    leader(&nodes).await;
 }

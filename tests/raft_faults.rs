@@ -12,7 +12,9 @@
 //! - hostile cluster input: Step streams from certificates that are no
 //!   consenter's (refused, counted, answered FORBIDDEN), and from a
 //!   consenter's own certificate: garbage, an oversized message, replayed
-//!   raft messages (captured from the cluster itself), an unknown channel;
+//!   raft messages (captured from the cluster itself), an unknown channel,
+//!   messages of another consensus type claiming a far greater height
+//!   (dropped; at most one catch-up per 2 s, pulling only what exists);
 //!   the cluster keeps ordering, no election, the ledgers agree;
 //! - Fabric's Node.js SDK (tests/node/interop.js) against a follower over
 //!   TLS with User1@org1's identity.
@@ -437,6 +439,19 @@ impl StepClient {
         self.tx.send(StepRequest { payload: Some(req) }).await.expect("the Step stream is up");
     }
 
+    /// A consensus message whose sender claims to run `consensus_type` at
+    /// ledger height `height` (ConsensusRequest fields 100 and 101).
+    async fn consensus_claiming(&self, channel: &str, payload: Bytes, consensus_type: &str, height: u64) {
+        let req = Req::ConsensusRequest(ConsensusRequest {
+            channel: channel.into(),
+            payload,
+            consensus_type: consensus_type.into(),
+            height,
+            ..Default::default()
+        });
+        self.tx.send(StepRequest { payload: Some(req) }).await.expect("the Step stream is up");
+    }
+
     async fn submit(&self, channel: &str, env: Envelope) {
         let req =
             Req::SubmitRequest(SubmitRequest { channel: channel.into(), last_validation_seq: 0, payload: Some(env) });
@@ -735,6 +750,29 @@ async fn hostile_step_input_neither_enters_nor_disturbs_the_cluster() {
         }
     }
     let replayed = 20 * replays.len() as u64;
+    // Claims: messages of another consensus type from a member that says
+    // its ledger is a million blocks ahead (what a member left behind at
+    // a live swap would follow). Dropped before the plugin; the claims
+    // start at most one catch-up per 2 s, which pulls only blocks that
+    // exist; the chain goes on.
+    let catch_up = |v: Option<serde_json::Value>| -> [u64; 4] {
+        let c = v.and_then(|v| v["consenter"].get("catchUp").cloned()).unwrap_or_default();
+        ["otherTypeMessages", "claimsFollowed", "claimsIgnored", "pulledBlocks"].map(|k| c[k].as_u64().unwrap_or(0))
+    };
+    let mut claims_before = Vec::new();
+    for i in [1, 2] {
+        claims_before.push(catch_up(net.show(node(i)).await));
+    }
+    let claimed_at = Instant::now();
+    const CLAIMS: u64 = 300;
+    for k in 0..CLAIMS {
+        for c in [&to1, &to2] {
+            c.consensus_claiming(ch, garbage(k + 5000, 50), "BFT", 1_000_000 + k).await;
+        }
+        if k % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
     // A channel that does not exist.
     for k in 0..50u64 {
         to2.consensus("nosuchchannel", garbage(k, 100)).await;
@@ -772,6 +810,24 @@ async fn hostile_step_input_neither_enters_nor_disturbs_the_cluster() {
     assert_eq!(s1.channels[ch].peers[&1].refused - before[1].channels[ch].peers[&1].refused, 2);
     assert_eq!(s1.refused["malformed"] - before[1].refused["malformed"], 1);
     assert_eq!(s2.refused["unknownChannel"] - before[2].refused["unknownChannel"], 55);
+
+    // Every claim reached the chain; few were followed.
+    for (k, i) in [1usize, 2].into_iter().enumerate() {
+        let deadline = Instant::now() + secs(30);
+        let now = loop {
+            let now = catch_up(net.show(node(i)).await);
+            if now[0] - claims_before[k][0] >= CLAIMS || Instant::now() > deadline {
+                break now;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let d: Vec<u64> = (0..4).map(|j| now[j] - claims_before[k][j]).collect();
+        let most = claimed_at.elapsed().as_secs() / 2 + 1;
+        assert_eq!(d[0], CLAIMS, "node {i}: other-type messages {d:?}");
+        assert!(d[1] >= 1 && d[1] <= most, "node {i}: {} catch-ups on claims (at most {most}): {d:?}", d[1]);
+        assert_eq!(d[1] + d[2], CLAIMS, "node {i}: every claim followed or ignored: {d:?}");
+        eprintln!("claims at node {i}: other-type, followed, ignored, pulled blocks: {d:?}");
+    }
 
     // The cluster kept ordering: every envelope of the load, once; none
     // from the intruders; the same leader, no election anywhere; three

@@ -268,6 +268,7 @@ impl AtomicBroadcast for Service {
     ) -> Result<Response<Self::BroadcastStream>, Status> {
         let mut input = req.into_inner();
         let node = self.node.clone();
+        let submit_node = self.node.clone();
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
         let (check_tx, mut check_rx) = mpsc::channel::<Result<(Check, Tag), Status>>(IN_FLIGHT);
         let (pending_tx, mut pending_rx) = mpsc::channel::<Result<Pending, Status>>(IN_FLIGHT);
@@ -309,6 +310,7 @@ impl AtomicBroadcast for Service {
                 let answer = match answer {
                     Ok((Ok((chain, env)), took, tag)) => {
                         let enqueued = tag.started + took;
+                        submit_node.forward_room(chain.channel()).await;
                         let answer = match chain.submit(env).await {
                             Ok(answer) => Answer::Later(Box::pin(answer)),
                             Err(e) => Answer::Now(enqueue_response(Err(e))),

@@ -206,6 +206,20 @@ impl Node {
         self.plugins.names()
     }
 
+    /// Waits (up to Fabric's 7 s cluster RPC timeout) while the queue of
+    /// envelopes forwarded to a member of `channel` is half full: the
+    /// Broadcast of a follower whose leader orders slower than clients send
+    /// slows them down instead of refusing them
+    /// ([`crate::cluster::Transport::submit_room`]). At once on a node
+    /// without a cluster or for a channel without members.
+    pub async fn forward_room(&self, channel: &str) {
+        if let Some(c) = &self.cluster
+            && !c.transport.submit_room(channel, FORWARD_WAIT).await
+        {
+            tracing::debug!(channel, "the queue of forwarded envelopes stays full; handing the envelope on");
+        }
+    }
+
     /// A running chain.
     pub fn chain(&self, channel: &str) -> Option<Arc<Chain>> {
         read(&self.chains).get(channel).cloned()
@@ -301,6 +315,7 @@ impl Node {
                     previous_plugin: c.status().previous_plugin(),
                     handed_over: c.status().handed_over(),
                     swap_pause_us: SwapPauses::of(c.status().swap_pauses()),
+                    catch_up: CatchUpInfo::of(c.status().catch_up().snapshot()),
                     cluster: c.status().cluster().map(|r| ClusterInfo {
                         is_leader: r.leader != 0 && r.leader == r.self_id,
                         self_id: r.self_id,
@@ -972,6 +987,10 @@ pub struct ConsenterInfo {
     /// config block to the new plugin ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swap_pause_us: Option<SwapPauses>,
+    /// The host's catch-ups of the chain (None: none yet, and no message
+    /// of another consensus type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<CatchUpInfo>,
     /// What a clustered plugin reports of its cluster (raft's leader).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterInfo>,
@@ -998,6 +1017,35 @@ pub struct ConsenterInfo {
     /// probation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probation_ms_left: Option<u64>,
+}
+
+/// A chain's catch-ups (the `consenter.catchUp` object of a channel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CatchUpInfo {
+    /// Catch-ups the plugin asked for.
+    pub requested: u64,
+    /// Blocks pulled from other consenters.
+    pub pulled_blocks: u64,
+    /// Consensus messages of another consensus type, dropped.
+    pub other_type_messages: u64,
+    /// Catch-ups started because such a message claimed a greater height.
+    pub claims_followed: u64,
+    /// Such claims not followed (one catch-up per 2 s at most, none while
+    /// one runs).
+    pub claims_ignored: u64,
+}
+
+impl CatchUpInfo {
+    fn of(s: crate::runtime::status::CatchUpStats) -> Option<CatchUpInfo> {
+        (s != Default::default()).then_some(CatchUpInfo {
+            requested: s.requested,
+            pulled_blocks: s.pulled_blocks,
+            other_type_messages: s.other_type,
+            claims_followed: s.claimed,
+            claims_ignored: s.claims_ignored,
+        })
+    }
 }
 
 /// Swap pauses, in microseconds.
@@ -1041,6 +1089,10 @@ pub struct ClusterInfo {
     /// Times a new leader was reported since the chain started.
     pub leader_changes: u64,
 }
+
+/// How long a Broadcast waits for room in the queue of forwarded
+/// envelopes (Fabric's General.Cluster.RPCTimeout default).
+const FORWARD_WAIT: std::time::Duration = std::time::Duration::from_secs(7);
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())

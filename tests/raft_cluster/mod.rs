@@ -92,6 +92,13 @@ impl Net {
         Net { channel: "raftchannel", genesis: "raftchannel.genesis.block", ports: vec![7050, 7150, 7250] }
     }
 
+    /// `solochannel` (the same orgs, solo; tests/raft.rs swaps it to
+    /// etcdraft and grows it to three nodes): orderer0..2 on
+    /// 7050/7150/7250.
+    pub fn solo3() -> Net {
+        Net { channel: "solochannel", genesis: "solochannel.genesis.block", ports: vec![7050, 7150, 7250] }
+    }
+
     /// `raft5channel`: orderer0..4 on 7050..7450.
     pub fn raft5() -> Net {
         Net {
@@ -239,7 +246,7 @@ impl Net {
     /// Waits until node `i` delivers blocks holding every id of `txs`;
     /// its blocks then (0 up to the first height that holds them all).
     pub async fn until_ordered(&self, i: usize, txs: &[String]) -> Vec<Block> {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         let mut missing: std::collections::HashSet<&String> = txs.iter().collect();
         let mut blocks = self.blocks_of(i, 0).await;
         while !missing.is_empty() {

@@ -293,6 +293,8 @@ impl ChainCore {
             return self.on_message(from, payload);
         }
         let running = &self.instance.plugin;
+        let counters = self.status.catch_up();
+        crate::status::CatchUpCounters::add(&counters.other_type, 1);
         tracing::debug!(channel = %self.channel, from, %sender_type, %running, sender_height, "cluster: a consensus message of another consensus type was dropped");
         let Some(s) = self.instance.support_mut() else { return };
         if sender_height > s.height()

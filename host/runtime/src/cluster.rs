@@ -26,6 +26,14 @@ pub trait ClusterSink: Send {
     /// consenters; the pulled blocks come back through
     /// `ChainCore::write_pulled` and the end through `ChainCore::caught_up`.
     fn catch_up(&mut self, from: u64, target: u64) -> Result<(), String>;
+    /// A member claimed a greater height `target` in a message of another
+    /// consensus type (the host's own catch-up after a live swap this node
+    /// missed). The claim is unproven: a sink may ignore it (a node rate
+    /// limits it and pulls only blocks that exist). Default: as
+    /// [`ClusterSink::catch_up`].
+    fn catch_up_claimed(&mut self, from: u64, target: u64) -> Result<(), String> {
+        self.catch_up(from, target)
+    }
     /// The chain's ledger height now (told at the start and after every
     /// block written): the consensus messages sent say it, so that a member
     /// left on an older consensus type after a live swap can catch up.

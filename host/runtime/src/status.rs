@@ -66,6 +66,8 @@ pub struct ChainStatus {
     /// how often the leader changed.
     cluster: Mutex<Option<crate::support::ClusterReport>>,
     leader_changes: AtomicU64,
+    /// Catch-ups: what started them and what they pulled.
+    catch_up: CatchUpCounters,
     /// Live consensus-type swaps so far, and the plugin ordered before the
     /// last one.
     swaps: AtomicU64,
@@ -88,6 +90,58 @@ pub struct ChainStatus {
     /// Until when the build now ordering is on probation (a failure rolls
     /// it back), as wall-clock time for the API.
     probation_until: Mutex<Option<std::time::SystemTime>>,
+}
+
+/// A chain's catch-up counters ([`ChainStatus::catch_up`]).
+#[derive(Debug, Default)]
+pub struct CatchUpCounters {
+    /// Consensus messages of another consensus type than the running
+    /// plugin's, dropped (a member sent them before or after a live swap,
+    /// or claims to).
+    pub other_type: AtomicU64,
+    /// Catch-ups started because such a message claimed a greater height.
+    pub claimed: AtomicU64,
+    /// Claims of a greater height not followed: a catch-up was running, or
+    /// one had started less than the claim interval before.
+    pub claims_ignored: AtomicU64,
+    /// Catch-ups the plugin asked for (`replication.catch-up`).
+    pub requested: AtomicU64,
+    /// Blocks pulled and handed to the chain.
+    pub pulled_blocks: AtomicU64,
+}
+
+impl CatchUpCounters {
+    /// Adds one to `counter`.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Their values now.
+    pub fn snapshot(&self) -> CatchUpStats {
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CatchUpStats {
+            other_type: v(&self.other_type),
+            claimed: v(&self.claimed),
+            claims_ignored: v(&self.claims_ignored),
+            requested: v(&self.requested),
+            pulled_blocks: v(&self.pulled_blocks),
+        }
+    }
+}
+
+/// A snapshot of [`CatchUpCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CatchUpStats {
+    /// Consensus messages of another consensus type, dropped.
+    pub other_type: u64,
+    /// Catch-ups started on a claim of a greater height.
+    pub claimed: u64,
+    /// Claims not followed (rate limit, or a catch-up running).
+    pub claims_ignored: u64,
+    /// Catch-ups the plugin asked for.
+    pub requested: u64,
+    /// Blocks pulled.
+    pub pulled_blocks: u64,
 }
 
 /// One build of a plugin: its manifest's version and the SHA-256 of its
@@ -115,6 +169,7 @@ impl Default for ChainStatus {
             last_crash: Mutex::new(None),
             cluster: Mutex::new(None),
             leader_changes: AtomicU64::new(0),
+            catch_up: CatchUpCounters::default(),
             swaps: AtomicU64::new(0),
             previous_plugin: Mutex::new(None),
             handed_over: AtomicU64::new(0),
@@ -266,6 +321,11 @@ impl ChainStatus {
     /// plugin, or nothing reported yet).
     pub fn cluster(&self) -> Option<crate::support::ClusterReport> {
         self.cluster.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The catch-up counters (the host's cluster side counts into them).
+    pub fn catch_up(&self) -> &CatchUpCounters {
+        &self.catch_up
     }
 
     /// Times a new leader was reported.

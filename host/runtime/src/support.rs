@@ -338,7 +338,7 @@ impl Support {
     pub fn catch_up_to(&mut self, target: u64) -> Result<(), String> {
         let height = self.height;
         match self.cluster.as_mut() {
-            Some(c) if target > height => c.catch_up(height, target),
+            Some(c) if target > height => c.catch_up_claimed(height, target),
             _ => Ok(()),
         }
     }

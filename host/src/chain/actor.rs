@@ -490,7 +490,13 @@ pub(super) fn run_actor(mut runner: Runner, core: ChainCore, inputs: Inputs) {
         phase
     });
     if let Phase::Running(core) = phase {
-        runner.tear_down(*core);
+        let lost = runner.tear_down(*core);
+        if lost > 0 {
+            // Fabric's orderer drops its block cutter's pending batch when
+            // it stops too; a client learns from Deliver what was ordered.
+            runner.status.add_lost(lost);
+            tracing::warn!(channel = %runner.channel, lost_envelopes = lost, "the chain halted holding envelopes accepted but not yet in a block: they are dropped");
+        }
     }
 }
 

@@ -5,8 +5,8 @@
 //! actor as [`ClusterEvent::Pulled`], then [`ClusterEvent::CaughtUp`]).
 //! May touch the transport, the puller and the chain's event queue.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
@@ -18,6 +18,7 @@ use crate::cluster::puller::{BlockPuller, PullerConfig};
 use crate::cluster::verify::BlockVerifier;
 use crate::cluster::{ClientIdentity, Member, Transport};
 use crate::runtime::cluster::ClusterSink;
+use crate::runtime::status::CatchUpCounters;
 use crate::signer::Signer;
 
 /// The node's side of the cluster, shared by its clustered chains.
@@ -48,10 +49,26 @@ pub struct ChainClusterSink {
     events: mpsc::Sender<ClusterEvent>,
     /// Endpoints of the other members (for pulling).
     peers: Arc<Mutex<Vec<String>>>,
-    /// The running catch-up's target (it reads it as it goes).
-    target: Arc<AtomicU64>,
-    pulling: Arc<AtomicBool>,
+    /// The running catch-up, if any (it reads its target as it goes).
+    catch_up: Arc<Mutex<CatchUp>>,
 }
+
+/// A chain's catch-up, shared by its sink and the task pulling.
+#[derive(Debug, Default)]
+struct CatchUp {
+    /// A task is pulling.
+    running: bool,
+    /// Where it stops (exclusive); reset when it ends.
+    target: u64,
+    /// It waits for blocks not yet written (the plugin asked for them).
+    wait: bool,
+    /// When a claim last started a catch-up.
+    last_claim: Option<Instant>,
+}
+
+/// At most one catch-up per this interval is started on claims of a
+/// greater height (each costs a Deliver call to the members).
+const CLAIM_INTERVAL: Duration = Duration::from_secs(2);
 
 impl ChainClusterSink {
     /// The sink of `channel`'s chain, whose actor takes `events`, for an
@@ -73,8 +90,7 @@ impl ChainClusterSink {
             status,
             events,
             peers: Arc::default(),
-            target: Arc::new(AtomicU64::new(0)),
-            pulling: Arc::new(AtomicBool::new(false)),
+            catch_up: Arc::default(),
         }
     }
 }
@@ -114,42 +130,88 @@ impl ClusterSink for ChainClusterSink {
     }
 
     fn catch_up(&mut self, from: u64, target: u64) -> Result<(), String> {
-        self.target.fetch_max(target, Ordering::SeqCst);
-        if self.pulling.swap(true, Ordering::SeqCst) {
-            return Ok(()); // the running catch-up pulls to the new target
+        CatchUpCounters::add(&self.status.catch_up().requested, 1);
+        self.start_catch_up(from, target, true)
+    }
+
+    fn catch_up_claimed(&mut self, from: u64, target: u64) -> Result<(), String> {
+        let counters = self.status.catch_up();
+        {
+            let mut st = self.catch_up.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if st.running || st.last_claim.is_some_and(|t| now.duration_since(t) < CLAIM_INTERVAL) {
+                CatchUpCounters::add(&counters.claims_ignored, 1);
+                return Ok(());
+            }
+            st.last_claim = Some(now);
         }
-        let config = self.status.config().ok_or("the chain has no config yet")?;
+        CatchUpCounters::add(&counters.claimed, 1);
+        tracing::info!(channel = %self.channel, from, claimed = target, "catch-up: a member of another consensus type is ahead; pulling the blocks that exist");
+        self.start_catch_up(from, target, false)
+    }
+}
+
+impl ChainClusterSink {
+    /// Starts pulling `from..target`, or retargets the running catch-up.
+    /// `wait`: blocks not yet written anywhere are waited for (the plugin
+    /// asked); otherwise the pull stops at the first block no member has
+    /// (an unproven claim of another type's member).
+    fn start_catch_up(&mut self, from: u64, target: u64, wait: bool) -> Result<(), String> {
+        {
+            let mut st = self.catch_up.lock().unwrap_or_else(|p| p.into_inner());
+            st.target = st.target.max(target);
+            st.wait |= wait;
+            if st.running {
+                return Ok(()); // the running catch-up pulls to the new target
+            }
+            st.running = true;
+        }
+        let end = |st: &Mutex<CatchUp>| {
+            let mut st = st.lock().unwrap_or_else(|p| p.into_inner());
+            (st.running, st.target, st.wait) = (false, 0, false);
+        };
+        let Some(config) = self.status.config() else {
+            end(&self.catch_up);
+            return Err("the chain has no config yet".into());
+        };
         let endpoints = self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let tls = self.cluster.identity.with_roots(&config.orderer_tls_cas);
         let cfg = PullerConfig::new(&self.channel, endpoints, tls, self.signer.clone());
-        let (events, target, pulling, channel) =
-            (self.events.clone(), self.target.clone(), self.pulling.clone(), self.channel.clone());
+        let (events, state, channel, status) =
+            (self.events.clone(), self.catch_up.clone(), self.channel.clone(), self.status.clone());
         self.cluster.runtime.spawn(async move {
             let mut puller = BlockPuller::new(cfg, BlockVerifier::new((*config).clone(), from, None));
             let mut next = from;
             let mut error = None;
             loop {
-                let goal = target.load(Ordering::SeqCst);
-                if next >= goal {
-                    break;
-                }
-                let last = (next + PULL_CHUNK).min(goal) - 1;
-                match puller.pull(next, last).await {
-                    Ok(blocks) => {
-                        next = last + 1;
-                        let bytes = blocks.iter().map(|b| Bytes::from(b.encode_to_vec())).collect();
-                        if events.send(ClusterEvent::Pulled(bytes)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(channel = %channel, from = next, error = %e, "catch-up: pulling blocks failed");
-                        error = Some(e.to_string());
+                let (goal, wait) = {
+                    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                    if next >= st.target {
+                        (st.running, st.target, st.wait) = (false, 0, false);
                         break;
                     }
+                    (st.target, st.wait)
+                };
+                puller.set_wait(wait);
+                let last = (next + PULL_CHUNK).min(goal) - 1;
+                // Blocks verified before a failure are kept (and written).
+                let mut blocks = Vec::new();
+                let r = puller.pull_each(next, last, |b| blocks.push(Bytes::from(b.encode_to_vec()))).await;
+                next += blocks.len() as u64;
+                if !blocks.is_empty() {
+                    CatchUpCounters::add(&status.catch_up().pulled_blocks, blocks.len() as u64);
+                    if events.send(ClusterEvent::Pulled(blocks)).await.is_err() {
+                        end(&state);
+                        return;
+                    }
+                }
+                if let Err(e) = r {
+                    tracing::warn!(channel = %channel, from = next, error = %e, "catch-up: pulling blocks failed");
+                    error = Some(e.to_string());
+                    end(&state);
+                    break;
                 }
             }
-            pulling.store(false, Ordering::SeqCst);
             let _ = events.send(ClusterEvent::CaughtUp(error)).await;
         });
         Ok(())

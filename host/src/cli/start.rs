@@ -415,7 +415,8 @@ pub(crate) fn start(a: StartArgs, m: &clap::ArgMatches) -> Result<()> {
     // Client certificates may also chain to the TLS CAs of the channels'
     // organizations, read whenever a client connects (Fabric updates its
     // listener's client CAs at every config change).
-    if let Some(roots) = &client_roots {
+    let cluster_roots = cluster.as_ref().and_then(|c| c.listen.as_ref()).map(|(_, _, r)| r);
+    for roots in client_roots.iter().chain(cluster_roots) {
         let weak = Arc::downgrade(&node);
         roots.set_source(Box::new(move || weak.upgrade().map(|n| n.channel_tls_cas()).unwrap_or_default()));
     }
@@ -521,7 +522,10 @@ pub(crate) struct ClusterServing {
     pub(crate) transport: consenter_host::cluster::Transport,
     pub(crate) identity: consenter_host::cluster::ClientIdentity,
     pub(crate) inbound: Arc<dyn consenter_host::cluster::Inbound>,
-    pub(crate) listen: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
+    /// A port of its own (`--cluster-listen`): where, its TLS, and its
+    /// client-certificate verifier (whose channel CAs the node supplies).
+    pub(crate) listen:
+        Option<(SocketAddr, Arc<rustls::ServerConfig>, Arc<consenter_host::tls::client_roots::ChannelClientRoots>)>,
 }
 
 /// Receives cluster messages until the node is open and takes them
@@ -545,7 +549,7 @@ impl consenter_host::cluster::Inbound for Unconsumed {
 /// General.TLS.RootCAs and General.Cluster.RootCAs.
 pub(crate) fn cluster_setup(s: &Settings) -> Result<Option<ClusterServing>> {
     use consenter_host::cluster::{ClientIdentity, Transport, TransportLimits};
-    use consenter_host::tls::{self, ClientAuth};
+    use consenter_host::tls::{self, ClientAuth, client_roots::ChannelClientRoots};
     let c = &s.cluster;
     let general = s.general_tls.as_ref();
     let identity = match (&c.client_certificate, &c.client_private_key, &c.server_certificate, &c.server_private_key) {
@@ -567,9 +571,6 @@ pub(crate) fn cluster_setup(s: &Settings) -> Result<Option<ClusterServing>> {
     let transport = Transport::new(identity.clone(), TransportLimits::default());
     let listen = match (&c.listen_address, c.listen_port, &c.server_certificate, &c.server_private_key) {
         (Some(host), Some(port), Some(cert), Some(key)) => {
-            if roots.is_empty() {
-                bail!("--cluster-listen requires client certificates: pass --tls-root-ca (the consenters' TLS CA)");
-            }
             let text = if host.contains(':') && !host.starts_with('[') {
                 format!("[{host}]:{port}")
             } else {
@@ -579,15 +580,22 @@ pub(crate) fn cluster_setup(s: &Settings) -> Result<Option<ClusterServing>> {
                 .ok()
                 .and_then(|mut a| a.next())
                 .with_context(|| format!("General.Cluster.ListenAddress {text:?} is not an address"))?;
-            let roots = tls::load_roots("TLS root CA (--tls-root-ca)", &roots)?;
+            // As the gRPC port with client certificates required: the
+            // given roots and the TLS CAs of the channels' organizations
+            // (Fabric updates its cluster listener's client CAs too).
+            let mut fixed = Vec::new();
+            for f in &roots {
+                fixed.extend(tls::load_certs("TLS root CA (--tls-root-ca)", f)?);
+            }
+            let client_roots = ChannelClientRoots::new(fixed);
             let config = tls::server_config(
                 cert,
                 key,
                 ("cluster TLS certificate (--cluster-tls-cert)", "cluster TLS key (--cluster-tls-key)"),
-                ClientAuth::Require(Arc::new(roots)),
+                ClientAuth::Verifier(client_roots.clone()),
                 tls::ALPN_H2,
             )?;
-            Some((at, config))
+            Some((at, config, client_roots))
         }
         _ => None,
     };
@@ -650,7 +658,7 @@ pub(crate) async fn serve(
         let svc = c.transport.server(c.inbound.clone());
         match c.listen {
             None => on_grpc_port = Some(svc),
-            Some((at, config)) => {
+            Some((at, config, _)) => {
                 let l = tokio::net::TcpListener::bind(at).await.with_context(|| format!("cluster listener on {at}"))?;
                 println!("cluster service on {} (orderer.Cluster, mutual TLS)", l.local_addr()?);
                 let incoming = consenter_host::tls::TlsListener::new(

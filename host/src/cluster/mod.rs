@@ -168,6 +168,8 @@ pub(crate) struct Shared {
     pool: Arc<ConnPool>,
     pub(crate) refusals: RefusalCounters,
     pub(crate) events: Events,
+    /// Told when a member's queue of submits drains below its high water.
+    drained: Arc<tokio::sync::Notify>,
     // Last: the runtime goes after the workers (dropped with the table).
     rt: Rt,
 }
@@ -212,6 +214,7 @@ impl Transport {
                 pool: Arc::new(ConnPool::new(tls)),
                 refusals: RefusalCounters::default(),
                 events: Events::new(),
+                drained: Arc::default(),
                 rt,
             }),
         }
@@ -242,6 +245,9 @@ impl Transport {
             next.insert(entry.member.id, entry);
         }
         table.channels.insert(channel.to_string(), ChannelEntry { self_id, members: next, refused });
+        drop(table);
+        // Queues of removed members went with them: waiters look again.
+        self.shared.drained.notify_waiters();
         // `old_members` (the removed ones) drop here: their workers stop.
     }
 
@@ -269,6 +275,7 @@ impl Transport {
                         pool: self.shared.pool.clone(),
                         events: self.shared.events.clone(),
                         limits: self.shared.limits,
+                        drained: self.shared.drained.clone(),
                     },
                 )),
                 Err(e) => {
@@ -340,6 +347,38 @@ impl Transport {
         self.enqueue(channel, to, StepRequest { payload: Some(req) })
     }
 
+    /// Waits until no member's queue of forwarded envelopes of `channel`
+    /// is half full, for at most `max_wait`; whether there is room. A
+    /// follower's Broadcast awaits this before handing an envelope to its
+    /// chain, so clients that send faster than the leader orders are slowed
+    /// down over their streams (as Fabric's followers block on forwarding)
+    /// instead of being answered SERVICE_UNAVAILABLE when the queue is
+    /// full. Immediate when the channel has no cluster members.
+    pub async fn submit_room(&self, channel: &str, max_wait: std::time::Duration) -> bool {
+        let high = outbound::submit_high_water(&self.shared.limits);
+        let full = || {
+            let table = self.shared.table.read().unwrap_or_else(|p| p.into_inner());
+            table.channels.get(channel).is_some_and(|c| {
+                c.members.values().filter_map(|m| m.outbound.as_ref()).any(|p| p.queued.submits.load(Relaxed) >= high)
+            })
+        };
+        if !full() {
+            return true;
+        }
+        let deadline = tokio::time::Instant::now() + max_wait;
+        loop {
+            let notified = self.shared.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !full() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return !full();
+            }
+        }
+    }
+
     fn check_size(&self, size: usize) -> Result<(), SendError> {
         let max = self.shared.limits.max_message_bytes;
         if size > max {
@@ -355,10 +394,11 @@ impl Transport {
         let peer = entry.outbound.as_ref().ok_or_else(unknown)?;
         let consensus = outbound::is_consensus(&req);
         let depth = self.shared.limits.queue_depth.max(1);
-        let room = !consensus || peer.consensus_queued.fetch_add(1, Relaxed) < depth;
+        let counter = if consensus { &peer.queued.consensus } else { &peer.queued.submits };
+        let room = counter.fetch_add(1, Relaxed) < depth || !consensus;
         let sent = room && peer.tx.try_send(req).is_ok();
-        if consensus && !sent {
-            peer.consensus_queued.fetch_sub(1, Relaxed);
+        if !sent {
+            counter.fetch_sub(1, Relaxed);
         }
         match sent {
             true => Ok(()),

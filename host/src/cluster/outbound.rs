@@ -107,9 +107,8 @@ impl ConnPool {
 /// the connection closes if no other channel uses it).
 pub(crate) struct Peer {
     pub tx: mpsc::Sender<StepRequest>,
-    /// Consensus messages queued now (at most `queue_depth`; the rest of
-    /// the queue's room is for forwarded envelopes).
-    pub consensus_queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// What is queued now.
+    pub queued: Arc<Queued>,
     task: tokio::task::AbortHandle,
 }
 
@@ -117,6 +116,16 @@ impl Drop for Peer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// What a member's queue holds now.
+#[derive(Debug, Default)]
+pub(crate) struct Queued {
+    /// Consensus messages (at most `queue_depth`; the rest of the queue's
+    /// room is for forwarded envelopes).
+    pub consensus: std::sync::atomic::AtomicUsize,
+    /// Forwarded envelopes (submits).
+    pub submits: std::sync::atomic::AtomicUsize,
 }
 
 /// What a worker works for.
@@ -129,14 +138,23 @@ pub(crate) struct PeerCtx {
     pub pool: Arc<ConnPool>,
     pub events: Events,
     pub limits: TransportLimits,
+    /// Told when a queue of submits drains below half its depth
+    /// ([`super::Transport::submit_room`] waits for it).
+    pub drained: Arc<tokio::sync::Notify>,
 }
 
 /// Starts a member's worker on `rt`.
 pub(crate) fn spawn(rt: &tokio::runtime::Handle, ctx: PeerCtx) -> Peer {
     let (tx, rx) = mpsc::channel(ctx.limits.queue_depth.max(1) + ctx.limits.submit_queue_depth);
-    let consensus_queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let task = rt.spawn(run(ctx, rx, consensus_queued.clone()));
-    Peer { tx, consensus_queued, task: task.abort_handle() }
+    let queued = Arc::new(Queued::default());
+    let task = rt.spawn(run(ctx, rx, queued.clone()));
+    Peer { tx, queued, task: task.abort_handle() }
+}
+
+/// How many submits queued to one member make a follower's Broadcast
+/// wait ([`super::Transport::submit_room`]): half the submit queue.
+pub(crate) fn submit_high_water(limits: &TransportLimits) -> usize {
+    (limits.submit_queue_depth / 2).max(1)
 }
 
 /// Whether a queued request is a consensus message (counted against
@@ -164,12 +182,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn run(ctx: PeerCtx, mut rx: mpsc::Receiver<StepRequest>, consensus_queued: Arc<std::sync::atomic::AtomicUsize>) {
+async fn run(ctx: PeerCtx, mut rx: mpsc::Receiver<StepRequest>, queued: Arc<Queued>) {
     let mut backoff = ctx.limits.backoff_initial;
     let mut failed: Option<Arc<Channel>> = None;
     let mut quiet = false;
     loop {
-        match attempt(&ctx, &mut rx, &consensus_queued, failed.take()).await {
+        match attempt(&ctx, &mut rx, &queued, failed.take()).await {
             Ended::Removed => return,
             Ended::Failed { reason, connection, was_up } => {
                 ctx.counters.connected.store(false, Relaxed);
@@ -195,7 +213,7 @@ async fn run(ctx: PeerCtx, mut rx: mpsc::Receiver<StepRequest>, consensus_queued
 async fn attempt(
     ctx: &PeerCtx,
     rx: &mut mpsc::Receiver<StepRequest>,
-    consensus_queued: &std::sync::atomic::AtomicUsize,
+    queued: &Queued,
     failed: Option<Arc<Channel>>,
 ) -> Ended {
     let conn = match ctx.pool.get(&ctx.endpoint, &ctx.server_der, failed.as_ref()).await {
@@ -228,7 +246,9 @@ async fn attempt(
                 None => return Ended::Removed,
                 Some(m) => {
                     if is_consensus(&m) {
-                        consensus_queued.fetch_sub(1, Relaxed);
+                        queued.consensus.fetch_sub(1, Relaxed);
+                    } else if queued.submits.fetch_sub(1, Relaxed) == submit_high_water(&ctx.limits) {
+                        ctx.drained.notify_waiters();
                     }
                     // Counted first: the receiver may have it before this
                     // task runs again.

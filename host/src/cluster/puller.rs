@@ -155,13 +155,23 @@ pub struct BlockPuller {
     cfg: PullerConfig,
     verifier: BlockVerifier,
     next_endpoint: usize,
+    /// Wait for blocks not yet written (BLOCK_UNTIL_READY), or stop at the
+    /// first one an endpoint does not have (FAIL_IF_NOT_READY).
+    wait: bool,
 }
 
 impl BlockPuller {
     /// A puller whose blocks `verifier` checks (it says which block comes
     /// next and under which config).
     pub fn new(cfg: PullerConfig, verifier: BlockVerifier) -> BlockPuller {
-        BlockPuller { cfg, verifier, next_endpoint: 0 }
+        BlockPuller { cfg, verifier, next_endpoint: 0, wait: true }
+    }
+
+    /// Whether the next pulls wait for blocks not written yet (Fabric's
+    /// puller does; the default), or end at the first block an endpoint
+    /// does not have (each endpoint then answers NOT_FOUND there).
+    pub fn set_wait(&mut self, wait: bool) {
+        self.wait = wait;
     }
 
     /// The verifier (the next block expected, the config now).
@@ -253,7 +263,7 @@ impl BlockPuller {
     }
 
     /// A Deliver request for `from..=to`, waiting for blocks (Fabric's
-    /// puller asks BLOCK_UNTIL_READY), signed by the node and bound to its
+    /// puller asks BLOCK_UNTIL_READY) unless told not to, signed by the node and bound to its
     /// TLS certificate (the channel header's tls_cert_hash, which a Fabric
     /// orderer with client authentication checks).
     fn seek(&self, from: u64, to: u64) -> Result<Envelope, String> {
@@ -261,7 +271,7 @@ impl BlockPuller {
         let seek = SeekInfo {
             start: Some(pos(from)),
             stop: Some(pos(to)),
-            behavior: SeekBehavior::BlockUntilReady as i32,
+            behavior: if self.wait { SeekBehavior::BlockUntilReady } else { SeekBehavior::FailIfNotReady } as i32,
             error_response: 0,
         };
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();

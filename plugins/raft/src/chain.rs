@@ -876,7 +876,15 @@ impl Raft {
         let own = self.inflight.front().is_some_and(|p| p.index == e.index && p.term == e.term);
         if own {
             let Some(p) = self.inflight.pop_front() else { return false };
-            self.write(p.block, p.config, e.index);
+            // A catch-up of the host's may have pulled it from a member
+            // that wrote it first: it is in the ledger already.
+            // (Its consenters, if it changed them, come through
+            // `on_consenters_changed`.)
+            if p.block.number() >= support::height() {
+                self.write(p.block, p.config, e.index);
+            } else if p.config {
+                self.config_inflight = false;
+            }
         } else {
             // Another leader's block, or one this node proposed in an
             // earlier term: proposals of this term at or before it are void.
