@@ -2,8 +2,10 @@
 //! [`ClusterSink`] over the node's cluster [`Transport`] (messages and
 //! forwarded envelopes, never blocking the chain's thread) and the
 //! [`BlockPuller`] (catch-up: verified blocks come back to the chain's
-//! actor as [`ClusterEvent::Pulled`], then [`ClusterEvent::CaughtUp`]).
-//! May touch the transport, the puller and the chain's event queue.
+//! actor as [`ClusterEvent::Pulled`], then [`ClusterEvent::CaughtUp`]);
+//! catch-ups on a member's claim of a greater height are rate limited and
+//! pull only blocks that exist. May touch the transport, the puller and
+//! the chain's event queue.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
