@@ -57,6 +57,30 @@ fn bench_reports_an_unknown_channel() {
     assert!(out.contains("NOT_FOUND"), "{out}");
 }
 
+/// Every envelope over the channel's AbsoluteMaxBytes: each is refused,
+/// the refusals are reported once per answer with their count, and the
+/// exit code says how many.
+#[test]
+fn bench_counts_refusals_by_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("data"), &["--dev-absolute-max-bytes", "1024"]);
+    let (ok, out) = bench(&["--orderer", &node.addr, "--messages", "300", "--clients", "3", "--size", "2048"]);
+    assert!(!ok, "{out}");
+    // The answers name each envelope's size (its tx id's length varies):
+    // one line per size, not one per envelope.
+    let refused: Vec<&str> = out.lines().filter(|l| l.starts_with("refused: ")).collect();
+    assert!(!refused.is_empty() && refused.len() <= 3, "one line per answer: {out}");
+    let mut total = 0;
+    for l in &refused {
+        let (n, rest) = l.strip_prefix("refused: ").unwrap().split_once(" x ").expect("a count");
+        total += n.parse::<u64>().unwrap();
+        assert!(rest.starts_with("BAD_REQUEST (400): message payload is "), "{out}");
+        assert!(rest.ends_with("bytes and exceeds maximum allowed 1024 bytes"), "{out}");
+    }
+    assert_eq!(total, 300, "{out}");
+    assert!(out.contains("300 envelopes were refused"), "{out}");
+}
+
 /// An AtomicBroadcast server that behaves like grpc-go (so Fabric's
 /// orderer) about response headers: a call's headers go out only with its
 /// first message. In tonic the headers leave when the handler returns, so

@@ -45,6 +45,9 @@ pub struct LoadSpec {
     pub tls_cert_hash: Bytes,
 }
 
+/// Different refusal answers a report keeps.
+const MAX_REFUSAL_KINDS: usize = 100;
+
 /// What happened.
 #[derive(Debug, Clone, Default)]
 pub struct LoadReport {
@@ -52,8 +55,9 @@ pub struct LoadReport {
     pub acknowledged: u64,
     /// Envelopes answered otherwise.
     pub refused: u64,
-    /// (status, info) of the first refusals (at most 10).
-    pub refusals: Vec<(i32, String)>,
+    /// Refusals by (status, info), with how many got each answer (at most
+    /// 100 different answers are kept; the rest count in `refused` only).
+    pub refusals: std::collections::BTreeMap<(i32, String), u64>,
     /// This run's envelopes seen in delivered blocks.
     pub committed: u64,
     /// Blocks delivered during the run.
@@ -329,15 +333,16 @@ pub async fn run(
             }));
             let mut acks =
                 c.broadcast(stream).await.map_err(|status| LoadError::Rpc { what: "broadcast", status })?.into_inner();
-            let mut refused = Vec::new();
+            let mut refused = std::collections::BTreeMap::<(i32, String), u64>::new();
             let mut n_refused = 0u64;
             while let Some(r) = acks.message().await.map_err(|status| LoadError::Rpc { what: "broadcast", status })? {
                 if r.status == common::Status::Success as i32 {
                     acked.fetch_add(1, Ordering::Relaxed);
                 } else {
                     n_refused += 1;
-                    if refused.len() < 10 {
-                        refused.push((r.status, r.info));
+                    let key = (r.status, r.info);
+                    if refused.len() < MAX_REFUSAL_KINDS || refused.contains_key(&key) {
+                        *refused.entry(key).or_default() += 1;
                     }
                 }
             }
@@ -356,9 +361,13 @@ pub async fn run(
             acks_done = Some(Instant::now());
             report.ack_secs = started.elapsed().as_secs_f64();
             for h in sender_handles.drain(..) {
-                let (n, mut r) = h.await.map_err(|e| LoadError::Sign(format!("a sender task failed: {e}")))??;
+                let (n, r) = h.await.map_err(|e| LoadError::Sign(format!("a sender task failed: {e}")))??;
                 report.refused += n;
-                report.refusals.append(&mut r);
+                for (k, c) in r {
+                    if report.refusals.len() < MAX_REFUSAL_KINDS || report.refusals.contains_key(&k) {
+                        *report.refusals.entry(k).or_default() += c;
+                    }
+                }
             }
         }
         report.acknowledged = acked.load(Ordering::Relaxed);

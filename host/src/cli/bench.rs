@@ -143,8 +143,8 @@ pub(crate) fn bench(a: BenchArgs) -> Result<()> {
             spec.channel
         );
     }
-    for (status, info) in &r.refusals {
-        println!("refused: {} ({status}): {info}", consenter_host::loadgen::status_name(*status));
+    for ((status, info), n) in &r.refusals {
+        println!("refused: {n} x {} ({status}): {info}", consenter_host::loadgen::status_name(*status));
     }
     if r.refused > 0 {
         bail!("{} envelopes were refused", r.refused);
