@@ -48,6 +48,14 @@ pub struct LoadSpec {
 /// Different refusal answers a report keeps.
 const MAX_REFUSAL_KINDS: usize = 100;
 
+/// Adds `n` refusals answered `key` to `counts` (a new answer only while
+/// fewer than [`MAX_REFUSAL_KINDS`] are kept).
+fn count_refusal(counts: &mut std::collections::BTreeMap<(i32, String), u64>, key: (i32, String), n: u64) {
+    if counts.len() < MAX_REFUSAL_KINDS || counts.contains_key(&key) {
+        *counts.entry(key).or_default() += n;
+    }
+}
+
 /// What happened.
 #[derive(Debug, Clone, Default)]
 pub struct LoadReport {
@@ -340,10 +348,7 @@ pub async fn run(
                     acked.fetch_add(1, Ordering::Relaxed);
                 } else {
                     n_refused += 1;
-                    let key = (r.status, r.info);
-                    if refused.len() < MAX_REFUSAL_KINDS || refused.contains_key(&key) {
-                        *refused.entry(key).or_default() += 1;
-                    }
+                    count_refusal(&mut refused, (r.status, r.info), 1);
                 }
             }
             Ok::<_, LoadError>((n_refused, refused))
@@ -364,9 +369,7 @@ pub async fn run(
                 let (n, r) = h.await.map_err(|e| LoadError::Sign(format!("a sender task failed: {e}")))??;
                 report.refused += n;
                 for (k, c) in r {
-                    if report.refusals.len() < MAX_REFUSAL_KINDS || report.refusals.contains_key(&k) {
-                        *report.refusals.entry(k).or_default() += c;
-                    }
+                    count_refusal(&mut report.refusals, k, c);
                 }
             }
         }

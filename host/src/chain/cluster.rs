@@ -68,6 +68,13 @@ struct CatchUp {
     last_claim: Option<Instant>,
 }
 
+impl CatchUp {
+    /// The catch-up ended: the next one starts afresh.
+    fn end(&mut self) {
+        (self.running, self.target, self.wait) = (false, 0, false);
+    }
+}
+
 /// At most one catch-up per this interval is started on claims of a
 /// greater height (each costs a Deliver call to the members).
 const CLAIM_INTERVAL: Duration = Duration::from_secs(2);
@@ -168,10 +175,7 @@ impl ChainClusterSink {
             }
             st.running = true;
         }
-        let end = |st: &Mutex<CatchUp>| {
-            let mut st = st.lock().unwrap_or_else(|p| p.into_inner());
-            (st.running, st.target, st.wait) = (false, 0, false);
-        };
+        let end = |st: &Mutex<CatchUp>| st.lock().unwrap_or_else(|p| p.into_inner()).end();
         let Some(config) = self.status.config() else {
             end(&self.catch_up);
             return Err("the chain has no config yet".into());
@@ -189,7 +193,7 @@ impl ChainClusterSink {
                 let (goal, wait) = {
                     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
                     if next >= st.target {
-                        (st.running, st.target, st.wait) = (false, 0, false);
+                        st.end();
                         break;
                     }
                     (st.target, st.wait)

@@ -482,13 +482,7 @@ pub(crate) fn general_tls(
     let Some(t) = &s.general_tls else { return Ok((None, None)) };
     let mut client_roots = None;
     let client_auth = if t.client_auth_required {
-        // Checked as a store first: errors name the file.
-        tls::load_roots("TLS client root CA (--tls-client-root-ca)", &t.client_root_cas)?;
-        let mut fixed = Vec::new();
-        for f in &t.client_root_cas {
-            fixed.extend(tls::load_certs("TLS client root CA (--tls-client-root-ca)", f)?);
-        }
-        let roots = ChannelClientRoots::new(fixed);
+        let roots = ChannelClientRoots::from_files("TLS client root CA (--tls-client-root-ca)", &t.client_root_cas)?;
         client_roots = Some(roots.clone());
         ClientAuth::Verifier(roots)
     } else {
@@ -583,11 +577,7 @@ pub(crate) fn cluster_setup(s: &Settings) -> Result<Option<ClusterServing>> {
             // As the gRPC port with client certificates required: the
             // given roots and the TLS CAs of the channels' organizations
             // (Fabric updates its cluster listener's client CAs too).
-            let mut fixed = Vec::new();
-            for f in &roots {
-                fixed.extend(tls::load_certs("TLS root CA (--tls-root-ca)", f)?);
-            }
-            let client_roots = ChannelClientRoots::new(fixed);
+            let client_roots = ChannelClientRoots::from_files("TLS root CA (--tls-root-ca)", &roots)?;
             let config = tls::server_config(
                 cert,
                 key,

@@ -263,9 +263,10 @@ impl BlockPuller {
     }
 
     /// A Deliver request for `from..=to`, waiting for blocks (Fabric's
-    /// puller asks BLOCK_UNTIL_READY) unless told not to, signed by the node and bound to its
-    /// TLS certificate (the channel header's tls_cert_hash, which a Fabric
-    /// orderer with client authentication checks).
+    /// puller asks BLOCK_UNTIL_READY) unless told not to, signed by the
+    /// node and bound to its TLS certificate (the channel header's
+    /// tls_cert_hash, which a Fabric orderer with client authentication
+    /// checks).
     fn seek(&self, from: u64, to: u64) -> Result<Envelope, String> {
         let pos = |n| SeekPosition { r#type: Some(Pos::Specified(SeekSpecified { number: n })) };
         let seek = SeekInfo {

@@ -56,6 +56,22 @@ impl ChannelClientRoots {
         })
     }
 
+    /// [`ChannelClientRoots::new`] with the CAs of `files` (PEM), each
+    /// checked as a trust anchor first so that an error names the file;
+    /// `what` names the setting in errors (e.g. "TLS root CA
+    /// (--tls-root-ca)"). No file: only the channels' CAs are trusted.
+    pub fn from_files(
+        what: &'static str,
+        files: &[std::path::PathBuf],
+    ) -> Result<Arc<ChannelClientRoots>, super::TlsError> {
+        super::load_roots(what, files)?;
+        let mut fixed = Vec::new();
+        for f in files {
+            fixed.extend(super::load_certs(what, f)?);
+        }
+        Ok(ChannelClientRoots::new(fixed))
+    }
+
     /// Sets where the channels' TLS CAs come from (once; later calls are
     /// ignored).
     pub fn set_source(&self, source: CaSource) {
