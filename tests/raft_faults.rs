@@ -681,7 +681,20 @@ async fn hostile_step_input_neither_enters_nor_disturbs_the_cluster() {
     };
 
     // 1. Not a consenter: the orderer org Admin's TLS client certificate,
-    //    and no certificate at all, to every node.
+    //    and no certificate at all, to every node. The Admin's consensus
+    //    messages claim a height a million blocks ahead (what a consenter
+    //    added by a config block a node missed would make it follow):
+    //    counted as non-members', followed at most once per 2 s, pulling
+    //    only blocks that exist.
+    let non_member = |v: Option<serde_json::Value>| -> [u64; 3] {
+        let c = v.and_then(|v| v["consenter"].get("catchUp").cloned()).unwrap_or_default();
+        ["nonMemberMessages", "claimsFollowed", "claimsIgnored"].map(|k| c[k].as_u64().unwrap_or(0))
+    };
+    let mut non_member_before = Vec::new();
+    for i in 0..3 {
+        non_member_before.push(non_member(net.show(node(i)).await));
+    }
+    let intruded_at = Instant::now();
     let admin_tls = |f: &str| {
         fixtures()
             .join("crypto/ordererOrganizations/example.com/users/Admin@example.com/tls")
@@ -702,7 +715,7 @@ async fn hostile_step_input_neither_enters_nor_disturbs_the_cluster() {
         ] {
             let mut c = StepClient::connect(&net.addr(i), identity).await;
             for (k, (_, m)) in captured.iter().cycle().take(50).enumerate() {
-                c.consensus(ch, m.clone()).await;
+                c.consensus_claiming(ch, m.clone(), "etcdraft", 1_000_000 + k as u64).await;
                 c.submit(ch, signed_message(ch, &format!("intruder-{who}-{i}-{k}"), 100, Some(&signer))).await;
             }
             for _ in 0..50 {
@@ -717,6 +730,25 @@ async fn hostile_step_input_neither_enters_nor_disturbs_the_cluster() {
         assert_eq!((d("notMember"), d("noCertificate")), (100, 100), "node {i}: {s:?}");
         assert_eq!(s.channels[ch].refused - b.channels[ch].refused, 200, "node {i}");
     }
+    for (i, b) in non_member_before.iter().enumerate() {
+        // Only the Admin's 50 count (an anonymous stream is no one's).
+        let deadline = Instant::now() + secs(30);
+        let d = loop {
+            let now = non_member(net.show(node(i)).await);
+            let d: Vec<u64> = (0..3).map(|j| now[j] - b[j]).collect();
+            if d[0] >= 50 || Instant::now() > deadline {
+                break d;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let most = intruded_at.elapsed().as_secs() / 2 + 1;
+        assert_eq!(d[0], 50, "node {i}: non-member messages {d:?}");
+        assert!(d[1] >= 1 && d[1] <= most, "node {i}: {} catch-ups on claims (at most {most}): {d:?}", d[1]);
+        assert_eq!(d[1] + d[2], 50, "node {i}: every claim followed or ignored: {d:?}");
+    }
+    // The claims below start a catch-up only once the claim interval (2 s)
+    // since the last followed one is over: wait it out.
+    let claims_open = tokio::time::Instant::now() + Duration::from_secs(2);
 
     // 2. orderer0's own certificate on connections of its own (member 1
     //    to orderer1 = member 2, and to orderer2 = member 3).
@@ -759,6 +791,7 @@ async fn hostile_step_input_neither_enters_nor_disturbs_the_cluster() {
         let c = v.and_then(|v| v["consenter"].get("catchUp").cloned()).unwrap_or_default();
         ["otherTypeMessages", "claimsFollowed", "claimsIgnored", "pulledBlocks"].map(|k| c[k].as_u64().unwrap_or(0))
     };
+    tokio::time::sleep_until(claims_open).await;
     let mut claims_before = Vec::new();
     for i in [1, 2] {
         claims_before.push(catch_up(net.show(node(i)).await));

@@ -873,6 +873,11 @@ impl crate::cluster::Inbound for NodeInbound {
         }
     }
 
+    fn non_member(&self, channel: &str, height: u64) {
+        let Some(chain) = self.node.upgrade().and_then(|n| n.chain(channel)) else { return };
+        let _ = chain.cluster_event(ClusterEvent::NonMember { sender_height: height });
+    }
+
     fn submit(&self, channel: &str, from: u64, last_validation_seq: u64, envelope: Bytes) {
         let Some(node) = self.node.upgrade() else { return };
         let Some(chain) = node.chain(channel) else { return };
@@ -1029,7 +1034,13 @@ pub struct CatchUpInfo {
     pub pulled_blocks: u64,
     /// Consensus messages of another consensus type, dropped.
     pub other_type_messages: u64,
-    /// Catch-ups started because such a message claimed a greater height.
+    /// Consensus messages of a TLS certificate that is no member of the
+    /// channel as this node's config has it, refused (a consenter added
+    /// by a config block this node misses, or not a consenter).
+    #[serde(default)]
+    pub non_member_messages: u64,
+    /// Catch-ups started because such a message (of another type, or of a
+    /// non-member) claimed a greater height.
     pub claims_followed: u64,
     /// Such claims not followed (one catch-up per 2 s at most, none while
     /// one runs).
@@ -1042,6 +1053,7 @@ impl CatchUpInfo {
             requested: s.requested,
             pulled_blocks: s.pulled_blocks,
             other_type_messages: s.other_type,
+            non_member_messages: s.non_member,
             claims_followed: s.claimed,
             claims_ignored: s.claims_ignored,
         })

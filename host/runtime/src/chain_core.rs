@@ -304,6 +304,28 @@ impl ChainCore {
         }
     }
 
+    /// A consensus message of a TLS certificate that is no bound member of
+    /// the channel (the transport refused it), sent at ledger height
+    /// `sender_height`. A consenter added by a config block this node has
+    /// not written yet sends such messages (it may even lead): this node
+    /// missed that block while it was down, and the members it knows no
+    /// longer send it anything that would make its plugin catch up. As for
+    /// another type's member, a greater height is a claim: the host pulls
+    /// the blocks that exist (rate limited), and with the config block the
+    /// new consenter becomes a member. Fabric's etcdraft pulls the last
+    /// config block when it has known no leader for a while (its eviction
+    /// suspicion), to the same end.
+    pub fn on_non_member_message(&mut self, sender_height: u64) {
+        let counters = self.status.catch_up();
+        crate::status::CatchUpCounters::add(&counters.non_member, 1);
+        let Some(s) = self.instance.support_mut() else { return };
+        if sender_height > s.height()
+            && let Err(e) = s.catch_up_to(sender_height)
+        {
+            tracing::warn!(channel = %self.channel, target = sender_height, error = %e, "cluster: catching up on a non-member's claim");
+        }
+    }
+
     /// A consensus message from member `from` (`on-message`).
     pub fn on_message(&mut self, from: u64, payload: &[u8]) {
         if self.status.errored().is_some() {

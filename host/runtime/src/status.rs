@@ -99,7 +99,12 @@ pub struct CatchUpCounters {
     /// plugin's, dropped (a member sent them before or after a live swap,
     /// or claims to).
     pub other_type: AtomicU64,
-    /// Catch-ups started because such a message claimed a greater height.
+    /// Consensus messages of a TLS certificate that no bound member of the
+    /// channel has (refused by the transport): a consenter that a config
+    /// block this node has not written yet added, or not a consenter.
+    pub non_member: AtomicU64,
+    /// Catch-ups started because such a message (of another consensus
+    /// type, or of a non-member) claimed a greater height.
     pub claimed: AtomicU64,
     /// Claims of a greater height not followed: a catch-up was running, or
     /// one had started less than the claim interval before.
@@ -121,6 +126,7 @@ impl CatchUpCounters {
         let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
         CatchUpStats {
             other_type: v(&self.other_type),
+            non_member: v(&self.non_member),
             claimed: v(&self.claimed),
             claims_ignored: v(&self.claims_ignored),
             requested: v(&self.requested),
@@ -134,6 +140,8 @@ impl CatchUpCounters {
 pub struct CatchUpStats {
     /// Consensus messages of another consensus type, dropped.
     pub other_type: u64,
+    /// Consensus messages of a certificate that is no bound member.
+    pub non_member: u64,
     /// Catch-ups started on a claim of a greater height.
     pub claimed: u64,
     /// Claims not followed (rate limit, or a catch-up running).

@@ -594,6 +594,12 @@ impl Support {
         e
     }
 
+    /// Blocks created and not written are void: the next
+    /// `create-next-block` follows the last written block.
+    pub fn void_created(&mut self) {
+        self.created = (self.height, self.last_hash);
+    }
+
     /// Writes a block; on a refusal the block creator goes back to the last
     /// written block (what was created after it can no longer be written).
     pub(crate) fn write(&mut self, blk: CreatedBlock, metadata: &[u8], is_config: bool) -> Result<(), SupportError> {

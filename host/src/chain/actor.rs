@@ -543,7 +543,8 @@ async fn recv_opt(rx: &mut Option<mpsc::Receiver<ClusterEvent>>) -> Option<Clust
 }
 
 /// Delivers a cluster event to the plugin: a consensus message (one of
-/// another consensus type is dropped, see `ChainCore::on_member_message`),
+/// another consensus type is dropped, see `ChainCore::on_member_message`;
+/// a non-member's only counts, and may start a catch-up),
 /// pulled blocks (written by the host; the first refused one stops the
 /// catch-up), the end of a catch-up.
 fn on_cluster_event(core: &mut ChainCore, ev: ClusterEvent) {
@@ -551,6 +552,7 @@ fn on_cluster_event(core: &mut ChainCore, ev: ClusterEvent) {
         ClusterEvent::Message { from, payload, sender_type, sender_height } => {
             core.on_member_message(from, &payload, &sender_type, sender_height)
         }
+        ClusterEvent::NonMember { sender_height } => core.on_non_member_message(sender_height),
         ClusterEvent::Pulled(blocks) => {
             for b in blocks {
                 if let Err(e) = core.write_pulled(b) {

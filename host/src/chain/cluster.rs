@@ -155,7 +155,7 @@ impl ClusterSink for ChainClusterSink {
             st.last_claim = Some(now);
         }
         CatchUpCounters::add(&counters.claimed, 1);
-        tracing::info!(channel = %self.channel, from, claimed = target, "catch-up: a member of another consensus type is ahead; pulling the blocks that exist");
+        tracing::info!(channel = %self.channel, from, claimed = target, "catch-up: a member of another consensus type, or a certificate that is no member yet, claims a greater height; pulling the blocks that exist");
         self.start_catch_up(from, target, false)
     }
 }

@@ -61,6 +61,10 @@ pub enum ClusterEvent {
     /// transport), sent by its plugin of consensus type `sender_type` (""
     /// if it did not say) at ledger height `sender_height`.
     Message { from: u64, payload: bytes::Bytes, sender_type: String, sender_height: u64 },
+    /// A consensus message of a TLS certificate that is no member of the
+    /// channel (refused by the transport), sent at ledger height
+    /// `sender_height` (see `ChainCore::on_non_member_message`).
+    NonMember { sender_height: u64 },
     /// Blocks a catch-up pulled and verified, in order.
     Pulled(Vec<bytes::Bytes>),
     /// The catch-up ended (`Some`: why it stopped short).

@@ -6,7 +6,10 @@
 //! certificate, unknown channel, not a member, oversized, malformed) are
 //! dropped with a warning naming the channel and the reason, counted, and
 //! the stream stays up for the next message. A refused submit is answered
-//! with a SubmitResponse (status and reason); nothing else is answered.
+//! with a SubmitResponse (status and reason); nothing else is answered. A
+//! consensus message refused as not a member's still tells the Inbound the
+//! height it claims ([`Inbound::non_member`]): this node may have missed
+//! the config block that made its sender a consenter.
 //! May touch the transport's membership table and the Inbound only.
 
 use std::pin::Pin;
@@ -84,7 +87,13 @@ impl StreamCtx {
         match m.payload {
             None => self.refuse("", None, Refusal::Malformed, false),
             Some(Req::ConsensusRequest(c)) => {
-                let Some(from) = self.authenticate(&c.channel, false) else { return };
+                let from = match self.authenticate(&c.channel, false) {
+                    Ok(from) => from,
+                    // A consenter this node's config does not name yet
+                    // (its chain may catch up on the height it claims).
+                    Err(Refusal::NotMember) => return self.inbound.non_member(&c.channel, c.height),
+                    Err(_) => return,
+                };
                 if c.payload.len() > max {
                     return self.refuse_member(&c.channel, from, Refusal::Oversized, false, c.payload.len());
                 }
@@ -93,7 +102,7 @@ impl StreamCtx {
             }
             Some(Req::SubmitRequest(s)) => {
                 let seq = s.last_validation_seq;
-                let Some(from) = self.authenticate(&s.channel, true) else { return };
+                let Ok(from) = self.authenticate(&s.channel, true) else { return };
                 let Some(env) = s.payload.filter(|e| !e.payload.is_empty()) else {
                     return self.refuse_member(&s.channel, from, Refusal::Malformed, true, 0);
                 };
@@ -109,18 +118,12 @@ impl StreamCtx {
 
     /// The sender's id in `channel`, or the refusal made (`submit`: the
     /// message was a submit, which gets an answer).
-    fn authenticate(&self, channel: &str, submit: bool) -> Option<(u64, Arc<super::stats::PeerCounters>)> {
+    fn authenticate(&self, channel: &str, submit: bool) -> Result<(u64, Arc<super::stats::PeerCounters>), Refusal> {
         if channel.is_empty() {
             self.refuse(channel, None, Refusal::Malformed, submit);
-            return None;
+            return Err(Refusal::Malformed);
         }
-        match self.shared.authenticate(channel, self.cert.as_deref()) {
-            Ok(x) => Some(x),
-            Err(r) => {
-                self.refuse(channel, None, r, submit);
-                None
-            }
-        }
+        self.shared.authenticate(channel, self.cert.as_deref()).inspect_err(|r| self.refuse(channel, None, *r, submit))
     }
 
     fn refuse_member(

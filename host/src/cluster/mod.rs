@@ -73,6 +73,13 @@ pub trait Inbound: Send + Sync + 'static {
         let _ = (consensus_type, height);
         self.consensus(channel, from, payload);
     }
+    /// A consensus message of `channel` from a TLS certificate that is no
+    /// bound member of it (refused), sent at the sender's ledger height
+    /// `height`: a consenter added by a config block this node has not
+    /// written yet is one. The default ignores it.
+    fn non_member(&self, channel: &str, height: u64) {
+        let _ = (channel, height);
+    }
     /// An envelope forwarded by member `from` (a marshalled
     /// common.Envelope), validated there under config sequence
     /// `last_validation_seq`.

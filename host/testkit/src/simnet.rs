@@ -197,9 +197,26 @@ struct SimNode {
 
 /// A delivery scheduled on the network.
 enum Event {
-    Message { to: usize, from: u64, payload: Bytes, sender_type: String, sender_height: u64 },
-    Forward { to: usize, seq: u64, env: Bytes },
-    CatchUp { node: usize, from: u64, target: u64 },
+    /// From node `from`: the receiver finds the sender's id among its
+    /// bound members, as the transport does by TLS certificate.
+    Message {
+        to: usize,
+        from: usize,
+        payload: Bytes,
+        sender_type: String,
+        sender_height: u64,
+    },
+    Forward {
+        to: usize,
+        from: usize,
+        seq: u64,
+        env: Bytes,
+    },
+    CatchUp {
+        node: usize,
+        from: u64,
+        target: u64,
+    },
 }
 
 /// The simulated network.
@@ -401,6 +418,11 @@ impl SimNet {
     /// What node `i`'s instance holds of the host (None: down or trapped).
     pub fn resources(&self, i: usize) -> Option<consenter_runtime::Resources> {
         self.nodes[i].core.as_ref().and_then(|c| c.resources())
+    }
+
+    /// Node `i`'s catch-up counters (`consenter.catchUp` of a node).
+    pub fn catch_up_stats(&self, i: usize) -> consenter_runtime::status::CatchUpStats {
+        self.nodes[i].status.catch_up().snapshot()
     }
 
     /// Bytes node `i`'s plugin keeps in its storage.
@@ -746,6 +768,7 @@ impl SimNet {
                 for i in 0..self.nodes.len() {
                     let due = self.nodes[i].core.as_ref().and_then(|c| c.next_deadline()).is_some_and(|t| t <= next);
                     if due {
+                        let _node = tracing::info_span!("sim", node = i).entered();
                         if let Some(c) = self.nodes[i].core.as_mut() {
                             c.fire_timers(next);
                         }
@@ -763,14 +786,29 @@ impl SimNet {
 
     fn handle(&mut self, ev: Event) {
         self.handled += 1;
+        let node = match &ev {
+            Event::Message { to, .. } | Event::Forward { to, .. } => *to,
+            Event::CatchUp { node, .. } => *node,
+        };
+        // Log lines name the node whose plugin wrote them.
+        let _node = tracing::info_span!("sim", node).entered();
         match ev {
             Event::Message { to, from, payload, sender_type, sender_height } => {
+                let id = self.member_id(to, from);
                 if let Some(c) = self.nodes[to].core.as_mut() {
-                    c.on_member_message(from, &payload, &sender_type, sender_height);
+                    match id {
+                        Some(id) => c.on_member_message(id, &payload, &sender_type, sender_height),
+                        // Refused by the transport: a consenter this node's
+                        // config does not name (yet).
+                        None => c.on_non_member_message(sender_height),
+                    }
                     self.drain(to);
                 }
             }
-            Event::Forward { to, seq, env } => {
+            Event::Forward { to, from, seq, env } => {
+                if self.member_id(to, from).is_none() {
+                    return; // refused (Forbidden) by the transport
+                }
                 let Ok(mut e) = Envelope::parse(env) else { return };
                 // The receiving host's Broadcast checks: the envelope is
                 // stamped with the sequence it was validated under.
@@ -820,14 +858,13 @@ impl SimNet {
             return;
         }
         let members = self.nodes[i].members.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let self_id = members.iter().find(|(_, c)| cert_is(c, &self.nodes[i].cert)).map(|(id, _)| *id).unwrap_or(0);
         for o in outs {
             match o {
                 Out::Send(to, payload, sender_type, sender_height) => {
                     if let Some(j) = self.node_of(&members, to) {
                         self.schedule_faulty(i, j, |at| {
                             let (payload, sender_type) = (payload.clone(), sender_type.clone());
-                            (at, Event::Message { to: j, from: self_id, payload, sender_type, sender_height })
+                            (at, Event::Message { to: j, from: i, payload, sender_type, sender_height })
                         });
                     }
                 }
@@ -843,7 +880,7 @@ impl SimNet {
                             at = at.max(*prev);
                         }
                         self.forward_at.insert((i, j), at);
-                        self.schedule(at, Event::Forward { to: j, seq, env: env.clone() });
+                        self.schedule(at, Event::Forward { to: j, from: i, seq, env: env.clone() });
                     }
                 }
                 Out::CatchUp(from, target) => {
@@ -852,6 +889,13 @@ impl SimNet {
                 }
             }
         }
+    }
+
+    /// The id under which node `to` has node `from` bound (None: `from`
+    /// is no member of `to`'s binding; its transport refuses it).
+    fn member_id(&self, to: usize, from: usize) -> Option<u64> {
+        let members = self.nodes[to].members.lock().unwrap_or_else(|p| p.into_inner());
+        members.iter().find(|(_, c)| cert_is(c, &self.nodes[from].cert)).map(|(id, _)| *id)
     }
 
     fn node_of(&self, members: &BTreeMap<u64, Consenter>, id: u64) -> Option<usize> {

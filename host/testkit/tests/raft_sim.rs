@@ -235,6 +235,52 @@ fn a_consenter_is_added_then_another_removed_while_load_runs() {
     assert!(!r.active.contains(&2) || r.leader != 2, "{r:?}");
 }
 
+#[test]
+fn a_node_down_while_a_consenter_was_added_catches_up_on_the_new_consenters_messages() {
+    let mut n = net(SimConfig { seed: 5, ..SimConfig::default() });
+    n.run_for(Duration::from_secs(5));
+    let mut accepted = load(&mut n, "a", 10);
+    // Node 1 (id 2) is down while node 3 (id 4) is added and joins.
+    n.crash(1);
+    let four: Vec<_> = (0..4).map(SimNet::consenter_entry).collect();
+    assert!(n.submit_config_update(0, consenters_update(&n, 0, four)).unwrap());
+    n.run_for(Duration::from_secs(2));
+    let joined = n.join(0).unwrap();
+    n.run_for(Duration::from_secs(3));
+    accepted.extend(load(&mut n, "b", 10));
+    n.run_for(Duration::from_secs(2));
+    let height = n.height(0);
+    // Node 1 comes back with the old consenter set, and only the new
+    // consenter can reach it. Then node 0 crashes: of the four voters, the
+    // three up (ids 2, 3, 4) must all take part, so node 1 must learn the
+    // new set. Its host refuses id 4's messages (no such member in its
+    // config) but follows the height they claim: it pulls the config block
+    // and binds id 4.
+    n.restart(1).unwrap();
+    n.partition(1, 0, true);
+    n.partition(1, 2, true);
+    assert!(n.height(1) < height, "node 1 is behind: {} of {height}", n.height(1));
+    n.crash(0);
+    n.run_for(Duration::from_secs(10));
+    assert!(n.catch_up_stats(1).non_member > 0, "{:?}", n.catch_up_stats(1));
+    assert_eq!(n.config(1).unwrap().consenters.len(), 4, "node 1 has the config block that added id 4");
+    assert_eq!(n.bound_members(1), vec![1, 2, 3, 4]);
+    let r = n.cluster(joined).unwrap();
+    assert_eq!(r.leader, 4, "only id 4 reaches every node up: {r:?}");
+    accepted.extend(load(&mut n, "c", 10));
+    n.run_for(Duration::from_secs(3));
+    n.check_safety().unwrap();
+    let ids = n.tx_ids(joined);
+    no_duplicates(&ids);
+    for t in accepted.iter().filter(|t| t.starts_with('c')) {
+        assert!(ids.contains(t), "{t} lost");
+    }
+    for i in [1, 2] {
+        assert_eq!(n.tx_ids(i), ids, "node {i}");
+        assert!(n.errored(i).is_none(), "node {i}: {:?}", n.errored(i));
+    }
+}
+
 // Seeded fault schedules (safety, no loss, liveness) are the conformance
 // suite's `schedules` check: tests/conformance.rs runs 1,000 of them.
 

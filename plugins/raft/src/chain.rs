@@ -248,6 +248,9 @@ impl Raft {
         };
         config.validate().map_err(|e| format!("raft config: {e}"))?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
+        // What a snapshot at the applied index carries (compactions and
+        // the snapshot of a conf change need it before the next block).
+        let last_block = store.last_block_at(applied);
         let node = RawNode::new(&config, store, &logger).map_err(|e| format!("starting raft: {e}"))?;
         Ok(Raft {
             node,
@@ -270,7 +273,7 @@ impl Raft {
             cut_after: None,
             config_inflight: false,
             applied,
-            last_block: Vec::new(),
+            last_block,
             catching_up: None,
             snapshot_ticks: Default::default(),
             deferred: VecDeque::new(),
@@ -997,8 +1000,9 @@ impl Raft {
             self.bind();
         }
         // A new node starts from a snapshot whose conf state has it (raft
-        // refuses one without it): the leader compacts its log here.
-        if kind == ConfChangeType::AddNode && self.is_leader() && !self.last_block.is_empty() {
+        // refuses one without it): every node compacts its log here, so
+        // that whichever leads next sends the new node one it takes.
+        if kind == ConfChangeType::AddNode && !self.last_block.is_empty() {
             let block = self.last_block.clone();
             self.node.mut_store().compact(index, block);
             if let Err(e) = self.node.mut_store().flush() {

@@ -186,6 +186,20 @@ impl LogStore {
         self.bytes_since_snapshot = 0;
     }
 
+    /// The marshalled block of the last entry at or before `index` that
+    /// holds one (a normal entry with data), else the snapshot's block:
+    /// what a snapshot taken at `index` carries.
+    pub fn last_block_at(&self, index: u64) -> Vec<u8> {
+        let offset = self.snapshot.get_metadata().index;
+        let upto = index.saturating_sub(offset).min(self.entries.len() as u64) as usize;
+        self.entries[..upto]
+            .iter()
+            .rev()
+            .find(|e| e.get_entry_type() == raft::prelude::EntryType::EntryNormal && !e.data.is_empty())
+            .map(|e| e.data.to_vec())
+            .unwrap_or_else(|| self.snapshot.data.to_vec())
+    }
+
     /// The voters of the conf state now.
     pub fn voters(&self) -> &[u64] {
         &self.conf_state.voters

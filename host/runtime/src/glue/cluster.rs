@@ -116,6 +116,13 @@ impl PluginState {
     fn report_cluster(&mut self, leader: u64, active: Vec<u64>) -> wasmtime::Result<()> {
         self.check_list("report", active.len())?;
         let self_id = self.support.membership.self_id().unwrap_or(0);
+        if leader == 0 || leader != self_id {
+            // Only a leader creates blocks: what this node created as one
+            // and did not write is void (Fabric's etcdraft resets its block
+            // creator when it becomes a follower). Else a node leading again
+            // would number its next block past blocks that no log holds.
+            self.support.void_created();
+        }
         let report = crate::support::ClusterReport { self_id, leader, active };
         if self.support.cluster_report.as_ref().is_none_or(|r| r.leader != report.leader) {
             tracing::info!(channel = %self.support.chain_id, leader, self_id, "cluster leader");

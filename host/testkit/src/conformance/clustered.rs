@@ -422,6 +422,10 @@ pub enum Action {
     Submit(usize, String),
     /// Virtual time passes (ms).
     Run(u64),
+    /// A config update adds a consenter (the next node); once a node up
+    /// has its config block, the new node joins from it (`channel join`
+    /// with that block).
+    AddConsenter,
 }
 
 impl fmt::Display for Action {
@@ -434,6 +438,7 @@ impl fmt::Display for Action {
             Action::HealPartitions => write!(f, "heal partitions"),
             Action::Submit(i, tx) => write!(f, "submit {tx} at node {i}"),
             Action::Run(ms) => write!(f, "run {ms} ms"),
+            Action::AddConsenter => write!(f, "add a consenter by config update"),
         }
     }
 }
@@ -482,6 +487,14 @@ pub fn plan(seed: u64, nodes: usize) -> Plan {
         }
         actions.push(Action::Run(rng.below(2000)));
     }
+    // A quarter of the schedules of three nodes or more also grow the
+    // consenter set by one, at a step of their own (drawn apart, so the
+    // faults of a seed stay what they were).
+    let mut grow = SimRng::new(seed ^ 0x6772_6f77);
+    if nodes >= 3 && grow.below(4) == 0 {
+        let at = 1 + grow.below(actions.len() as u64 - 1) as usize;
+        actions.insert(at, Action::AddConsenter);
+    }
     Plan { seed, cfg, actions }
 }
 
@@ -517,7 +530,12 @@ fn execute_traced(s: &Suite, p: &Plan, trace: bool) -> Result<Ran, (String, Vec<
     };
     let len = n.len();
     let max_down = len.saturating_sub(1) / 2;
+    // Nodes of the schedule that are down (a joined consenter is never
+    // crashed).
+    let down = |n: &SimNet| (0..len).filter(|j| !n.is_up(*j)).count();
     let mut accepted = Vec::new();
+    // A consenter added by config update and not joined yet: its index.
+    let mut to_join: Option<usize> = None;
     macro_rules! fail {
         ($($t:tt)*) => {{
             let e = format!($($t)*);
@@ -530,7 +548,7 @@ fn execute_traced(s: &Suite, p: &Plan, trace: bool) -> Result<Ran, (String, Vec<
     for (k, a) in p.actions.iter().enumerate() {
         let outcome = match a {
             Action::Crash(i) => {
-                if n.is_up(*i) && len - n.up() < max_down {
+                if n.is_up(*i) && down(&n) < max_down {
                     n.crash(*i);
                     "done".to_string()
                 } else {
@@ -539,7 +557,7 @@ fn execute_traced(s: &Suite, p: &Plan, trace: bool) -> Result<Ran, (String, Vec<
             }
             Action::Reboot(i) => {
                 // One node alone reboots too (what it had pending is lost).
-                if n.is_up(*i) && (len - n.up() < max_down || len == 1) {
+                if n.is_up(*i) && (down(&n) < max_down || len == 1) {
                     n.crash(*i);
                     if let Err(e) = n.restart(*i) {
                         fail!("action {k} ({a}): node {i} did not restart: {e}");
@@ -583,9 +601,21 @@ fn execute_traced(s: &Suite, p: &Plan, trace: bool) -> Result<Ran, (String, Vec<
                 if let Err(e) = n.check_safety() {
                     fail!("safety, after action {k} ({a}): {e}");
                 }
-                let heights: Vec<u64> = (0..len).map(|i| n.height(i)).collect();
-                format!("heights {heights:?}")
+                let joined = match join_when_configured(&mut n, &mut to_join) {
+                    Ok(j) => j,
+                    Err(e) => fail!("action {k} ({a}): {e}"),
+                };
+                let heights: Vec<u64> = (0..n.len()).map(|i| n.height(i)).collect();
+                format!("heights {heights:?}{joined}")
             }
+            Action::AddConsenter => match add_consenter(&mut n, len) {
+                Ok(Some(at)) => {
+                    to_join = Some(len);
+                    format!("update accepted by node {at}")
+                }
+                Ok(None) => "skipped (no node up takes it)".into(),
+                Err(e) => fail!("action {k} ({a}): {e}"),
+            },
         };
         if trace {
             lines.push(format!("t={:>8.3}s  {k:>3} {a}: {outcome}", n.elapsed().as_secs_f64()));
@@ -601,6 +631,14 @@ fn execute_traced(s: &Suite, p: &Plan, trace: bool) -> Result<Ran, (String, Vec<
         }
     }
     n.run_for(Duration::from_secs(5));
+    // A consenter whose config block came only now joins now (the update
+    // may also have been lost with a crash or a deposed leader: the set
+    // stays as it was, and a client would submit it again).
+    match join_when_configured(&mut n, &mut to_join) {
+        Err(e) => fail!("the end: {e}"),
+        Ok(joined) if !joined.is_empty() => n.run_for(Duration::from_secs(5)),
+        Ok(_) => {}
+    }
     let healed_at = n.elapsed();
     let mut last = Vec::new();
     for k in 0..10 {
@@ -612,7 +650,7 @@ fn execute_traced(s: &Suite, p: &Plan, trace: bool) -> Result<Ran, (String, Vec<
     }
     n.run_for(Duration::from_secs(5));
     if trace {
-        let heights: Vec<u64> = (0..len).map(|i| n.height(i)).collect();
+        let heights: Vec<u64> = (0..n.len()).map(|i| n.height(i)).collect();
         lines.push(format!(
             "t={:>8.3}s  end: healed at {:.3}s, 10 envelopes submitted: heights {heights:?}",
             n.elapsed().as_secs_f64(),
@@ -625,7 +663,7 @@ fn execute_traced(s: &Suite, p: &Plan, trace: bool) -> Result<Ran, (String, Vec<
     if let Err(e) = no_errors(&n) {
         fail!("{e}");
     }
-    for i in 0..len {
+    for i in 0..n.len() {
         let ids = ordered_ids(&n.blocks(i));
         if let Err(e) = check_ordered(&last, &ids) {
             fail!("liveness and no loss after healing, node {i}: {e}");
@@ -645,6 +683,31 @@ fn execute_traced(s: &Suite, p: &Plan, trace: bool) -> Result<Ran, (String, Vec<
         shapes: n.shapes(),
         trace: lines,
     })
+}
+
+/// Submits, at the first node up, a config update whose consenters are
+/// nodes `0..=len` (node `len` is new); the node it went to, if one was up
+/// and took it.
+fn add_consenter(n: &mut SimNet, len: usize) -> Result<Option<usize>, String> {
+    let Some(at) = (0..len).find(|j| n.is_up(*j)) else { return Ok(None) };
+    let cfg = n.config(at).ok_or("the node has no config")?;
+    let entries = (0..=len).map(SimNet::consenter_entry).collect();
+    match n.submit_config_update(at, update::consenters(&cfg, entries)) {
+        Ok(true) => Ok(Some(at)),
+        Ok(false) => Ok(None),
+        Err(e) => Err(format!("the consenter update was refused: {e}")),
+    }
+}
+
+/// Joins the node a config update added, once a node up holds the config
+/// block that names it; ", node N joined" when it did.
+fn join_when_configured(n: &mut SimNet, to_join: &mut Option<usize>) -> Result<String, String> {
+    let Some(new) = *to_join else { return Ok(String::new()) };
+    let from = (0..new).find(|j| n.is_up(*j) && n.config(*j).is_some_and(|c| c.consenters.len() > new));
+    let Some(from) = from else { return Ok(String::new()) };
+    let i = n.join(from).map_err(|e| format!("node {new} did not join: {e}"))?;
+    *to_join = None;
+    Ok(format!(", node {i} joined from node {from}"))
 }
 
 /// Removes actions from a failing plan while it still fails, within
