@@ -296,11 +296,18 @@ impl ChainCore {
         let counters = self.status.catch_up();
         crate::status::CatchUpCounters::add(&counters.other_type, 1);
         tracing::debug!(channel = %self.channel, from, %sender_type, %running, sender_height, "cluster: a consensus message of another consensus type was dropped");
+        self.follow_claim(sender_height, "a member of another consensus type");
+    }
+
+    /// Catches up (rate limited, see `Support::catch_up_to`) if a sender
+    /// that is not a member running this chain's plugin (`who`) claims a
+    /// greater height.
+    fn follow_claim(&mut self, sender_height: u64, who: &str) {
         let Some(s) = self.instance.support_mut() else { return };
         if sender_height > s.height()
             && let Err(e) = s.catch_up_to(sender_height)
         {
-            tracing::warn!(channel = %self.channel, from, target = sender_height, error = %e, "cluster: catching up with a member of another consensus type");
+            tracing::warn!(channel = %self.channel, target = sender_height, error = %e, "cluster: catching up on the claim of {who}");
         }
     }
 
@@ -318,12 +325,7 @@ impl ChainCore {
     pub fn on_non_member_message(&mut self, sender_height: u64) {
         let counters = self.status.catch_up();
         crate::status::CatchUpCounters::add(&counters.non_member, 1);
-        let Some(s) = self.instance.support_mut() else { return };
-        if sender_height > s.height()
-            && let Err(e) = s.catch_up_to(sender_height)
-        {
-            tracing::warn!(channel = %self.channel, target = sender_height, error = %e, "cluster: catching up on a non-member's claim");
-        }
+        self.follow_claim(sender_height, "a non-member");
     }
 
     /// A consensus message from member `from` (`on-message`).
